@@ -1,0 +1,237 @@
+"""The ``ddplug`` command line: distill, evaluate, download, list.
+
+User mistakes end with one ``ddplug: error: ...`` line on stderr and exit status 2;
+with ``--json`` the last line of stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddplug.errors import DdplugError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _parse_assignments(items: Sequence[str]) -> dict[str, str]:
+    assignments = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise DdplugError(f"--set expects KEY=VALUE (e.g. eval.epochs=100 or dm.iterations=200), got {item!r}")
+        assignments[key.strip()] = value.strip()
+    return assignments
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DdplugError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DdplugError("--device cuda was asked for but no CUDA GPU is available here; use --device cpu")
+    return device
+
+
+def _preset(args: argparse.Namespace):
+    from ddplug.presets import get_preset
+
+    overrides = _parse_assignments(args.set)
+    if args.eval_model is not None:
+        overrides["eval.model"] = args.eval_model
+    if args.eval_epochs is not None:
+        overrides["eval.epochs"] = str(args.eval_epochs)
+    if args.eval_models is not None:
+        overrides["eval.num_models"] = str(args.eval_models)
+    preset = get_preset(args.preset).override(overrides)
+    from ddplug.models import create_model
+
+    # Fail on a bad evaluation model now, not after a long distillation.
+    create_model(preset.evaluation.model, in_channels=1, num_classes=2, image_size=(28, 28))
+    return preset
+
+
+def _baselines(text: str) -> tuple[str, ...]:
+    from ddplug.distill import SELECTIONS
+
+    names = tuple(name for name in text.split(",") if name)
+    for name in names:
+        if name not in SELECTIONS or name == "full":
+            raise DdplugError(f"unknown baseline {name!r}; choose from random, herding, kcenter (comma-separated) or ''")
+    return names
+
+
+def _emit(summary: dict[str, Any], table: str, as_json: bool) -> None:
+    print(table)
+    if as_json:
+        print(json.dumps(summary))
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from ddplug.data import load_dataset
+    from ddplug.distill import DISTILLERS, available_methods
+    from ddplug.pipeline import condense, judge, save_outputs, write_judgement
+
+    if args.method not in available_methods():
+        raise DdplugError(f"unknown method {args.method!r}; choose one of {', '.join(available_methods())}")
+    if args.ipc < 1:
+        raise DdplugError(f"--ipc must be at least 1, got {args.ipc}")
+    preset = _preset(args)
+    device = _device(args.device)
+    baselines = _baselines(args.baselines)
+    settings = {key: value for key, value in (("iterations", args.iterations), ("model", args.model), ("init", args.init)) if value is not None}
+    data = load_dataset(args.dataset, args.data_root)
+    out_dir = Path(args.out or f"runs/{data.train.name}-{args.method}-ipc{args.ipc}-seed{args.seed}")
+    condensed = condense(args.method, data.train, ipc=args.ipc, preset=preset, seed=args.seed, settings=settings,
+                         device=device, out_dir=out_dir, progress=not args.quiet)
+    files = save_outputs(condensed, out_dir) if args.method != "full" else {}
+    extra = {
+        "iterations": condensed.iterations,
+        "distill_seconds": condensed.seconds,
+        "seconds_per_iteration": condensed.seconds / condensed.iterations if condensed.iterations else None,
+        "interrupted": condensed.interrupted,
+        "final_loss": condensed.losses[-1] if condensed.losses else None,
+        "device": str(device),
+        "out_dir": str(out_dir),
+        "files": files,
+    }
+    if condensed.interrupted:
+        print(f"interrupted after {condensed.iterations} iterations; the set so far is in {out_dir} "
+              "(run the same command again to resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if args.no_eval:
+        summary = {"method": args.method, "dataset": data.train.name, "ipc": args.ipc, **extra}
+        _emit(summary, f"saved {files.get('set', '(nothing)')}", args.json)
+        return 0
+    judgement = judge(condensed.synthetic, data, preset, method=args.method, baselines=baselines,
+                      seed=args.seed, device=device, progress=not args.quiet)
+    summary = write_judgement(judgement, out_dir, extra)
+    _emit(summary, judgement.table() + f"\nwritten to {out_dir}/", args.json)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ddplug.data import load_dataset
+    from ddplug.pipeline import judge, write_judgement
+    from ddplug.sets import load_set
+
+    path = Path(args.path)
+    preset = _preset(args)
+    device = _device(args.device)
+    baselines = _baselines(args.baselines)
+    if args.dataset is None:
+        if not path.exists():
+            raise DdplugError(f"{path} does not exist: give the path of a synthetic set file or of the folder holding it")
+        synthetic = load_set(path)  # only ddplug's own files name their dataset
+        dataset = synthetic.meta.get("dataset")
+        if not dataset:
+            raise DdplugError(f"{path} does not say which dataset it distils: name it with --dataset NAME")
+        data = load_dataset(dataset, args.data_root)
+    else:
+        data = load_dataset(args.dataset, args.data_root)
+        synthetic = load_set(path, dataset=data.train, experiment=args.experiment)
+    method = synthetic.meta.get("method", "unknown")
+    judgement = judge(synthetic, data, preset, method=method, baselines=baselines, seed=args.seed, device=device,
+                      progress=not args.quiet)
+    out_dir = Path(args.out) if args.out else (path if path.is_dir() else path.parent) / "evaluation"
+    summary = write_judgement(judgement, out_dir, {"iterations": synthetic.meta.get("iterations"), "distill_seconds": None,
+                                                   "source": str(path), "device": str(device), "out_dir": str(out_dir)})
+    _emit(summary, judgement.table() + f"\nwritten to {out_dir}/", args.json)
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from ddplug.data import download_dataset
+
+    where = download_dataset(args.name, args.data_root)
+    print(f"{args.name} is in {where}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from ddplug.data import available_datasets
+    from ddplug.distill import available_methods
+    from ddplug.models import available_models
+    from ddplug.presets import PRESETS
+
+    print("methods: " + ", ".join(available_methods()))
+    print("models: " + ", ".join(available_models()))
+    print("datasets: " + ", ".join(available_datasets()))
+    for preset in PRESETS.values():
+        print(f"preset {preset.name}: {preset.description}")
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="cpu", help="cpu (minutes on a laptop) or paper (the field's protocol, GPU)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-root", default=None, help="where datasets are (default: $DDPLUG_DATA or ~/.cache/ddplug/data)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--eval-model", default=None, help="evaluation network spec, e.g. convnet:width=128 or resnet18")
+    parser.add_argument("--eval-epochs", type=int, default=None)
+    parser.add_argument("--eval-models", type=int, default=None, help="how many fresh networks to train")
+    parser.add_argument("--baselines", default="random", help="comma-separated subsets to compare: random,herding,kcenter")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any preset field: eval.epochs=100, dm.iterations=500, dm.batch_real=128, ...")
+    parser.add_argument("--out", default=None, help="output folder")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ddplug", description="Dataset distillation: distill, evaluate, compare.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    distill = commands.add_parser("distill", help="distill a dataset and evaluate the result")
+    distill.add_argument("--dataset", default="fashion-mnist")
+    distill.add_argument("--method", default="dm", help="dm, or a baseline: random, herding, kcenter, full")
+    distill.add_argument("--ipc", type=int, default=10, help="images per class")
+    distill.add_argument("--iterations", type=int, default=None, help="distillation iterations (default: the preset's)")
+    distill.add_argument("--model", default=None, help="network spec used for matching (default: the preset's)")
+    distill.add_argument("--init", default=None, help="real or noise")
+    distill.add_argument("--no-eval", action="store_true", help="only distill and save")
+    _common(distill)
+    distill.set_defaults(run=cmd_distill)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a synthetic set (ddplug, DC/DSA/DM or MTT files)")
+    evaluate.add_argument("path")
+    evaluate.add_argument("--dataset", default=None, help="required for sets not made by ddplug")
+    evaluate.add_argument("--experiment", type=int, default=0, help="which set of a DC-style file with several")
+    _common(evaluate)
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    download = commands.add_parser("download", help="download a dataset with torchvision (needs network)")
+    download.add_argument("name")
+    download.add_argument("--data-root", default=None)
+    download.set_defaults(run=cmd_download)
+
+    listing = commands.add_parser("list", help="methods, models, datasets and presets")
+    listing.set_defaults(run=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except DdplugError as error:
+        print(f"ddplug: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("ddplug: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

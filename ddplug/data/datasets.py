@@ -1,0 +1,476 @@
+"""Whole image datasets held in memory as normalised tensors, and the loaders that build them."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ddplug.data import formats
+from ddplug.errors import DdplugError
+
+NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "fashion-mnist": ((0.2861,), (0.3530,)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ((0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+}
+
+_FOLDER_PREFIX = "imagefolder:"
+_ALIASES = {
+    "fashionmnist": "fashion-mnist",
+    "fmnist": "fashion-mnist",
+    "mnist": "mnist",
+    "cifar10": "cifar10",
+    "cifar100": "cifar100",
+    "svhn": "svhn",
+}
+_DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+_FASHION_NAMES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+_DIGITS = [str(digit) for digit in range(10)]
+
+
+@dataclass
+class ImageDataset:
+    """A labelled image dataset held in memory, normalised with ``mean`` and ``std``."""
+
+    images: Tensor  # float32 (N, C, H, W)
+    labels: Tensor  # int64 (N,)
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    name: str
+    class_names: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.images.dim() != 4 or self.labels.dim() != 1 or len(self.images) != len(self.labels):
+            raise ValueError(
+                f"images must be (N, C, H, W) and labels (N,), got {tuple(self.images.shape)} and "
+                f"{tuple(self.labels.shape)}"
+            )
+        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
+            raise ValueError(f"mean {self.mean} and std {self.std} need one value per channel ({self.in_channels})")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def in_channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.images.shape[2], self.images.shape[3]
+
+    def class_counts(self) -> Tensor:
+        """Number of images of each class, int64 (num_classes,)."""
+        return torch.bincount(self.labels, minlength=self.num_classes)
+
+    def class_indices(self) -> list[Tensor]:
+        """For each class in order, the ascending indices of its images."""
+        order = torch.argsort(self.labels, stable=True)
+        return list(order.split(self.class_counts().tolist()))
+
+    def subset(self, indices: Tensor) -> ImageDataset:
+        """The images and labels at ``indices``, with the same metadata."""
+        indices = indices.to(self.images.device)
+        return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices])
+
+    def denormalise(self, x: Tensor) -> Tensor:
+        """``x`` (C, H, W) or (N, C, H, W) back on the [0, 1] scale, unclamped."""
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        return x * std + mean
+
+
+@dataclass
+class DatasetSplits:
+    """A dataset's train and test splits."""
+
+    train: ImageDataset
+    test: ImageDataset
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a built-in dataset's files live under a data root and how to read them."""
+
+    files: tuple[str, ...]
+    folders: Callable[[Path], list[Path]]
+    download_folder: str  # where torchvision's download puts the files, under the root
+    read: Callable[[Path], formats.RawSplits]
+    num_classes: int
+    class_names: list[str] | None = None  # used when the files do not name the classes
+    gzip_ok: bool = False
+    debian_package: str | None = None  # installs the files where ``folders`` looks
+
+    def package_hint(self) -> str:
+        return f" (or, on Debian, `apt-get install {self.debian_package}`)" if self.debian_package else ""
+
+
+_SOURCES = {
+    "fashion-mnist": _Source(
+        formats.IDX_FILES,
+        lambda root: [root / "fashion-mnist", root / "FashionMNIST" / "raw", _DEBIAN_FASHION_MNIST],
+        "FashionMNIST/raw",
+        formats.read_idx_dir,
+        10,
+        _FASHION_NAMES,
+        gzip_ok=True,
+        debian_package="dataset-fashion-mnist",
+    ),
+    "mnist": _Source(
+        formats.IDX_FILES,
+        lambda root: [root / "mnist", root / "MNIST" / "raw"],
+        "MNIST/raw",
+        formats.read_idx_dir,
+        10,
+        _DIGITS,
+        gzip_ok=True,
+    ),
+    "cifar10": _Source(
+        formats.CIFAR10_FILES,
+        lambda root: [root / "cifar-10-batches-py"],
+        "cifar-10-batches-py",
+        formats.read_cifar10_dir,
+        10,
+    ),
+    "cifar100": _Source(
+        formats.CIFAR100_FILES,
+        lambda root: [root / "cifar-100-python"],
+        "cifar-100-python",
+        formats.read_cifar100_dir,
+        100,
+    ),
+    "svhn": _Source(
+        formats.SVHN_FILES, lambda root: [root / "svhn", root], "svhn", formats.read_svhn_dir, 10, _DIGITS
+    ),
+}
+
+
+def available_datasets() -> list[str]:
+    """The names ``load_dataset`` accepts."""
+    return [*_SOURCES, f"{_FOLDER_PREFIX}PATH"]
+
+
+def default_data_root() -> Path:
+    """``$DDPLUG_DATA`` if set, else ``~/.cache/ddplug/data``."""
+    env = os.environ.get("DDPLUG_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "ddplug" / "data"
+
+
+def load_dataset(name: str, root: str | Path | None = None) -> DatasetSplits:
+    """A built-in dataset read from ``root`` (default: ``default_data_root()``), or ``imagefolder:PATH``."""
+    folder = _folder_path(name)
+    if folder is not None:
+        raw = formats.read_image_folder(folder)
+        return _build_splits(
+            f"{_FOLDER_PREFIX}{folder}", *raw[:4],
+            num_classes=len(raw.class_names), mean=None, std=None, class_names=raw.class_names,
+        )
+    canonical = _canonical_name(name)
+    source = _SOURCES[canonical]
+    raw = source.read(_find(canonical, source, _resolve_root(root)))
+    mean, std = NORMALISATION[canonical]
+    return _build_splits(
+        canonical, *raw[:4],
+        num_classes=source.num_classes, mean=mean, std=std, class_names=raw.class_names or source.class_names,
+    )
+
+
+def download_dataset(name: str, root: str | Path | None = None) -> Path:
+    """Download a built-in dataset with torchvision into ``root``; returns the folder holding its files."""
+    if _folder_path(name) is not None:
+        raise DdplugError("image folders cannot be downloaded: put the images on disk and load imagefolder:PATH")
+    canonical = _canonical_name(name)
+    source = _SOURCES[canonical]
+    data_root = _resolve_root(root)
+    target = data_root / source.download_folder
+    try:
+        data_root.mkdir(parents=True, exist_ok=True)
+        _torchvision_download(canonical, data_root)
+    except (OSError, RuntimeError) as err:  # torchvision reports failed downloads as URLError or RuntimeError
+        reason = " ".join(str(err).split())  # torchvision's messages span lines; ours print on one
+        raise DdplugError(
+            f"could not download {canonical} into {target}: {reason}. Check the network connection; without "
+            f"one, get {', '.join(source.files)} on a machine that has one and copy them into {target}"
+            f"{source.package_hint()}, "
+            "or pass --data-root DIR / set DDPLUG_DATA to where the files are"
+        ) from err
+    return target
+
+
+def from_tensors(
+    train_x: Any,
+    train_y: Any,
+    test_x: Any,
+    test_y: Any,
+    *,
+    name: str = "tensors",
+    num_classes: int | None = None,
+    mean: float | Sequence[float] | None = None,
+    std: float | Sequence[float] | None = None,
+) -> DatasetSplits:
+    """Splits from images (uint8, or float in [0, 1]; (N, H, W), (N, H, W, C) or (N, C, H, W)) and labels.
+
+    Four-dimensional images are taken as (N, H, W, C) when the last dimension is 1 or 3 and the
+    second is not. ``mean``/``std`` (one value, or one per channel) default to the per-channel
+    statistics of the train images; ``num_classes`` to the largest label plus one.
+    """
+    return _build_splits(
+        name, _to_nchw(train_x, "train"), train_y, _to_nchw(test_x, "test"), test_y,
+        num_classes=num_classes, mean=mean, std=std,
+    )
+
+
+def from_torch_dataset(
+    train: Dataset,
+    test: Dataset,
+    *,
+    name: str,
+    num_classes: int | None = None,
+    mean: float | Sequence[float] | None = None,
+    std: float | Sequence[float] | None = None,
+) -> DatasetSplits:
+    """Splits from map-style datasets yielding ``(image, label, ...)``, image a (C, H, W) tensor or PIL image."""
+    train_x, train_y = _collect(train, "train")
+    test_x, test_y = _collect(test, "test")
+    return _build_splits(name, train_x, train_y, test_x, test_y, num_classes=num_classes, mean=mean, std=std)
+
+
+# --- names and files -------------------------------------------------------------------------
+
+
+def _folder_path(name: str) -> Path | None:
+    """The path of an ``imagefolder:PATH`` name, or None for other names."""
+    stripped = name.strip()
+    if not stripped.lower().startswith(_FOLDER_PREFIX):
+        return None
+    path = stripped[len(_FOLDER_PREFIX):]
+    if not path:
+        raise DdplugError("imagefolder: needs a path, e.g. imagefolder:/data/tiny-imagenet-200")
+    return Path(path).expanduser()
+
+
+def _canonical_name(name: str) -> str:
+    key = "".join(char for char in name.lower() if char not in "-_ ")
+    if key not in _ALIASES:
+        raise DdplugError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}")
+    return _ALIASES[key]
+
+
+def _resolve_root(root: str | Path | None) -> Path:
+    return default_data_root() if root is None else Path(root).expanduser()
+
+
+def _find(name: str, source: _Source, root: Path) -> Path:
+    """The first folder that holds all of ``source``'s files, or DdplugError saying where it looked."""
+    looked = []
+    for folder in source.folders(root):
+        if not folder.is_dir():
+            looked.append(f"{folder} (no such folder)")
+            continue
+        missing = [file for file in source.files if formats.locate(folder, file, source.gzip_ok) is None]
+        if not missing:
+            return folder
+        suffix = "[.gz]" if source.gzip_ok else ""
+        looked.append(f"{folder} (missing {', '.join(file + suffix for file in missing)})")
+    raise DdplugError(
+        f"{name} not found; looked in: {'; '.join(looked)}. Get it with "
+        f"`ddplug download {name} --data-root {root}`{source.package_hint()}, or point to where it is with "
+        "--data-root DIR or the DDPLUG_DATA environment variable"
+    )
+
+
+def _torchvision_download(name: str, root: Path) -> None:
+    """Have torchvision fetch (and check) a built-in dataset into its layout under ``root``."""
+    # Imported here: torchvision is slow to import and only downloads need it.
+    from torchvision import datasets
+
+    match name:
+        case "fashion-mnist":
+            datasets.FashionMNIST(str(root), download=True)
+        case "mnist":
+            datasets.MNIST(str(root), download=True)
+        case "cifar10":
+            datasets.CIFAR10(str(root), download=True)
+        case "cifar100":
+            datasets.CIFAR100(str(root), download=True)
+        case "svhn":
+            for split in ("train", "test"):
+                datasets.SVHN(str(root / "svhn"), split=split, download=True)
+        case _:
+            raise ValueError(f"no download for {name}")
+
+
+# --- building the tensors --------------------------------------------------------------------
+
+
+def _build_splits(
+    name: str,
+    train_x: Any,
+    train_y: Any,
+    test_x: Any,
+    test_y: Any,
+    *,
+    num_classes: int | None,
+    mean: float | Sequence[float] | None,
+    std: float | Sequence[float] | None,
+    class_names: list[str] | None = None,
+) -> DatasetSplits:
+    """Normalised splits from (N, C, H, W) images, uint8 or float in [0, 1]."""
+    train_images, test_images = _unit_float(train_x, "train"), _unit_float(test_x, "test")
+    train_labels = _labels(train_y, len(train_images), "train")
+    test_labels = _labels(test_y, len(test_images), "test")
+    if len(train_images) == 0 or len(test_images) == 0:
+        raise DdplugError(f"{name}: the train and the test split each need at least one image")
+    if train_images.shape[1:] != test_images.shape[1:]:
+        raise DdplugError(
+            f"{name}: train images are {tuple(train_images.shape[1:])} (C, H, W) but test images are "
+            f"{tuple(test_images.shape[1:])}; give both splits the same channels and size"
+        )
+    all_labels = torch.cat([train_labels, test_labels])
+    if num_classes is None:
+        num_classes = int(all_labels.max()) + 1
+    if int(all_labels.min()) < 0 or int(all_labels.max()) >= num_classes:
+        raise DdplugError(
+            f"{name}: labels must lie in [0, {num_classes}), found {int(all_labels.min())}..{int(all_labels.max())}"
+        )
+    if mean is None or std is None:
+        train_mean, train_std = _channel_stats(train_images)
+        mean = train_mean if mean is None else mean
+        std = train_std if std is None else std
+    channels = train_images.shape[1]
+    mean, std = _per_channel(mean, channels, "mean"), _per_channel(std, channels, "std")
+    splits = []
+    for images, labels in ((train_images, train_labels), (test_images, test_labels)):
+        _normalise_(images, mean, std)
+        splits.append(ImageDataset(images, labels, num_classes, mean, std, name, class_names))
+    return DatasetSplits(*splits)
+
+
+def _as_tensor(x: Any) -> Tensor:
+    if isinstance(x, np.ndarray):
+        # torch.from_numpy warns on read-only arrays (such as np.frombuffer's), so those are copied.
+        return torch.from_numpy(np.require(x, requirements="W"))
+    return torch.as_tensor(x)
+
+
+def _to_nchw(x: Any, what: str) -> Tensor:
+    x = _as_tensor(x)
+    if x.dim() == 3:
+        return x.unsqueeze(1)
+    if x.dim() == 4:
+        channels_last = x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3)
+        return x.permute(0, 3, 1, 2) if channels_last else x
+    raise DdplugError(
+        f"{what} images have shape {tuple(x.shape)}; expected (N, H, W), (N, H, W, C) or (N, C, H, W)"
+    )
+
+
+def _unit_float(x: Any, what: str) -> Tensor:
+    """A float32 contiguous copy of ``x`` on the [0, 1] scale."""
+    x = _as_tensor(x)
+    if x.dtype != torch.uint8 and not x.is_floating_point():
+        raise DdplugError(f"{what} images are {x.dtype}; pass uint8 pixels or floats in [0, 1]")
+    unit = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+    if x.dtype == torch.uint8:
+        return unit.div_(255)
+    if unit.numel() and (unit.min() < 0 or unit.max() > 1):
+        raise DdplugError(
+            f"{what} images range over [{float(unit.min()):.3g}, {float(unit.max()):.3g}]; float images must lie "
+            "in [0, 1] (pass raw pixels, not normalised ones; divide uint8-scale floats by 255)"
+        )
+    return unit
+
+
+def _labels(y: Any, count: int, what: str) -> Tensor:
+    y = _as_tensor(y)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise DdplugError(f"{what} labels are {y.dtype}; pass integer class ids")
+    y = y.to(torch.int64, copy=True).reshape(-1)
+    if len(y) != count:
+        raise DdplugError(f"{what} split has {count} images but {len(y)} labels")
+    return y
+
+
+def _per_channel(value: float | Sequence[float], channels: int, what: str) -> tuple[float, ...]:
+    array = np.asarray(value, dtype=np.float64).reshape(-1)
+    values = tuple(array.repeat(channels).tolist() if array.size == 1 else array.tolist())
+    if len(values) != channels:
+        raise DdplugError(f"{what} has {len(values)} values but the images have {channels} channels")
+    if what == "std" and min(values) <= 0:
+        raise DdplugError(f"std must be positive, got {values}")
+    return values
+
+
+def _channel_stats(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std, summed in float64 chunk by chunk to bound memory."""
+    channels = images.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64, device=images.device)
+    squares = torch.zeros_like(total)
+    for part in images.split(chunk):
+        part = part.double()
+        total += part.sum(dim=(0, 2, 3))
+        squares += part.square().sum(dim=(0, 2, 3))
+    count = images.numel() // channels
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt()
+    # A constant channel would divide by zero; leave it unscaled instead.
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def _normalise_(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    images.sub_(torch.tensor(mean, device=images.device).view(1, -1, 1, 1))
+    images.div_(torch.tensor(std, device=images.device).view(1, -1, 1, 1))
+
+
+def _collect(dataset: Dataset, what: str) -> tuple[Tensor, Tensor]:
+    """All images, as one (N, C, H, W) tensor, and labels of a map-style dataset."""
+    images, labels = [], []
+    for index in range(len(dataset)):  # type: ignore[arg-type]
+        item = dataset[index]
+        images.append(_item_image(item[0], what, index))
+        labels.append(int(item[1]))
+    if not images:
+        raise DdplugError(f"the {what} dataset is empty")
+    return _stack(images, what), torch.tensor(labels, dtype=torch.int64)
+
+
+def _item_image(image: Any, what: str, index: int) -> Tensor:
+    if isinstance(image, Image.Image):
+        return torch.from_numpy(formats.pil_to_chw(image, "L" if image.mode == "L" else "RGB"))
+    if isinstance(image, Tensor) and image.dim() in (2, 3):
+        return image if image.dim() == 3 else image.unsqueeze(0)
+    raise DdplugError(
+        f"{what} item {index} has a {type(image).__name__} image; expected a (C, H, W) tensor in [0, 1] "
+        "or a PIL image (a transforms.ToTensor() fixes most other cases)"
+    )
+
+
+def _stack(images: list[Tensor], what: str) -> Tensor:
+    """One tensor from per-item images: greyscale widened to RGB when mixed, uint8 scaled when mixed."""
+    channels = max(image.shape[0] for image in images)
+    images = [image.expand(channels, -1, -1) if image.shape[0] == 1 else image for image in images]
+    shapes = {tuple(image.shape) for image in images}
+    if len(shapes) > 1:
+        raise DdplugError(
+            f"{what} images differ in shape ({', '.join(map(str, sorted(shapes)[:3]))}); "
+            "add a Resize transform so that all have one size and channel count"
+        )
+    if len({image.dtype for image in images}) > 1:
+        images = [image.float() / 255 if image.dtype == torch.uint8 else image for image in images]
+    return torch.stack(images)

@@ -1,0 +1,264 @@
+"""The distiller interface that every method shares, and the loop that runs one.
+
+A distiller owns the learnable synthetic tensors and knows how to take one optimisation
+step (``step``). Everything around the steps (progress bar, checkpoints, resume,
+Ctrl-C) lives in :func:`run_distillation`, so methods stay short and all behave alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ddplug import __version__
+from ddplug.augment import DSA, DSAConfig
+from ddplug.data import ImageDataset
+from ddplug.distill.sampling import ClassBalancedSampler
+from ddplug.errors import DdplugError
+from ddplug.seeding import make_generator
+from ddplug.sets import SyntheticSet
+from ddplug.storage import atomic_write
+
+INITIALISATIONS = ("real", "noise")
+
+
+@dataclass
+class DistillConfig:
+    """Settings every method has; methods subclass it with their own fields and defaults."""
+
+    ipc: int = 10
+    iterations: int = 1000
+    model: str = "convnet"  # spec of the network(s) used for matching
+    init: str = "real"  # "real" images of each class, or Gaussian "noise"
+    lr_images: float = 0.1
+    momentum: float = 0.5
+    batch_real: int = 256  # real images per class per step
+    augment: bool = True  # DSA on real and synthetic batches alike
+    dsa_strategy: str | None = None  # None: the dataset's standard strategy
+    seed: int = 0
+
+    def validate(self, real: ImageDataset) -> None:
+        """Fail early, before any long work, on settings that cannot work."""
+        if self.ipc < 1:
+            raise DdplugError(f"ipc must be at least 1, got {self.ipc}")
+        smallest = int(real.class_counts().min())
+        if self.init == "real" and self.ipc > smallest:
+            raise DdplugError(
+                f"ipc {self.ipc} is larger than the smallest class of {real.name} ({smallest} images): "
+                "lower --ipc or use --init noise"
+            )
+        if self.init not in INITIALISATIONS:
+            raise DdplugError(f"unknown init {self.init!r}; choose one of {', '.join(INITIALISATIONS)}")
+        for name in ("iterations", "batch_real"):
+            if getattr(self, name) < 1:
+                raise DdplugError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr_images <= 0:
+            raise DdplugError(f"lr_images must be positive, got {self.lr_images}")
+
+
+class Distiller(ABC):
+    """Learns a synthetic set for ``real``; subclasses implement :meth:`step`.
+
+    The synthetic images are one tensor ordered class by class (``ipc`` per class), so a
+    method can process every class in a single batched forward pass.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[DistillConfig]] = DistillConfig
+
+    def __init__(self, real: ImageDataset, config: DistillConfig, device: torch.device | str = "cpu") -> None:
+        config.validate(real)
+        self.real = real
+        self.config = config
+        self.device = torch.device(device)
+        self.num_classes = real.num_classes
+        self.real_images = real.images.to(self.device)
+        self.sampler = ClassBalancedSampler(real.labels, real.num_classes).to(self.device)
+        self.labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(config.ipc)
+        self.images = nn.Parameter(self._initial_images())
+        self.optimizer = torch.optim.SGD([self.images], lr=config.lr_images, momentum=config.momentum)
+        dsa_config = DSAConfig.for_dataset(real.name)
+        if config.dsa_strategy is not None:
+            dsa_config = dataclasses.replace(dsa_config, strategy=config.dsa_strategy)
+        self.dsa = DSA(dsa_config) if config.augment else None
+
+    def _initial_images(self) -> Tensor:
+        generator = make_generator(self.config.seed, "init", device=self.device)
+        if self.config.init == "noise":
+            shape = (len(self.labels), self.real.in_channels, *self.real.image_size)
+            return torch.randn(shape, generator=generator, device=self.device)
+        chosen = self.sampler.sample(self.config.ipc, generator).flatten()
+        return self.real_images[chosen].clone()
+
+    def generator(self, iteration: int, purpose: str) -> torch.Generator:
+        """The generator for ``purpose`` at ``iteration``: resume replays the same draws."""
+        return make_generator(self.config.seed, purpose, iteration, device=self.device)
+
+    def sample_real(self, iteration: int, per_class: int | None = None) -> tuple[Tensor, Tensor]:
+        """A class-balanced real batch (class-major order) and its labels."""
+        index = self.sampler.sample(per_class or self.config.batch_real, self.generator(iteration, "real"))
+        labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(index.shape[1])
+        return self.real_images[index.flatten()], labels
+
+    def augment_pair(self, iteration: int, real: Tensor, real_labels: Tensor, syn: Tensor, syn_labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Apply DSA with one draw per class shared by the real and synthetic images of that class."""
+        if self.dsa is None:
+            return real, syn
+        return self.dsa.siamese(
+            real, syn, groups=(real_labels, syn_labels), num_groups=self.num_classes,
+            # DSA takes a CPU generator (it seeds its device draws from it) for reproducibility.
+            generator=make_generator(self.config.seed, "dsa", iteration),
+        )
+
+    @abstractmethod
+    def loss(self, iteration: int) -> Tensor:
+        """The matching loss of ``iteration`` (its networks and batches), differentiable in the set."""
+
+    def step(self, iteration: int) -> Tensor:
+        """One optimisation step; returns the loss as a detached 0-d tensor (no host sync).
+
+        Methods with inner loops (networks trained between image updates) override this.
+        """
+        loss = self.loss(iteration)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def synthetic_set(self) -> SyntheticSet:
+        return SyntheticSet(
+            images=self.images.detach().clone(),
+            labels=self.labels.clone(),
+            num_classes=self.num_classes,
+            mean=self.real.mean,
+            std=self.real.std,
+            meta={
+                "method": self.name,
+                "dataset": self.real.name,
+                "ipc": self.config.ipc,
+                "config": dataclasses.asdict(self.config),
+                "seed": self.config.seed,
+                "ddplug_version": __version__,
+            },
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"images": self.images.detach().clone(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.images.copy_(state["images"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+@dataclass
+class DistillResult:
+    synthetic: SyntheticSet
+    iterations: int  # iterations completed in total (including resumed ones)
+    seconds: float  # wall time of this run's iterations (resumed ones not included)
+    losses: list[float]  # loss of every iteration
+    interrupted: bool = False  # stopped by Ctrl-C before the configured iterations
+
+
+def run_distillation(
+    distiller: Distiller,
+    *,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 100,
+    log_every: int = 10,
+    progress: bool = True,
+) -> DistillResult:
+    """Run ``distiller`` up to its configured number of iterations.
+
+    With ``checkpoint``, state is saved there every ``checkpoint_every`` iterations, at the
+    end and on Ctrl-C, and a run finding a checkpoint of the same method and settings
+    resumes from it. Ctrl-C stops after the step in flight, so the saved state is always a
+    whole step; a second Ctrl-C aborts at once. The loss reaches the host only every
+    ``log_every`` iterations (one sync), not at each step.
+    """
+    total = distiller.config.iterations
+    start, losses = _resume(distiller, checkpoint)
+    pending: list[Tensor] = []
+    done = start
+    bar = tqdm(total=total, initial=start, desc=f"distill {distiller.name}", disable=not progress, unit="it")
+    began = time.perf_counter()
+    with _StopRequest() as stop:
+        for iteration in range(start, total):
+            pending.append(distiller.step(iteration))
+            done = iteration + 1
+            bar.update(1)
+            if done % log_every == 0 or done == total or stop.requested:
+                losses.extend(torch.stack(pending).tolist())
+                pending.clear()
+                bar.set_postfix(loss=f"{losses[-1]:.4g}")
+            if checkpoint is not None and (done % checkpoint_every == 0 or done == total or stop.requested):
+                _save_checkpoint(distiller, checkpoint, done, losses)
+            if stop.requested:
+                break
+    bar.close()
+    result = distiller.synthetic_set()
+    result.meta["iterations"] = done
+    return DistillResult(result, done, time.perf_counter() - began, losses, interrupted=done < total)
+
+
+class _StopRequest:
+    """Turns the first Ctrl-C into a request to stop after the current step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _checkpoint_identity(distiller: Distiller) -> dict[str, Any]:
+    config = dataclasses.asdict(distiller.config)
+    config.pop("iterations")  # a run may be extended: more iterations continue the same trajectory
+    return {"method": distiller.name, "dataset": distiller.real.name, "config": config}
+
+
+def _save_checkpoint(distiller: Distiller, path: str | Path, iteration: int, losses: list[float]) -> None:
+    state = {"identity": _checkpoint_identity(distiller), "iteration": iteration, "losses": losses, "state": distiller.state_dict()}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def _load_checkpoint(distiller: Distiller, path: str | Path) -> tuple[int, list[float]]:
+    try:
+        saved = torch.load(path, map_location=distiller.device, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable checkpoint means the same to the user
+        raise DdplugError(f"checkpoint {path} is unreadable ({error}); delete it to start afresh") from None
+    if saved.get("identity") != _checkpoint_identity(distiller):
+        raise DdplugError(
+            f"checkpoint {path} was made by a different run ({saved.get('identity')}); "
+            "use another output folder, or delete the checkpoint to start afresh"
+        )
+    distiller.load_state_dict(saved["state"])
+    return int(saved["iteration"]), list(saved["losses"])
+
+
+def _resume(distiller: Distiller, checkpoint: str | Path | None) -> tuple[int, list[float]]:
+    if checkpoint is None or not Path(checkpoint).exists():
+        return 0, []
+    return _load_checkpoint(distiller, checkpoint)

@@ -1,0 +1,48 @@
+"""Class-balanced sampling of real images, for all classes in one tensor op."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ddplug.errors import DdplugError
+
+
+class ClassBalancedSampler:
+    """Draws ``k`` distinct indices of each class at once, without a Python loop over classes.
+
+    The indices of class ``c`` sit in row ``c`` of a padded matrix; a draw scores every
+    real slot with a uniform random number (padding scores -inf) and keeps the top ``k``
+    per row: a uniform sample without replacement, as the reference code takes.
+    """
+
+    def __init__(self, labels: Tensor, num_classes: int) -> None:
+        counts = torch.bincount(labels.cpu(), minlength=num_classes)
+        if (counts == 0).any():
+            missing = torch.nonzero(counts == 0).flatten().tolist()
+            raise DdplugError(f"classes {missing} have no real images: every class needs at least one")
+        order = torch.argsort(labels.cpu(), stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        width = int(counts.max())
+        slot = torch.arange(width)
+        valid = slot[None, :] < counts[:, None]
+        self.index = torch.where(valid, order[(starts[:, None] + slot[None, :]).clamp(max=len(order) - 1)], 0)
+        self.valid = valid
+        self.counts = counts
+        self.num_classes = num_classes
+
+    @property
+    def min_count(self) -> int:
+        return int(self.counts.min())
+
+    def to(self, device: torch.device | str) -> ClassBalancedSampler:
+        self.index, self.valid = self.index.to(device), self.valid.to(device)
+        return self
+
+    def sample(self, per_class: int, generator: torch.Generator | None = None) -> Tensor:
+        """Indices of shape ``(num_classes, k)``, ``k = min(per_class, smallest class)``."""
+        k = min(per_class, self.min_count)
+        scores = torch.rand(self.index.shape, generator=generator, device=self.index.device)
+        scores = scores.masked_fill(~self.valid, -1.0)
+        positions = scores.topk(k, dim=1).indices
+        return self.index.gather(1, positions)

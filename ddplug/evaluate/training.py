@@ -1,0 +1,71 @@
+"""Training a classifier on a (small) labelled tensor set and testing it: the field's protocol.
+
+SGD with momentum and weight decay, one learning-rate decay ×0.1 after half the epochs,
+optional DSA with independent parameters per image. Used by the evaluator, by the
+herding/k-center feature networks, and by the adapters that retrain on a memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddplug.augment import DSA
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 1000
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+
+
+def train_classifier(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    settings: TrainSettings,
+    *,
+    lr: float | None = None,
+    augment: DSA | None = None,
+    generator: torch.Generator | None = None,
+) -> nn.Module:
+    """Train ``model`` in place on ``images``/``labels`` (hard ids or soft targets).
+
+    ``lr`` overrides the settings' rate (a learned rate from MTT). ``generator`` (a CPU
+    generator) drives shuffling and augmentation, so a seeded run is repeatable.
+    """
+    device = images.device
+    lr = settings.lr if lr is None else lr
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    # The reference code decays once when epoch E//2 is reached, i.e. for the second half.
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[settings.epochs // 2], gamma=0.1)
+    model.train()
+    n = images.shape[0]
+    for _ in range(settings.epochs):
+        order = torch.randperm(n, generator=generator).to(device, non_blocking=True)
+        for batch in order.split(settings.batch_size):
+            x = images[batch]
+            if augment is not None:
+                x = augment(x, generator=generator)
+            loss = F.cross_entropy(model(x), labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        schedule.step()
+    return model
+
+
+@torch.no_grad()
+def classification_accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 2048) -> float:
+    """Top-1 accuracy (a fraction) of ``model`` in eval mode; one host sync at the end."""
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=images.device)
+    for x, y in zip(images.split(batch_size), labels.split(batch_size)):
+        correct += (model(x).argmax(dim=1) == y).sum()
+    return correct.item() / max(len(labels), 1)

@@ -1,0 +1,185 @@
+"""Model registry: names and option specs ("convnet:width=32,norm=batch") to seeded models."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ddplug.errors import DdplugError
+
+ModelFactory = Callable[..., nn.Module]
+
+_RESERVED_CHARACTERS = ":,= "
+
+
+@dataclass(frozen=True)
+class _Entry:
+    factory: ModelFactory
+    defaults: dict[str, Any]
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_model(name: str, **defaults: Any) -> Callable[[ModelFactory], ModelFactory]:
+    """Register ``factory(in_channels, num_classes, image_size, *, **options)`` under ``name``.
+
+    The factory's keyword-only parameters are the model's options; ``defaults`` overrides
+    some of their defaults, so one factory can be registered under several names
+    (e.g. ``"convnet-bn"`` = ``"convnet"`` with ``norm="batch"``). Decorators stack.
+    """
+    if not name or any(char in name for char in _RESERVED_CHARACTERS):
+        raise DdplugError(f"invalid model name {name!r}: use a non-empty name without ':', ',', '=' or spaces")
+    if name in _REGISTRY:
+        raise DdplugError(f"model {name!r} is already registered; pick another name")
+
+    def decorator(factory: ModelFactory) -> ModelFactory:
+        options = _factory_defaults(factory)
+        unknown = sorted(set(defaults) - set(options))
+        if unknown:
+            raise DdplugError(f"cannot register {name!r}: {factory.__name__} has no option(s) {', '.join(unknown)}")
+        _REGISTRY[name] = _Entry(factory, {**options, **defaults})
+        return factory
+
+    return decorator
+
+
+def _factory_defaults(factory: ModelFactory) -> dict[str, Any]:
+    """The factory's keyword-only options and their defaults, in declaration order."""
+    options = {}
+    for parameter in inspect.signature(factory).parameters.values():
+        if parameter.kind is not inspect.Parameter.KEYWORD_ONLY:
+            continue
+        if parameter.default is inspect.Parameter.empty:
+            raise TypeError(f"{factory.__name__}: option {parameter.name!r} needs a default value")
+        options[parameter.name] = parameter.default
+    return options
+
+
+def available_models() -> list[str]:
+    """Names accepted by :func:`create_model`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """Split ``"name:key=value,..."`` into the name and its options (values as int, float or str)."""
+    name, _, option_text = spec.strip().partition(":")
+    name = name.strip()
+    if not name:
+        raise DdplugError(f"model spec {spec!r} has no model name; write e.g. 'convnet:width=64'")
+    options: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in option_text.split(","))):
+        key, equals, value = (text.strip() for text in item.partition("="))
+        if not equals or not key or not value:
+            raise DdplugError(f"model spec {spec!r}: option {item!r} must be written key=value")
+        if key in options:
+            raise DdplugError(f"model spec {spec!r}: option {key!r} is given twice")
+        options[key] = _parse_value(value)
+    return name, options
+
+
+def _parse_value(text: str) -> int | float | str:
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+def format_model_spec(name: str, options: dict[str, Any]) -> str:
+    """The inverse of :func:`parse_model_spec`."""
+    if not options:
+        return name
+    return name + ":" + ",".join(f"{key}={value}" for key, value in options.items())
+
+
+def create_model(
+    spec: str,
+    *,
+    in_channels: int,
+    num_classes: int,
+    image_size: tuple[int, int],
+    seed: int | None = None,
+    **options: Any,
+) -> nn.Module:
+    """Build the model named by ``spec``; keyword ``options`` override those in the spec.
+
+    With ``seed`` the initial weights depend only on the seed (the global RNG is left as
+    it was); with ``seed=None`` they come from the global RNG. The model is built on the
+    CPU and records its full spec (every option, defaults included) as ``model.spec``.
+    """
+    name, spec_options = parse_model_spec(spec)
+    entry = _lookup(name)
+    merged = {**spec_options, **options}
+    _reject_unknown_options(name, merged, entry.defaults)
+    resolved = {**entry.defaults, **merged}
+    size = _check_image_size(image_size)
+    check_int("in_channels", in_channels)
+    check_int("num_classes", num_classes)
+    full_spec = format_model_spec(name, resolved)
+    try:
+        model = _construct(entry.factory, seed, in_channels, num_classes, size, resolved)
+    except DdplugError as error:
+        raise DdplugError(f"cannot build model {full_spec!r}: {error}") from None
+    model.spec = full_spec
+    return model
+
+
+def _lookup(name: str) -> _Entry:
+    if name not in _REGISTRY:
+        raise DdplugError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
+    return _REGISTRY[name]
+
+
+def _reject_unknown_options(name: str, options: dict[str, Any], known: dict[str, Any]) -> None:
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        valid = ", ".join(known) or "(none)"
+        raise DdplugError(f"model {name!r} has no option(s) {', '.join(unknown)}; valid options: {valid}")
+
+
+def _check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
+    if len(image_size) != 2 or not all(_is_int(side) and side >= 1 for side in image_size):
+        raise DdplugError(f"image_size must be (height, width) with positive ints, got {image_size!r}")
+    return int(image_size[0]), int(image_size[1])
+
+
+def _construct(
+    factory: ModelFactory,
+    seed: int | None,
+    in_channels: int,
+    num_classes: int,
+    image_size: tuple[int, int],
+    options: dict[str, Any],
+) -> nn.Module:
+    if seed is None:
+        return factory(in_channels, num_classes, image_size, **options)
+    check_int("seed", seed, minimum=0)
+    # Parameters are initialised on the CPU, so only the CPU generator is forked and
+    # reseeded: torch.manual_seed would also reseed (and so disturb) every CUDA generator.
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return factory(in_channels, num_classes, image_size, **options)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_int(option: str, value: object, minimum: int = 1) -> None:
+    """Raise :class:`DdplugError` unless ``value`` is an int ``>= minimum``."""
+    if not _is_int(value) or value < minimum:
+        raise DdplugError(f"{option} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_choice(option: str, value: object, choices: Iterable[str]) -> None:
+    """Raise :class:`DdplugError` unless ``value`` is one of ``choices``."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise DdplugError(f"invalid {option} {value!r}; valid values: {', '.join(choices)}")

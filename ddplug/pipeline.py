@@ -1,0 +1,200 @@
+"""Condense a dataset and judge the result: the composition the CLI, the benchmarks and the
+adapters share. Every file is written atomically as soon as it exists, so a later failure
+(e.g. during evaluation) never loses the set already made."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddplug.data import DatasetSplits, ImageDataset
+from ddplug.distill import (
+    DISTILLERS,
+    NEEDS_FEATURES,
+    SELECTIONS,
+    available_methods,
+    create_distiller,
+    make_config,
+    run_distillation,
+    select_subset,
+)
+from ddplug.errors import DdplugError
+from ddplug.evaluate.evaluator import EvalResult, Evaluator
+from ddplug.evaluate.published import published_result
+from ddplug.evaluate.report import format_table, percent, save_accuracy_plot
+from ddplug.evaluate.training import train_classifier
+from ddplug.models import create_model
+from ddplug.presets import Preset
+from ddplug.seeding import derive_seed, make_generator
+from ddplug.sets import SET_FILE, SyntheticSet, save_grid, save_set
+from ddplug.storage import write_json
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class Condensed:
+    synthetic: SyntheticSet
+    method: str
+    iterations: int  # 0 for selections
+    seconds: float  # wall time of distillation or selection (this run)
+    interrupted: bool = False
+    losses: list[float] = field(default_factory=list)
+
+
+def feature_network(real: ImageDataset, preset: Preset, *, seed: int, device: torch.device | str) -> torch.nn.Module:
+    """The network whose features herding and k-center select in: the evaluation model,
+    trained briefly on the real data (``preset.evaluation.feature_epochs``)."""
+    protocol = preset.evaluation
+    network = create_model(protocol.model, in_channels=real.in_channels, num_classes=real.num_classes,
+                           image_size=real.image_size, seed=derive_seed(seed, "feature-network")).to(device)
+    images, labels = real.images.to(device), real.labels.to(device)
+    train_classifier(network, images, labels, protocol.train_settings(protocol.feature_epochs),
+                     generator=make_generator(seed, "feature-network-train"))
+    return network
+
+
+def condense(
+    method: str,
+    real: ImageDataset,
+    *,
+    ipc: int,
+    preset: Preset,
+    seed: int = 0,
+    settings: dict[str, Any] | None = None,
+    device: torch.device | str = "cpu",
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Condensed:
+    """Make a synthetic set with ``method`` (a distiller or a selection).
+
+    Distillers take the preset's settings for the method, then ``settings``; with
+    ``out_dir`` they checkpoint there and resume a matching checkpoint.
+    """
+    if method in SELECTIONS:
+        began = time.perf_counter()
+        network = feature_network(real, preset, seed=seed, device=device) if method in NEEDS_FEATURES else None
+        synthetic = select_subset(method, real, ipc, seed=seed, feature_network=network, device=device)
+        return Condensed(synthetic, method, 0, time.perf_counter() - began)
+    if method not in DISTILLERS:
+        raise DdplugError(f"unknown method {method!r}; choose one of {', '.join(available_methods())}")
+    config = make_config(method, {**preset.method_settings(method), **(settings or {}), "ipc": ipc, "seed": seed})
+    distiller = create_distiller(method, real, config, device)
+    checkpoint = None if out_dir is None else Path(out_dir) / CHECKPOINT_FILE
+    result = run_distillation(distiller, checkpoint=checkpoint, progress=progress)
+    return Condensed(result.synthetic, method, result.iterations, result.seconds, result.interrupted, result.losses)
+
+
+def save_outputs(condensed: Condensed, out_dir: str | Path) -> dict[str, str]:
+    """Write the set and its picture into ``out_dir``; returns their paths."""
+    out_dir = Path(out_dir)
+    files = {"set": str(save_set(condensed.synthetic, out_dir / SET_FILE))}
+    files["grid"] = str(save_grid(condensed.synthetic, out_dir / "synthetic.png"))
+    return files
+
+
+@dataclass
+class Judgement:
+    """A set's evaluation next to the random-subset baseline and the published numbers."""
+
+    method: str
+    dataset: str
+    ipc: int | None
+    result: EvalResult
+    baselines: dict[str, EvalResult]
+    preset: str
+    seed: int
+
+    def summary(self) -> dict[str, Any]:
+        published = published_result(self.method, self.dataset, self.ipc)
+        published_random = published_result("random", self.dataset, self.ipc)
+        random = self.baselines.get("random")
+        summary: dict[str, Any] = {
+            "method": self.method,
+            "dataset": self.dataset,
+            "ipc": self.ipc,
+            "preset": self.preset,
+            "seed": self.seed,
+            "accuracy_mean": self.result.mean,
+            "accuracy_std": self.result.std,
+            "accuracies": self.result.accuracies,
+            "random_baseline_mean": None if random is None else random.mean,
+            "random_baseline_std": None if random is None else random.std,
+            "eval_model": self.result.model,
+            "eval_epochs": self.result.epochs,
+            "eval_models": len(self.result.accuracies),
+            "eval_seconds_per_model": self.result.seconds_per_model,
+            "published_accuracy": None if published is None else published.accuracy / 100,
+            "published_source": None if published is None else published.source,
+            "published_random_accuracy": None if published_random is None else published_random.accuracy / 100,
+        }
+        for name, baseline in self.baselines.items():
+            if name != "random":
+                summary[f"{name}_baseline_mean"] = baseline.mean
+                summary[f"{name}_baseline_std"] = baseline.std
+        return summary
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        rows = [(f"{self.method} (this set)", percent(self.result.mean, self.result.std), f"{self.preset} preset, {self.result.model}")]
+        rows += [(f"{name} subset", percent(b.mean, b.std), "same protocol") for name, b in self.baselines.items()]
+        for name in dict.fromkeys([self.method, *self.baselines, "full"]):
+            published = published_result(name, self.dataset, self.ipc)
+            if published is not None:
+                note = "published" + ("" if published.confirmed else " (unconfirmed)")
+                rows.append((f"{name} (paper)", f"{published.accuracy:.2f}", note))
+        return rows
+
+    def table(self) -> str:
+        ipc = "all" if self.ipc is None else self.ipc
+        title = f"{self.dataset}, ipc {ipc}: test accuracy (%) over {len(self.result.accuracies)} models"
+        return title + "\n" + format_table(("set", "accuracy %", "protocol"), self.rows())
+
+    def plot(self, path: str | Path) -> Path:
+        bars = [(f"{self.method} (here)", 100 * self.result.mean, 100 * self.result.std, "measured")]
+        bars += [(f"{name} (here)", 100 * b.mean, 100 * b.std, "measured") for name, b in self.baselines.items()]
+        for name in dict.fromkeys([self.method, *self.baselines]):
+            published = published_result(name, self.dataset, self.ipc)
+            if published is not None:
+                bars.append((f"{name} (paper)", published.accuracy, 0.0, "published"))
+        return save_accuracy_plot(path, bars, f"{self.dataset}, ipc {self.ipc}, {self.preset} preset ({self.result.model})")
+
+
+def judge(
+    synthetic: SyntheticSet,
+    data: DatasetSplits,
+    preset: Preset,
+    *,
+    method: str,
+    baselines: tuple[str, ...] = ("random",),
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> Judgement:
+    """Evaluate ``synthetic`` and each baseline selection at the same ipc on one protocol."""
+    evaluator = Evaluator(data, preset.evaluation, device=device, progress=progress)
+    full = method == "full"
+    ipc = None if full else synthetic.ipc
+    epochs = preset.evaluation.full_epochs if full else None
+    result = evaluator.evaluate(synthetic, seed=seed, epochs=epochs, label=method)
+    baseline_results = {}
+    if not full:
+        for name in baselines:
+            if name == method:
+                continue
+            baseline = condense(name, data.train, ipc=ipc, preset=preset, seed=seed, device=device, progress=progress)
+            baseline_results[name] = evaluator.evaluate(baseline.synthetic, seed=seed, label=name)
+    return Judgement(method, data.train.name, ipc, result, baseline_results, preset.name, seed)
+
+
+def write_judgement(judgement: Judgement, out_dir: str | Path, extra: dict[str, Any]) -> dict[str, Any]:
+    """Save ``evaluation.json`` and ``accuracy.png``; returns the summary written."""
+    out_dir = Path(out_dir)
+    files = {"evaluation": str(out_dir / "evaluation.json"), "plot": str(judgement.plot(out_dir / "accuracy.png"))}
+    summary = {**judgement.summary(), **extra}
+    summary["files"] = {**summary.get("files", {}), **files}
+    write_json(out_dir / "evaluation.json", summary)
+    return summary

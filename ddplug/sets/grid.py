@@ -1,0 +1,29 @@
+"""Pictures of synthetic sets: one row per class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchvision.utils import save_image
+
+from ddplug.sets.synthetic import SyntheticSet
+from ddplug.storage import atomic_write
+
+
+def class_grid(synthetic: SyntheticSet, max_per_class: int = 20) -> tuple[torch.Tensor, int]:
+    """The images class by class, each row padded with blanks to the same length; and that length."""
+    images = synthetic.denormalised().detach().cpu().clamp(0, 1)
+    labels = synthetic.hard_labels.cpu()
+    per_class = min(max(synthetic.ipc, 1), max_per_class)
+    rows = torch.ones(synthetic.num_classes, per_class, *images.shape[1:])
+    for c in range(synthetic.num_classes):
+        members = images[labels == c][:per_class]
+        rows[c, : len(members)] = members
+    return rows.flatten(0, 1), per_class
+
+
+def save_grid(synthetic: SyntheticSet, path: str | Path, max_per_class: int = 20) -> Path:
+    """Save a PNG grid of the set (de-normalised), one row per class, atomically."""
+    tiles, per_class = class_grid(synthetic, max_per_class)
+    return atomic_write(path, lambda tmp: save_image(tiles, str(tmp), nrow=per_class, padding=1, format="png"))

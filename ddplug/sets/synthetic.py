@@ -1,0 +1,83 @@
+"""The synthetic set: what every distiller and baseline produces and every consumer reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ddplug.errors import DdplugError
+
+
+@dataclass
+class SyntheticSet:
+    """A small labelled image set standing in for a real training set.
+
+    ``images`` are normalised with ``mean``/``std`` (the real data's constants), so a
+    model trains on them exactly as on normalised real images. ``labels`` are either
+    hard class ids (int64, shape ``(N,)``) or soft label vectors (float, ``(N, K)``,
+    used as targets as they are). ``lr`` is a learned training learning rate (MTT)
+    that the evaluator uses instead of the protocol's. ``meta`` records provenance:
+    method, dataset, ipc, config, seed, library version.
+    """
+
+    images: Tensor
+    labels: Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    lr: Tensor | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4:
+            raise DdplugError(f"synthetic images must be (N, C, H, W), got shape {tuple(self.images.shape)}")
+        n, channels = self.images.shape[:2]
+        if self.labels.shape[0] != n:
+            raise DdplugError(f"{n} synthetic images but {self.labels.shape[0]} labels")
+        if self.soft_labels and self.labels.shape[1] != self.num_classes:
+            raise DdplugError(f"soft labels have {self.labels.shape[1]} columns for {self.num_classes} classes")
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise DdplugError(f"mean/std have {len(self.mean)}/{len(self.std)} entries for {channels}-channel images")
+        self.mean = tuple(float(m) for m in self.mean)
+        self.std = tuple(float(s) for s in self.std)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def soft_labels(self) -> bool:
+        return self.labels.ndim == 2
+
+    @property
+    def hard_labels(self) -> Tensor:
+        """Class ids: the labels themselves, or the arg-max of soft labels."""
+        return self.labels.argmax(dim=1) if self.soft_labels else self.labels
+
+    @property
+    def ipc(self) -> int:
+        """Images per class (of the largest class, for unbalanced sets)."""
+        return int(torch.bincount(self.hard_labels.cpu(), minlength=self.num_classes).max())
+
+    def denormalised(self) -> Tensor:
+        """Images on the [0, 1] pixel scale (not clamped)."""
+        mean = torch.tensor(self.mean, device=self.images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=self.images.device).view(1, -1, 1, 1)
+        return self.images * std + mean
+
+    def to(self, device: torch.device | str) -> SyntheticSet:
+        lr = None if self.lr is None else self.lr.to(device)
+        return replace(self, images=self.images.to(device), labels=self.labels.to(device), lr=lr)
+
+    def detach(self) -> SyntheticSet:
+        """A copy that shares no autograd graph and no storage with learnable tensors."""
+        lr = None if self.lr is None else self.lr.detach().clone()
+        return replace(
+            self,
+            images=self.images.detach().clone(),
+            labels=self.labels.detach().clone(),
+            lr=lr,
+            meta=dict(self.meta),
+        )

@@ -1,0 +1,138 @@
+import pytest
+import torch
+
+from ddplug.distill import (
+    DistributionMatching,
+    DMConfig,
+    create_distiller,
+    make_config,
+    run_distillation,
+    select_subset,
+)
+from ddplug.distill.sampling import ClassBalancedSampler
+from ddplug.distill.selection import herding_indices, kcenter_indices
+from ddplug.errors import DdplugError
+
+from conftest import TINY_MODEL
+
+
+def dm(digits, **overrides):
+    settings = {"ipc": 2, "iterations": 30, "model": TINY_MODEL, "batch_real": 32, "seed": 0, **overrides}
+    return create_distiller("dm", digits.train, DMConfig(**settings))
+
+
+def test_sampler_draws_distinct_indices_per_class():
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 2, 2, 2])
+    sampler = ClassBalancedSampler(labels, 3)
+    draw = sampler.sample(2, torch.Generator().manual_seed(0))
+    assert draw.shape == (3, 2)
+    for c in range(3):
+        assert (labels[draw[c]] == c).all()
+        assert len(set(draw[c].tolist())) == 2
+    assert sampler.sample(10).shape == (3, 2)  # capped at the smallest class
+    with pytest.raises(DdplugError, match="no real images"):
+        ClassBalancedSampler(torch.tensor([0, 0, 2]), 3)
+
+
+def test_dm_lowers_its_loss_and_moves_the_images(digits):
+    distiller = dm(digits, lr_images=5.0)
+    start = distiller.images.detach().clone()
+    probe = range(1000, 1010)  # fixed networks and batches, unseen during training
+    with torch.no_grad():
+        before = torch.stack([distiller.loss(i) for i in probe]).mean()
+    result = run_distillation(distiller, progress=False)
+    with torch.no_grad():
+        after = torch.stack([distiller.loss(i) for i in probe]).mean()
+    assert after < 0.8 * before
+    assert (distiller.images.detach() - start).abs().max() > 1e-3
+    assert len(result.losses) == 30 and result.iterations == 30 and not result.interrupted
+    synthetic = result.synthetic
+    assert synthetic.images.shape == (20, 1, 8, 8)
+    assert synthetic.labels.tolist() == [c for c in range(10) for _ in range(2)]
+    assert synthetic.meta["method"] == "dm" and synthetic.meta["ipc"] == 2 and synthetic.meta["iterations"] == 30
+
+
+def test_dm_initialisations(digits):
+    real_init = dm(digits).images.detach()
+    rows = digits.train.images.flatten(1)
+    for image in real_init.flatten(1):
+        assert (rows == image).all(dim=1).any()  # every synthetic image starts as a real one
+    noise = dm(digits, init="noise").images.detach()
+    assert abs(noise.std().item() - 1) < 0.2
+
+
+def test_same_seed_same_set_different_seed_differs(digits):
+    a = run_distillation(dm(digits, iterations=5), progress=False).synthetic.images
+    b = run_distillation(dm(digits, iterations=5), progress=False).synthetic.images
+    c = run_distillation(dm(digits, iterations=5, seed=1), progress=False).synthetic.images
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_resume_continues_the_same_trajectory(digits, tmp_path):
+    uninterrupted = run_distillation(dm(digits, iterations=12), progress=False)
+    checkpoint = tmp_path / "ckpt.pt"
+    first = run_distillation(dm(digits, iterations=7), checkpoint=checkpoint, checkpoint_every=3, progress=False)
+    assert first.iterations == 7
+    resumed = run_distillation(dm(digits, iterations=12), checkpoint=checkpoint, progress=False)
+    assert resumed.iterations == 12
+    assert torch.allclose(resumed.synthetic.images, uninterrupted.synthetic.images, atol=1e-6)
+    assert len(resumed.losses) == 12
+    assert resumed.losses[:7] == first.losses
+
+
+def test_checkpoint_of_another_run_is_refused(digits, tmp_path):
+    checkpoint = tmp_path / "ckpt.pt"
+    run_distillation(dm(digits, iterations=2), checkpoint=checkpoint, progress=False)
+    with pytest.raises(DdplugError, match="different run"):
+        run_distillation(dm(digits, iterations=2, lr_images=3.0), checkpoint=checkpoint, progress=False)
+
+
+def test_bad_settings_fail_before_work(digits):
+    with pytest.raises(DdplugError, match="ipc must be"):
+        dm(digits, ipc=0)
+    with pytest.raises(DdplugError, match="larger than the smallest class"):
+        dm(digits, ipc=10_000)
+    with pytest.raises(DdplugError, match="unknown init"):
+        dm(digits, init="zeros")
+    with pytest.raises(DdplugError, match="unknown distillation method"):
+        make_config("dx")
+    with pytest.raises(DdplugError, match="no setting"):
+        make_config("dm", {"itrations": "3"})
+    config = make_config("dm", {"iterations": "7", "augment": "false"})
+    assert config.iterations == 7 and config.augment is False
+    assert isinstance(create_distiller("dm", digits.train, config), DistributionMatching)
+
+
+def test_herding_and_kcenter_on_known_points():
+    points = torch.tensor([[0.0, 0.0], [10.0, 0.0], [-10.0, 0.0], [1.0, 0.0], [0.0, 9.0]])
+    # The mean is (0.2, 1.8): herding takes the point nearest it first.
+    assert herding_indices(points, 1).tolist() == [0]
+    assert herding_indices(points, 3).tolist()[:1] == [0]
+    assert len(set(herding_indices(points, 5).tolist())) == 5
+    # k-center: nearest-to-mean first, then farthest points.
+    assert kcenter_indices(points, 3).tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("method", ["random", "herding", "kcenter"])
+def test_selections_pick_real_images_per_class(digits, method):
+    from conftest import TINY_MODEL as spec
+    from ddplug.models import create_model
+
+    network = create_model(spec, in_channels=1, num_classes=10, image_size=(8, 8), seed=0)
+    subset = select_subset(method, digits.train, 3, seed=0, feature_network=network)
+    assert subset.images.shape == (30, 1, 8, 8)
+    assert torch.bincount(subset.labels, minlength=10).tolist() == [3] * 10
+    rows = digits.train.images.flatten(1)
+    assert all((rows == image).all(dim=1).any() for image in subset.images.flatten(1))
+    assert subset.meta["method"] == method
+
+
+def test_selection_errors(digits):
+    with pytest.raises(DdplugError, match="feature_network"):
+        select_subset("herding", digits.train, 2)
+    with pytest.raises(DdplugError, match="larger than the smallest class"):
+        select_subset("random", digits.train, 5000)
+    with pytest.raises(DdplugError, match="unknown selection"):
+        select_subset("best", digits.train, 2)
+    assert len(select_subset("full", digits.train, 1)) == len(digits.train)

@@ -1,0 +1,88 @@
+import dataclasses
+
+import pytest
+import torch
+
+from ddplug.distill import select_subset
+from ddplug.errors import DdplugError
+from ddplug.evaluate.evaluator import Evaluator
+from ddplug.evaluate.published import published_result
+from ddplug.evaluate.training import TrainSettings, classification_accuracy, train_classifier
+from ddplug.models import create_model
+from ddplug.pipeline import condense, judge, write_judgement
+from ddplug.presets import get_preset
+from ddplug.sets import SyntheticSet
+
+
+def test_evaluator_is_reproducible_with_a_seed(digits, tiny_preset):
+    subset = select_subset("random", digits.train, 5, seed=0)
+    evaluator = Evaluator(digits, tiny_preset.evaluation, progress=False)
+    first = evaluator.evaluate(subset, seed=3)
+    second = evaluator.evaluate(subset, seed=3)
+    other = evaluator.evaluate(subset, seed=4)
+    assert first.accuracies == second.accuracies
+    assert first.accuracies != other.accuracies
+    assert len(first.accuracies) == 2 and all(0 <= a <= 1 for a in first.accuracies)
+    assert first.std == pytest.approx(abs(first.accuracies[0] - first.accuracies[1]) / 2)
+
+
+def test_training_learns_the_digits(digits):
+    network = create_model("convnet:width=8,depth=2", in_channels=1, num_classes=10, image_size=(8, 8), seed=0)
+    untrained = classification_accuracy(network, digits.test.images, digits.test.labels)
+    train_classifier(network, digits.train.images, digits.train.labels, TrainSettings(epochs=20, batch_size=64),
+                     generator=torch.Generator().manual_seed(0))
+    trained = classification_accuracy(network, digits.test.images, digits.test.labels)
+    assert untrained < 0.3 and trained > 0.85
+
+
+def test_soft_labels_and_learned_lr_are_used(digits, tiny_preset):
+    subset = select_subset("random", digits.train, 5, seed=0)
+    evaluator = Evaluator(digits, tiny_preset.evaluation, progress=False)
+    hard = evaluator.evaluate(subset, seed=0).accuracies
+    soft = dataclasses.replace(subset, labels=torch.nn.functional.one_hot(subset.labels, 10).float())
+    assert evaluator.evaluate(soft, seed=0).accuracies == pytest.approx(hard, abs=1e-9)  # one-hot == hard
+    frozen = dataclasses.replace(subset, lr=torch.tensor(0.0))
+    result = evaluator.evaluate(frozen, seed=0)
+    assert max(result.accuracies) < 0.3  # lr 0 leaves the networks untrained
+
+
+def test_incompatible_set_is_rejected(digits, tiny_preset):
+    wrong = SyntheticSet(torch.zeros(10, 3, 8, 8), torch.arange(10), 10, (0, 0, 0), (1, 1, 1))
+    with pytest.raises(DdplugError, match="--dataset"):
+        Evaluator(digits, tiny_preset.evaluation, progress=False).evaluate(wrong)
+
+
+def test_published_numbers():
+    dm = published_result("dm", "cifar10", 10)
+    assert dm.accuracy == 48.9 and dm.confirmed and "Distribution Matching" in dm.source
+    assert published_result("dm", "fashion-mnist", 1).confirmed is False
+    assert published_result("dc", "cifar100", 50) is None
+    assert published_result("dm", "digits", 10) is None
+    assert published_result("full", "fashion-mnist", None).accuracy == 93.5
+
+
+def test_preset_overrides():
+    preset = get_preset("cpu").override({"eval.epochs": "7", "eval.augment": "false", "dm.iterations": "9"})
+    assert preset.evaluation.epochs == 7 and preset.evaluation.augment is False
+    assert preset.method_settings("dm")["iterations"] == "9"
+    assert preset.method_settings("dm")["model"] == "convnet:width=32"
+    with pytest.raises(DdplugError, match="no setting"):
+        get_preset("cpu").override({"eval.epoch": "7"})
+    with pytest.raises(DdplugError, match="expects int"):
+        get_preset("cpu").override({"eval.epochs": "many"})
+    with pytest.raises(DdplugError, match="unknown preset"):
+        get_preset("gpu")
+
+
+def test_dm_beats_random_on_digits_at_one_image_per_class(digits, tiny_preset, tmp_path):
+    preset = dataclasses.replace(
+        tiny_preset,
+        evaluation=dataclasses.replace(tiny_preset.evaluation, num_models=3, epochs=100),
+        methods={"*": {"model": "convnet:width=16,depth=2"}, "dm": {"iterations": 150, "batch_real": 64}},
+    )
+    condensed = condense("dm", digits.train, ipc=1, preset=preset, seed=0, out_dir=tmp_path, progress=False)
+    judgement = judge(condensed.synthetic, digits, preset, method="dm", seed=0, progress=False)
+    summary = write_judgement(judgement, tmp_path, {"iterations": condensed.iterations})
+    assert summary["accuracy_mean"] > summary["random_baseline_mean"]
+    assert (tmp_path / "evaluation.json").is_file() and (tmp_path / "accuracy.png").is_file()
+    assert (tmp_path / "checkpoint.pt").is_file()

@@ -1,0 +1,145 @@
+import pickle
+
+import pytest
+import torch
+
+from ddplug.errors import DdplugError
+from ddplug.sets import SyntheticSet, load_set, save_grid, save_set
+
+
+class FakeDataset:
+    name = "fake"
+    num_classes = 3
+    mean = (0.5,)
+    std = (0.25,)
+
+
+def make_set(soft: bool = False, lr: float | None = None) -> SyntheticSet:
+    images = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    labels = torch.softmax(torch.randn(6, 3), 1) if soft else torch.tensor([0, 0, 1, 1, 2, 2])
+    return SyntheticSet(images, labels, 3, (0.5,), (0.25,), lr=None if lr is None else torch.tensor(lr),
+                        meta={"method": "dm", "dataset": "fake", "ipc": 2, "config": {"a": 1}})
+
+
+def test_round_trip_keeps_everything(tmp_path):
+    original = make_set(lr=0.02)
+    path = save_set(original, tmp_path / "s.safetensors")
+    loaded = load_set(path)
+    assert torch.equal(loaded.images, original.images)
+    assert torch.equal(loaded.labels, original.labels)
+    assert loaded.lr.item() == pytest.approx(0.02)
+    assert loaded.meta == original.meta
+    assert (loaded.num_classes, loaded.mean, loaded.std, loaded.ipc) == (3, (0.5,), (0.25,), 2)
+
+
+def test_folder_lookup_and_soft_labels(tmp_path):
+    save_set(make_set(soft=True), tmp_path / "synthetic.safetensors")
+    loaded = load_set(tmp_path)
+    assert loaded.soft_labels and loaded.labels.shape == (6, 3)
+    assert torch.equal(loaded.hard_labels, loaded.labels.argmax(1))
+
+
+@pytest.mark.parametrize("encoding,tolerance", [("float16", 1e-2), ("uint8", 0.5 / 255 / 0.25 + 1e-6)])
+def test_compact_encodings(tmp_path, encoding, tolerance):
+    original = make_set()
+    original.images = original.images.clamp(-2, 2)  # pixels (x * 0.25 + 0.5) stay in [0, 1] for uint8
+    path = save_set(original, tmp_path / f"{encoding}.safetensors", encoding=encoding)
+    loaded = load_set(path)
+    assert loaded.images.dtype == torch.float32
+    assert (loaded.images - original.images).abs().max() <= tolerance
+    assert path.stat().st_size < save_set(original, tmp_path / "f32.safetensors").stat().st_size
+
+
+def test_crafted_pickle_is_refused_without_running_code(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"data": [[torch.zeros(1, 1, 8, 8), torch.zeros(1)]], "x": Exploit()}, path)
+    assert not marker.exists()  # pickling only records the call
+    with pytest.raises(DdplugError, match="refused"):
+        load_set(path, dataset=FakeDataset())
+    assert not marker.exists()  # and loading did not make it
+
+
+def test_plain_pickle_file_is_not_loaded(tmp_path):
+    path = tmp_path / "plain.pkl"
+    path.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(DdplugError):
+        load_set(path, dataset=FakeDataset())
+
+
+def test_dc_format(tmp_path):
+    images = torch.randn(6, 1, 8, 8)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    path = tmp_path / "res_DC_fake_ConvNet_2ipc.pt"
+    torch.save({"data": [[images, labels], [images + 1, labels]], "accs_all_exps": {}}, path)
+    loaded = load_set(path, dataset=FakeDataset(), experiment=1)
+    assert torch.equal(loaded.images, images + 1)
+    assert loaded.num_classes == 3 and loaded.mean == (0.5,)
+    with pytest.raises(DdplugError, match="dataset"):
+        load_set(path)
+    with pytest.raises(DdplugError, match="experiment 5"):
+        load_set(path, dataset=FakeDataset(), experiment=5)
+
+
+def test_mtt_format_with_learned_lr(tmp_path):
+    torch.save(torch.randn(3, 1, 8, 8), tmp_path / "images_best.pt")
+    torch.save(torch.tensor([0, 1, 2]), tmp_path / "labels_best.pt")
+    torch.save(torch.tensor(0.03), tmp_path / "lr_best.pt")
+    loaded = load_set(tmp_path, dataset=FakeDataset())
+    assert loaded.lr.item() == pytest.approx(0.03)
+    assert loaded.labels.tolist() == [0, 1, 2]
+
+
+def test_mtt_without_labels_and_bad_labels(tmp_path):
+    torch.save(torch.randn(3, 1, 8, 8), tmp_path / "images_best.pt")
+    with pytest.raises(DdplugError, match="labels"):
+        load_set(tmp_path / "images_best.pt", dataset=FakeDataset())
+    torch.save(torch.tensor([0, 1, 7]), tmp_path / "labels_best.pt")
+    with pytest.raises(DdplugError, match="outside"):
+        load_set(tmp_path, dataset=FakeDataset())
+
+
+def test_not_a_set_and_missing_and_corrupt(tmp_path):
+    with pytest.raises(DdplugError, match="does not exist"):
+        load_set(tmp_path / "nope.safetensors")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "model.pt")
+    with pytest.raises(DdplugError, match="not a synthetic set"):
+        load_set(tmp_path / "model.pt", dataset=FakeDataset())
+    good = save_set(make_set(), tmp_path / "good.safetensors")
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(DdplugError, match="truncated or corrupt"):
+        load_set(truncated)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DdplugError, match="holds no synthetic set"):
+        load_set(tmp_path / "empty")
+
+
+def test_failed_save_keeps_previous_file(tmp_path):
+    path = save_set(make_set(), tmp_path / "s.safetensors")
+    before = path.read_bytes()
+    with pytest.raises(DdplugError):
+        save_set(make_set(), path, encoding="int4")
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["s.safetensors"]  # no temp files left
+
+
+def test_grid_has_one_row_per_class(tmp_path):
+    from PIL import Image
+
+    path = save_grid(make_set(), tmp_path / "grid.png")
+    width, height = Image.open(path).size
+    # 3 rows and 2 columns of 8-px tiles with 1-px padding
+    assert (width, height) == (2 * 9 + 1, 3 * 9 + 1)
+
+
+def test_invalid_sets_are_rejected():
+    with pytest.raises(DdplugError, match="labels"):
+        SyntheticSet(torch.zeros(2, 1, 4, 4), torch.zeros(3, dtype=torch.long), 2, (0.0,), (1.0,))
+    with pytest.raises(DdplugError, match="mean/std"):
+        SyntheticSet(torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.long), 2, (0.0,), (1.0,))
