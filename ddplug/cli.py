@@ -71,6 +71,15 @@ def _baselines(text: str) -> tuple[str, ...]:
     return names
 
 
+def _peak_memory(device: torch.device) -> dict[str, Any]:
+    """Peak memory of this process: CUDA allocations on a GPU, resident set size on CPU."""
+    if device.type == "cuda":
+        return {"peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20, "peak_memory_kind": "cuda-allocated"}
+    import resource
+
+    return {"peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_memory_kind": "process-max-rss"}
+
+
 def _emit(summary: dict[str, Any], table: str, as_json: bool) -> None:
     print(table)
     if as_json:
@@ -115,7 +124,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         return 0
     judgement = judge(condensed.synthetic, data, preset, method=args.method, baselines=baselines,
                       seed=args.seed, device=device, progress=not args.quiet)
-    summary = write_judgement(judgement, out_dir, extra)
+    summary = write_judgement(judgement, out_dir, {**extra, **_peak_memory(device)})
     _emit(summary, judgement.table() + f"\nwritten to {out_dir}/", args.json)
     return 0
 

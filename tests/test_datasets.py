@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import pickle
-import struct
 import urllib.error
 from pathlib import Path
 
@@ -27,6 +26,8 @@ from ddplug.data import (
 from ddplug.data import datasets as datasets_module
 from ddplug.errors import DdplugError
 
+from conftest import idx_bytes
+
 RNG = np.random.default_rng(0)
 
 
@@ -38,11 +39,6 @@ def _no_system_datasets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
 
 
 # --- writers for each format -----------------------------------------------------------------
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(np.uint8).tobytes()
 
 
 def write_idx_set(folder: Path, gz: bool) -> dict[str, np.ndarray]:

@@ -1,3 +1,6 @@
+import os
+import signal
+
 import pytest
 import torch
 
@@ -136,3 +139,25 @@ def test_selection_errors(digits):
     with pytest.raises(DdplugError, match="unknown selection"):
         select_subset("best", digits.train, 2)
     assert len(select_subset("full", digits.train, 1)) == len(digits.train)
+
+
+class InterruptedDM(DistributionMatching):
+    """Presses Ctrl-C (SIGINT to itself) during iteration 3."""
+
+    def step(self, iteration):
+        if iteration == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().step(iteration)
+
+
+def test_ctrl_c_stops_after_the_step_and_saves_it(digits, tmp_path):
+    config = DMConfig(ipc=1, iterations=50, model=TINY_MODEL, batch_real=8)
+    checkpoint = tmp_path / "ckpt.pt"
+    result = run_distillation(InterruptedDM(digits.train, config), checkpoint=checkpoint, checkpoint_every=100, progress=False)
+    assert result.interrupted and result.iterations == 4
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["iteration"] == 4
+    assert torch.equal(saved["state"]["images"], result.synthetic.images)
+    # the same command again picks up at iteration 4 and finishes
+    finished = run_distillation(DistributionMatching(digits.train, config), checkpoint=checkpoint, progress=False)
+    assert finished.iterations == 50 and not finished.interrupted

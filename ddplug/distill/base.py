@@ -25,6 +25,7 @@ from ddplug.augment import DSA, DSAConfig
 from ddplug.data import ImageDataset
 from ddplug.distill.sampling import ClassBalancedSampler
 from ddplug.errors import DdplugError
+from ddplug.models import create_model
 from ddplug.seeding import make_generator
 from ddplug.sets import SyntheticSet
 from ddplug.storage import atomic_write
@@ -91,6 +92,17 @@ class Distiller(ABC):
         if config.dsa_strategy is not None:
             dsa_config = dataclasses.replace(dsa_config, strategy=config.dsa_strategy)
         self.dsa = DSA(dsa_config) if config.augment else None
+        self.build_network(seed=0)  # a bad model spec fails here, before any long work
+
+    def build_network(self, seed: int) -> nn.Module:
+        """A freshly initialised matching network (``config.model``) on the device."""
+        return create_model(
+            self.config.model,
+            in_channels=self.real.in_channels,
+            num_classes=self.num_classes,
+            image_size=self.real.image_size,
+            seed=seed,
+        ).to(self.device)
 
     def _initial_images(self) -> Tensor:
         generator = make_generator(self.config.seed, "init", device=self.device)

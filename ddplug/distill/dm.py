@@ -13,7 +13,6 @@ import torch
 from torch import Tensor
 
 from ddplug.distill.base import DistillConfig, Distiller
-from ddplug.models import create_model
 from ddplug.seeding import derive_seed
 
 
@@ -30,13 +29,7 @@ class DistributionMatching(Distiller):
     config_class = DMConfig
 
     def random_network(self, iteration: int) -> torch.nn.Module:
-        network = create_model(
-            self.config.model,
-            in_channels=self.real.in_channels,
-            num_classes=self.num_classes,
-            image_size=self.real.image_size,
-            seed=derive_seed(self.config.seed, "network", iteration),
-        ).to(self.device)
+        network = self.build_network(derive_seed(self.config.seed, "network", iteration))
         network.requires_grad_(False)  # only the images learn; skip weight gradients
         return network
 

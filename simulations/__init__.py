@@ -1,0 +1,1 @@
+"""Runnable experiments: condensation benchmarks, class-incremental and federated runs."""

@@ -1,0 +1,129 @@
+"""The command line as a user meets it: outputs, JSON, and one-line errors for mistakes."""
+
+import json
+
+import pytest
+import torch
+
+from ddplug.cli import main
+
+from conftest import write_fake_fashion_mnist
+
+SMALL = "convnet:width=4,depth=1"
+
+
+@pytest.fixture()
+def data_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPLUG_DATA", str(write_fake_fashion_mnist(tmp_path / "data")))
+    return tmp_path / "data"
+
+
+def fast(*extra):
+    return ["--ipc", "1", "--iterations", "3", "--model", SMALL, "--eval-model", SMALL, "--eval-epochs", "2",
+            "--eval-models", "2", "--quiet", "--device", "cpu", *extra]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_distill_writes_set_grid_and_evaluation(capsys, data_root, tmp_path):
+    out = tmp_path / "run"
+    code, stdout, _ = run(capsys, "distill", *fast("--out", str(out), "--json"))
+    assert code == 0
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    for key in ("method", "dataset", "ipc", "iterations", "distill_seconds", "accuracy_mean", "accuracy_std",
+                "random_baseline_mean", "published_accuracy", "peak_memory_mb"):
+        assert key in summary
+    assert (summary["method"], summary["dataset"], summary["ipc"], summary["iterations"]) == ("dm", "fashion-mnist", 1, 3)
+    assert 0 <= summary["accuracy_mean"] <= 1 and len(summary["accuracies"]) == 2
+    assert summary["published_accuracy"] == pytest.approx(0.707)
+    for name in ("synthetic.safetensors", "synthetic.png", "evaluation.json", "accuracy.png", "checkpoint.pt"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "evaluation.json").read_text())["accuracy_mean"] == summary["accuracy_mean"]
+
+    # evaluate reads the dataset from ddplug's own file and reports the same keys
+    code, stdout, _ = run(capsys, "evaluate", str(out), "--eval-model", SMALL, "--eval-epochs", "2", "--eval-models", "2",
+                          "--quiet", "--device", "cpu", "--json")
+    assert code == 0
+    again = json.loads(stdout.strip().splitlines()[-1])
+    assert again["accuracies"] == summary["accuracies"]  # same seed, same protocol
+
+
+@pytest.mark.parametrize("method", ["random", "herding", "kcenter"])
+def test_baseline_methods(capsys, data_root, tmp_path, method):
+    code, stdout, _ = run(capsys, "distill", "--method", method, *fast("--out", str(tmp_path / method), "--json",
+                                                                     "--set", "eval.feature_epochs=1"))
+    assert code == 0
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["method"] == method and summary["iterations"] == 0
+
+
+def test_evaluate_foreign_dc_file_needs_dataset(capsys, data_root, tmp_path):
+    path = tmp_path / "res_DC.pt"
+    torch.save({"data": [[torch.randn(10, 1, 28, 28), torch.arange(10)]]}, path)
+    code, _, stderr = run(capsys, "evaluate", str(path), "--quiet")
+    assert code == 2 and "--dataset" in stderr
+    code, stdout, _ = run(capsys, "evaluate", str(path), "--dataset", "fashion-mnist", "--eval-model", SMALL,
+                          "--eval-epochs", "1", "--eval-models", "1", "--quiet", "--device", "cpu", "--json")
+    assert code == 0 and json.loads(stdout.strip().splitlines()[-1])["ipc"] == 1
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["distill", "--dataset", "imagenet-99"], "unknown dataset"),
+        (["distill", "--method", "magic"], "unknown method"),
+        (["distill", "--eval-model", "transformer"], "transformer"),
+        (["distill", "--ipc", "1", "--model", "convnet:norm=weird", "--iterations", "1"], "norm"),
+        (["distill", "--ipc", "0"], "--ipc must be at least 1"),
+        (["distill", "--ipc", "50"], "larger than the smallest class"),
+        (["distill", "--preset", "huge"], "unknown preset"),
+        (["distill", "--set", "eval.epochs"], "KEY=VALUE"),
+        (["distill", "--baselines", "oracle"], "unknown baseline"),
+        (["distill", "--device", "cuda:0"], "CUDA"),
+        (["evaluate", "/nonexistent/set.safetensors"], "does not exist"),
+    ],
+)
+def test_user_errors_are_one_clear_line(capsys, data_root, argv, message):
+    code, _, stderr = run(capsys, *argv, "--quiet")
+    assert code == 2
+    assert stderr.startswith("ddplug: error: ") and message in stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_missing_dataset_names_where_it_looked(capsys, tmp_path, monkeypatch):
+    from ddplug.data import datasets
+
+    monkeypatch.setattr(datasets, "_DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    code, _, stderr = run(capsys, "distill", "--data-root", str(tmp_path / "empty"), "--quiet")
+    assert code == 2 and str(tmp_path / "empty") in stderr and "ddplug download" in stderr
+
+
+def test_corrupt_and_wrong_files(capsys, data_root, tmp_path):
+    (tmp_path / "cut.safetensors").write_bytes(b"\x10\x00\x00\x00garbage")
+    code, _, stderr = run(capsys, "evaluate", str(tmp_path / "cut.safetensors"))
+    assert code == 2 and "corrupt" in stderr
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "model.pt")
+    code, _, stderr = run(capsys, "evaluate", str(tmp_path / "model.pt"), "--dataset", "fashion-mnist")
+    assert code == 2 and "not a synthetic set" in stderr
+
+
+def test_an_error_loses_nothing_already_written(capsys, data_root, tmp_path):
+    out = tmp_path / "run"
+    assert run(capsys, "distill", *fast("--out", str(out)))[0] == 0
+    before = {name: (out / name).read_bytes() for name in ("synthetic.safetensors", "evaluation.json", "checkpoint.pt")}
+    # Same folder, different settings: refused before anything is overwritten.
+    code, _, stderr = run(capsys, "distill", *fast("--out", str(out), "--init", "noise"))
+    assert code == 2 and "different run" in stderr
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_rerun_resumes_instead_of_redoing(capsys, data_root, tmp_path):
+    out = tmp_path / "run"
+    run(capsys, "distill", *fast("--out", str(out), "--no-eval"))
+    code, stdout, _ = run(capsys, "distill", *fast("--out", str(out), "--no-eval", "--json"))
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert code == 0 and summary["iterations"] == 3 and summary["distill_seconds"] < 1.0
