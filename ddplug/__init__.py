@@ -1,8 +1,35 @@
-"""ddplug: dataset distillation for PyTorch."""
+"""ddplug: dataset distillation for PyTorch.
 
-from importlib.metadata import PackageNotFoundError, version
+The pieces everything is built from::
 
-try:
-    __version__ = version("ddplug")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+source"
+    data = ddplug.load_dataset("fashion-mnist")                      # real data, in memory
+    distiller = ddplug.create_distiller("dm", data.train, ddplug.make_config("dm", {"ipc": 10}))
+    synthetic = ddplug.run_distillation(distiller).synthetic          # a SyntheticSet
+    result = ddplug.Evaluator(data, ddplug.get_preset("cpu").evaluation).evaluate(synthetic)
+    print(result.mean, result.std)
+"""
+
+from ddplug.augment import DSA, DSAConfig
+from ddplug.data import DatasetSplits, ImageDataset, from_tensors, from_torch_dataset, load_dataset
+from ddplug.distill import (
+    DistillConfig,
+    Distiller,
+    available_methods,
+    create_distiller,
+    make_config,
+    run_distillation,
+    select_subset,
+)
+from ddplug.errors import DdplugError
+from ddplug.evaluate.evaluator import EvalResult, Evaluator
+from ddplug.models import available_models, create_model, register_model
+from ddplug.presets import EvalProtocol, Preset, get_preset
+from ddplug.sets import SyntheticSet, load_set, save_grid, save_set
+from ddplug.version import __version__
+
+__all__ = [
+    "DSA", "DSAConfig", "DatasetSplits", "DdplugError", "DistillConfig", "Distiller", "EvalProtocol", "EvalResult",
+    "Evaluator", "ImageDataset", "Preset", "SyntheticSet", "__version__", "available_methods", "available_models",
+    "create_distiller", "create_model", "from_tensors", "from_torch_dataset", "get_preset", "load_dataset",
+    "load_set", "make_config", "register_model", "run_distillation", "save_grid", "save_set", "select_subset",
+]

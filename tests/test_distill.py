@@ -161,3 +161,10 @@ def test_ctrl_c_stops_after_the_step_and_saves_it(digits, tmp_path):
     # the same command again picks up at iteration 4 and finishes
     finished = run_distillation(DistributionMatching(digits.train, config), checkpoint=checkpoint, progress=False)
     assert finished.iterations == 50 and not finished.interrupted
+
+
+def test_learned_labels_and_lr_are_refused_where_the_loss_ignores_them(digits):
+    with pytest.raises(DdplugError, match="learn_labels"):
+        dm(digits, learn_labels=True)
+    with pytest.raises(DdplugError, match="learn_lr"):
+        dm(digits, learn_lr=True)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ddplug import __version__
+from ddplug.version import __version__
 from ddplug.augment import DSA, DSAConfig
 from ddplug.data import ImageDataset
 from ddplug.distill.sampling import ClassBalancedSampler
@@ -46,6 +46,11 @@ class DistillConfig:
     batch_real: int = 256  # real images per class per step
     augment: bool = True  # DSA on real and synthetic batches alike
     dsa_strategy: str | None = None  # None: the dataset's standard strategy
+    learn_labels: bool = False  # learn soft labels (softmax of per-image logits) with the images
+    lr_labels: float = 1.0
+    learn_lr: bool = False  # learn the student's learning rate (methods that unroll training)
+    init_lr: float = 0.01  # the student's learning rate (its start value when learned)
+    lr_lr: float = 1e-5
     seed: int = 0
 
     def validate(self, real: ImageDataset) -> None:
@@ -63,8 +68,9 @@ class DistillConfig:
         for name in ("iterations", "batch_real"):
             if getattr(self, name) < 1:
                 raise DdplugError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.lr_images <= 0:
-            raise DdplugError(f"lr_images must be positive, got {self.lr_images}")
+        for name in ("lr_images", "lr_labels", "init_lr", "lr_lr"):
+            if getattr(self, name) <= 0:
+                raise DdplugError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 class Distiller(ABC):
@@ -76,9 +82,15 @@ class Distiller(ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type[DistillConfig]] = DistillConfig
+    uses_labels: ClassVar[bool] = True  # False: the loss ignores labels, so they can't be learned
+    uses_lr: ClassVar[bool] = False  # True: the loss unrolls training, so its learning rate can be learned
 
     def __init__(self, real: ImageDataset, config: DistillConfig, device: torch.device | str = "cpu") -> None:
         config.validate(real)
+        if config.learn_labels and not self.uses_labels:
+            raise DdplugError(f"{self.name} matches without labels, so learn_labels has nothing to learn; drop it")
+        if config.learn_lr and not self.uses_lr:
+            raise DdplugError(f"{self.name} does not unroll training, so learn_lr has nothing to learn; drop it")
         self.real = real
         self.config = config
         self.device = torch.device(device)
@@ -87,7 +99,18 @@ class Distiller(ABC):
         self.sampler = ClassBalancedSampler(real.labels, real.num_classes).to(self.device)
         self.labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(config.ipc)
         self.images = nn.Parameter(self._initial_images())
-        self.optimizer = torch.optim.SGD([self.images], lr=config.lr_images, momentum=config.momentum)
+        groups = [{"params": [self.images], "lr": config.lr_images}]
+        self.label_logits: nn.Parameter | None = None
+        if config.learn_labels:
+            # Start at 99% on the true class: near the hard label, yet with a usable gradient.
+            one_hot = nn.functional.one_hot(self.labels, self.num_classes).float()
+            self.label_logits = nn.Parameter((one_hot * 0.99 + (1 - one_hot) * 0.01 / (self.num_classes - 1)).log())
+            groups.append({"params": [self.label_logits], "lr": config.lr_labels})
+        self.student_lr: nn.Parameter | None = None
+        if config.learn_lr:
+            self.student_lr = nn.Parameter(torch.tensor(config.init_lr, device=self.device))
+            groups.append({"params": [self.student_lr], "lr": config.lr_lr})
+        self.optimizer = torch.optim.SGD(groups, momentum=config.momentum)
         dsa_config = DSAConfig.for_dataset(real.name)
         if config.dsa_strategy is not None:
             dsa_config = dataclasses.replace(dsa_config, strategy=config.dsa_strategy)
@@ -111,6 +134,16 @@ class Distiller(ABC):
             return torch.randn(shape, generator=generator, device=self.device)
         chosen = self.sampler.sample(self.config.ipc, generator).flatten()
         return self.real_images[chosen].clone()
+
+    def targets(self) -> Tensor:
+        """The synthetic labels: learned soft labels (N, K) or the hard class ids (N,)."""
+        return self.labels if self.label_logits is None else self.label_logits.softmax(dim=1)
+
+    def learning_rate(self) -> Tensor:
+        """The student's learning rate as a 0-d tensor (a parameter when learned)."""
+        if self.student_lr is None:
+            return torch.tensor(self.config.init_lr, device=self.device)
+        return self.student_lr
 
     def generator(self, iteration: int, purpose: str) -> torch.Generator:
         """The generator for ``purpose`` at ``iteration``: resume replays the same draws."""
@@ -150,10 +183,11 @@ class Distiller(ABC):
     def synthetic_set(self) -> SyntheticSet:
         return SyntheticSet(
             images=self.images.detach().clone(),
-            labels=self.labels.clone(),
+            labels=self.targets().detach().clone(),
             num_classes=self.num_classes,
             mean=self.real.mean,
             std=self.real.std,
+            lr=None if self.student_lr is None else self.student_lr.detach().clone(),
             meta={
                 "method": self.name,
                 "dataset": self.real.name,
@@ -164,12 +198,20 @@ class Distiller(ABC):
             },
         )
 
+    def learnables(self) -> dict[str, nn.Parameter]:
+        tensors = {"images": self.images, "label_logits": self.label_logits, "student_lr": self.student_lr}
+        return {name: tensor for name, tensor in tensors.items() if tensor is not None}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"images": self.images.detach().clone(), "optimizer": self.optimizer.state_dict()}
+        """Everything a resumed run needs; methods with more state extend it."""
+        state: dict[str, Any] = {name: tensor.detach().clone() for name, tensor in self.learnables().items()}
+        state["optimizer"] = self.optimizer.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
-            self.images.copy_(state["images"])
+            for name, tensor in self.learnables().items():
+                tensor.copy_(state[name])
         self.optimizer.load_state_dict(state["optimizer"])
 
 

@@ -27,6 +27,7 @@ class DMConfig(DistillConfig):
 class DistributionMatching(Distiller):
     name = "dm"
     config_class = DMConfig
+    uses_labels = False
 
     def random_network(self, iteration: int) -> torch.nn.Module:
         network = self.build_network(derive_seed(self.config.seed, "network", iteration))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ddplug import __version__
+from ddplug.version import __version__
 from ddplug.data import ImageDataset
 from ddplug.distill.sampling import ClassBalancedSampler
 from ddplug.errors import DdplugError
