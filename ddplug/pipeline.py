@@ -89,6 +89,56 @@ def condense(
     return Condensed(result.synthetic, method, result.iterations, result.seconds, result.interrupted, result.losses)
 
 
+def condense_classes(
+    real: ImageDataset,
+    method: str,
+    *,
+    ipc: int,
+    preset: Preset,
+    seed: int = 0,
+    settings: dict[str, Any] | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> SyntheticSet:
+    """Condense whatever classes ``real`` holds into at most ``ipc`` images each.
+
+    For data that is only part of a dataset (an experience of a class-incremental stream,
+    one client's partition): absent classes are skipped, and a class with ``ipc`` or fewer
+    real images keeps them as they are. The others are condensed together (all classes in
+    one batched run), relabelled to their positions and back, so the result's labels are
+    in ``real``'s class space (hard, or soft with ``real.num_classes`` columns).
+    """
+    counts = real.class_counts()
+    present = torch.nonzero(counts).flatten()
+    kept_classes = present[counts[present] <= ipc]
+    condensed_classes = present[counts[present] > ipc]
+    kept = torch.isin(real.labels, kept_classes)
+    parts = [SyntheticSet(real.images[kept], real.labels[kept], real.num_classes, real.mean, real.std)]
+    if len(condensed_classes):
+        members = torch.isin(real.labels, condensed_classes)
+        position = torch.full((real.num_classes,), -1, dtype=torch.long)
+        position[condensed_classes] = torch.arange(len(condensed_classes))
+        local = ImageDataset(real.images[members], position[real.labels[members]], len(condensed_classes),
+                             real.mean, real.std, real.name)
+        made = condense(method, local, ipc=ipc, preset=preset, seed=seed, settings=settings, device=device,
+                        progress=progress).synthetic.to("cpu")
+        labels = condensed_classes[made.labels] if not made.soft_labels else torch.zeros(
+            len(made), real.num_classes).index_copy_(1, condensed_classes, made.labels)
+        parts.append(SyntheticSet(made.images, labels, real.num_classes, real.mean, real.std, lr=made.lr))
+    return _concatenate(parts, meta={"method": method, "dataset": real.name, "ipc": ipc, "seed": seed,
+                                     "kept_real_classes": kept_classes.tolist()})
+
+
+def _concatenate(parts: list[SyntheticSet], meta: dict[str, Any]) -> SyntheticSet:
+    first = parts[0]
+    soft = any(part.soft_labels for part in parts)
+    labels = [torch.nn.functional.one_hot(p.labels, first.num_classes).float() if soft and not p.soft_labels else p.labels
+              for p in parts]
+    lrs = [p.lr for p in parts if p.lr is not None]
+    return SyntheticSet(torch.cat([p.images for p in parts]), torch.cat(labels), first.num_classes, first.mean,
+                        first.std, lr=lrs[0] if lrs else None, meta=meta)
+
+
 def save_outputs(condensed: Condensed, out_dir: str | Path) -> dict[str, str]:
     """Write the set and its picture into ``out_dir``; returns their paths."""
     out_dir = Path(out_dir)

@@ -86,3 +86,18 @@ def test_dm_beats_random_on_digits_at_one_image_per_class(digits, tiny_preset, t
     assert summary["accuracy_mean"] > summary["random_baseline_mean"]
     assert (tmp_path / "evaluation.json").is_file() and (tmp_path / "accuracy.png").is_file()
     assert (tmp_path / "checkpoint.pt").is_file()
+
+
+def test_condense_classes_handles_partial_and_tiny_classes(digits, tiny_preset):
+    from ddplug.pipeline import condense_classes
+
+    train = digits.train
+    # classes 2 and 7 only, and class 7 with a single image
+    keep = torch.cat([torch.nonzero(train.labels == 2).flatten(), torch.nonzero(train.labels == 7).flatten()[:1]])
+    part = train.subset(keep)
+    synthetic = condense_classes(part, "dm", ipc=3, preset=tiny_preset, settings={"iterations": 2})
+    assert synthetic.num_classes == 10
+    assert torch.bincount(synthetic.labels, minlength=10).tolist() == [0, 0, 3, 0, 0, 0, 0, 1, 0, 0]
+    lone = synthetic.images[synthetic.labels == 7]
+    assert torch.equal(lone[0], part.images[part.labels == 7][0])  # kept as it was
+    assert synthetic.meta["kept_real_classes"] == [7]
