@@ -15,38 +15,18 @@ from typing import Any
 
 import torch
 
+from ddplug.devices import resolve_device
 from ddplug.errors import DdplugError
+from ddplug.presets import parse_assignments
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-def _parse_assignments(items: Sequence[str]) -> dict[str, str]:
-    assignments = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise DdplugError(f"--set expects KEY=VALUE (e.g. eval.epochs=100 or dm.iterations=200), got {item!r}")
-        assignments[key.strip()] = value.strip()
-    return assignments
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise DdplugError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DdplugError("--device cuda was asked for but no CUDA GPU is available here; use --device cpu")
-    return device
-
-
 def _preset(args: argparse.Namespace):
     from ddplug.presets import get_preset
 
-    overrides = _parse_assignments(args.set)
+    overrides = parse_assignments(args.set)
     if args.eval_model is not None:
         overrides["eval.model"] = args.eval_model
     if args.eval_epochs is not None:
@@ -96,7 +76,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if args.ipc < 1:
         raise DdplugError(f"--ipc must be at least 1, got {args.ipc}")
     preset = _preset(args)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     baselines = _baselines(args.baselines)
     settings = {key: value for key, value in (("iterations", args.iterations), ("model", args.model), ("init", args.init)) if value is not None}
     data = load_dataset(args.dataset, args.data_root)
@@ -136,7 +116,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     path = Path(args.path)
     preset = _preset(args)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     baselines = _baselines(args.baselines)
     if args.dataset is None:
         if not path.exists():
@@ -181,6 +161,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cl(args: argparse.Namespace) -> int:
+    from simulations.continual import run_from_args
+
+    return run_from_args(args)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="cpu", help="cpu (minutes on a laptop) or paper (the field's protocol, GPU)")
     parser.add_argument("--seed", type=int, default=0)
@@ -223,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("name")
     download.add_argument("--data-root", default=None)
     download.set_defaults(run=cmd_download)
+
+    from simulations.continual import add_arguments as add_cl_arguments  # Avalanche loads only when a run starts
+
+    continual = commands.add_parser("cl", help="class-incremental learning with a condensed memory (Avalanche)")
+    add_cl_arguments(continual)
+    continual.set_defaults(run=cmd_cl)
 
     listing = commands.add_parser("list", help="methods, models, datasets and presets")
     listing.set_defaults(run=cmd_list)

@@ -68,6 +68,17 @@ class Preset:
         return dataclasses.replace(self, evaluation=evaluation, methods=methods)
 
 
+def parse_assignments(items: list[str]) -> dict[str, str]:
+    """``["eval.epochs=100", ...]`` (``--set`` values) as ``{"eval.epochs": "100", ...}``."""
+    assignments = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DdplugError(f"--set expects KEY=VALUE (e.g. eval.epochs=100 or dm.iterations=200), got {item!r}")
+        assignments[key.strip()] = value.strip()
+    return assignments
+
+
 def convert_field(cls: type, name: str, value: Any) -> Any:
     """``value`` converted to the type of dataclass field ``cls.name`` (strings from a CLI)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}

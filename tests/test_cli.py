@@ -127,3 +127,8 @@ def test_rerun_resumes_instead_of_redoing(capsys, data_root, tmp_path):
     code, stdout, _ = run(capsys, "distill", *fast("--out", str(out), "--no-eval", "--json"))
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert code == 0 and summary["iterations"] == 3 and summary["distill_seconds"] < 1.0
+
+
+def test_cl_subcommand_rejects_bad_input(capsys):
+    code, _, stderr = run(capsys, "cl", "--strategy", "bogus")
+    assert code == 2 and "bogus" in stderr

@@ -1,0 +1,410 @@
+"""Class-incremental learning with a condensed memory, next to Avalanche's own strategies.
+
+    python -m simulations.continual --strategy condensed --seeds 1
+    python -m simulations.continual --strategy replay --seeds 1
+
+Builds a class-incremental stream from ddplug's local copy of a dataset (``split-fmnist``:
+Fashion-MNIST in experiences of equally many classes, in class order), trains one strategy on
+it once per seed, and prints the accuracy matrix (row i: after training experience i; column
+j: test experience j), the final average accuracy and the average forgetting, mean ± std over
+seeds. Every strategy gets the same model, initial weights, memory budget (``--mem-per-class``
+images for each class seen), optimiser, learning rate, batch size and epochs. Finished
+(strategy, seed) runs are kept in the output folder, so a re-run resumes, and the plot there
+shows every strategy run on the same stream.
+
+Strategies: ``condensed`` (ddplug's condensed memory replayed in every minibatch),
+``condensed-retrain`` (a fresh model trained on the condensed memory alone at each step, the
+DM paper's protocol), and Avalanche's ``replay``, ``gdumb``, ``icarl`` and ``naive``.
+
+Avalanche is imported only when a run starts, so building this parser is cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import re
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from json import dumps, loads
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ddplug.devices import resolve_device
+from ddplug.data import ImageDataset, load_dataset
+from ddplug.distill import available_methods, select_subset
+from ddplug.errors import DdplugError
+from ddplug.evaluate.report import format_table, percent
+from ddplug.models import create_model
+from ddplug.presets import Preset, get_preset
+from ddplug.seeding import derive_seed
+from ddplug.storage import atomic_write, write_json
+
+STRATEGIES = ("condensed", "condensed-retrain", "replay", "gdumb", "icarl", "naive")
+CONDENSED = ("condensed", "condensed-retrain")
+MEMORY_ONLY = ("condensed-retrain", "gdumb")  # train on the memory alone, for memory_epochs
+BENCHMARK_PREFIX = "split-"
+EXIT_USER_ERROR = 2
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """How a preset runs a stream; the optimiser (lr, momentum, weight decay) is the preset's."""
+
+    model: str
+    epochs: int  # per experience, on the experience's data (and memory)
+    memory_epochs: int  # per experience, for the strategies that train on the memory alone
+    batch_size: int
+    condense: dict[str, Any]  # settings of each experience's condensation (method settings)
+    train_per_class: int | None  # a class-balanced random subset of the train split; None: all
+    test_per_class: int | None
+
+
+def stream_settings(preset: Preset, epochs: int | None = None) -> StreamSettings:
+    """The ``cpu`` preset fits a condensed Split-FMNIST run in minutes on 2 CPU cores; ``paper``
+    uses whole splits and the preset's full-size model (a GPU)."""
+    if preset.name == "cpu":
+        settings = StreamSettings(model="convnet:width=16", epochs=2, memory_epochs=30, batch_size=64,
+                                  condense={"iterations": 50, "batch_real": 32, "model": "convnet:width=16"},
+                                  train_per_class=1000, test_per_class=300)
+    else:
+        settings = StreamSettings(model=preset.evaluation.model, epochs=5, memory_epochs=200, batch_size=128,
+                                  condense={"iterations": 1000, "model": preset.evaluation.model},
+                                  train_per_class=None, test_per_class=None)
+    return settings if epochs is None else dataclasses.replace(settings, epochs=epochs)
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What the strategies need to know about the stream's data."""
+
+    name: str  # for DSA's choice of transforms
+    in_channels: int
+    image_size: tuple[int, int]
+    num_classes: int
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+
+
+def _subset(split: ImageDataset, per_class: int | None, seed: int) -> tuple[Tensor, Tensor]:
+    if per_class is None or per_class >= int(split.class_counts().min()):
+        return split.images, split.labels
+    chosen = select_subset("random", split, per_class, seed=seed)
+    return chosen.images, chosen.labels
+
+
+def build_stream(benchmark: Any, experiences: int, settings: StreamSettings, seed: int) -> tuple[Any, StreamInfo]:
+    """A class-incremental scenario and its data's description.
+
+    ``benchmark`` is ``"split-NAME"`` for any dataset ``ddplug.load_dataset`` reads (the data
+    is normalised there; the benchmark adds no transforms), or a ready Avalanche scenario such
+    as ``SplitFMNIST(n_experiences=5)`` whose data is present.
+    """
+    from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
+
+    if not isinstance(benchmark, str):
+        x = benchmark.train_stream[0].dataset[0][0]
+        return benchmark, StreamInfo("", x.shape[0], tuple(x.shape[1:]), benchmark.n_classes, None, None)
+    data = load_dataset(benchmark.removeprefix(BENCHMARK_PREFIX))
+    train, test = data.train, data.test
+    if train.num_classes % experiences:
+        raise DdplugError(f"{train.num_classes} classes cannot be split into {experiences} equal experiences; "
+                          f"choose --experiences among the divisors of {train.num_classes}")
+    scenario = nc_benchmark(
+        torch.utils.data.TensorDataset(*_subset(train, settings.train_per_class, derive_seed(seed, "train-subset"))),
+        torch.utils.data.TensorDataset(*_subset(test, settings.test_per_class, derive_seed(seed, "test-subset"))),
+        n_experiences=experiences, task_labels=False, seed=seed, fixed_class_order=list(range(train.num_classes)))
+    info = StreamInfo(train.name, train.in_channels, train.image_size, train.num_classes, train.mean, train.std)
+    return scenario, info
+
+
+def build_strategy(name: str, info: StreamInfo, *, method: str, mem_per_class: int, preset: Preset,
+                   settings: StreamSettings, device: torch.device, seed: int, evaluator: Any) -> Any:
+    """The strategy ``name`` with a fresh model (same initial weights for every strategy of a seed)."""
+    from avalanche.training.plugins import GDumbPlugin, ReplayPlugin
+    from avalanche.training.storage_policy import ClassBalancedBuffer
+    from avalanche.training.supervised import ICaRL, Naive
+
+    from strategies.avalanche import CondensedReplay
+
+    model = create_model(settings.model, in_channels=info.in_channels, num_classes=info.num_classes,
+                         image_size=info.image_size, seed=derive_seed(seed, "continual-model"))
+    protocol = preset.evaluation
+    optimizer = torch.optim.SGD(model.parameters(), lr=protocol.lr, momentum=protocol.momentum,
+                                weight_decay=protocol.weight_decay)
+    epochs = settings.memory_epochs if name in MEMORY_ONLY else settings.epochs
+    common = dict(optimizer=optimizer, train_mb_size=settings.batch_size, train_epochs=epochs, eval_mb_size=512,
+                  device=device, evaluator=evaluator)
+    if name in CONDENSED:
+        mode = "replay" if name == "condensed" else "retrain"
+        return CondensedReplay(model=model, mem_per_class=mem_per_class, mode=mode, method=method, preset=preset,
+                               settings=settings.condense, dataset=info.name, mean=info.mean, std=info.std,
+                               seed=seed, **common)
+    if name == "icarl":
+        return ICaRL(feature_extractor=nn.Sequential(model.features, nn.Flatten()), classifier=model.classifier,
+                     memory_size=mem_per_class, buffer_transform=None, fixed_memory=False, **common)
+    # Avalanche's buffers split a total over the classes seen; this one gives each class its own share.
+    total = mem_per_class * info.num_classes
+    per_class = ClassBalancedBuffer(total, adaptive_size=False, total_num_classes=info.num_classes)
+    plugins: list[Any] = []
+    if name == "replay":
+        plugins = [ReplayPlugin(total, storage_policy=per_class)]
+    elif name == "gdumb":
+        gdumb = GDumbPlugin(total)
+        gdumb.storage_policy = per_class
+        plugins = [gdumb]
+    return Naive(model=model, criterion=nn.CrossEntropyLoss(), plugins=plugins, **common)
+
+
+_ACCURACY = re.compile(r"^Top1_Acc_Exp/eval_phase/test_stream/(?:Task\d+/)?Exp(\d+)$")
+
+
+def run_one(name: str, seed: int, *, benchmark: Any, experiences: int, method: str, mem_per_class: int,
+            preset: Preset, settings: StreamSettings, device: torch.device) -> dict[str, Any]:
+    """Train ``name`` on the stream for one seed; its accuracy matrix, time and condensation costs."""
+    from avalanche.evaluation.metrics import accuracy_metrics
+    from avalanche.logging import TextLogger
+    from avalanche.training.determinism.rng_manager import RNGManager
+    from avalanche.training.plugins import EvaluationPlugin
+
+    RNGManager.set_random_seeds(seed)  # Avalanche's loaders shuffle with the global generators
+    scenario, info = build_stream(benchmark, experiences, settings, seed)
+    evaluator = EvaluationPlugin(accuracy_metrics(experience=True), loggers=[TextLogger(sys.stderr)])
+    strategy = build_strategy(name, info, method=method, mem_per_class=mem_per_class, preset=preset,
+                              settings=settings, device=device, seed=seed, evaluator=evaluator)
+    began = time.perf_counter()
+    matrix = []
+    for experience in scenario.train_stream:
+        strategy.train(experience)
+        row = [0.0] * len(scenario.test_stream)
+        for key, value in strategy.eval(scenario.test_stream).items():
+            match = _ACCURACY.match(key)
+            if match:
+                row[int(match[1])] = float(value)
+        matrix.append(row)
+    costs = strategy.plugin.storage_policy.costs if name in CONDENSED else []
+    return {"matrix": matrix, "seconds": time.perf_counter() - began,
+            "condensation": [dataclasses.asdict(cost) for cost in costs]}
+
+
+def final_accuracy(matrix: list[list[float]]) -> float:
+    """Mean accuracy over all test experiences after the last training experience."""
+    return statistics.fmean(matrix[-1])
+
+
+def forgetting(matrix: list[list[float]]) -> float:
+    """Mean over earlier experiences of their best accuracy before the last step minus the final one."""
+    last = len(matrix) - 1
+    if last == 0:
+        return 0.0
+    return statistics.fmean(max(matrix[i][j] for i in range(j, last)) - matrix[last][j] for j in range(last))
+
+
+def _spread(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+
+
+def _label(strategy: str, method: str) -> str:
+    return f"{strategy}-{method}" if strategy in CONDENSED else strategy
+
+
+def _stream_key(benchmark: str, experiences: int, mem_per_class: int, preset: Preset,
+                settings: StreamSettings) -> dict[str, Any]:
+    """What makes runs comparable (and a cached run reusable): everything but the strategy and seed."""
+    return {"benchmark": benchmark, "experiences": experiences, "mem_per_class": mem_per_class, "preset": preset.name,
+            "settings": dataclasses.asdict(settings)}
+
+
+def _run_file(out: Path, label: str, seed: int, key: dict[str, Any]) -> Path:
+    digest = hashlib.blake2b(dumps(key, sort_keys=True).encode(), digest_size=6).hexdigest()
+    return out / "runs" / f"{label}-seed{seed}-{digest}.json"
+
+
+def save_plot(out: Path, key: dict[str, Any]) -> Path:
+    """Average accuracy on the experiences seen so far, after each one, for every strategy run on this stream."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[str, list[list[float]]] = {}
+    for path in sorted((out / "runs").glob("*.json")):
+        run = loads(path.read_text())
+        if run["stream"] == key:
+            curves.setdefault(run["label"], []).append(
+                [100 * statistics.fmean(row[: i + 1]) for i, row in enumerate(run["matrix"])])
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for label, runs in sorted(curves.items()):
+        steps = range(1, len(runs[0]) + 1)
+        mean = [statistics.fmean(values) for values in zip(*runs)]
+        std = [statistics.pstdev(values) for values in zip(*runs)]
+        axes.plot(steps, mean, marker="o", label=f"{label} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
+        axes.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+        axes.set_xticks(list(steps))
+    axes.set_xlabel("experiences trained")
+    axes.set_ylabel("accuracy on the classes seen (%)")
+    axes.set_title(f"{key['benchmark']}, memory {key['mem_per_class']} per class, {key['preset']} preset", fontsize=10)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+
+    def write(tmp: Path) -> None:
+        figure.savefig(tmp, format="png", dpi=110)
+        plt.close(figure)
+
+    return atomic_write(out / "accuracy.png", write)
+
+
+def _check(benchmark: Any, experiences: int, strategy: str, mem_per_class: int, method: str, seeds: int,
+           epochs: int | None) -> None:
+    if strategy not in STRATEGIES:
+        raise DdplugError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if isinstance(benchmark, str) and not benchmark.startswith(BENCHMARK_PREFIX):
+        raise DdplugError(f"unknown benchmark {benchmark!r}; write split-DATASET for a dataset ddplug reads "
+                          "(split-fmnist, split-mnist, split-cifar10, ...)")
+    methods = [name for name in available_methods() if name != "full"]
+    if method not in methods:
+        raise DdplugError(f"unknown condensation method {method!r}; choose one of {', '.join(methods)}")
+    for option, value in (("mem-per-class", mem_per_class), ("experiences", experiences), ("seeds", seeds),
+                          ("epochs", 1 if epochs is None else epochs)):
+        if value < 1:
+            raise DdplugError(f"--{option} must be at least 1, got {value}")
+
+
+def run_benchmark(
+    benchmark: Any = "split-fmnist",
+    experiences: int = 5,
+    strategy: str = "condensed",
+    mem_per_class: int = 10,
+    method: str = "dm",
+    preset: str = "cpu",
+    seeds: int = 3,
+    device: torch.device | str = "auto",
+    json: bool = False,
+    epochs: int | None = None,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run ``strategy`` for seeds 0..seeds-1, print the table (and with ``json`` the summary as
+    the last stdout line), save results and the plot into ``out``; returns the summary.
+
+    Runs on a ready Avalanche scenario are not cached (nothing identifies its data)."""
+    _check(benchmark, experiences, strategy, mem_per_class, method, seeds, epochs)
+    chosen = get_preset(preset)
+    settings = stream_settings(chosen, epochs)
+    device = resolve_device(device) if isinstance(device, str) else device
+    label = _label(strategy, method)
+    name = benchmark if isinstance(benchmark, str) else type(benchmark).__name__
+    out = Path(out or f"results/continual-{name}-{preset}-mem{mem_per_class}-exp{experiences}")
+    key = _stream_key(name, experiences, mem_per_class, chosen, settings)
+    runs = []
+    for seed in range(seeds):
+        path = _run_file(out, label, seed, key)
+        if isinstance(benchmark, str) and path.is_file():
+            runs.append(loads(path.read_text()))
+            continue
+        run = run_one(strategy, seed, benchmark=benchmark, experiences=experiences, method=method,
+                      mem_per_class=mem_per_class, preset=chosen, settings=settings, device=device)
+        run = {"label": label, "seed": seed, "stream": key, "device": str(device), **run}
+        if isinstance(benchmark, str):
+            write_json(path, run)
+        runs.append(run)
+    summary = summarise(runs, strategy=strategy, method=method if strategy in CONDENSED else None,
+                        key=key, settings=settings, device=device, out=out)
+    summary["files"] = {"results": str(write_json(out / f"results-{label}.json", summary)),
+                        "plot": str(save_plot(out, key)) if isinstance(benchmark, str) else None}
+    print(table(summary))
+    if json:
+        print(dumps(summary))
+    return summary
+
+
+def summarise(runs: list[dict[str, Any]], *, strategy: str, method: str | None, key: dict[str, Any],
+              settings: StreamSettings, device: torch.device, out: Path) -> dict[str, Any]:
+    """Mean ± std over seeds of the final accuracy and forgetting, and the mean accuracy matrix."""
+    matrices = [run["matrix"] for run in runs]
+    accuracy, accuracy_std = _spread([final_accuracy(m) for m in matrices])
+    forgot, forgot_std = _spread([forgetting(m) for m in matrices])
+    seconds, seconds_std = _spread([run["seconds"] for run in runs])
+    condensation = [sum(cost["seconds"] for cost in run["condensation"]) for run in runs]
+    peaks = [cost["peak_memory_mb"] for run in runs for cost in run["condensation"]]
+    return {
+        "strategy": strategy, "method": method, "label": runs[0]["label"],
+        "final_accuracy": accuracy, "final_accuracy_std": accuracy_std,
+        "forgetting": forgot, "forgetting_std": forgot_std,
+        "seconds": seconds, "seconds_std": seconds_std,
+        "mem_per_class": key["mem_per_class"], "experiences": key["experiences"], "benchmark": key["benchmark"],
+        "preset": key["preset"], "seeds": len(runs), "model": settings.model, "epochs": settings.epochs,
+        "memory_epochs": settings.memory_epochs, "batch_size": settings.batch_size,
+        "condense_settings": settings.condense if method else None,
+        "condensation_seconds": statistics.fmean(condensation) if peaks else None,
+        "condensation_peak_memory_mb": max(peaks) if peaks else None,
+        "accuracy_matrix": [[statistics.fmean(values) for values in zip(*rows)] for rows in zip(*matrices)],
+        "accuracy_matrices": matrices, "device": str(device), "out_dir": str(out),
+    }
+
+
+def table(summary: dict[str, Any]) -> str:
+    """The mean accuracy matrix and the headline numbers, as text."""
+    matrix = summary["accuracy_matrix"]
+    rows = [(f"after exp {i}", *(f"{100 * value:.1f}" for value in row)) for i, row in enumerate(matrix)]
+    epochs = summary["memory_epochs"] if summary["strategy"] in MEMORY_ONLY else summary["epochs"]
+    condensation = summary["condensation_seconds"]
+    lines = [
+        f"{summary['benchmark']}, {summary['experiences']} experiences, memory {summary['mem_per_class']} per class, "
+        f"preset {summary['preset']} ({summary['model']}, {epochs} epochs per experience, "
+        f"batch {summary['batch_size']}); "
+        f"{summary['label']}, {summary['seeds']} seed(s), {summary['device']}",
+        "test accuracy (%) after training experience i (rows) on test experience j (columns), mean over seeds",
+        format_table(("", *(f"exp {j}" for j in range(len(matrix[0])))), rows),
+        f"final average accuracy: {percent(summary['final_accuracy'], summary['final_accuracy_std'])} %   "
+        f"average forgetting: {percent(summary['forgetting'], summary['forgetting_std'])} %   "
+        f"seconds per run: {summary['seconds']:.0f}"
+        + ("" if condensation is None else f" (condensation {condensation:.0f})"),
+        f"written to {summary['out_dir']}/",
+    ]
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``python -m simulations.continual`` (and ``ddplug cl``)."""
+    parser.add_argument("--benchmark", default="split-fmnist",
+                        help="split-DATASET: a dataset ddplug reads, split in class order")
+    parser.add_argument("--experiences", type=int, default=5, help="experiences (the class count must divide evenly)")
+    parser.add_argument("--strategy", default="condensed", help=", ".join(STRATEGIES))
+    parser.add_argument("--mem-per-class", type=int, default=10, help="memory images per class seen, for every strategy")
+    parser.add_argument("--method", default="dm",
+                        help="condensation method of the condensed strategies: dm, random, herding, ...")
+    parser.add_argument("--preset", default="cpu", help="cpu (minutes on 2 cores: data subsets, small model) or paper")
+    parser.add_argument("--seeds", type=int, default=3, help="runs with seeds 0..N-1")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs per experience (default: the preset's; gdumb and condensed-retrain keep theirs)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--out", default=None, help="output folder (default: results/continual-<benchmark>-...)")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    run_benchmark(args.benchmark, args.experiences, args.strategy, args.mem_per_class, args.method, args.preset,
+                  args.seeds, args.device, args.json, args.epochs, args.out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m simulations.continual", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_from_args(args)
+    except DdplugError as error:
+        print(f"ddplug: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""Condensed replay for Avalanche: a rehearsal memory of synthetic samples made by ddplug.
+
+:class:`CondensedBuffer` condenses each experience's data, class by class, with any ddplug
+method (``"dm"`` by default; the ``"random"``/``"herding"``/``"kcenter"`` selections work
+alike). :class:`CondensedReplayPlugin` puts that memory to work in any Avalanche strategy:
+``mode="replay"`` mixes it into every minibatch (as Avalanche's ``ReplayPlugin``), and
+``mode="retrain"`` trains a freshly initialised model on the memory alone at each step
+(GDumb-style; the DM paper's continual-learning protocol). :class:`CondensedReplay` is a
+strategy with the plugin attached::
+
+    strategy = CondensedReplay(model=model, optimizer=optimizer, mem_per_class=10, method="dm",
+                               dataset="fashion-mnist", train_mb_size=128, device="cuda")
+
+Data: the images are condensed as the benchmark delivers them for evaluation
+(``exp.dataset.eval()``, no train-time augmentation), so already normalised by its
+transforms, and nothing is re-normalised: ``mean``/``std`` only record that normalisation
+(default 0 and 1, "as delivered") as the synthetic set's metadata. DSA during distillation
+and DM's noise initialisation assume zero-centred pixels of about unit scale (DSA's zero
+padding and cutout then fill with the mean colour), which Avalanche's normalised benchmarks
+deliver. ``dataset`` names the data for DSA's choice of transforms: ``"mnist"`` and
+``"svhn"`` digits are never flipped.
+"""
+
+from __future__ import annotations
+
+import copy
+import resource
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
+from avalanche.evaluation.metric_results import MetricValue
+from avalanche.training.plugins import ReplayPlugin
+from avalanche.training.templates import SupervisedTemplate
+from avalanche.training.storage_policy import ExemplarsBuffer
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from ddplug.data import ImageDataset
+from ddplug.distill import DISTILLERS, available_methods, make_config
+from ddplug.errors import DdplugError
+from ddplug.pipeline import condense_classes
+from ddplug.presets import Preset, get_preset
+from ddplug.seeding import derive_seed
+
+MODES = ("replay", "retrain")
+
+
+@dataclass(frozen=True)
+class CondensationCost:
+    """What condensing one experience cost."""
+
+    experience: int
+    seconds: float
+    peak_memory_mb: float
+    peak_memory_kind: str  # "cuda-allocated" (this condensation) or "process-max-rss" (the process so far)
+    images: int  # samples the experience left in the memory
+
+
+class CondensedBuffer(ExemplarsBuffer):
+    """A rehearsal memory of condensed samples, at most ``mem_per_class`` per class or
+    ``max_size`` in all.
+
+    ``post_adapt(agent, exp)`` condenses ``exp``'s data with ``method`` (ddplug's
+    ``condense_classes``: a class with no more real images than its share keeps them as they
+    are) on the agent's device. With ``max_size`` the share per class is
+    ``max_size // classes held`` and shrinks as classes arrive: old classes then keep the
+    first samples of their current ones, without re-condensing. That is cheap, and for the
+    selections it is exactly the smaller selection (herding's picks come in herding order);
+    for distilled sets it is a random subset of equally made samples. A class that comes back
+    in a later experience is condensed afresh from its new data. Memory groups are
+    (task label, class) pairs, so task-incremental streams work too. Learned soft labels are
+    stored as their arg-max class (Avalanche's items carry class ids) and a learned learning
+    rate (MTT) is not used.
+
+    ``preset`` and ``settings`` choose the method's settings as for ``ddplug distill``
+    (e.g. ``settings={"iterations": 200}``). ``costs`` lists each condensation's
+    :class:`CondensationCost`; each is also published to the strategy's evaluator
+    (``Condensation_Seconds/ExpNNN``, ``Condensation_PeakMemory_MB/ExpNNN``), so
+    ``EvaluationPlugin`` loggers print it.
+    """
+
+    def __init__(
+        self,
+        max_size: int | None = None,
+        *,
+        mem_per_class: int | None = None,
+        method: str = "dm",
+        preset: str | Preset = "cpu",
+        settings: dict[str, Any] | None = None,
+        dataset: str = "",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        if (max_size is None) == (mem_per_class is None):
+            raise DdplugError("give the memory budget as mem_per_class (images per class) or as max_size "
+                              "(images in all), exactly one of them")
+        for name, value in (("max_size", max_size), ("mem_per_class", mem_per_class)):
+            if value is not None and value < 1:
+                raise DdplugError(f"{name} must be at least 1, got {value}")
+        if method not in available_methods() or method == "full":
+            methods = [name for name in available_methods() if name != "full"]
+            raise DdplugError(f"unknown condensation method {method!r}; choose one of {', '.join(methods)}")
+        self.preset = get_preset(preset) if isinstance(preset, str) else preset
+        self.settings = dict(settings or {})
+        if method in DISTILLERS:  # a bad setting fails now, not after the first experience
+            make_config(method, {**self.preset.method_settings(method), **self.settings})
+        # Per class, the budget in force is mem_per_class x the classes held (0 while empty).
+        super().__init__(0 if max_size is None else max_size)
+        self.mem_per_class = mem_per_class
+        self.method = method
+        self.dataset = dataset
+        self.mean = None if mean is None else tuple(mean)
+        self.std = None if std is None else tuple(std)
+        self.seed = seed
+        self.progress = progress
+        self.groups: dict[tuple[int, int], Tensor] = {}  # (task label, class) -> its samples, on the CPU
+        self.costs: list[CondensationCost] = []
+
+    def share(self, num_groups: int) -> int:
+        """Samples each of ``num_groups`` classes may keep."""
+        if self.mem_per_class is not None:
+            return self.mem_per_class
+        if self.max_size < num_groups:
+            raise DdplugError(f"a memory of {self.max_size} images cannot hold {num_groups} classes; "
+                              f"give max_size >= {num_groups} or a budget per class (mem_per_class)")
+        return self.max_size // num_groups
+
+    def post_adapt(self, agent_state: Any, exp: Any) -> None:
+        """Condense ``exp``'s data into the memory, after shrinking old classes to the new share."""
+        images, labels, tasks = _tensors(exp.dataset.eval())
+        arriving = {(int(task), int(label)) for task, label in zip(tasks.tolist(), labels.tolist())}
+        share = self.share(len(self.groups.keys() | arriving))
+        self.groups = {key: samples[:share] for key, samples in self.groups.items()}
+        device = torch.device(agent_state.device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        began = time.perf_counter()
+        made = 0
+        for task in tasks.unique().tolist():
+            mine = tasks == task
+            real = ImageDataset(images[mine], labels[mine], int(labels.max()) + 1,
+                                self.mean or (0.0,) * images.shape[1], self.std or (1.0,) * images.shape[1],
+                                self.dataset)
+            condensed = condense_classes(real, self.method, ipc=share, preset=self.preset,
+                                         seed=derive_seed(self.seed, "condense", exp.current_experience, task),
+                                         settings=self.settings, device=device, progress=self.progress)
+            classes = condensed.hard_labels
+            for label in classes.unique().tolist():
+                self.groups[(task, label)] = condensed.images[classes == label].detach().cpu()
+            made += len(condensed)
+        cost = CondensationCost(exp.current_experience, time.perf_counter() - began, *_peak_memory(device), made)
+        self.costs.append(cost)
+        self._rebuild()
+        _publish(agent_state, self, cost)
+
+    def resize(self, strategy: Any, new_size: int) -> None:
+        """Set a total budget of ``new_size`` images (a per-class budget ends here); classes
+        beyond their new share keep their first samples."""
+        if new_size < 1:
+            raise DdplugError(f"the memory size must be at least 1, got {new_size}")
+        self.max_size, self.mem_per_class = new_size, None
+        if self.groups:
+            share = self.share(len(self.groups))
+            self.groups = {key: samples[:share] for key, samples in self.groups.items()}
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        """``buffer`` from ``groups``: an Avalanche dataset of ``(x, y, t)`` items."""
+        keys = sorted(self.groups)
+        counts = [len(self.groups[key]) for key in keys]
+        labels = torch.tensor([label for (_, label), n in zip(keys, counts) for _ in range(n)], dtype=torch.long)
+        tasks = [task for (task, _), n in zip(keys, counts) for _ in range(n)]
+        self.buffer = _make_taskaware_tensor_classification_dataset(
+            torch.cat([self.groups[key] for key in keys]), labels, task_labels=tasks)
+        if self.mem_per_class is not None:
+            self.max_size = self.mem_per_class * len(keys)
+
+
+def _tensors(dataset: Any) -> tuple[Tensor, Tensor, Tensor]:
+    """Images, labels and task labels of every ``(x, y, t)`` item of ``dataset``, on the CPU."""
+    loader = DataLoader(dataset, batch_size=1024, collate_fn=getattr(dataset, "collate_fn", None))
+    images, labels, tasks = (torch.cat(parts) for parts in zip(*((x, y, t) for x, y, t, *_ in loader)))
+    return images.float(), labels.long(), tasks.long()
+
+
+def _peak_memory(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda-allocated"
+    # On the CPU only the process's high-water mark is known, not one condensation's.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process-max-rss"
+
+
+def _publish(agent: Any, origin: Any, cost: CondensationCost) -> None:
+    """Hand ``cost`` to the agent's evaluator, whose loggers print it with the other metrics."""
+    evaluator = getattr(agent, "evaluator", None)
+    if evaluator is None:
+        return
+    step = agent.clock.train_iterations
+    for name, value in (("Condensation_Seconds", cost.seconds), ("Condensation_PeakMemory_MB", cost.peak_memory_mb)):
+        evaluator.publish_metric_value(MetricValue(origin, f"{name}/Exp{cost.experience:03d}", value, step))
+
+
+class CondensedReplayPlugin(ReplayPlugin):
+    """Condensed rehearsal for any Avalanche strategy (``plugins=[...]``, next to others).
+
+    ``mode="replay"``: after each experience its data is condensed into the memory, and from
+    the next experience on every minibatch of ``batch_size`` new samples comes with
+    ``batch_size_mem`` memory samples (default: the strategy's minibatch size), as in
+    Avalanche's ``ReplayPlugin``. ``mode="retrain"``: each experience is condensed into the
+    memory before training, the model is reset to its initial weights, and the strategy's
+    own loop (its optimiser, epochs and other plugins) trains it on the memory alone.
+
+    The budget (``mem_per_class`` or ``max_size``) and ``buffer_options`` (``method``,
+    ``preset``, ``settings``, ``dataset``, ``mean``, ``std``, ``seed``, ``progress``) are
+    :class:`CondensedBuffer`'s; the buffer is ``plugin.storage_policy``.
+    """
+
+    def __init__(
+        self,
+        mem_per_class: int | None = None,
+        max_size: int | None = None,
+        *,
+        mode: str = "replay",
+        batch_size: int | None = None,
+        batch_size_mem: int | None = None,
+        task_balanced_dataloader: bool = False,
+        **buffer_options: Any,
+    ) -> None:
+        if mode not in MODES:
+            raise DdplugError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        buffer = CondensedBuffer(max_size, mem_per_class=mem_per_class, **buffer_options)
+        super().__init__(mem_size=buffer.max_size, batch_size=batch_size, batch_size_mem=batch_size_mem,
+                         task_balanced_dataloader=task_balanced_dataloader, storage_policy=buffer)
+        self.mode = mode
+        self.initial_model: torch.nn.Module | None = None
+
+    def before_train_dataset_adaptation(self, strategy: SupervisedTemplate, **kwargs: Any) -> None:
+        if self.mode != "retrain":
+            return
+        if self.initial_model is None:
+            self.initial_model = copy.deepcopy(strategy.model)
+        else:
+            # A new model object: Avalanche's optimizer update swaps its parameters in, state reset.
+            strategy.model = copy.deepcopy(self.initial_model)
+
+    def after_train_dataset_adaptation(self, strategy: SupervisedTemplate, **kwargs: Any) -> None:
+        if self.mode == "retrain":
+            self.storage_policy.post_adapt(strategy, strategy.experience)
+            strategy.adapted_dataset = self.storage_policy.buffer
+
+    def before_training_exp(self, strategy: SupervisedTemplate, **kwargs: Any) -> None:
+        if self.mode == "replay":
+            super().before_training_exp(strategy, **kwargs)
+
+    def after_training_exp(self, strategy: SupervisedTemplate, **kwargs: Any) -> None:
+        # post_adapt directly: ReplayPlugin's update() path is deprecated in Avalanche 0.6.
+        if self.mode == "replay":
+            self.storage_policy.post_adapt(strategy, strategy.experience)
+
+
+class CondensedReplay(SupervisedTemplate):
+    """An Avalanche strategy with a :class:`CondensedReplayPlugin` attached.
+
+    Takes the plugin's arguments (budget, ``mode``, ``method``, ``preset``, ``settings``,
+    ``dataset``, ``mean``, ``std``, ``seed``, ``progress``, ``batch_size_mem``) and
+    ``SupervisedTemplate``'s (``train_mb_size``, ``train_epochs``, ``eval_mb_size``,
+    ``device``, ``evaluator``, ``eval_every``, ...) as keywords; ``strategy.plugin`` is the
+    plugin and ``strategy.plugin.storage_policy`` the memory.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        criterion: Any = None,
+        mem_per_class: int | None = None,
+        max_size: int | None = None,
+        mode: str = "replay",
+        method: str = "dm",
+        preset: str | Preset = "cpu",
+        settings: dict[str, Any] | None = None,
+        dataset: str = "",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        seed: int = 0,
+        progress: bool = True,
+        batch_size_mem: int | None = None,
+        plugins: Sequence[Any] | None = None,
+        **base_kwargs: Any,
+    ) -> None:
+        self.plugin = CondensedReplayPlugin(
+            mem_per_class, max_size, mode=mode, batch_size_mem=batch_size_mem, method=method, preset=preset,
+            settings=settings, dataset=dataset, mean=mean, std=std, seed=seed, progress=progress)
+        super().__init__(model=model, optimizer=optimizer,
+                         criterion=torch.nn.CrossEntropyLoss() if criterion is None else criterion,
+                         plugins=[*(plugins or []), self.plugin], **base_kwargs)

@@ -1,0 +1,257 @@
+"""The Avalanche condensed-replay adapter and the continual-learning runner, on tiny streams."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+import torch
+
+pytest.importorskip("avalanche")
+
+from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark  # noqa: E402
+from avalanche.benchmarks.utils.data_loader import ReplayDataLoader  # noqa: E402
+from avalanche.checkpointing import maybe_load_checkpoint, save_checkpoint  # noqa: E402
+from avalanche.core import SupervisedPlugin  # noqa: E402
+from avalanche.training.plugins import EWCPlugin, LwFPlugin  # noqa: E402
+from avalanche.training.supervised import Naive  # noqa: E402
+
+import simulations.continual as continual  # noqa: E402
+from ddplug.errors import DdplugError  # noqa: E402
+from ddplug.models import create_model  # noqa: E402
+from strategies.avalanche import CondensedBuffer, CondensedReplay, CondensedReplayPlugin  # noqa: E402
+
+from conftest import write_fake_fashion_mnist  # noqa: E402
+
+TINY = "convnet:width=4,depth=1"
+FAST = {"iterations": 3, "batch_real": 4, "model": TINY}
+CLASSES = 6
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny tensors gain nothing from threads, and on a busy machine waiting threads cost seconds.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_stream(per_class: int = 12, experiences: int = 3, drop_to_one: int | None = None):
+    """Separable 8x8 classes (a bright row per class), ``experiences`` experiences of 2 classes."""
+    generator = torch.Generator().manual_seed(0)
+
+    def split(n: int):
+        labels = torch.arange(CLASSES).repeat_interleave(n)
+        images = torch.randn(len(labels), 1, 8, 8, generator=generator) * 0.3
+        images[torch.arange(len(labels)), 0, labels] += 2.0
+        return images, labels
+
+    train, test = split(per_class), split(4)
+    if drop_to_one is not None:  # keep one image of that class
+        keep = (train[1] != drop_to_one) | (torch.arange(len(train[1])) == int((train[1] == drop_to_one).nonzero()[0]))
+        train = (train[0][keep], train[1][keep])
+    return nc_benchmark(torch.utils.data.TensorDataset(*train), torch.utils.data.TensorDataset(*test),
+                        n_experiences=experiences, task_labels=False, seed=0, fixed_class_order=list(range(CLASSES)))
+
+
+def tiny_model():
+    return create_model(TINY, in_channels=1, num_classes=CLASSES, image_size=(8, 8), seed=0)
+
+
+class Recorder(SupervisedPlugin):
+    """Labels trained on and the starting weights, per experience."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.labels: list[list[int]] = []
+        self.start: list[dict[str, torch.Tensor]] = []
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.labels.append([])
+        self.start.append({k: v.clone() for k, v in strategy.model.state_dict().items()})
+
+    def after_training_iteration(self, strategy, **kwargs):
+        self.labels[-1].extend(strategy.mb_y.tolist())
+
+
+AGENT = types.SimpleNamespace(device="cpu")  # what post_adapt reads from a strategy (no evaluator)
+
+
+def held(buffer: CondensedBuffer) -> dict[int, int]:
+    return {label: len(samples) for (_, label), samples in buffer.groups.items()}
+
+
+def test_buffer_budgets_hold_every_class_and_shrink_old_ones_to_a_prefix():
+    stream = make_stream()
+    per_class = CondensedBuffer(mem_per_class=3, settings=FAST, progress=False)
+    total = CondensedBuffer(10, settings=FAST, progress=False)
+    before = None
+    for step, experience in enumerate(stream.train_stream):
+        for buffer in (per_class, total):
+            buffer.post_adapt(AGENT, experience)
+            assert len(buffer.buffer) <= buffer.max_size
+            assert set(held(buffer)) == set(range(2 * step + 2))
+        assert set(held(per_class).values()) == {3} and per_class.max_size == 3 * (2 * step + 2)
+        assert set(held(total).values()) == {10 // (2 * step + 2)}
+        if before is not None:  # old classes keep the first of their samples, not re-condensed
+            assert torch.equal(total.groups[(0, 0)], before[: len(total.groups[(0, 0)])])
+        before = total.groups[(0, 0)].clone()
+    assert [cost.experience for cost in total.costs] == [0, 1, 2]
+    assert all(cost.seconds > 0 and cost.images for cost in total.costs)
+    total.resize(None, 6)
+    assert len(total.buffer) == 6 and set(held(total).values()) == {1}
+
+
+def test_herding_selection_buffer(tiny_preset):
+    stream = make_stream()
+    buffer = CondensedBuffer(mem_per_class=2, method="herding", preset=tiny_preset, progress=False)
+    buffer.post_adapt(AGENT, stream.train_stream[0])
+    images = stream.train_stream[0].dataset.eval()
+    real = torch.stack([images[i][0] for i in range(len(images))])
+    for samples in buffer.groups.values():  # selections keep real images
+        assert all((real == sample).flatten(1).all(1).any() for sample in samples)
+
+
+def test_buffer_items_are_xyt_and_replay_loader_mixes_them():
+    stream = make_stream()
+    buffer = CondensedBuffer(mem_per_class=2, settings=FAST, progress=False)
+    buffer.post_adapt(AGENT, stream.train_stream[0])
+    x, y, t = buffer.buffer[0]
+    assert x.shape == stream.train_stream[0].dataset[0][0].shape and isinstance(y, int) and t == 0
+    loader = ReplayDataLoader(stream.train_stream[1].dataset, buffer.buffer, batch_size=8, batch_size_mem=4)
+    batches = list(loader)
+    assert all(len(batch) == 3 and len(batch[0]) == len(batch[1]) == len(batch[2]) for batch in batches)
+    seen = {label for batch in batches for label in batch[1].tolist()}
+    assert seen == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("other", [LwFPlugin, lambda: EWCPlugin(ewc_lambda=1.0)], ids=["lwf", "ewc"])
+def test_plugin_replays_memory_with_naive_and_another_plugin(other):
+    stream = make_stream()
+    model = tiny_model()
+    plugin = CondensedReplayPlugin(mem_per_class=2, settings=FAST, progress=False)
+    recorder = Recorder()
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+                     criterion=torch.nn.CrossEntropyLoss(), train_mb_size=8, device="cpu",
+                     plugins=[plugin, other(), recorder])
+    for experience in stream.train_stream:
+        strategy.train(experience)
+    assert set(held(plugin.storage_policy)) == set(range(CLASSES)) and len(plugin.storage_policy.buffer) == 12
+    assert set(recorder.labels[0]) == {0, 1}
+    assert set(recorder.labels[2]) == set(range(CLASSES))  # memory of classes 0-3 mixed in
+    metrics = strategy.eval(stream.test_stream)
+    assert metrics["Condensation_Seconds/Exp002"] == plugin.storage_policy.costs[-1].seconds
+
+
+def test_class_with_a_single_sample_is_kept_as_it_is():
+    stream = make_stream(drop_to_one=1)
+    buffer = CondensedBuffer(mem_per_class=3, settings=FAST, progress=False)
+    buffer.post_adapt(AGENT, stream.train_stream[0])
+    data = stream.train_stream[0].dataset.eval()
+    only = next(data[i][0] for i in range(len(data)) if data[i][1] == 1)
+    assert held(buffer) == {0: 3, 1: 1}
+    assert torch.equal(buffer.groups[(0, 1)][0], only)
+
+
+def test_retrain_mode_starts_fresh_and_trains_on_memory_only():
+    stream = make_stream()
+    model = tiny_model()
+    recorder = Recorder()
+    strategy = CondensedReplay(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
+                               mem_per_class=2, mode="retrain", settings=FAST, progress=False,
+                               train_mb_size=4, train_epochs=3, device="cpu", plugins=[recorder])
+    for experience in stream.train_stream[:2]:
+        strategy.train(experience)
+    for name, tensor in recorder.start[1].items():
+        assert torch.equal(tensor, recorder.start[0][name]), name
+    memory = sorted(label for _, label, _ in strategy.plugin.storage_policy.buffer)
+    assert sorted(recorder.labels[1]) == sorted(memory * 3) and set(memory) == {0, 1, 2, 3}
+    assert not torch.equal(strategy.model.state_dict()["classifier.weight"], recorder.start[0]["classifier.weight"])
+
+
+def test_condensed_buffer_survives_avalanche_checkpoint(tmp_path, monkeypatch):
+    # torch 2.14 hides torch.optim.sgd from attribute lookup, so dill (Avalanche's pickler)
+    # would copy SGD's class by value and fail; restoring the attribute lets it pickle by name.
+    monkeypatch.setattr(torch.optim, "sgd", sys.modules["torch.optim.sgd"], raising=False)
+    stream = make_stream()
+
+    def fresh():
+        model = tiny_model()
+        return CondensedReplay(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), max_size=8,
+                               settings=FAST, progress=False, train_mb_size=8, device="cpu", evaluator=None)
+
+    strategy = fresh()
+    for experience in stream.train_stream[:2]:
+        strategy.train(experience)
+    save_checkpoint(strategy, tmp_path / "checkpoint.pkl")
+    restored, next_experience = maybe_load_checkpoint(fresh(), tmp_path / "checkpoint.pkl")
+    saved, loaded = strategy.plugin.storage_policy, restored.plugin.storage_policy
+    assert next_experience == 2 and loaded is not saved and loaded.groups.keys() == saved.groups.keys()
+    assert all(torch.equal(loaded.groups[key], saved.groups[key]) for key in saved.groups)
+    assert all(torch.equal(a[0], b[0]) and a[1:] == b[1:] for a, b in zip(saved.buffer, loaded.buffer))
+    restored.train(stream.train_stream[2])
+    assert set(held(loaded)) == set(range(CLASSES)) and len(loaded.buffer) <= 8
+
+
+def test_bad_settings_raise_clear_errors():
+    with pytest.raises(DdplugError, match="exactly one"):
+        CondensedBuffer(10, mem_per_class=2)
+    with pytest.raises(DdplugError, match="unknown condensation method"):
+        CondensedBuffer(mem_per_class=2, method="full")
+    with pytest.raises(DdplugError, match="no setting"):
+        CondensedBuffer(mem_per_class=2, settings={"iteratoins": 3})
+    with pytest.raises(DdplugError, match="unknown mode"):
+        CondensedReplayPlugin(mem_per_class=2, mode="replace")
+    buffer = CondensedBuffer(3, settings=FAST, progress=False)
+    buffer.post_adapt(AGENT, make_stream().train_stream[0])
+    with pytest.raises(DdplugError, match="cannot hold 4 classes"):
+        buffer.post_adapt(AGENT, make_stream().train_stream[1])
+
+
+@pytest.fixture()
+def tiny_runner(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPLUG_DATA", str(write_fake_fashion_mnist(tmp_path / "data")))
+    monkeypatch.setattr(continual, "stream_settings", lambda preset, epochs=None: continual.StreamSettings(
+        model=TINY, epochs=epochs or 1, memory_epochs=2, batch_size=16, condense=FAST,
+        train_per_class=None, test_per_class=None))
+    return tmp_path / "out"
+
+
+def test_runner_prints_json_saves_results_and_resumes(tiny_runner, capsys, monkeypatch):
+    argv = ["--experiences", "2", "--strategy", "condensed", "--mem-per-class", "2", "--seeds", "2",
+            "--device", "cpu", "--out", str(tiny_runner), "--json"]
+    assert continual.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("strategy", "method", "final_accuracy", "final_accuracy_std", "forgetting", "seconds",
+                "mem_per_class", "experiences", "accuracy_matrix"):
+        assert key in summary
+    assert (summary["strategy"], summary["method"], summary["experiences"], summary["seeds"]) == ("condensed", "dm", 2, 2)
+    assert len(summary["accuracy_matrix"]) == 2 and all(len(row) == 2 for row in summary["accuracy_matrix"])
+    assert summary["condensation_seconds"] > 0
+    assert (tiny_runner / "accuracy.png").is_file() and (tiny_runner / "results-condensed-dm.json").is_file()
+    monkeypatch.setattr(continual, "run_one", lambda *a, **k: pytest.fail("a finished run was redone"))
+    assert continual.main(argv) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["accuracy_matrices"] == summary["accuracy_matrices"]
+
+
+def test_runner_accepts_a_ready_scenario_and_icarl(tiny_runner, capsys):
+    summary = continual.run_benchmark(make_stream(), experiences=3, strategy="icarl", mem_per_class=2, seeds=1,
+                                      device="cpu", out=tiny_runner)
+    assert len(summary["accuracy_matrix"]) == 3 and 0 <= summary["final_accuracy"] <= 1
+    assert "after exp 2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--strategy", "ewc"], "unknown strategy"),
+    (["--benchmark", "cifar10"], "unknown benchmark"),
+    (["--method", "nope"], "unknown condensation method"),
+    (["--mem-per-class", "0"], "--mem-per-class must be at least 1"),
+    (["--experiences", "3"], "cannot be split into 3"),
+])
+def test_runner_rejects_bad_input_before_work(tiny_runner, capsys, argv, message):
+    assert continual.main([*argv, "--seeds", "1", "--device", "cpu", "--out", str(tiny_runner)]) == 2
+    assert message in capsys.readouterr().err
+    assert not tiny_runner.exists()
