@@ -16,6 +16,10 @@ from ddplug.presets import PRESETS, EvalProtocol, Preset
 
 TINY_MODEL = "convnet:width=8,depth=2"
 
+# The suite's networks are tiny: one thread is as fast, and it stays fast on a loaded
+# machine, where two spinning threads per process slow small ops down by 10x or more.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def digits() -> DatasetSplits:

@@ -30,15 +30,6 @@ FAST = {"iterations": 3, "batch_real": 4, "model": TINY}
 CLASSES = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors gain nothing from threads, and on a busy machine waiting threads cost seconds.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_stream(per_class: int = 12, experiences: int = 3, drop_to_one: int | None = None):
     """Separable 8x8 classes (a bright row per class), ``experiences`` experiences of 2 classes."""
     generator = torch.Generator().manual_seed(0)
