@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     distill = commands.add_parser("distill", help="distill a dataset and evaluate the result")
     distill.add_argument("--dataset", default="fashion-mnist")
-    distill.add_argument("--method", default="dm", help="dm, kip, frepo, or a baseline: random, herding, kcenter, full")
+    distill.add_argument("--method", default="dm", help="dm, dc, dsa, kip, frepo, or a baseline: random, herding, kcenter, full")
     distill.add_argument("--ipc", type=int, default=10, help="images per class")
     distill.add_argument("--iterations", type=int, default=None, help="distillation iterations (default: the preset's)")
     distill.add_argument("--model", default=None, help="network spec used for matching (default: the preset's)")

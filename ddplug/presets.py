@@ -113,6 +113,8 @@ PRESETS: dict[str, Preset] = {
         methods={
             "*": {"model": "convnet"},
             "dm": {"iterations": 20000, "batch_real": 256},
+            "dc": {"iterations": 1000, "batch_real": 256},
+            "dsa": {"iterations": 1000, "batch_real": 256},
             # KIP/FRePo paper settings are not yet run (no GPU so far); KIP needs ~2.4-6.8 GB at IPC 1-50.
             "kip": {"kernel": "nngp", "num_networks": 4, "batch_real": 100, "iterations": 5000, "lr_images": 100,
                     "max_kernel_memory_gb": 16},
@@ -126,6 +128,9 @@ PRESETS: dict[str, Preset] = {
         methods={
             "*": {"model": CPU_MODEL},
             "dm": {"iterations": 1000, "batch_real": 64},
+            # DC/DSA cpu budgets are a first guess, not yet measured on Fashion-MNIST.
+            "dc": {"iterations": 100, "batch_real": 64, "inner_loop": 10},
+            "dsa": {"iterations": 100, "batch_real": 64, "inner_loop": 10},
             "kip": {"kernel": "nngp", "num_networks": 2, "batch_real": 10, "iterations": 300, "lr_images": 100},
             "frepo": {"iterations": 300, "batch_real": 20, "lr_images": 1000},
         },
