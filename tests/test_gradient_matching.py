@@ -24,15 +24,6 @@ from ddplug.models import create_model
 from conftest import TINY_MODEL
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These tensors are tiny: a second thread only adds contention on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SETTINGS = {"ipc": 2, "iterations": 15, "model": TINY_MODEL, "batch_real": 32, "seed": 0}
 
 
