@@ -1,4 +1,4 @@
-"""The ``ddplug`` command line: distill, evaluate, download, list.
+"""The ``ddplug`` command line: distill, experts, evaluate, download, cl, list.
 
 User mistakes end with one ``ddplug: error: ...`` line on stderr and exit status 2;
 with ``--json`` the last line of stdout is one JSON object.
@@ -7,6 +7,7 @@ with ``--json`` the last line of stdout is one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -78,11 +79,13 @@ def cmd_distill(args: argparse.Namespace) -> int:
     preset = _preset(args)
     device = resolve_device(args.device)
     baselines = _baselines(args.baselines)
-    settings = {key: value for key, value in (("iterations", args.iterations), ("model", args.model), ("init", args.init)) if value is not None}
+    settings = _method_settings(args)
+    if args.snapshots < 0:
+        raise DdplugError(f"--snapshots must be 0 or more, got {args.snapshots}")
     data = load_dataset(args.dataset, args.data_root)
     out_dir = Path(args.out or f"runs/{data.train.name}-{args.method}-ipc{args.ipc}-seed{args.seed}")
     condensed = condense(args.method, data.train, ipc=args.ipc, preset=preset, seed=args.seed, settings=settings,
-                         device=device, out_dir=out_dir, progress=not args.quiet)
+                         device=device, out_dir=out_dir, progress=not args.quiet, snapshots=args.snapshots)
     files = save_outputs(condensed, out_dir) if args.method != "full" else {}
     extra = {
         "iterations": condensed.iterations,
@@ -106,6 +109,75 @@ def cmd_distill(args: argparse.Namespace) -> int:
                       seed=args.seed, device=device, progress=not args.quiet)
     summary = write_judgement(judgement, out_dir, {**extra, **_peak_memory(device)})
     _emit(summary, judgement.table() + f"\nwritten to {out_dir}/", args.json)
+    return 0
+
+
+# Settings with a flag of their own in `ddplug distill`, or fixed by other flags.
+_GENERAL_FLAGS = ("ipc", "iterations", "model", "init", "seed")
+_SETTING_PREFIX = "setting_"
+
+
+def _method_setting_fields() -> dict[str, list[str]]:
+    """Every distiller setting without a flag of its own, and the methods that have it."""
+    from ddplug.distill import DISTILLERS
+
+    owners: dict[str, list[str]] = {}
+    for method, distiller in DISTILLERS.items():
+        for field in dataclasses.fields(distiller.config_class):
+            if field.name not in _GENERAL_FLAGS:
+                owners.setdefault(field.name, []).append(method)
+    return owners
+
+
+def _add_method_flags(parser: argparse.ArgumentParser) -> None:
+    from ddplug.distill import DISTILLERS
+
+    group = parser.add_argument_group("method settings", "each overrides the preset's value for the chosen method")
+    owners = _method_setting_fields()
+    every = len(DISTILLERS)
+    for name, methods in sorted(owners.items()):
+        which = "all methods" if len(methods) == every else ", ".join(methods)
+        group.add_argument(f"--{name.replace('_', '-')}", dest=_SETTING_PREFIX + name, default=None, metavar="VALUE",
+                           help=f"({which})")
+
+
+def _method_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The distillation settings given as flags; a flag the chosen method lacks is an error."""
+    from ddplug.distill import DISTILLERS
+
+    settings = {key: value for key, value in (("iterations", args.iterations), ("model", args.model),
+                                              ("init", args.init)) if value is not None}
+    given = {key[len(_SETTING_PREFIX):]: value for key, value in vars(args).items()
+             if key.startswith(_SETTING_PREFIX) and value is not None}
+    if given and args.method not in DISTILLERS:
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in given)
+        raise DdplugError(f"{flags}: {args.method} is a selection, not a distiller, and has no such setting")
+    if given:
+        fields = {field.name for field in dataclasses.fields(DISTILLERS[args.method].config_class)}
+        owners = _method_setting_fields()
+        for name in given:
+            if name not in fields:
+                raise DdplugError(f"--{name.replace('_', '-')} is not a setting of {args.method} "
+                                  f"(it is one of {', '.join(owners[name])}); drop it or pick such a method")
+    return {**settings, **given}
+
+
+def cmd_experts(args: argparse.Namespace) -> int:
+    from ddplug.data import load_dataset
+    from ddplug.distill.experts import default_expert_folder, train_experts
+    from ddplug.presets import get_preset
+
+    model = args.model or get_preset(args.preset).method_settings("mtt")["model"]
+    data = load_dataset(args.dataset, args.data_root)
+    training = {"lr": args.lr, "batch_size": args.batch_size, "augment": not args.no_augment, "seed": args.seed,
+                "per_class": args.per_class}
+    folder = Path(args.out) if args.out else default_expert_folder(None, data.train, model, **training)
+    experts = train_experts(data.train, folder, model=model, num_experts=args.num_experts, epochs=args.epochs,
+                            device=resolve_device(args.device), progress=not args.quiet, **training)
+    summary = {"folder": str(experts.folder), "experts": len(experts), "epochs": experts.manifest["epochs"],
+               "model": experts.manifest["model"], "dataset": experts.manifest["dataset"]}
+    _emit(summary, f"{len(experts)} experts of {summary['model']} on {summary['dataset']} "
+                   f"({summary['epochs']} epochs) in {experts.folder}", args.json)
     return 0
 
 
@@ -133,7 +205,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     judgement = judge(synthetic, data, preset, method=method, baselines=baselines, seed=args.seed, device=device,
                       progress=not args.quiet)
     out_dir = Path(args.out) if args.out else (path if path.is_dir() else path.parent) / "evaluation"
-    summary = write_judgement(judgement, out_dir, {"iterations": synthetic.meta.get("iterations"), "distill_seconds": None,
+    summary = write_judgement(judgement, out_dir, {"iterations": synthetic.meta.get("iterations"),
+                                                   "distill_seconds": synthetic.meta.get("distill_seconds"),
                                                    "source": str(path), "device": str(device), "out_dir": str(out_dir)})
     _emit(summary, judgement.table() + f"\nwritten to {out_dir}/", args.json)
     return 0
@@ -189,14 +262,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     distill = commands.add_parser("distill", help="distill a dataset and evaluate the result")
     distill.add_argument("--dataset", default="fashion-mnist")
-    distill.add_argument("--method", default="dm", help="dm, dc, dsa, kip, frepo, or a baseline: random, herding, kcenter, full")
+    distill.add_argument("--method", default="dm", help="dm, dc, dsa, mtt, kip, frepo, or a baseline: random, herding, kcenter, full")
     distill.add_argument("--ipc", type=int, default=10, help="images per class")
     distill.add_argument("--iterations", type=int, default=None, help="distillation iterations (default: the preset's)")
     distill.add_argument("--model", default=None, help="network spec used for matching (default: the preset's)")
     distill.add_argument("--init", default=None, help="real or noise")
     distill.add_argument("--no-eval", action="store_true", help="only distill and save")
+    distill.add_argument("--snapshots", type=int, default=0,
+                         help="also save the set at N evenly spaced points (OUT/snapshots/), for time-to-accuracy")
     _common(distill)
+    _add_method_flags(distill)
     distill.set_defaults(run=cmd_distill)
+
+    experts = commands.add_parser("experts", help="train expert trajectories for trajectory matching (mtt)")
+    experts.add_argument("--dataset", default="fashion-mnist")
+    experts.add_argument("--model", default=None, help="network spec (default: the preset's mtt model)")
+    experts.add_argument("--preset", default="cpu", help="whose mtt model to use when --model is not given")
+    experts.add_argument("--num-experts", type=int, default=10)
+    experts.add_argument("--epochs", type=int, default=50, help="epochs per expert (trains on existing ones)")
+    experts.add_argument("--lr", type=float, default=0.01)
+    experts.add_argument("--batch-size", type=int, default=256)
+    experts.add_argument("--per-class", type=int, default=None, help="train on this many images per class (default: all)")
+    experts.add_argument("--no-augment", action="store_true", help="train without DSA")
+    experts.add_argument("--seed", type=int, default=0)
+    experts.add_argument("--data-root", default=None)
+    experts.add_argument("--device", default="auto")
+    experts.add_argument("--out", default=None, help="expert folder (default: the cache mtt reads, "
+                                                     "$DDPLUG_EXPERTS or ~/.cache/ddplug/experts/...)")
+    experts.add_argument("--json", action="store_true")
+    experts.add_argument("--quiet", action="store_true")
+    experts.set_defaults(run=cmd_experts)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a synthetic set (ddplug, DC/DSA/DM or MTT files)")
     evaluate.add_argument("path")

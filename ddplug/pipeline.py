@@ -34,6 +34,7 @@ from ddplug.sets import SET_FILE, SyntheticSet, save_grid, save_set
 from ddplug.storage import write_json
 
 CHECKPOINT_FILE = "checkpoint.pt"
+SNAPSHOT_FOLDER = "snapshots"
 
 
 @dataclass
@@ -69,11 +70,14 @@ def condense(
     device: torch.device | str = "cpu",
     out_dir: str | Path | None = None,
     progress: bool = True,
+    snapshots: int = 0,
 ) -> Condensed:
     """Make a synthetic set with ``method`` (a distiller or a selection).
 
     Distillers take the preset's settings for the method, then ``settings``; with
-    ``out_dir`` they checkpoint there and resume a matching checkpoint.
+    ``out_dir`` they checkpoint there and resume a matching checkpoint, and with
+    ``snapshots`` > 0 they also save the set at that many evenly spaced points before the
+    end, as ``out_dir/snapshots/iter-NNNNNN.safetensors`` (for time-to-accuracy curves).
     """
     if method in SELECTIONS:
         began = time.perf_counter()
@@ -85,8 +89,19 @@ def condense(
     config = make_config(method, {**preset.method_settings(method), **(settings or {}), "ipc": ipc, "seed": seed})
     distiller = create_distiller(method, real, config, device)
     checkpoint = None if out_dir is None else Path(out_dir) / CHECKPOINT_FILE
-    result = run_distillation(distiller, checkpoint=checkpoint, progress=progress)
+    snapshot_every = None
+    if snapshots > 0:
+        if out_dir is None:
+            raise DdplugError("snapshots need an output folder to be saved in")
+        snapshot_every = max(1, config.iterations // (snapshots + 1))
+    result = run_distillation(distiller, checkpoint=checkpoint, progress=progress, snapshot_every=snapshot_every,
+                              on_snapshot=lambda synthetic: save_set(synthetic, snapshot_path(out_dir, synthetic)))
     return Condensed(result.synthetic, method, result.iterations, result.seconds, result.interrupted, result.losses)
+
+
+def snapshot_path(out_dir: str | Path, synthetic: SyntheticSet) -> Path:
+    """Where :func:`condense` saves the snapshot of ``synthetic`` (its meta names the iteration)."""
+    return Path(out_dir) / SNAPSHOT_FOLDER / f"iter-{synthetic.meta['iterations']:06d}.safetensors"
 
 
 def condense_classes(

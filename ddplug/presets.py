@@ -119,6 +119,9 @@ PRESETS: dict[str, Preset] = {
             "kip": {"kernel": "nngp", "num_networks": 4, "batch_real": 100, "iterations": 5000, "lr_images": 100,
                     "max_kernel_memory_gb": 16},
             "frepo": {"iterations": 20000, "batch_real": 100, "pool_size": 10, "max_online_steps": 100, "lr_images": 1000},
+            # MTT's ConvNet settings: 100 experts of 50 epochs on all the data, syn_steps 20, 2 expert epochs.
+            "mtt": {"iterations": 5000, "num_experts": 100, "expert_train_epochs": 50, "syn_steps": 20,
+                    "expert_epochs": 2, "max_start_epoch": 20, "lr_images": 100, "lr_lr": 1e-5},
         },
     ),
     "cpu": Preset(
@@ -133,6 +136,9 @@ PRESETS: dict[str, Preset] = {
             "dsa": {"iterations": 100, "batch_real": 64, "inner_loop": 10},
             "kip": {"kernel": "nngp", "num_networks": 2, "batch_real": 10, "iterations": 300, "lr_images": 100},
             "frepo": {"iterations": 300, "batch_real": 20, "lr_images": 1000},
+            # 5 experts trained for just the epochs matched, on 500 images per class (about 2 min).
+            "mtt": {"iterations": 200, "num_experts": 5, "expert_per_class": 500, "syn_steps": 10,
+                    "expert_epochs": 2, "max_start_epoch": 4, "lr_images": 100, "lr_lr": 1e-5},
         },
     ),
 }

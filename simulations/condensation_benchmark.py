@@ -1,10 +1,15 @@
-"""Condensation benchmark: methods vs random/herding subsets on one evaluation protocol.
+"""Condensation benchmark: every method vs random/herding subsets on one evaluation protocol.
 
 Each (method, ipc) row is one ``ddplug distill ... --json`` run in its own process, so its
-peak memory is its own; finished rows are kept in the output folder and skipped on a
-re-run (resume after a crash or Ctrl-C). Prints and saves a markdown table and JSON.
+peak memory is its own. Distillers also save ``--snapshots`` intermediate sets, which are
+evaluated on the first ``--snapshot-models`` evaluation networks: the time to reach the
+final accuracy is the distillation time of the first snapshot within ``--tolerance``
+points of the final set's accuracy on those same networks. Finished rows and snapshot
+evaluations are kept in the output folder and skipped on a re-run (resume after a crash
+or Ctrl-C). Prints and saves a markdown table, JSON and a plot of accuracy over time.
 
-    python -m simulations.condensation_benchmark --preset cpu --ipc 1 10 --methods dm random herding
+    python -m simulations.condensation_benchmark --preset cpu --ipc 1 10
+    python -m simulations.condensation_benchmark --methods dm random --ipc 1
 """
 
 from __future__ import annotations
@@ -12,29 +17,72 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
+from ddplug.distill import DISTILLERS, available_methods
 from ddplug.evaluate.report import format_table, percent
+from ddplug.pipeline import SNAPSHOT_FOLDER
 from ddplug.storage import atomic_write, write_json
+
+METHODS = ("dm", "dc", "dsa", "mtt", "kip", "frepo", "random", "herding")
+
+
+def _ddplug_json(command: list[str], what: str) -> dict:
+    """Run ``python -m ddplug.cli COMMAND --json`` and return its summary."""
+    command = [sys.executable, "-m", "ddplug.cli", *command, "--json"]
+    print("$ ddplug", " ".join(command[3:]), file=sys.stderr, flush=True)
+    completed = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    if completed.returncode != 0:
+        raise SystemExit(f"{what} failed (exit {completed.returncode}); rerun to resume")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 def run_row(method: str, ipc: int, args: argparse.Namespace) -> dict:
     out = Path(args.out) / f"{args.dataset}-{method}-ipc{ipc}"
     summary_file = out / "evaluation.json"
     if summary_file.is_file():
-        return json.loads(summary_file.read_text())
-    command = [sys.executable, "-m", "ddplug.cli", "distill", "--dataset", args.dataset, "--method", method,
-               "--ipc", str(ipc), "--preset", args.preset, "--seed", str(args.seed), "--baselines", "",
-               "--out", str(out), "--json", "--device", args.device, *sum((["--set", s] for s in args.set), [])]
-    print("$", " ".join(command[1:]), file=sys.stderr, flush=True)
-    completed = subprocess.run(command, stdout=subprocess.PIPE, text=True)
-    if completed.returncode != 0:
-        raise SystemExit(f"row {method} ipc {ipc} failed (exit {completed.returncode}); rerun to resume")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+        row = json.loads(summary_file.read_text())
+    else:
+        snapshots = ["--snapshots", str(args.snapshots)] if method in DISTILLERS else []
+        row = _ddplug_json(["distill", "--dataset", args.dataset, "--method", method, "--ipc", str(ipc),
+                            "--preset", args.preset, "--seed", str(args.seed), "--baselines", "", "--out", str(out),
+                            "--device", args.device, *snapshots, *sum((["--set", s] for s in args.set), [])],
+                           f"row {method} ipc {ipc}")
+    if method in DISTILLERS:
+        row["curve"] = accuracy_curve(row, out, args)
+        row["seconds_to_final"] = seconds_to_final(row["curve"], args.tolerance)
+    return row
+
+
+def accuracy_curve(row: dict, out: Path, args: argparse.Namespace) -> list[dict]:
+    """``{"iterations", "seconds", "accuracy"}`` of every snapshot and the final set, the
+    accuracy being the mean over the first ``args.snapshot_models`` evaluation networks."""
+    curve = []
+    for snapshot in sorted((out / SNAPSHOT_FOLDER).glob("iter-*.safetensors")):
+        evaluated = out / SNAPSHOT_FOLDER / f"eval-{snapshot.stem}"
+        if (evaluated / "evaluation.json").is_file():
+            summary = json.loads((evaluated / "evaluation.json").read_text())
+        else:
+            summary = _ddplug_json(["evaluate", str(snapshot), "--preset", args.preset, "--seed", str(args.seed),
+                                    "--eval-models", str(args.snapshot_models), "--baselines", "", "--out",
+                                    str(evaluated), "--device", args.device, "--quiet",
+                                    *sum((["--set", s] for s in args.set), [])], f"snapshot {snapshot}")
+        curve.append({"iterations": summary["iterations"], "seconds": summary["distill_seconds"],
+                      "accuracy": statistics.fmean(summary["accuracies"])})
+    final = statistics.fmean(row["accuracies"][: args.snapshot_models])
+    curve.append({"iterations": row["iterations"], "seconds": row["distill_seconds"], "accuracy": final})
+    return curve
+
+
+def seconds_to_final(curve: list[dict], tolerance: float) -> float:
+    """Distillation seconds of the first point within ``tolerance`` (points) of the last one."""
+    final = curve[-1]["accuracy"]
+    return next(point["seconds"] for point in curve if point["accuracy"] >= final - tolerance / 100)
 
 
 def build_table(rows: list[dict]) -> str:
@@ -50,12 +98,43 @@ def build_table(rows: list[dict]) -> str:
             "-" if published is None else f"{100 * published:.1f}",
             "-" if not row.get("seconds_per_iteration") else f"{row['seconds_per_iteration']:.3f}",
             f"{row['distill_seconds']:.0f}",
+            "-" if row.get("seconds_to_final") is None else f"{row['seconds_to_final']:.0f}",
             f"{row['eval_seconds_per_model']:.1f}",
             f"{row['peak_memory_mb']:.0f}",
         ))
     headers = ("method", "ipc", "accuracy %", "random %", "published %", "distill s/it", "distill s",
-               "eval s/model", "peak MB")
+               "s to final acc", "eval s/model", "peak MB")
     return format_table(headers, lines)
+
+
+def save_curves(rows: list[dict], path: Path, title: str) -> Path:
+    """Accuracy against distillation seconds, one panel per ipc, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ipcs = sorted({row["ipc"] for row in rows if "curve" in row})
+    figure, panels = plt.subplots(1, max(1, len(ipcs)), figsize=(5.5 * max(1, len(ipcs)), 4), squeeze=False)
+    for panel, ipc in zip(panels[0], ipcs):
+        for row in rows:
+            if row["ipc"] == ipc and "curve" in row:
+                curve = row["curve"]
+                panel.plot([p["seconds"] for p in curve], [100 * p["accuracy"] for p in curve], marker="o",
+                           label=row["method"])
+            elif row["ipc"] == ipc and row["method"] == "random":
+                panel.axhline(100 * row["accuracy_mean"], color="gray", linestyle="--", label="random subset")
+        panel.set_xscale("log")
+        panel.set(title=f"ipc {ipc}", xlabel="distillation seconds (log)", ylabel="test accuracy (%)")
+        panel.legend(fontsize=8)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+
+    def write(tmp: Path) -> None:
+        figure.savefig(tmp, format="png", dpi=110)
+        plt.close(figure)
+
+    return atomic_write(path, write)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,24 +142,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
-    parser.add_argument("--methods", nargs="+", default=["dm", "random", "herding"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=available_methods(), metavar="METHOD")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--snapshots", type=int, default=3, help="intermediate sets per distillation, for the curve")
+    parser.add_argument("--snapshot-models", type=int, default=2, help="evaluation networks per snapshot")
+    parser.add_argument("--tolerance", type=float, default=0.5, help="points below the final accuracy that count as reached")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="preset override, as for ddplug")
     parser.add_argument("--out", default=None, help="default: results/condensation-<dataset>-<preset>")
     args = parser.parse_args(argv)
     args.out = args.out or f"results/condensation-{args.dataset}-{args.preset}"
     rows = [run_row(method, ipc, args) for ipc in args.ipc for method in args.methods]
-    device = rows[0]["device"] if rows else "cpu"
-    hardware = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    device = rows[0]["device"]
+    hardware = (torch.cuda.get_device_name(0) if device.startswith("cuda")
+                else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
     command = "python -m simulations.condensation_benchmark " + " ".join(sys.argv[1:] if argv is None else argv)
     table = build_table(rows)
     header = (f"{args.dataset}, preset {args.preset}, eval {rows[0]['eval_model']} x {rows[0]['eval_models']} models, "
-              f"{rows[0]['eval_epochs']} epochs; device {device} ({hardware})\ncommand: {command}")
+              f"{rows[0]['eval_epochs']} epochs; device {device} ({hardware}); 's to final acc': first of "
+              f"{args.snapshots} snapshots within {args.tolerance} points of the final set on "
+              f"{args.snapshot_models} eval networks\ncommand: {command}")
     print(header + "\n" + table)
     out = Path(args.out)
     atomic_write(out / "table.md", lambda tmp: tmp.write_text(header + "\n\n" + table + "\n"))
     write_json(out / "rows.json", {"command": command, "hardware": hardware, "rows": rows})
+    save_curves(rows, out / "curves.png", f"{args.dataset}, preset {args.preset}: accuracy over distillation time")
     return 0
 
 

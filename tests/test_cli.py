@@ -132,3 +132,72 @@ def test_rerun_resumes_instead_of_redoing(capsys, data_root, tmp_path):
 def test_cl_subcommand_rejects_bad_input(capsys):
     code, _, stderr = run(capsys, "cl", "--strategy", "bogus")
     assert code == 2 and "bogus" in stderr
+
+
+MTT_FLAGS = ("--method", "mtt", "--syn-steps", "2", "--expert-epochs", "1", "--max-start-epoch", "1",
+             "--num-experts", "1", "--batch-syn", "5")
+
+
+def test_mtt_trains_its_experts_when_none_are_cached(capsys, data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPLUG_EXPERTS", str(tmp_path / "experts"))
+    code, stdout, _ = run(capsys, "distill", *fast("--out", str(tmp_path / "run"), "--json", *MTT_FLAGS))
+    assert code == 0
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert (summary["method"], summary["iterations"]) == ("mtt", 3)
+    assert len(list((tmp_path / "experts").rglob("expert_0000.pt"))) == 1  # trained into the cache
+    from ddplug.sets import load_set
+
+    assert load_set(tmp_path / "run").lr is not None  # MTT learns the student's lr
+
+
+def test_experts_command_makes_the_folder_mtt_reads(capsys, data_root, tmp_path):
+    folder = tmp_path / "experts"
+    code, stdout, _ = run(capsys, "experts", "--model", SMALL, "--num-experts", "2", "--epochs", "2", "--out",
+                          str(folder), "--quiet", "--device", "cpu", "--json")
+    assert code == 0
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert (summary["experts"], summary["epochs"], summary["dataset"]) == (2, 2, "fashion-mnist")
+    code, stdout, _ = run(capsys, "distill", *fast("--no-eval", "--json", "--out", str(tmp_path / "run"), *MTT_FLAGS,
+                                                   "--expert-folder", str(folder)))
+    assert code == 0 and json.loads(stdout.strip().splitlines()[-1])["method"] == "mtt"
+    # Too few epochs for the asked start epoch: said before any distillation.
+    code, _, stderr = run(capsys, "distill", *fast("--no-eval", "--out", str(tmp_path / "late"), *MTT_FLAGS,
+                                                   "--expert-folder", str(folder), "--max-start-epoch", "5"))
+    assert code == 2 and "5 epochs are needed" in stderr and "ddplug experts" in stderr
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (("--method", "dm", "--syn-steps", "2"), "--syn-steps is not a setting of dm (it is one of mtt)"),
+    (("--method", "random", "--kernel", "ntk"), "random is a selection"),
+    (("--method", "mtt", "--syn-steps", "0"), "syn_steps must be at least 1"),
+    (("--method", "mtt", "--syn-steps", "two"), "setting syn_steps expects int"),
+    (("--method", "kip", "--kernel", "rbf"), "rbf"),
+    (("--snapshots", "-1"), "--snapshots must be 0 or more"),
+])
+def test_method_flags_reject_mistakes(capsys, data_root, tmp_path, argv, message):
+    code, _, stderr = run(capsys, "distill", *fast("--out", str(tmp_path / "run"), *argv))
+    assert code == 2 and message in stderr, stderr
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_method_flags_reach_the_config(capsys, data_root, tmp_path):
+    out = tmp_path / "run"
+    code, _, _ = run(capsys, "distill", *fast("--no-eval", "--out", str(out), "--method", "dc", "--distance", "mse",
+                                              "--inner-loop", "2", "--learn-labels", "true"))
+    from ddplug.sets import load_set
+
+    synthetic = load_set(out)
+    assert code == 0 and synthetic.soft_labels
+    assert synthetic.meta["config"]["distance"] == "mse" and synthetic.meta["config"]["inner_loop"] == 2
+
+
+def test_snapshots_record_iterations_and_seconds(capsys, data_root, tmp_path):
+    out = tmp_path / "run"
+    code, _, _ = run(capsys, "distill", *fast("--no-eval", "--out", str(out), "--iterations", "6", "--snapshots", "2"))
+    from ddplug.sets import load_set
+
+    snapshots = sorted((out / "snapshots").iterdir())
+    assert code == 0 and [path.name for path in snapshots] == ["iter-000002.safetensors", "iter-000004.safetensors"]
+    metas = [load_set(path).meta for path in snapshots]
+    assert [meta["iterations"] for meta in metas] == [2, 4]
+    assert 0 < metas[0]["distill_seconds"] < metas[1]["distill_seconds"] <= load_set(out).meta["distill_seconds"]

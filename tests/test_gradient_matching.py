@@ -186,6 +186,9 @@ def test_batch_norm_statistics_come_from_real_data_and_stay_fixed(digits):
     distiller._fix_batch_norm(network, 0)
     norms = [m for m in network.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms and all(not m.training and m.running_mean.abs().sum() > 0 for m in norms)
+    fixed = [m.running_mean.clone() for m in norms]
+    class_gradients(network, distiller.images, distiller.labels, 10)  # the synthetic batches leave them as they are
+    assert all(torch.equal(m.running_mean, mean) for m, mean in zip(norms, fixed))
     assert torch.isfinite(distiller.step(0))
 
 

@@ -12,10 +12,14 @@ from ddplug.distill.dm import DistributionMatching, DMConfig
 from ddplug.distill.gradient import DatasetCondensation, DatasetCondensationDSA, GradientMatchingConfig
 from ddplug.distill.kernel import KIP, FRePo, FRePoConfig, KIPConfig
 from ddplug.distill.selection import NEEDS_FEATURES, SELECTIONS, select_subset
+from ddplug.distill.trajectory import MTTConfig, TrajectoryMatching
 from ddplug.errors import DdplugError
 from ddplug.presets import convert_field
 
-DISTILLERS: dict[str, type[Distiller]] = {cls.name: cls for cls in (DatasetCondensation, DatasetCondensationDSA, DistributionMatching, KIP, FRePo)}
+DISTILLERS: dict[str, type[Distiller]] = {
+    cls.name: cls
+    for cls in (DatasetCondensation, DatasetCondensationDSA, DistributionMatching, TrajectoryMatching, KIP, FRePo)
+}
 
 
 def available_methods() -> list[str]:
@@ -46,6 +50,6 @@ def create_distiller(method: str, real: ImageDataset, config: DistillConfig | No
 __all__ = [
     "DISTILLERS", "KIP", "NEEDS_FEATURES", "SELECTIONS", "DMConfig", "FRePo", "FRePoConfig", "KIPConfig",
     "DatasetCondensation", "DatasetCondensationDSA", "GradientMatchingConfig", "DistillConfig", "DistillResult", "Distiller",
-    "DistributionMatching", "available_methods", "create_distiller", "make_config", "run_distillation",
+    "DistributionMatching", "MTTConfig", "TrajectoryMatching", "available_methods", "create_distiller", "make_config", "run_distillation",
     "select_subset",
 ]

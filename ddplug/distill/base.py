@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,6 +32,7 @@ from ddplug.sets import SyntheticSet
 from ddplug.storage import atomic_write
 
 INITIALISATIONS = ("real", "noise")
+MIN_STUDENT_LR = 1e-6
 
 
 @dataclass
@@ -177,8 +179,17 @@ class Distiller(ABC):
         loss = self.loss(iteration)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
+        self.update()
         return loss.detach()
+
+    def update(self) -> None:
+        """Apply the gradients in ``.grad`` to the learnables."""
+        self.optimizer.step()
+        if self.student_lr is not None:
+            # A large early gradient can push the learned lr through zero, and a student that
+            # trains with a negative lr diverges (and cannot be evaluated): keep it positive.
+            with torch.no_grad():
+                self.student_lr.clamp_(min=MIN_STUDENT_LR)
 
     def synthetic_set(self) -> SyntheticSet:
         return SyntheticSet(
@@ -231,6 +242,8 @@ def run_distillation(
     checkpoint_every: int = 100,
     log_every: int = 10,
     progress: bool = True,
+    snapshot_every: int | None = None,
+    on_snapshot: Callable[[SyntheticSet], None] | None = None,
 ) -> DistillResult:
     """Run ``distiller`` up to its configured number of iterations.
 
@@ -239,13 +252,21 @@ def run_distillation(
     resumes from it. Ctrl-C stops after the step in flight, so the saved state is always a
     whole step; a second Ctrl-C aborts at once. The loss reaches the host only every
     ``log_every`` iterations (one sync), not at each step.
+
+    With ``snapshot_every``, ``on_snapshot`` receives the set after every ``snapshot_every``
+    iterations (not the last), its meta holding ``iterations`` and ``distill_seconds`` (wall
+    time since the start, resumed runs included): what time-to-accuracy curves are made of.
     """
     total = distiller.config.iterations
-    start, losses = _resume(distiller, checkpoint)
+    start, losses, earlier_seconds = _resume(distiller, checkpoint)
     pending: list[Tensor] = []
     done = start
     bar = tqdm(total=total, initial=start, desc=f"distill {distiller.name}", disable=not progress, unit="it")
     began = time.perf_counter()
+
+    def elapsed() -> float:
+        return earlier_seconds + time.perf_counter() - began
+
     with _StopRequest() as stop:
         for iteration in range(start, total):
             pending.append(distiller.step(iteration))
@@ -256,13 +277,21 @@ def run_distillation(
                 pending.clear()
                 bar.set_postfix(loss=f"{losses[-1]:.4g}")
             if checkpoint is not None and (done % checkpoint_every == 0 or done == total or stop.requested):
-                _save_checkpoint(distiller, checkpoint, done, losses)
+                _save_checkpoint(distiller, checkpoint, done, losses, elapsed())
+            if on_snapshot is not None and snapshot_every and done % snapshot_every == 0 and done < total:
+                on_snapshot(_described_set(distiller, done, elapsed()))
             if stop.requested:
                 break
     bar.close()
-    result = distiller.synthetic_set()
-    result.meta["iterations"] = done
-    return DistillResult(result, done, time.perf_counter() - began, losses, interrupted=done < total)
+    seconds = time.perf_counter() - began
+    return DistillResult(_described_set(distiller, done, earlier_seconds + seconds), done, seconds, losses,
+                         interrupted=done < total)
+
+
+def _described_set(distiller: Distiller, iterations: int, seconds: float) -> SyntheticSet:
+    synthetic = distiller.synthetic_set()
+    synthetic.meta.update(iterations=iterations, distill_seconds=seconds)
+    return synthetic
 
 
 class _StopRequest:
@@ -293,12 +322,13 @@ def _checkpoint_identity(distiller: Distiller) -> dict[str, Any]:
     return {"method": distiller.name, "dataset": distiller.real.name, "config": config}
 
 
-def _save_checkpoint(distiller: Distiller, path: str | Path, iteration: int, losses: list[float]) -> None:
-    state = {"identity": _checkpoint_identity(distiller), "iteration": iteration, "losses": losses, "state": distiller.state_dict()}
+def _save_checkpoint(distiller: Distiller, path: str | Path, iteration: int, losses: list[float], seconds: float) -> None:
+    state = {"identity": _checkpoint_identity(distiller), "iteration": iteration, "losses": losses, "seconds": seconds,
+             "state": distiller.state_dict()}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def _load_checkpoint(distiller: Distiller, path: str | Path) -> tuple[int, list[float]]:
+def _load_checkpoint(distiller: Distiller, path: str | Path) -> tuple[int, list[float], float]:
     try:
         saved = torch.load(path, map_location=distiller.device, weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable checkpoint means the same to the user
@@ -309,10 +339,11 @@ def _load_checkpoint(distiller: Distiller, path: str | Path) -> tuple[int, list[
             "use another output folder, or delete the checkpoint to start afresh"
         )
     distiller.load_state_dict(saved["state"])
-    return int(saved["iteration"]), list(saved["losses"])
+    return int(saved["iteration"]), list(saved["losses"]), float(saved.get("seconds", 0.0))
 
 
-def _resume(distiller: Distiller, checkpoint: str | Path | None) -> tuple[int, list[float]]:
+def _resume(distiller: Distiller, checkpoint: str | Path | None) -> tuple[int, list[float], float]:
+    """Iterations done, their losses and their wall time, from ``checkpoint`` if there is one."""
     if checkpoint is None or not Path(checkpoint).exists():
-        return 0, []
+        return 0, [], 0.0
     return _load_checkpoint(distiller, checkpoint)

@@ -189,7 +189,7 @@ class GradientMatching(Distiller):
             self.optimizer.zero_grad(set_to_none=True)
             # Only the set learns: skip the second-order gradients into the network's weights.
             loss.backward(inputs=list(self.learnables().values()))
-            self.optimizer.step()
+            self.update()
             losses.append(loss.detach())
             if round_in_step < self.outer_loop - 1:
                 self._train_network(network, network_optimizer, round_index)
