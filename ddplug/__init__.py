@@ -10,7 +10,7 @@ The pieces everything is built from::
 """
 
 from ddplug.augment import DSA, DSAConfig
-from ddplug.data import DatasetSplits, ImageDataset, from_tensors, from_torch_dataset, load_dataset
+from ddplug.data import ZCA, DatasetSplits, ImageDataset, from_tensors, from_torch_dataset, load_dataset
 from ddplug.distill import (
     DistillConfig,
     Distiller,
@@ -29,7 +29,8 @@ from ddplug.version import __version__
 
 __all__ = [
     "DSA", "DSAConfig", "DatasetSplits", "DdplugError", "DistillConfig", "Distiller", "EvalProtocol", "EvalResult",
-    "Evaluator", "ImageDataset", "Preset", "SyntheticSet", "__version__", "available_methods", "available_models",
-    "create_distiller", "create_model", "from_tensors", "from_torch_dataset", "get_preset", "load_dataset",
-    "load_set", "make_config", "register_model", "run_distillation", "save_grid", "save_set", "select_subset",
+    "Evaluator", "ImageDataset", "Preset", "SyntheticSet", "ZCA", "__version__", "available_methods",
+    "available_models", "create_distiller", "create_model", "from_tensors", "from_torch_dataset", "get_preset",
+    "load_dataset", "load_set", "make_config", "register_model", "run_distillation", "save_grid", "save_set",
+    "select_subset",
 ]

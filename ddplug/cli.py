@@ -106,7 +106,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         _emit(summary, f"saved {files.get('set', '(nothing)')}", args.json)
         return 0
     judgement = judge(condensed.synthetic, data, preset, method=args.method, baselines=baselines,
-                      seed=args.seed, device=device, progress=not args.quiet)
+                      seed=args.seed, device=device, progress=not args.quiet, zca=condensed.zca)
     summary = write_judgement(judgement, out_dir, {**extra, **_peak_memory(device)})
     _emit(summary, judgement.table() + f"\nwritten to {out_dir}/", args.json)
     return 0
@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--ipc", type=int, default=10, help="images per class")
     distill.add_argument("--iterations", type=int, default=None, help="distillation iterations (default: the preset's)")
     distill.add_argument("--model", default=None, help="network spec used for matching (default: the preset's)")
-    distill.add_argument("--init", default=None, help="real or noise")
+    distill.add_argument("--init", default=None, help="real, noise or herding")
     distill.add_argument("--no-eval", action="store_true", help="only distill and save")
     distill.add_argument("--snapshots", type=int, default=0,
                          help="also save the set at N evenly spaced points (OUT/snapshots/), for time-to-accuracy")

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ddplug.data import DatasetSplits, ImageDataset
+from ddplug.data import ZCA, DatasetSplits, ImageDataset
 from ddplug.distill import (
     DISTILLERS,
     NEEDS_FEATURES,
@@ -45,6 +45,7 @@ class Condensed:
     seconds: float  # wall time of distillation or selection (this run)
     interrupted: bool = False
     losses: list[float] = field(default_factory=list)
+    zca: ZCA | None = None  # the whitening a ZCA-whitened set lives in (fitted on the real training images)
 
 
 def feature_network(real: ImageDataset, preset: Preset, *, seed: int, device: torch.device | str) -> torch.nn.Module:
@@ -96,7 +97,8 @@ def condense(
         snapshot_every = max(1, config.iterations // (snapshots + 1))
     result = run_distillation(distiller, checkpoint=checkpoint, progress=progress, snapshot_every=snapshot_every,
                               on_snapshot=lambda synthetic: save_set(synthetic, snapshot_path(out_dir, synthetic)))
-    return Condensed(result.synthetic, method, result.iterations, result.seconds, result.interrupted, result.losses)
+    return Condensed(result.synthetic, method, result.iterations, result.seconds, result.interrupted, result.losses,
+                     distiller.zca)
 
 
 def snapshot_path(out_dir: str | Path, synthetic: SyntheticSet) -> Path:
@@ -123,6 +125,10 @@ def condense_classes(
     one batched run), relabelled to their positions and back, so the result's labels are
     in ``real``'s class space (hard, or soft with ``real.num_classes`` columns).
     """
+    if method in DISTILLERS and make_config(method, {**preset.method_settings(method), **(settings or {})}).zca:
+        # The kept real images and the data the consumers (replay, federated clients) train
+        # on are not whitened, so a whitened set would not fit in with them.
+        raise DdplugError("zca is for benchmark distillation, not for condensing part of a dataset: drop zca")
     counts = real.class_counts()
     present = torch.nonzero(counts).flatten()
     kept_classes = present[counts[present] <= ipc]
@@ -158,7 +164,7 @@ def save_outputs(condensed: Condensed, out_dir: str | Path) -> dict[str, str]:
     """Write the set and its picture into ``out_dir``; returns their paths."""
     out_dir = Path(out_dir)
     files = {"set": str(save_set(condensed.synthetic, out_dir / SET_FILE))}
-    files["grid"] = str(save_grid(condensed.synthetic, out_dir / "synthetic.png"))
+    files["grid"] = str(save_grid(condensed.synthetic, out_dir / "synthetic.png", zca=condensed.zca))
     return files
 
 
@@ -173,6 +179,7 @@ class Judgement:
     baselines: dict[str, EvalResult]
     preset: str
     seed: int
+    zca_epsilon: float | None = None  # the set and the baselines were trained and tested whitened
 
     def summary(self) -> dict[str, Any]:
         published = published_result(self.method, self.dataset, self.ipc)
@@ -189,6 +196,7 @@ class Judgement:
             "accuracies": self.result.accuracies,
             "random_baseline_mean": None if random is None else random.mean,
             "random_baseline_std": None if random is None else random.std,
+            "zca_epsilon": self.zca_epsilon,
             "eval_model": self.result.model,
             "eval_epochs": self.result.epochs,
             "eval_models": len(self.result.accuracies),
@@ -238,21 +246,29 @@ def judge(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    zca: ZCA | None = None,
 ) -> Judgement:
-    """Evaluate ``synthetic`` and each baseline selection at the same ipc on one protocol."""
-    evaluator = Evaluator(data, preset.evaluation, device=device, progress=progress)
+    """Evaluate ``synthetic`` and each baseline selection at the same ipc on one protocol.
+
+    A ZCA-whitened set is tested on whitened test images, and its baselines are selected from
+    (and trained on) the whitened training images, so that all are compared in one space;
+    ``zca`` is the whitening of ``data.train`` if the caller has it already (saves refitting).
+    """
+    evaluator = Evaluator(data, preset.evaluation, device=device, progress=progress, zca=zca)
     full = method == "full"
     ipc = None if full else synthetic.ipc
     epochs = preset.evaluation.full_epochs if full else None
     result = evaluator.evaluate(synthetic, seed=seed, epochs=epochs, label=method)
     baseline_results = {}
-    if not full:
+    epsilon = synthetic.zca_epsilon
+    baselines = () if full else tuple(name for name in baselines if name != method)
+    if baselines:
+        train = data.train if epsilon is None else evaluator.zca(epsilon).whiten_dataset(data.train)
         for name in baselines:
-            if name == method:
-                continue
-            baseline = condense(name, data.train, ipc=ipc, preset=preset, seed=seed, device=device, progress=progress)
+            baseline = condense(name, train, ipc=ipc, preset=preset, seed=seed, device=device, progress=progress)
+            baseline.synthetic.meta["zca_epsilon"] = epsilon  # it lives in the space it was picked in
             baseline_results[name] = evaluator.evaluate(baseline.synthetic, seed=seed, label=name)
-    return Judgement(method, data.train.name, ipc, result, baseline_results, preset.name, seed)
+    return Judgement(method, data.train.name, ipc, result, baseline_results, preset.name, seed, epsilon)
 
 
 def write_judgement(judgement: Judgement, out_dir: str | Path, extra: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ddplug.distill import DISTILLERS, available_methods
-from ddplug.evaluate.report import format_table, percent
+from ddplug.evaluate.report import format_table, percent, pyplot, save_figure
 from ddplug.pipeline import SNAPSHOT_FOLDER
 from ddplug.storage import atomic_write, write_json
 
@@ -109,13 +109,8 @@ def build_table(rows: list[dict]) -> str:
 
 def save_curves(rows: list[dict], path: Path, title: str) -> Path:
     """Accuracy against distillation seconds, one panel per ipc, one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ipcs = sorted({row["ipc"] for row in rows if "curve" in row})
-    figure, panels = plt.subplots(1, max(1, len(ipcs)), figsize=(5.5 * max(1, len(ipcs)), 4), squeeze=False)
+    figure, panels = pyplot().subplots(1, max(1, len(ipcs)), figsize=(5.5 * max(1, len(ipcs)), 4), squeeze=False)
     for panel, ipc in zip(panels[0], ipcs):
         for row in rows:
             if row["ipc"] == ipc and "curve" in row:
@@ -128,13 +123,7 @@ def save_curves(rows: list[dict], path: Path, title: str) -> Path:
         panel.set(title=f"ipc {ipc}", xlabel="distillation seconds (log)", ylabel="test accuracy (%)")
         panel.legend(fontsize=8)
     figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-
-    def write(tmp: Path) -> None:
-        figure.savefig(tmp, format="png", dpi=110)
-        plt.close(figure)
-
-    return atomic_write(path, write)
+    return save_figure(figure, path)
 
 
 def main(argv: list[str] | None = None) -> int:

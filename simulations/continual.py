@@ -41,7 +41,7 @@ from ddplug.devices import resolve_device
 from ddplug.data import ImageDataset, load_dataset
 from ddplug.distill import available_methods, select_subset
 from ddplug.errors import DdplugError
-from ddplug.evaluate.report import format_table, percent
+from ddplug.evaluate.report import format_table, percent, pyplot, save_figure
 from ddplug.models import create_model
 from ddplug.presets import Preset, get_preset
 from ddplug.seeding import derive_seed
@@ -229,18 +229,13 @@ def _run_file(out: Path, label: str, seed: int, key: dict[str, Any]) -> Path:
 
 def save_plot(out: Path, key: dict[str, Any]) -> Path:
     """Average accuracy on the experiences seen so far, after each one, for every strategy run on this stream."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     curves: dict[str, list[list[float]]] = {}
     for path in sorted((out / "runs").glob("*.json")):
         run = loads(path.read_text())
         if run["stream"] == key:
             curves.setdefault(run["label"], []).append(
                 [100 * statistics.fmean(row[: i + 1]) for i, row in enumerate(run["matrix"])])
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure, axes = pyplot().subplots(figsize=(6, 4))
     for label, runs in sorted(curves.items()):
         steps = range(1, len(runs[0]) + 1)
         mean = [statistics.fmean(values) for values in zip(*runs)]
@@ -252,13 +247,7 @@ def save_plot(out: Path, key: dict[str, Any]) -> Path:
     axes.set_ylabel("accuracy on the classes seen (%)")
     axes.set_title(f"{key['benchmark']}, memory {key['mem_per_class']} per class, {key['preset']} preset", fontsize=10)
     axes.legend(fontsize=8)
-    figure.tight_layout()
-
-    def write(tmp: Path) -> None:
-        figure.savefig(tmp, format="png", dpi=110)
-        plt.close(figure)
-
-    return atomic_write(out / "accuracy.png", write)
+    return save_figure(figure, out / "accuracy.png")
 
 
 def _check(benchmark: Any, experiences: int, strategy: str, mem_per_class: int, method: str, seeds: int,

@@ -1,4 +1,5 @@
-"""Datasets held in memory as normalised tensors: built-in loaders, image folders, tensors."""
+"""Datasets held in memory as normalised tensors: built-in loaders, image folders, tensors;
+and their ZCA whitening."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from ddplug.data.datasets import (
     from_torch_dataset,
     load_dataset,
 )
+from ddplug.data.zca import ZCA
 
 __all__ = [
     "NORMALISATION",
+    "ZCA",
     "DatasetSplits",
     "ImageDataset",
     "available_datasets",

@@ -23,15 +23,16 @@ from tqdm.auto import tqdm
 
 from ddplug.version import __version__
 from ddplug.augment import DSA, DSAConfig
-from ddplug.data import ImageDataset
+from ddplug.data import ZCA, ImageDataset
 from ddplug.distill.sampling import ClassBalancedSampler
+from ddplug.distill.selection import select_subset
 from ddplug.errors import DdplugError
 from ddplug.models import create_model
-from ddplug.seeding import make_generator
+from ddplug.seeding import derive_seed, make_generator
 from ddplug.sets import SyntheticSet
 from ddplug.storage import atomic_write
 
-INITIALISATIONS = ("real", "noise")
+INITIALISATIONS = ("real", "noise", "herding")
 MIN_STUDENT_LR = 1e-6
 
 
@@ -42,7 +43,7 @@ class DistillConfig:
     ipc: int = 10
     iterations: int = 1000
     model: str = "convnet"  # spec of the network(s) used for matching
-    init: str = "real"  # "real" images of each class, or Gaussian "noise"
+    init: str = "real"  # random "real" images of each class, Gaussian "noise", or the "herding" selection
     lr_images: float = 0.1
     momentum: float = 0.5
     batch_real: int = 256  # real images per class per step
@@ -53,6 +54,8 @@ class DistillConfig:
     learn_lr: bool = False  # learn the student's learning rate (methods that unroll training)
     init_lr: float = 0.01  # the student's learning rate (its start value when learned)
     lr_lr: float = 1e-5
+    zca: bool = False  # distil (and evaluate) in the ZCA-whitened space of the real training images
+    zca_epsilon: float = 0.1  # added to the covariance's eigenvalues (MTT's and KIP's CIFAR value)
     seed: int = 0
 
     def validate(self, real: ImageDataset) -> None:
@@ -60,7 +63,7 @@ class DistillConfig:
         if self.ipc < 1:
             raise DdplugError(f"ipc must be at least 1, got {self.ipc}")
         smallest = int(real.class_counts().min())
-        if self.init == "real" and self.ipc > smallest:
+        if self.init in ("real", "herding") and self.ipc > smallest:
             raise DdplugError(
                 f"ipc {self.ipc} is larger than the smallest class of {real.name} ({smallest} images): "
                 "lower --ipc or use --init noise"
@@ -73,6 +76,8 @@ class DistillConfig:
         for name in ("lr_images", "lr_labels", "init_lr", "lr_lr"):
             if getattr(self, name) <= 0:
                 raise DdplugError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.zca_epsilon <= 0:
+            raise DdplugError(f"zca_epsilon must be positive, got {self.zca_epsilon}: use e.g. --zca-epsilon 0.1")
 
 
 class Distiller(ABC):
@@ -93,11 +98,13 @@ class Distiller(ABC):
             raise DdplugError(f"{self.name} matches without labels, so learn_labels has nothing to learn; drop it")
         if config.learn_lr and not self.uses_lr:
             raise DdplugError(f"{self.name} does not unroll training, so learn_lr has nothing to learn; drop it")
-        self.real = real
         self.config = config
         self.device = torch.device(device)
+        self.zca = ZCA.fit(real, config.zca_epsilon, self.device) if config.zca else None
+        # Whitened, the real data is what every method matches against (and MTT's experts train on).
+        self.real = real if self.zca is None else self.zca.whiten_dataset(real)
         self.num_classes = real.num_classes
-        self.real_images = real.images.to(self.device)
+        self.real_images = self.real.images.to(self.device)
         self.sampler = ClassBalancedSampler(real.labels, real.num_classes).to(self.device)
         self.labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(config.ipc)
         self.images = nn.Parameter(self._initial_images())
@@ -134,6 +141,13 @@ class Distiller(ABC):
         if self.config.init == "noise":
             shape = (len(self.labels), self.real.in_channels, *self.real.image_size)
             return torch.randn(shape, generator=generator, device=self.device)
+        if self.config.init == "herding":
+            # Features of the matching architecture at a seeded random init: training a network
+            # first would cost a run of its own, and random networks' features already separate
+            # images (DM matches distributions in them), so herding in them picks representatives.
+            network = self.build_network(seed=derive_seed(self.config.seed, "herding-init"))
+            return select_subset("herding", self.real, self.config.ipc, feature_network=network,
+                                 device=self.device).images.to(self.device)
         chosen = self.sampler.sample(self.config.ipc, generator).flatten()
         return self.real_images[chosen].clone()
 
@@ -205,6 +219,7 @@ class Distiller(ABC):
                 "ipc": self.config.ipc,
                 "config": dataclasses.asdict(self.config),
                 "seed": self.config.seed,
+                "zca_epsilon": None if self.zca is None else self.zca.epsilon,
                 "ddplug_version": __version__,
             },
         )

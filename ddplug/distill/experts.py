@@ -37,7 +37,7 @@ MANIFEST = "manifest.json"
 _FILE_PATTERN = "expert_*.pt"
 # What must agree for experts to share a folder; the epoch count may grow.
 _IDENTITY = ("dataset", "model", "image_shape", "num_classes", "num_params", "lr", "batch_size", "augment",
-             "dsa_strategy", "seed", "per_class")
+             "dsa_strategy", "seed", "per_class", "zca_epsilon")
 
 
 @dataclass
@@ -81,10 +81,11 @@ def default_expert_folder(
     augment: bool = True,
     seed: int = 0,
     per_class: int | None = None,
+    zca_epsilon: float | None = None,
 ) -> Path:
     """The cache folder of experts of ``model`` on ``dataset`` trained with these settings.
 
-    ``root/<dataset>/<full model spec>/lr<lr>-batch<b>-<dsa|noaug>-seed<s>[-<k>perclass]``
+    ``root/<dataset>/<full model spec>/lr<lr>-batch<b>-<dsa|noaug>-seed<s>[-<k>perclass][-zca<eps>]``
     (``root`` defaults to :func:`default_experts_root`); the full spec makes ``convnet`` and
     ``convnet:width=128`` share a folder.
     """
@@ -92,6 +93,7 @@ def default_expert_folder(
     spec = _canonical_spec(model, dataset.in_channels, dataset.num_classes, dataset.image_size)
     settings = f"lr{lr:g}-batch{batch_size}-{'dsa' if augment else 'noaug'}-seed{seed}"
     settings += "" if per_class is None else f"-{per_class}perclass"
+    settings += "" if zca_epsilon is None else f"-zca{zca_epsilon:g}"
     return base / _path_safe(dataset.name) / _path_safe(spec) / settings
 
 
@@ -107,6 +109,7 @@ def train_experts(
     augment: bool = True,
     seed: int = 0,
     per_class: int | None = None,
+    zca_epsilon: float | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> ExpertSet:
@@ -116,7 +119,8 @@ def train_experts(
     trained on from their last epoch. Expert ``i`` starts from a network seeded by
     ``(seed, i)``, so it is the same whichever run trains it. ``per_class`` trains every
     expert on the same seeded random ``per_class`` images of each class instead of all:
-    shorter epochs, for small compute budgets.
+    shorter epochs, for small compute budgets. ``zca_epsilon`` records that ``real`` is
+    ZCA-whitened with that epsilon (see ``ddplug.data.ZCA``), for whitened distillation.
     """
     for name, value in (("num_experts", num_experts), ("epochs", epochs), ("batch_size", batch_size)):
         if value < 1:
@@ -128,7 +132,8 @@ def train_experts(
     folder = Path(folder)
     dsa_config = DSAConfig.for_dataset(real.name)
     manifest = _manifest(real, model, epochs=epochs, lr=lr, batch_size=batch_size, augment=augment,
-                         dsa_strategy=dsa_config.strategy if augment else None, seed=seed, per_class=per_class)
+                         dsa_strategy=dsa_config.strategy if augment else None, seed=seed, per_class=per_class,
+                         zca_epsilon=zca_epsilon)
     if (folder / MANIFEST).exists():
         existing = _read_manifest(folder)
         _check_same_training(existing, manifest, folder)
@@ -139,7 +144,7 @@ def train_experts(
     if todo:
         _train_missing(real, folder, manifest, todo, epochs, DSA(dsa_config) if augment else None,
                        torch.device(device), progress)
-    return load_experts(folder, dataset=real.name, model=model, min_epochs=epochs)
+    return load_experts(folder, dataset=real.name, model=model, min_epochs=epochs, zca_epsilon=zca_epsilon)
 
 
 def _train_missing(real: ImageDataset, folder: Path, manifest: dict[str, Any], todo: dict[int, int], epochs: int,
@@ -168,6 +173,7 @@ def ensure_experts(
     augment: bool = True,
     seed: int = 0,
     per_class: int | None = None,
+    zca_epsilon: float | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> ExpertSet:
@@ -177,20 +183,28 @@ def ensure_experts(
     """
     if folder is None:
         folder = default_expert_folder(root, real, model, lr=lr, batch_size=batch_size, augment=augment, seed=seed,
-                                       per_class=per_class)
+                                       per_class=per_class, zca_epsilon=zca_epsilon)
     return train_experts(real, folder, model=model, num_experts=num_experts, epochs=epochs, lr=lr,
-                         batch_size=batch_size, augment=augment, seed=seed, per_class=per_class, device=device,
-                         progress=progress)
+                         batch_size=batch_size, augment=augment, seed=seed, per_class=per_class,
+                         zca_epsilon=zca_epsilon, device=device, progress=progress)
 
 
-def load_experts(folder: str | Path, *, dataset: str, model: str, min_epochs: int) -> ExpertSet:
-    """The experts in ``folder`` trained on ``dataset`` with ``model`` for ``min_epochs`` or more."""
+def load_experts(folder: str | Path, *, dataset: str, model: str, min_epochs: int,
+                 zca_epsilon: float | None = None) -> ExpertSet:
+    """The experts in ``folder`` trained on ``dataset`` (ZCA-whitened with ``zca_epsilon``, if
+    given) with ``model`` for ``min_epochs`` or more."""
     folder = Path(folder)
     manifest = _read_manifest(folder, hint=_train_hint(dataset, model, min_epochs))
     if manifest["dataset"] != dataset:
         raise DdplugError(
             f"the experts in {folder} were trained on {manifest['dataset']}, not {dataset}: "
             "use experts of this dataset (another --expert-folder, or train them with `ddplug experts`)"
+        )
+    if manifest.get("zca_epsilon") != zca_epsilon:
+        raise DdplugError(
+            f"the experts in {folder} were trained on {_data_space(manifest.get('zca_epsilon'))}, but the "
+            f"distillation uses {_data_space(zca_epsilon)}: match --zca/--zca-epsilon to them, or drop "
+            "--expert-folder to train matching experts"
         )
     channels, *size = manifest["image_shape"]
     spec = _canonical_spec(model, channels, manifest["num_classes"], tuple(size))
@@ -310,6 +324,10 @@ def _read_manifest(folder: Path, hint: str | None = None) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise DdplugError(f"{path} is unreadable ({error}); delete the folder and train the experts again") from None
+
+
+def _data_space(zca_epsilon: float | None) -> str:
+    return "unwhitened data" if zca_epsilon is None else f"data ZCA-whitened with epsilon {zca_epsilon:g}"
 
 
 def _train_hint(dataset: str, model: str, epochs: int) -> str:

@@ -282,12 +282,14 @@ class TrajectoryMatching(Distiller):
 
     def _experts(self) -> ExpertSet:
         config = self.config
+        zca_epsilon = None if self.zca is None else self.zca.epsilon  # self.real is whitened with it
         if config.expert_folder is not None:
             return load_experts(config.expert_folder, dataset=self.real.name, model=config.model,
-                                min_epochs=config.needed_expert_epochs)
+                                min_epochs=config.needed_expert_epochs, zca_epsilon=zca_epsilon)
         return ensure_experts(self.real, model=config.model, num_experts=config.num_experts,
                               epochs=config.expert_train_epochs or config.needed_expert_epochs,
-                              per_class=config.expert_per_class, device=self.device, progress=sys.stderr.isatty())
+                              per_class=config.expert_per_class, zca_epsilon=zca_epsilon, device=self.device,
+                              progress=sys.stderr.isatty())
 
     def student_run(self, iteration: int) -> StudentRun:
         """The expert, start epoch, batches and augmentations of ``iteration``."""

@@ -7,10 +7,11 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from ddplug.augment import DSA, DSAConfig
-from ddplug.data import DatasetSplits
+from ddplug.data import ZCA, DatasetSplits
 from ddplug.errors import DdplugError
 from ddplug.evaluate.training import train_classifier, classification_accuracy
 from ddplug.models import create_model
@@ -44,9 +45,14 @@ class EvalResult:
 
 class Evaluator:
     """Trains ``protocol.num_models`` freshly initialised networks on a set, tests them on
-    ``data.test``; model ``i`` of a seeded run is always initialised and shuffled alike."""
+    ``data.test``; model ``i`` of a seeded run is always initialised and shuffled alike.
 
-    def __init__(self, data: DatasetSplits, protocol: EvalProtocol, *, device: torch.device | str = "cpu", progress: bool = True) -> None:
+    A ZCA-whitened set (``synthetic.zca_epsilon``) is tested on test images whitened by the
+    ZCA of ``data.train``: ``zca`` when it is that fit (saves refitting), else fitted here once.
+    """
+
+    def __init__(self, data: DatasetSplits, protocol: EvalProtocol, *, device: torch.device | str = "cpu",
+                 progress: bool = True, zca: ZCA | None = None) -> None:
         self.data = data
         self.protocol = protocol
         self.device = torch.device(device)
@@ -54,6 +60,24 @@ class Evaluator:
         self.test_images = data.test.images.to(self.device)
         self.test_labels = data.test.labels.to(self.device)
         self.augment = DSA(DSAConfig.for_dataset(data.train.name)) if protocol.augment else None
+        self._zca = zca
+        self._whitened_test_images: Tensor | None = None
+
+    def zca(self, epsilon: float) -> ZCA:
+        """The ZCA whitening of ``data.train`` with ``epsilon`` (fitted on first use)."""
+        if self._zca is None or self._zca.epsilon != epsilon:
+            self._zca = ZCA.fit(self.data.train, epsilon, self.device)
+            self._whitened_test_images = None
+        return self._zca
+
+    def test_images_for(self, synthetic: SyntheticSet) -> Tensor:
+        """The test images in the space of ``synthetic``: whitened when the set is."""
+        if synthetic.zca_epsilon is None:
+            return self.test_images
+        zca = self.zca(synthetic.zca_epsilon)
+        if self._whitened_test_images is None:
+            self._whitened_test_images = zca.whiten(self.test_images)
+        return self._whitened_test_images
 
     def check_compatible(self, synthetic: SyntheticSet) -> None:
         train = self.data.train
@@ -72,6 +96,7 @@ class Evaluator:
         settings = self.protocol.train_settings(epochs)
         images = synthetic.images.detach().to(self.device)
         labels = synthetic.labels.detach().to(self.device)
+        test_images = self.test_images_for(synthetic)
         lr = None if synthetic.lr is None else float(synthetic.lr)
         accuracies = []
         began = time.perf_counter()
@@ -86,7 +111,7 @@ class Evaluator:
             ).to(self.device)
             generator = make_generator(seed, "eval-train", index)
             train_classifier(network, images, labels, settings, lr=lr, augment=self.augment, generator=generator)
-            accuracies.append(classification_accuracy(network, self.test_images, self.test_labels))
+            accuracies.append(classification_accuracy(network, test_images, self.test_labels))
             models.set_postfix(acc=f"{100 * statistics.fmean(accuracies):.2f}%")
         seconds = (time.perf_counter() - began) / max(len(accuracies), 1)
         return EvalResult(accuracies, self.protocol.model, settings.epochs, seconds)

@@ -25,12 +25,7 @@ def percent(mean: float | None, std: float | None = None) -> str:
 
 def save_accuracy_plot(path: str | Path, bars: Sequence[tuple[str, float, float, str]], title: str) -> Path:
     """Horizontal bars ``(label, mean %, std %, kind)``; kind 'measured' or 'published'."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 0.5 * len(bars) + 1.2))
+    figure, axes = pyplot().subplots(figsize=(7, 0.5 * len(bars) + 1.2))
     colours = {"measured": "tab:blue", "published": "tab:gray"}
     labels = [bar[0] for bar in bars]
     axes.barh(labels, [bar[1] for bar in bars], xerr=[bar[2] for bar in bars],
@@ -41,10 +36,25 @@ def save_accuracy_plot(path: str | Path, bars: Sequence[tuple[str, float, float,
     axes.set_xlim(0, 100)
     axes.set_xlabel("test accuracy (%)  — blue: measured here, grey: published")
     axes.set_title(title, fontsize=10)
+    return save_figure(figure, path)
+
+
+def pyplot():  # noqa: ANN201 - matplotlib.pyplot, imported only when a plot is made
+    """``matplotlib.pyplot`` on the file-only backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure, path: str | Path) -> Path:  # noqa: ANN001 - a matplotlib Figure
+    """Write ``figure`` as a PNG (atomically) and close it."""
     figure.tight_layout()
 
     def write(tmp: Path) -> None:
         figure.savefig(tmp, format="png", dpi=110)
-        plt.close(figure)
+        pyplot().close(figure)
 
     return atomic_write(path, write)

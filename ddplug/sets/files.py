@@ -96,6 +96,9 @@ def _set_file_in(folder: Path) -> Path:
 
 def _encode_images(synthetic: SyntheticSet, encoding: str) -> Tensor:
     if encoding == "uint8":
+        if synthetic.zca_epsilon is not None:
+            raise DdplugError("the set is ZCA-whitened, so its images are not pixels and uint8 would clip them: "
+                              "save it as float16 or float32")
         return (synthetic.denormalised().clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
     return synthetic.images.to(getattr(torch, encoding)).contiguous()
 

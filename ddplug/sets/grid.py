@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torchvision.utils import save_image
 
+from ddplug.errors import DdplugError
 from ddplug.sets.synthetic import SyntheticSet
 from ddplug.storage import atomic_write
 
+if TYPE_CHECKING:
+    from ddplug.data import ZCA
 
-def class_grid(synthetic: SyntheticSet, max_per_class: int = 20) -> tuple[torch.Tensor, int]:
-    """The images class by class, each row padded with blanks to the same length; and that length."""
+
+def class_grid(synthetic: SyntheticSet, max_per_class: int = 20, *, zca: ZCA | None = None) -> tuple[torch.Tensor, int]:
+    """The images class by class, each row padded with blanks to the same length; and that length.
+
+    A ZCA-whitened set is shown un-whitened by ``zca`` (the whitening it was distilled in).
+    """
+    if synthetic.zca_epsilon is not None:
+        if zca is None:
+            raise DdplugError("the set is ZCA-whitened: pass zca (ddplug.data.ZCA fitted on its dataset's training "
+                              "images) to picture it")
+        synthetic = replace(synthetic, images=zca.unwhiten(synthetic.images.detach()))
     images = synthetic.denormalised().detach().cpu().clamp(0, 1)
     labels = synthetic.hard_labels.cpu()
     per_class = min(max(synthetic.ipc, 1), max_per_class)
@@ -23,7 +37,7 @@ def class_grid(synthetic: SyntheticSet, max_per_class: int = 20) -> tuple[torch.
     return rows.flatten(0, 1), per_class
 
 
-def save_grid(synthetic: SyntheticSet, path: str | Path, max_per_class: int = 20) -> Path:
-    """Save a PNG grid of the set (de-normalised), one row per class, atomically."""
-    tiles, per_class = class_grid(synthetic, max_per_class)
+def save_grid(synthetic: SyntheticSet, path: str | Path, max_per_class: int = 20, *, zca: ZCA | None = None) -> Path:
+    """Save a PNG grid of the set (de-normalised, un-whitened by ``zca`` if whitened), one row per class, atomically."""
+    tiles, per_class = class_grid(synthetic, max_per_class, zca=zca)
     return atomic_write(path, lambda tmp: save_image(tiles, str(tmp), nrow=per_class, padding=1, format="png"))

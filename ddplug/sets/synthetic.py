@@ -20,7 +20,9 @@ class SyntheticSet:
     hard class ids (int64, shape ``(N,)``) or soft label vectors (float, ``(N, K)``,
     used as targets as they are). ``lr`` is a learned training learning rate (MTT)
     that the evaluator uses instead of the protocol's. ``meta`` records provenance:
-    method, dataset, ipc, config, seed, library version.
+    method, dataset, ipc, config, seed, library version; and ``zca_epsilon`` when the
+    images live in the ZCA-whitened space of the real training images (see
+    ``ddplug.data.ZCA``), where they must be trained on and tested against whitened data.
     """
 
     images: Tensor
@@ -55,6 +57,11 @@ class SyntheticSet:
     def hard_labels(self) -> Tensor:
         """Class ids: the labels themselves, or the arg-max of soft labels."""
         return self.labels.argmax(dim=1) if self.soft_labels else self.labels
+
+    @property
+    def zca_epsilon(self) -> float | None:
+        """The epsilon of the ZCA whitening the images live in, or None if they are not whitened."""
+        return self.meta.get("zca_epsilon")
 
     @property
     def ipc(self) -> int:
