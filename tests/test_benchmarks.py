@@ -1,0 +1,42 @@
+"""The condensation benchmark end to end on tiny fake data: rows, curves, resume."""
+
+import json
+
+import pytest
+
+from simulations.condensation_benchmark import first_at_final, main
+
+from conftest import write_fake_fashion_mnist
+
+SMALL = "convnet:width=4,depth=1"
+TINY = ["--set", f"*.model={SMALL}", "--set", f"eval.model={SMALL}", "--set", "eval.epochs=2", "--set",
+        "eval.num_models=2", "--set", "dm.iterations=6", "--set", "dm.batch_real=4", "--device", "cpu"]
+
+
+def test_first_at_final_picks_the_first_point_within_tolerance():
+    curve = [{"iterations": 10, "seconds": 1.0, "accuracy": 0.50}, {"iterations": 20, "seconds": 2.0, "accuracy": 0.598},
+             {"iterations": 30, "seconds": 3.0, "accuracy": 0.61}, {"iterations": 40, "seconds": 4.0, "accuracy": 0.60}]
+    assert first_at_final(curve, tolerance=0.5)["iterations"] == 20
+    assert first_at_final(curve, tolerance=0.0)["iterations"] == 30  # the end counts too, the best is not needed
+
+
+def test_benchmark_rows_curves_and_resume(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DDPLUG_DATA", str(write_fake_fashion_mnist(tmp_path / "data")))
+    out = tmp_path / "bench"
+    argv = ["--methods", "dm", "random", "--ipc", "1", "--snapshots", "1", "--snapshot-models", "1",
+            "--out", str(out), *TINY]
+    assert main(argv) == 0
+    saved = json.loads((out / "rows.json").read_text())
+    dm, random = saved["rows"]
+    assert (dm["method"], random["method"]) == ("dm", "random")
+    assert [point["iterations"] for point in dm["curve"]] == [3, 6]
+    assert dm["curve"][-1]["accuracy"] == pytest.approx(dm["accuracies"][0])  # the same first eval network
+    assert dm["iterations_to_final"] in (3, 6) and "curve" not in random
+    assert (out / "curves.png").stat().st_size > 0
+    table = (out / "table.md").read_text()
+    assert "| dm " in table and "| random " in table and f"{dm['iterations_to_final']} its" in table
+    # A re-run reads every finished row and snapshot evaluation instead of redoing them.
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "$ ddplug" not in capsys.readouterr().err
+    assert json.loads((out / "rows.json").read_text())["rows"] == saved["rows"]
