@@ -8,7 +8,8 @@ Fashion-MNIST in experiences of equally many classes, in class order), trains on
 it once per seed, and prints the accuracy matrix (row i: after training experience i; column
 j: test experience j), the final average accuracy and the average forgetting, mean ± std over
 seeds. Every strategy gets the same model, initial weights, memory budget (``--mem-per-class``
-images for each class seen), optimiser, learning rate, batch size and epochs. Finished
+images for each class seen, or ``--mem-size`` images in all, shared by the classes seen),
+optimiser, learning rate, batch size and epochs. Finished
 (strategy, seed) runs are kept in the output folder, so a re-run resumes, and the plot there
 shows every strategy run on the same stream.
 
@@ -82,6 +83,30 @@ def stream_settings(preset: Preset, epochs: int | None = None) -> StreamSettings
 
 
 @dataclass(frozen=True)
+class MemoryBudget:
+    """Every strategy's memory: ``per_class`` images for each class seen, or ``total`` images in
+    all, of which each class seen gets ``total // classes`` (a share that shrinks as classes arrive)."""
+
+    per_class: int | None = None
+    total: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.per_class is None) == (self.total is None):
+            raise DdplugError("give the memory as --mem-per-class K or as --mem-size N, not both")
+        for option, value in (("mem-per-class", self.per_class), ("mem-size", self.total)):
+            if value is not None and value < 1:
+                raise DdplugError(f"--{option} must be at least 1, got {value}")
+
+    def describe(self) -> str:
+        return f"memory {self.per_class} per class" if self.total is None else f"memory {self.total} in all"
+
+    def key(self) -> dict[str, int | None]:
+        """The budget as run-cache key entries (a per-class budget keeps the key it always had)."""
+        return {"mem_per_class": self.per_class} if self.total is None else {"mem_per_class": None,
+                                                                              "mem_size": self.total}
+
+
+@dataclass(frozen=True)
 class StreamInfo:
     """What the strategies need to know about the stream's data."""
 
@@ -125,7 +150,7 @@ def build_stream(benchmark: Any, experiences: int, settings: StreamSettings, see
     return scenario, info
 
 
-def build_strategy(name: str, info: StreamInfo, *, method: str, mem_per_class: int, preset: Preset,
+def build_strategy(name: str, info: StreamInfo, *, method: str, memory: MemoryBudget, preset: Preset,
                    settings: StreamSettings, device: torch.device, seed: int, evaluator: Any) -> Any:
     """The strategy ``name`` with a fresh model (same initial weights for every strategy of a seed)."""
     from avalanche.training.plugins import GDumbPlugin, ReplayPlugin
@@ -144,15 +169,21 @@ def build_strategy(name: str, info: StreamInfo, *, method: str, mem_per_class: i
                   device=device, evaluator=evaluator)
     if name in CONDENSED:
         mode = "replay" if name == "condensed" else "retrain"
-        return CondensedReplay(model=model, mem_per_class=mem_per_class, mode=mode, method=method, preset=preset,
+        return CondensedReplay(model=model, max_size=memory.total, mem_per_class=memory.per_class, mode=mode,
+                               method=method, preset=preset,
                                settings=settings.condense, dataset=info.name, mean=info.mean, std=info.std,
                                seed=seed, **common)
     if name == "icarl":
+        # fixed_memory: memory_size is shared by the classes seen; otherwise it is per class.
         return ICaRL(feature_extractor=nn.Sequential(model.features, nn.Flatten()), classifier=model.classifier,
-                     memory_size=mem_per_class, buffer_transform=None, fixed_memory=False, **common)
-    # Avalanche's buffers split a total over the classes seen; this one gives each class its own share.
-    total = mem_per_class * info.num_classes
-    per_class = ClassBalancedBuffer(total, adaptive_size=False, total_num_classes=info.num_classes)
+                     memory_size=memory.total or memory.per_class, buffer_transform=None,
+                     fixed_memory=memory.total is not None, **common)
+    if memory.total is None:  # every class its own share of a total sized for all classes
+        total = memory.per_class * info.num_classes
+        per_class = ClassBalancedBuffer(total, adaptive_size=False, total_num_classes=info.num_classes)
+    else:  # the classes seen share the total
+        total = memory.total
+        per_class = ClassBalancedBuffer(total, adaptive_size=True)
     plugins: list[Any] = []
     if name == "replay":
         plugins = [ReplayPlugin(total, storage_policy=per_class)]
@@ -166,7 +197,7 @@ def build_strategy(name: str, info: StreamInfo, *, method: str, mem_per_class: i
 _ACCURACY = re.compile(r"^Top1_Acc_Exp/eval_phase/test_stream/(?:Task\d+/)?Exp(\d+)$")
 
 
-def run_one(name: str, seed: int, *, benchmark: Any, experiences: int, method: str, mem_per_class: int,
+def run_one(name: str, seed: int, *, benchmark: Any, experiences: int, method: str, memory: MemoryBudget,
             preset: Preset, settings: StreamSettings, device: torch.device) -> dict[str, Any]:
     """Train ``name`` on the stream for one seed; its accuracy matrix, time and condensation costs."""
     from avalanche.evaluation.metrics import accuracy_metrics
@@ -177,7 +208,7 @@ def run_one(name: str, seed: int, *, benchmark: Any, experiences: int, method: s
     RNGManager.set_random_seeds(seed)  # Avalanche's loaders shuffle with the global generators
     scenario, info = build_stream(benchmark, experiences, settings, seed)
     evaluator = EvaluationPlugin(accuracy_metrics(experience=True), loggers=[TextLogger(sys.stderr)])
-    strategy = build_strategy(name, info, method=method, mem_per_class=mem_per_class, preset=preset,
+    strategy = build_strategy(name, info, method=method, memory=memory, preset=preset,
                               settings=settings, device=device, seed=seed, evaluator=evaluator)
     began = time.perf_counter()
     matrix = []
@@ -215,10 +246,10 @@ def _label(strategy: str, method: str) -> str:
     return f"{strategy}-{method}" if strategy in CONDENSED else strategy
 
 
-def _stream_key(benchmark: str, experiences: int, mem_per_class: int, preset: Preset,
+def _stream_key(benchmark: str, experiences: int, memory: MemoryBudget, preset: Preset,
                 settings: StreamSettings) -> dict[str, Any]:
     """What makes runs comparable (and a cached run reusable): everything but the strategy and seed."""
-    return {"benchmark": benchmark, "experiences": experiences, "mem_per_class": mem_per_class, "preset": preset.name,
+    return {"benchmark": benchmark, "experiences": experiences, **memory.key(), "preset": preset.name,
             "settings": dataclasses.asdict(settings)}
 
 
@@ -245,13 +276,13 @@ def save_plot(out: Path, key: dict[str, Any]) -> Path:
         axes.set_xticks(list(steps))
     axes.set_xlabel("experiences trained")
     axes.set_ylabel("accuracy on the classes seen (%)")
-    axes.set_title(f"{key['benchmark']}, memory {key['mem_per_class']} per class, {key['preset']} preset", fontsize=10)
+    memory = MemoryBudget(key["mem_per_class"], key.get("mem_size"))
+    axes.set_title(f"{key['benchmark']}, {memory.describe()}, {key['preset']} preset", fontsize=10)
     axes.legend(fontsize=8)
     return save_figure(figure, out / "accuracy.png")
 
 
-def _check(benchmark: Any, experiences: int, strategy: str, mem_per_class: int, method: str, seeds: int,
-           epochs: int | None) -> None:
+def _check(benchmark: Any, experiences: int, strategy: str, method: str, seeds: int, epochs: int | None) -> None:
     if strategy not in STRATEGIES:
         raise DdplugError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if isinstance(benchmark, str) and not benchmark.startswith(BENCHMARK_PREFIX):
@@ -260,7 +291,7 @@ def _check(benchmark: Any, experiences: int, strategy: str, mem_per_class: int, 
     methods = [name for name in available_methods() if name != "full"]
     if method not in methods:
         raise DdplugError(f"unknown condensation method {method!r}; choose one of {', '.join(methods)}")
-    for option, value in (("mem-per-class", mem_per_class), ("experiences", experiences), ("seeds", seeds),
+    for option, value in (("experiences", experiences), ("seeds", seeds),
                           ("epochs", 1 if epochs is None else epochs)):
         if value < 1:
             raise DdplugError(f"--{option} must be at least 1, got {value}")
@@ -270,7 +301,7 @@ def run_benchmark(
     benchmark: Any = "split-fmnist",
     experiences: int = 5,
     strategy: str = "condensed",
-    mem_per_class: int = 10,
+    mem_per_class: int | None = 10,
     method: str = "dm",
     preset: str = "cpu",
     seeds: int = 3,
@@ -278,19 +309,24 @@ def run_benchmark(
     json: bool = False,
     epochs: int | None = None,
     out: str | Path | None = None,
+    mem_size: int | None = None,
 ) -> dict[str, Any]:
-    """Run ``strategy`` for seeds 0..seeds-1, print the table (and with ``json`` the summary as
-    the last stdout line), save results and the plot into ``out``; returns the summary.
+    """Run ``strategy`` for seeds 0..seeds-1 with a memory of ``mem_per_class`` images per class
+    seen or (with ``mem_per_class=None``) ``mem_size`` images in all, print the table (and with
+    ``json`` the summary as the last stdout line), save results and the plot into ``out``;
+    returns the summary.
 
     Runs on a ready Avalanche scenario are not cached (nothing identifies its data)."""
-    _check(benchmark, experiences, strategy, mem_per_class, method, seeds, epochs)
+    _check(benchmark, experiences, strategy, method, seeds, epochs)
+    memory = MemoryBudget(mem_per_class, mem_size)
     chosen = get_preset(preset)
     settings = stream_settings(chosen, epochs)
     device = resolve_device(device) if isinstance(device, str) else device
     label = _label(strategy, method)
     name = benchmark if isinstance(benchmark, str) else type(benchmark).__name__
-    out = Path(out or f"results/continual-{name}-{preset}-mem{mem_per_class}-exp{experiences}")
-    key = _stream_key(name, experiences, mem_per_class, chosen, settings)
+    budget = f"mem{mem_per_class}" if mem_size is None else f"size{mem_size}"
+    out = Path(out or f"results/continual-{name}-{preset}-{budget}-exp{experiences}")
+    key = _stream_key(name, experiences, memory, chosen, settings)
     runs = []
     for seed in range(seeds):
         path = _run_file(out, label, seed, key)
@@ -298,7 +334,7 @@ def run_benchmark(
             runs.append(loads(path.read_text()))
             continue
         run = run_one(strategy, seed, benchmark=benchmark, experiences=experiences, method=method,
-                      mem_per_class=mem_per_class, preset=chosen, settings=settings, device=device)
+                      memory=memory, preset=chosen, settings=settings, device=device)
         run = {"label": label, "seed": seed, "stream": key, "device": str(device), **run}
         if isinstance(benchmark, str):
             write_json(path, run)
@@ -327,7 +363,8 @@ def summarise(runs: list[dict[str, Any]], *, strategy: str, method: str | None, 
         "final_accuracy": accuracy, "final_accuracy_std": accuracy_std,
         "forgetting": forgot, "forgetting_std": forgot_std,
         "seconds": seconds, "seconds_std": seconds_std,
-        "mem_per_class": key["mem_per_class"], "experiences": key["experiences"], "benchmark": key["benchmark"],
+        "mem_per_class": key["mem_per_class"], "mem_size": key.get("mem_size"), "experiences": key["experiences"],
+        "benchmark": key["benchmark"],
         "preset": key["preset"], "seeds": len(runs), "model": settings.model, "epochs": settings.epochs,
         "memory_epochs": settings.memory_epochs, "batch_size": settings.batch_size,
         "condense_settings": settings.condense if method else None,
@@ -345,7 +382,8 @@ def table(summary: dict[str, Any]) -> str:
     epochs = summary["memory_epochs"] if summary["strategy"] in MEMORY_ONLY else summary["epochs"]
     condensation = summary["condensation_seconds"]
     lines = [
-        f"{summary['benchmark']}, {summary['experiences']} experiences, memory {summary['mem_per_class']} per class, "
+        f"{summary['benchmark']}, {summary['experiences']} experiences, "
+        f"{MemoryBudget(summary['mem_per_class'], summary['mem_size']).describe()}, "
         f"preset {summary['preset']} ({summary['model']}, {epochs} epochs per experience, "
         f"batch {summary['batch_size']}); "
         f"{summary['label']}, {summary['seeds']} seed(s), {summary['device']}",
@@ -366,7 +404,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="split-DATASET: a dataset ddplug reads, split in class order")
     parser.add_argument("--experiences", type=int, default=5, help="experiences (the class count must divide evenly)")
     parser.add_argument("--strategy", default="condensed", help=", ".join(STRATEGIES))
-    parser.add_argument("--mem-per-class", type=int, default=10, help="memory images per class seen, for every strategy")
+    parser.add_argument("--mem-per-class", type=int, default=None,
+                        help="memory images per class seen, for every strategy (default 10)")
+    parser.add_argument("--mem-size", type=int, default=None,
+                        help="instead: memory images in all, shared by the classes seen (shares shrink as classes arrive)")
     parser.add_argument("--method", default="dm",
                         help="condensation method of the condensed strategies: dm, random, herding, ...")
     parser.add_argument("--preset", default="cpu", help="cpu (minutes on 2 cores: data subsets, small model) or paper")
@@ -379,8 +420,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    run_benchmark(args.benchmark, args.experiences, args.strategy, args.mem_per_class, args.method, args.preset,
-                  args.seeds, args.device, args.json, args.epochs, args.out)
+    mem_per_class = 10 if args.mem_per_class is None and args.mem_size is None else args.mem_per_class
+    run_benchmark(args.benchmark, args.experiences, args.strategy, mem_per_class, args.method, args.preset,
+                  args.seeds, args.device, args.json, args.epochs, args.out, mem_size=args.mem_size)
     return 0
 
 

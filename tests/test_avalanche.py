@@ -228,6 +228,15 @@ def test_runner_prints_json_saves_results_and_resumes(tiny_runner, capsys, monke
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["accuracy_matrices"] == summary["accuracy_matrices"]
 
 
+@pytest.mark.parametrize("strategy", ["condensed", "replay", "icarl"])
+def test_a_total_memory_is_shared_by_the_classes_seen(tiny_runner, capsys, strategy):
+    summary = continual.run_benchmark("split-fmnist", experiences=2, strategy=strategy, mem_per_class=None,
+                                      mem_size=10, seeds=1, device="cpu", out=tiny_runner)
+    assert (summary["mem_per_class"], summary["mem_size"]) == (None, 10)
+    assert "memory 10 in all" in capsys.readouterr().out
+    assert len(summary["accuracy_matrix"]) == 2
+
+
 def test_runner_accepts_a_ready_scenario_and_icarl(tiny_runner, capsys):
     summary = continual.run_benchmark(make_stream(), experiences=3, strategy="icarl", mem_per_class=2, seeds=1,
                                       device="cpu", out=tiny_runner)
@@ -240,6 +249,8 @@ def test_runner_accepts_a_ready_scenario_and_icarl(tiny_runner, capsys):
     (["--benchmark", "cifar10"], "unknown benchmark"),
     (["--method", "nope"], "unknown condensation method"),
     (["--mem-per-class", "0"], "--mem-per-class must be at least 1"),
+    (["--mem-size", "0"], "--mem-size must be at least 1"),
+    (["--mem-size", "4", "--mem-per-class", "2"], "not both"),
     (["--experiences", "3"], "cannot be split into 3"),
 ])
 def test_runner_rejects_bad_input_before_work(tiny_runner, capsys, argv, message):
