@@ -240,6 +240,12 @@ def cmd_cl(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def cmd_fl(args: argparse.Namespace) -> int:
+    from simulations.federated import run_from_args
+
+    return run_from_args(args)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="cpu", help="cpu (minutes on a laptop) or paper (the field's protocol, GPU)")
     parser.add_argument("--seed", type=int, default=0)
@@ -310,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     continual = commands.add_parser("cl", help="class-incremental learning with a condensed memory (Avalanche)")
     add_cl_arguments(continual)
     continual.set_defaults(run=cmd_cl)
+
+    from simulations.federated import add_arguments as add_fl_arguments  # Flower loads only when a run starts
+
+    federated = commands.add_parser("fl", help="federated learning with distilled uploads, or FedAvg (Flower)")
+    add_fl_arguments(federated)
+    federated.set_defaults(run=cmd_fl)
 
     listing = commands.add_parser("list", help="methods, models, datasets and presets")
     listing.set_defaults(run=cmd_list)

@@ -146,18 +146,8 @@ def condense_classes(
         labels = condensed_classes[made.labels] if not made.soft_labels else torch.zeros(
             len(made), real.num_classes).index_copy_(1, condensed_classes, made.labels)
         parts.append(SyntheticSet(made.images, labels, real.num_classes, real.mean, real.std, lr=made.lr))
-    return _concatenate(parts, meta={"method": method, "dataset": real.name, "ipc": ipc, "seed": seed,
+    return SyntheticSet.concatenate(parts, meta={"method": method, "dataset": real.name, "ipc": ipc, "seed": seed,
                                      "kept_real_classes": kept_classes.tolist()})
-
-
-def _concatenate(parts: list[SyntheticSet], meta: dict[str, Any]) -> SyntheticSet:
-    first = parts[0]
-    soft = any(part.soft_labels for part in parts)
-    labels = [torch.nn.functional.one_hot(p.labels, first.num_classes).float() if soft and not p.soft_labels else p.labels
-              for p in parts]
-    lrs = [p.lr for p in parts if p.lr is not None]
-    return SyntheticSet(torch.cat([p.images for p in parts]), torch.cat(labels), first.num_classes, first.mean,
-                        first.std, lr=lrs[0] if lrs else None, meta=meta)
 
 
 def save_outputs(condensed: Condensed, out_dir: str | Path) -> dict[str, str]:

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from ddplug.data import ImageDataset
+from ddplug.distill.anchored import AnchoredDistributionMatching, AnchoredDMConfig
 from ddplug.distill.base import DistillConfig, Distiller, DistillResult, run_distillation
 from ddplug.distill.dm import DistributionMatching, DMConfig
 from ddplug.distill.gradient import DatasetCondensation, DatasetCondensationDSA, GradientMatchingConfig
@@ -18,7 +19,8 @@ from ddplug.presets import convert_field
 
 DISTILLERS: dict[str, type[Distiller]] = {
     cls.name: cls
-    for cls in (DatasetCondensation, DatasetCondensationDSA, DistributionMatching, TrajectoryMatching, KIP, FRePo)
+    for cls in (DatasetCondensation, DatasetCondensationDSA, DistributionMatching, AnchoredDistributionMatching,
+                TrajectoryMatching, KIP, FRePo)
 }
 
 
@@ -48,7 +50,7 @@ def create_distiller(method: str, real: ImageDataset, config: DistillConfig | No
 
 
 __all__ = [
-    "DISTILLERS", "KIP", "NEEDS_FEATURES", "SELECTIONS", "DMConfig", "FRePo", "FRePoConfig", "KIPConfig",
+    "DISTILLERS", "AnchoredDMConfig", "AnchoredDistributionMatching", "KIP", "NEEDS_FEATURES", "SELECTIONS", "DMConfig", "FRePo", "FRePoConfig", "KIPConfig",
     "DatasetCondensation", "DatasetCondensationDSA", "GradientMatchingConfig", "DistillConfig", "DistillResult", "Distiller",
     "DistributionMatching", "MTTConfig", "TrajectoryMatching", "available_methods", "create_distiller", "make_config", "run_distillation",
     "select_subset",

@@ -23,6 +23,7 @@ class TrainSettings:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 256
+    lr_decay: bool = True  # the protocol's one ×0.1 decay after half the epochs; False: constant lr
 
 
 def train_classifier(
@@ -43,8 +44,10 @@ def train_classifier(
     device = images.device
     lr = settings.lr if lr is None else lr
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
-    # The reference code decays once when epoch E//2 is reached, i.e. for the second half.
-    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[settings.epochs // 2], gamma=0.1)
+    # The reference code decays once when epoch E//2 is reached, i.e. for the second half
+    # (never at epoch 0: a one-epoch run keeps its lr).
+    milestones = [max(1, settings.epochs // 2)] if settings.lr_decay else []
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
     model.train()
     n = images.shape[0]
     for _ in range(settings.epochs):

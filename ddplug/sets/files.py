@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -46,7 +47,7 @@ def save_set(synthetic: SyntheticSet, path: str | Path, *, encoding: str = "floa
     if encoding not in IMAGE_ENCODINGS:
         raise DdplugError(f"unknown image encoding {encoding!r}; choose one of {', '.join(IMAGE_ENCODINGS)}")
     synthetic = synthetic.detach().to("cpu")
-    tensors = {"images": _encode_images(synthetic, encoding), "labels": synthetic.labels.contiguous()}
+    tensors = {"images": encode_images(synthetic, encoding), "labels": synthetic.labels.contiguous()}
     if synthetic.lr is not None:
         tensors["lr"] = synthetic.lr.reshape(1).float()
     metadata = {
@@ -94,13 +95,21 @@ def _set_file_in(folder: Path) -> Path:
     raise DdplugError(f"{folder} holds no synthetic set: expected {SET_FILE} (ddplug) or images_best.pt (MTT)")
 
 
-def _encode_images(synthetic: SyntheticSet, encoding: str) -> Tensor:
+def encode_images(synthetic: SyntheticSet, encoding: str) -> Tensor:
+    """The set's images as stored or shipped: float32, float16, or uint8 pixels (see :func:`decode_images`)."""
     if encoding == "uint8":
         if synthetic.zca_epsilon is not None:
             raise DdplugError("the set is ZCA-whitened, so its images are not pixels and uint8 would clip them: "
                               "save it as float16 or float32")
         return (synthetic.denormalised().clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
     return synthetic.images.to(getattr(torch, encoding)).contiguous()
+
+
+def decode_images(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Normalised float32 images from :func:`encode_images`'s output (uint8 pixels are normalised)."""
+    if images.dtype != torch.uint8:
+        return images.float()
+    return (images.float() / 255 - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
 
 
 def _load_ddplug(path: Path) -> SyntheticSet:
@@ -116,12 +125,10 @@ def _load_ddplug(path: Path) -> SyntheticSet:
         raise DdplugError(f"{path} has format version {metadata.get('format_version')}; this ddplug reads {FORMAT_VERSION}")
     mean = tuple(json.loads(metadata["mean"]))
     std = tuple(json.loads(metadata["std"]))
-    images = tensors["images"]
-    if metadata["image_encoding"] == "uint8":
-        images = (images.float() / 255 - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    images = decode_images(tensors["images"], mean, std)
     lr = tensors["lr"].reshape(()) if "lr" in tensors else None
     return SyntheticSet(
-        images=images.float(),
+        images=images,
         labels=tensors["labels"],
         num_classes=int(metadata["num_classes"]),
         mean=mean,

@@ -88,3 +88,18 @@ class SyntheticSet:
             lr=lr,
             meta=dict(self.meta),
         )
+
+    @classmethod
+    def concatenate(cls, parts: list[SyntheticSet], meta: dict[str, Any]) -> SyntheticSet:
+        """One set holding every image of ``parts`` (same classes and normalisation).
+
+        Hard labels become one-hot rows when any part has soft labels; the first learned
+        lr found is kept (parts made by one method share how they were trained).
+        """
+        first = parts[0]
+        soft = any(part.soft_labels for part in parts)
+        labels = [torch.nn.functional.one_hot(part.labels, first.num_classes).float()
+                  if soft and not part.soft_labels else part.labels for part in parts]
+        lrs = [part.lr for part in parts if part.lr is not None]
+        return cls(torch.cat([part.images for part in parts]), torch.cat(labels), first.num_classes, first.mean,
+                   first.std, lr=lrs[0] if lrs else None, meta=meta)

@@ -1,0 +1,166 @@
+"""The ClientApp: each node condenses its partition and uploads the synthetic set.
+
+Messages it answers:
+
+- ``query``: the node's partition id and class counts (the server maps nodes to partitions);
+- ``train``: condense the partition (``condense_classes``) and reply with the set; when the
+  message carries the global model's arrays, distil around them (anchored DM, FedDM);
+- ``train.fedavg``: the FedAvg baseline: train the received model on the partition for
+  ``local-epochs`` and reply with its weights.
+
+Settings come in the message's ConfigRecord; the partition from the node config
+(``partition-id``, ``num-partitions``, optionally ``data-root``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from safetensors.torch import save_file
+from torch import Tensor
+
+from ddplug.data import ImageDataset
+from ddplug.distill import AnchoredDistributionMatching
+from ddplug.errors import DdplugError
+from ddplug.evaluate.training import train_classifier
+from ddplug.pipeline import condense_classes
+from ddplug.presets import Preset
+from ddplug.seeding import derive_seed, make_generator
+from strategies.flower.partitions import partition_indices
+from strategies.flower.payload import SetSpec, set_to_record
+from strategies.flower.settings import ROUND_KEY, FederatedSettings, cached_dataset
+
+FEDAVG_ACTION = "fedavg"
+
+app = ClientApp()
+
+
+@app.query()
+def describe(msg: Message, context: Context) -> Message:
+    """The node's partition: id, size and class counts."""
+    partition_id, real = load_partition(_settings(msg), context.node_config)
+    info = MetricRecord({"partition-id": partition_id, "num-examples": len(real),
+                         "class-counts": real.class_counts().tolist()})
+    return Message(RecordDict({"info": info}), reply_to=msg)
+
+
+@app.train()
+def distill(msg: Message, context: Context) -> Message:
+    """Condense the partition; reply with the set (ArrayRecord ``set``) and metrics."""
+    began = time.perf_counter()
+    settings = _settings(msg)
+    partition_id, real = load_partition(settings, context.node_config)
+    fault = _fault(settings, partition_id)
+    preset = settings.resolved_preset()
+    seed = derive_seed(settings.seed, "client", partition_id, _round(msg))
+    with tempfile.TemporaryDirectory() as folder:
+        method, method_settings = _method(msg, settings, preset, Path(folder))
+        synthetic = condense_classes(real, method, ipc=settings.ipc, preset=preset, seed=seed,
+                                     settings=method_settings, device=settings.torch_device())
+    record = set_to_record(synthetic, settings.encoding)
+    if fault not in (None, "hang"):
+        record = corrupt(record, fault, SetSpec.for_dataset(real, ipc=settings.ipc, encoding=settings.encoding,
+                                                            max_bytes=settings.max_upload_bytes))
+    metrics = MetricRecord({"num-examples": len(real), "images": len(synthetic), "bytes": record.count_bytes(),
+                            "seconds": time.perf_counter() - began})
+    return Message(RecordDict({"set": record, "metrics": metrics}), reply_to=msg)
+
+
+@app.train(FEDAVG_ACTION)
+def local_training(msg: Message, context: Context) -> Message:
+    """FedAvg: train the received global model on the partition; reply with its weights."""
+    began = time.perf_counter()
+    settings = _settings(msg)
+    partition_id, real = load_partition(settings, context.node_config)
+    _fault(settings, partition_id)
+    protocol = settings.resolved_preset().evaluation
+    device = settings.torch_device()
+    model = settings.global_model(real)
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    model.to(device)
+    # FedAvg's client update keeps its lr constant (no decay after half the local epochs).
+    local = dataclasses.replace(protocol.train_settings(settings.local_epochs), lr_decay=False)
+    train_classifier(model, real.images.to(device), real.labels.to(device), local,
+                     generator=make_generator(settings.seed, "fedavg-local", partition_id, _round(msg)))
+    weights = ArrayRecord(model.state_dict())
+    metrics = MetricRecord({"num-examples": len(real), "bytes": weights.count_bytes(),
+                            "seconds": time.perf_counter() - began})
+    return Message(RecordDict({"arrays": weights, "metrics": metrics}), reply_to=msg)
+
+
+def load_partition(settings: FederatedSettings, node_config: Mapping[str, Any]) -> tuple[int, ImageDataset]:
+    """This node's partition id and its share of the training split."""
+    try:
+        partition_id, num_partitions = int(node_config["partition-id"]), int(node_config["num-partitions"])
+    except KeyError:
+        raise DdplugError("the node config needs partition-id and num-partitions: start the SuperNode with "
+                          "--node-config 'partition-id=0 num-partitions=N'") from None
+    if not 0 <= partition_id < num_partitions:
+        raise DdplugError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
+    root = str(node_config.get("data-root", settings.data_root))
+    parts = _partitions(settings.dataset, root, settings.partitioner, num_partitions, settings.alpha,
+                        settings.classes_per_client, settings.seed)
+    return partition_id, cached_dataset(settings.dataset, root).train.subset(parts[partition_id])
+
+
+@functools.lru_cache(maxsize=2)
+def _partitions(dataset: str, root: str, scheme: str, num_partitions: int, alpha: float, classes: int,
+                seed: int) -> list[Tensor]:
+    return partition_indices(cached_dataset(dataset, root).train.labels, num_partitions, scheme=scheme, alpha=alpha,
+                             classes_per_partition=classes, seed=seed)
+
+
+def _settings(msg: Message) -> FederatedSettings:
+    return FederatedSettings.from_config(msg.content.config_records["config"])
+
+
+def _round(msg: Message) -> int:
+    return int(msg.content.config_records["config"].get(ROUND_KEY, 1))
+
+
+def _method(msg: Message, settings: FederatedSettings, preset: Preset, folder: Path) -> tuple[str, dict[str, Any] | None]:
+    """The distiller and its settings: the configured method, or DM anchored at the received global model."""
+    if "arrays" not in msg.content.array_records:
+        return settings.method, None
+    anchor = folder / "anchor.safetensors"
+    save_file(dict(msg.content.array_records["arrays"].to_torch_state_dict()), str(anchor))
+    return AnchoredDistributionMatching.name, {**preset.method_settings("dm"), "model": preset.evaluation.model,
+                                               "anchor": str(anchor), "anchor_noise": settings.anchor_noise}
+
+
+def _fault(settings: FederatedSettings, partition_id: int) -> str | None:
+    """The fault injected into this partition's train reply: ``raise`` raises here, ``hang``
+    answers only after twice the round timeout; the others corrupt the upload."""
+    fault = settings.faults().get(partition_id)
+    if fault == "raise":
+        raise RuntimeError(f"partition {partition_id}: injected failure (inject-faults)")
+    if fault == "hang":
+        time.sleep(2 * settings.round_timeout)
+    return fault
+
+
+def corrupt(record: ArrayRecord, fault: str, spec: SetSpec) -> ArrayRecord:
+    """A deliberately bad copy of an upload, to exercise the server's checks."""
+    images, labels = record["images"].numpy().copy(), record["labels"].numpy().copy()
+    if fault == "nan":  # needs a float encoding: uint8 images cannot hold NaN
+        images.flat[0] = np.nan
+    elif fault == "shape":
+        images = images[:, :, 1:]
+    elif fault == "label":
+        labels.flat[0] = -1
+    elif fault == "dtype":
+        images = images.astype(np.float64)
+    elif fault == "oversize":
+        copies = spec.max_bytes // images.nbytes + 1
+        images, labels = np.concatenate([images] * copies), np.concatenate([labels] * copies)
+    return ArrayRecord({**dict(record.items()), "images": Array(images), "labels": Array(labels)})

@@ -1,0 +1,163 @@
+"""What travels between the server and the clients, and the server's checks on what comes back.
+
+A synthetic set travels as an ArrayRecord: ``images`` (uint8 pixels on the [0, 1] scale
+times 255, or float16/float32 normalised images), ``labels`` (int64 class ids or float32
+soft labels) and an optional ``lr`` (float32, one value). Nothing a client sends is
+trusted: every array is decoded without pickles and checked before the server uses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, RecordDict
+
+from ddplug.data import ImageDataset
+from ddplug.errors import DdplugError
+from ddplug.sets import SyntheticSet, decode_images, encode_images
+
+SET_KEYS = ("images", "labels", "lr")
+_SLACK_BYTES = 4096  # numpy headers and key names on top of the raw array bytes
+
+
+class PayloadError(DdplugError):
+    """A client's upload that the server refuses; the message says why."""
+
+
+@dataclass(frozen=True)
+class SetSpec:
+    """What a valid synthetic-set upload looks like for one dataset and ipc."""
+
+    channels: int
+    image_size: tuple[int, int]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    ipc: int
+    encoding: str
+    max_bytes: int
+
+    @classmethod
+    def for_dataset(cls, data: ImageDataset, *, ipc: int, encoding: str, max_bytes: int = 0) -> SetSpec:
+        """``max_bytes`` 0 allows the largest upload an honest client makes: ``ipc`` images of
+        every class in ``encoding``, with float32 soft labels and a learned lr."""
+        pixels = data.in_channels * data.image_size[0] * data.image_size[1]
+        largest = ipc * data.num_classes * (pixels * np.dtype(encoding).itemsize + data.num_classes * 4) + 4
+        return cls(data.in_channels, data.image_size, data.num_classes, data.mean, data.std, ipc, encoding,
+                   max_bytes or largest + _SLACK_BYTES)
+
+
+def set_to_record(synthetic: SyntheticSet, encoding: str) -> ArrayRecord:
+    """``synthetic`` as an ArrayRecord, its images encoded as ``encoding``."""
+    synthetic = synthetic.detach().to("cpu")
+    labels = synthetic.labels.float() if synthetic.soft_labels else synthetic.labels.long()
+    arrays = {"images": Array(encode_images(synthetic, encoding).numpy()), "labels": Array(labels.numpy())}
+    if synthetic.lr is not None:
+        arrays["lr"] = Array(synthetic.lr.reshape(1).float().numpy())
+    return ArrayRecord(arrays)
+
+
+def record_to_set(record: ArrayRecord, spec: SetSpec) -> SyntheticSet:
+    """The synthetic set in a client's upload; :class:`PayloadError` if anything about it is wrong.
+
+    The declared dtypes and shapes and the size are checked before anything is decoded.
+    """
+    unknown = sorted(set(record) - set(SET_KEYS))
+    if unknown:
+        raise PayloadError(f"unexpected arrays {', '.join(unknown)}")
+    if "images" not in record or "labels" not in record:
+        raise PayloadError("the upload needs both images and labels")
+    _check_layout(record, spec)
+    size = record.count_bytes()
+    if size > spec.max_bytes:
+        raise PayloadError(f"{size} bytes, over the limit of {spec.max_bytes} per client")
+    images, labels = _decode(record, "images"), _decode(record, "labels")
+    if images.dtype != np.uint8 and not np.isfinite(images).all():
+        raise PayloadError("images hold NaN or infinite values")
+    hard = _check_labels(labels, spec)
+    counts = np.bincount(hard, minlength=spec.num_classes)
+    if counts.max() > spec.ipc:
+        raise PayloadError(f"{int(counts.max())} images of class {int(counts.argmax())}, over ipc {spec.ipc}")
+    lr = None
+    if "lr" in record:
+        value = _decode(record, "lr")
+        if not (np.isfinite(value).all() and value[0] > 0):
+            raise PayloadError(f"lr must be positive and finite, got {value[0]}")
+        lr = torch.from_numpy(value).reshape(())
+    return SyntheticSet(decode_images(torch.from_numpy(images), spec.mean, spec.std), torch.from_numpy(labels), spec.num_classes,
+                        spec.mean, spec.std, lr=lr)
+
+
+def _check_layout(record: ArrayRecord, spec: SetSpec) -> None:
+    """Dtypes and shapes as the arrays declare them (:func:`_decode` holds them to it)."""
+    images, labels = record["images"], record["labels"]
+    expected = (spec.channels, *spec.image_size)
+    if images.dtype != spec.encoding:
+        raise PayloadError(f"images are {images.dtype}, expected {spec.encoding}")
+    if len(images.shape) != 4 or tuple(images.shape[1:]) != expected or images.shape[0] == 0:
+        raise PayloadError(f"images have shape {tuple(images.shape)}, expected (N, {', '.join(map(str, expected))}) "
+                           "with N >= 1")
+    hard = labels.dtype == "int64" and len(labels.shape) == 1
+    soft = labels.dtype == "float32" and len(labels.shape) == 2 and labels.shape[1] == spec.num_classes
+    if not (hard or soft) or labels.shape[0] != images.shape[0]:
+        raise PayloadError(f"labels are {labels.dtype} {tuple(labels.shape)}; expected int64 ({images.shape[0]},) "
+                           f"or float32 ({images.shape[0]}, {spec.num_classes})")
+    if "lr" in record and (record["lr"].dtype != "float32" or tuple(record["lr"].shape) != (1,)):
+        raise PayloadError(f"lr is {record['lr'].dtype} {tuple(record['lr'].shape)}, expected float32 (1,)")
+
+
+def _decode(record: ArrayRecord, key: str) -> np.ndarray:
+    array = record[key]
+    try:
+        value = array.numpy()
+    except (ValueError, TypeError, OSError, EOFError) as error:
+        raise PayloadError(f"{key} cannot be decoded as a numpy array ({error})") from None
+    if value.shape != tuple(array.shape) or str(value.dtype) != array.dtype:
+        raise PayloadError(f"{key} declares {array.dtype} {tuple(array.shape)} but holds {value.dtype} {value.shape}")
+    return value
+
+
+def _check_labels(labels: np.ndarray, spec: SetSpec) -> np.ndarray:
+    """Checks label values and returns the class ids (the arg-max of soft labels)."""
+    if labels.ndim == 1:
+        if labels.min() < 0 or labels.max() >= spec.num_classes:
+            raise PayloadError(f"labels range over {labels.min()}..{labels.max()}, outside 0..{spec.num_classes - 1}")
+        return labels
+    if not np.isfinite(labels).all() or labels.min() < 0:
+        raise PayloadError("soft labels hold negative, NaN or infinite values")
+    return labels.argmax(axis=1)
+
+
+def check_model_reply(content: RecordDict, reference: ArrayRecord, max_bytes: int) -> None:
+    """A FedAvg client's reply: one ArrayRecord ``arrays`` with the global model's array names,
+    shapes and dtypes, all finite, and one MetricRecord ``metrics`` with a positive ``num-examples``."""
+    if set(content.array_records) != {"arrays"} or set(content.metric_records) != {"metrics"}:
+        raise PayloadError(f"expected records arrays and metrics, got {', '.join(sorted(content)) or 'none'}")
+    examples = content.metric_records["metrics"].get("num-examples")
+    if not isinstance(examples, (int, float)) or not 0 < examples < float("inf"):
+        raise PayloadError(f"num-examples must be a positive number, got {examples!r}")
+    record = content.array_records["arrays"]
+    size = record.count_bytes()
+    if size > max_bytes:
+        raise PayloadError(f"{size} bytes, over the limit of {max_bytes} per client")
+    if set(record) != set(reference):
+        raise PayloadError(f"arrays {', '.join(sorted(set(record) ^ set(reference)))} differ from the global model's")
+    for key, expected in reference.items():
+        value = _decode(record, key)
+        if value.shape != tuple(expected.shape) or str(value.dtype) != expected.dtype:
+            raise PayloadError(f"{key} is {value.dtype} {value.shape}, expected {expected.dtype} {tuple(expected.shape)}")
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise PayloadError(f"{key} holds NaN or infinite values")
+
+
+def model_bytes_limit(reference: ArrayRecord, max_bytes: int) -> int:
+    """``max_bytes``, or when 0 the size of the model itself (an honest update is exactly that)."""
+    return max_bytes or reference.count_bytes() + _SLACK_BYTES
+
+
+def content_bytes(content: RecordDict) -> int:
+    """Bytes of every record in a message's content (arrays, configs, metrics)."""
+    records = [*content.array_records.values(), *content.config_records.values(), *content.metric_records.values()]
+    return sum(record.count_bytes() for record in records)

@@ -1,0 +1,410 @@
+"""Flower adapter: partitions, payloads and their checks, anchored DM, and whole runs on the
+Simulation Engine (Ray) and the Deployment Engine (a real SuperLink and two SuperNodes)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord
+from safetensors.torch import save_file
+
+from conftest import TINY_MODEL, write_fake_fashion_mnist
+from ddplug import cli
+from ddplug.distill.anchored import AnchoredDistributionMatching, AnchoredDMConfig
+from ddplug.errors import DdplugError
+from ddplug.models import create_model
+from ddplug.pipeline import condense_classes
+from ddplug.presets import get_preset
+from ddplug.sets import SyntheticSet
+from simulations import federated
+from strategies.flower import FederatedSettings, PayloadError, SetSpec, partition_indices, record_to_set, set_to_record
+from strategies.flower.client import corrupt
+
+FLWR_BIN = Path(sys.executable).parent
+REPOSITORY = Path(__file__).resolve().parents[1]
+TINY_OVERRIDES = [f"eval.model={TINY_MODEL}", "eval.epochs=2", f"dm.model={TINY_MODEL}", "dm.iterations=2",
+                  "dm.batch_real=4"]
+
+
+@pytest.fixture(autouse=True)
+def flower_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "flwr-home"
+    monkeypatch.setenv("FLWR_HOME", str(home))
+    monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
+    monkeypatch.setenv("FLWR_DISABLE_UPDATE_CHECK", "1")
+    # Flower's Ray backend exports the driver's sys.path as PYTHONPATH; undo it after the test.
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+    return home
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_fake_fashion_mnist(tmp_path_factory.mktemp("data"), per_class=30, test_per_class=5)
+
+
+# --- partitions ------------------------------------------------------------------------------
+
+
+def test_partitions_are_seeded_disjoint_and_skewed_by_alpha() -> None:
+    labels = torch.arange(10).repeat_interleave(100)[torch.randperm(1000, generator=torch.Generator().manual_seed(0))]
+
+    def max_class_share(parts: list[torch.Tensor]) -> float:
+        return float(np.mean([torch.bincount(labels[p], minlength=10).max().item() / len(p) for p in parts]))
+
+    for scheme in ("iid", "dirichlet", "pathological"):
+        first = partition_indices(labels, 5, scheme=scheme, alpha=0.1, seed=3)
+        again = partition_indices(labels, 5, scheme=scheme, alpha=0.1, seed=3)
+        other = partition_indices(labels, 5, scheme=scheme, alpha=0.1, seed=4)
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
+        assert not all(torch.equal(a, b) for a, b in zip(first, other))
+        union = torch.cat(first)
+        assert len(union.unique()) == len(union)  # disjoint
+        if scheme != "pathological":  # which leaves out classes no partition drew
+            assert torch.equal(union.sort().values, torch.arange(1000))
+    iid = partition_indices(labels, 5, scheme="iid", seed=0)
+    skewed = partition_indices(labels, 5, scheme="dirichlet", alpha=0.05, seed=0)
+    mild = partition_indices(labels, 5, scheme="dirichlet", alpha=100.0, seed=0)
+    assert max_class_share(iid) < 0.2 and max_class_share(mild) < 0.2
+    assert max_class_share(skewed) > 0.5
+    pathological = partition_indices(labels, 5, scheme="pathological", classes_per_partition=2, seed=0)
+    assert all(len(labels[p].unique()) == 2 for p in pathological)
+
+
+def test_partitioning_mistakes_are_clear() -> None:
+    with pytest.raises(DdplugError, match="cannot split 10 examples into 11"):
+        partition_indices(torch.arange(10), 11, scheme="iid")
+    with pytest.raises(DdplugError, match="classes-per-client"):
+        partition_indices(torch.arange(10), 2, scheme="pathological", classes_per_partition=11)
+
+
+# --- payloads --------------------------------------------------------------------------------
+
+
+def _set(n_per_class: int = 2, classes: tuple[int, ...] = (0, 3, 7), soft: bool = False, lr: float | None = None) -> SyntheticSet:
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.tensor(classes).repeat_interleave(n_per_class)
+    images = (torch.rand(len(labels), 1, 28, 28, generator=generator) - 0.2861) / 0.3530
+    if soft:
+        labels = torch.softmax(torch.randn(len(labels), 10, generator=generator), dim=1)
+    return SyntheticSet(images, labels, 10, (0.2861,), (0.3530,), lr=None if lr is None else torch.tensor(lr))
+
+
+SPEC = SetSpec(channels=1, image_size=(28, 28), num_classes=10, mean=(0.2861,), std=(0.3530,), ipc=2,
+               encoding="uint8", max_bytes=10**6)
+
+
+@pytest.mark.parametrize(("encoding", "width", "tolerance"), [("uint8", 1, 0.5 / 255 / 0.3530), ("float16", 2, 2e-3),
+                                                               ("float32", 4, 0.0)])
+def test_payload_round_trip_and_byte_counts(encoding: str, width: int, tolerance: float) -> None:
+    synthetic = _set()
+    record = set_to_record(synthetic, encoding)
+    raw = 6 * 28 * 28 * width + 6 * 8  # images + int64 labels
+    assert record["images"].dtype == encoding
+    assert raw <= record.count_bytes() <= raw + 512  # plus two .npy headers and the key names
+    back = record_to_set(record, dataclasses.replace(SPEC, encoding=encoding))
+    assert torch.equal(back.labels, synthetic.labels)
+    assert (back.images - synthetic.images).abs().max() <= tolerance + 1e-6
+
+
+def test_soft_labels_and_learned_lr_travel() -> None:
+    synthetic = _set(soft=True, lr=0.02)
+    back = record_to_set(set_to_record(synthetic, "float32"), dataclasses.replace(SPEC, encoding="float32"))
+    assert back.soft_labels and torch.equal(back.labels, synthetic.labels)
+    assert float(back.lr) == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize(("fault", "reason"), [
+    ("nan", "NaN"), ("shape", r"shape \(6, 1, 27, 28\)"), ("label", r"outside 0\.\.9"),
+    ("dtype", "images are float64, expected float16"), ("oversize", "over the limit of"),
+])
+def test_each_kind_of_bad_payload_is_rejected(fault: str, reason: str) -> None:
+    spec = dataclasses.replace(SPEC, encoding="float16", max_bytes=20_000)
+    record = set_to_record(_set(), "float16")
+    record_to_set(record, spec)  # the good one passes
+    with pytest.raises(PayloadError, match=reason):
+        record_to_set(corrupt(record, fault, spec), spec)
+
+
+def test_forged_and_unexpected_arrays_are_rejected() -> None:
+    record = set_to_record(_set(), "uint8")
+    too_many = set_to_record(_set(n_per_class=3), "uint8")
+    with pytest.raises(PayloadError, match="3 images of class 0, over ipc 2"):
+        record_to_set(too_many, SPEC)
+    forged = ArrayRecord(dict(record.items()))
+    real = record["images"]
+    forged["images"] = Array(dtype="uint8", shape=real.shape, stype=real.stype, data=Array(np.zeros(3, np.uint8)).data)
+    with pytest.raises(PayloadError, match="declares uint8 .* but holds"):
+        record_to_set(forged, SPEC)
+    extra = ArrayRecord({**dict(record.items()), "code": Array(np.zeros(1))})
+    with pytest.raises(PayloadError, match="unexpected arrays code"):
+        record_to_set(extra, SPEC)
+
+
+def test_settings_reject_mistakes() -> None:
+    with pytest.raises(DdplugError, match="unknown federated setting 'clientz'"):
+        FederatedSettings.from_config({"clientz": 3})
+    with pytest.raises(DdplugError, match="inject-faults"):
+        FederatedSettings(inject_faults="1:explode")
+    with pytest.raises(DdplugError, match="only works one-shot"):
+        FederatedSettings(rounds=3, method="herding")
+    with pytest.raises(DdplugError, match="setting rounds expects int, got 1.5"):
+        FederatedSettings.from_config({"rounds": 1.5})  # a run config is TOML: types can be wrong
+    settings = FederatedSettings.from_config({"alpha": "0.1", "rounds": 2, "server-round": 5})
+    assert settings.alpha == 0.1 and settings.rounds == 2
+
+
+# --- anchored DM -----------------------------------------------------------------------------
+
+
+def _anchor(tmp_path: Path, spec: str = TINY_MODEL) -> tuple[torch.nn.Module, Path]:
+    model = create_model(spec, in_channels=1, num_classes=10, image_size=(8, 8), seed=123)
+    path = tmp_path / "anchor.safetensors"
+    save_file(model.state_dict(), str(path))
+    return model, path
+
+
+def test_anchored_dm_network_is_the_anchor_plus_noise_of_the_given_scale(digits, tmp_path: Path) -> None:
+    anchor, path = _anchor(tmp_path)
+    config = AnchoredDMConfig(ipc=1, iterations=1, model=TINY_MODEL, batch_real=4, anchor=str(path), anchor_noise=0.0)
+    exact = AnchoredDistributionMatching(digits.train, config).random_network(3)
+    for expected, got in zip(anchor.features.state_dict().values(), exact.features.state_dict().values()):
+        assert torch.equal(expected, got)
+    noisy = AnchoredDistributionMatching(digits.train, dataclasses.replace(config, anchor_noise=0.05))
+    network = noisy.random_network(3)
+    offsets = torch.cat([(got - expected).flatten()
+                         for expected, got in zip(anchor.features.parameters(), network.features.parameters())])
+    assert offsets.std().item() == pytest.approx(0.05, rel=0.1)
+    assert abs(offsets.mean().item()) < 0.01
+    repeat, later = noisy.random_network(3), noisy.random_network(4)
+    first = next(network.features.parameters())
+    assert torch.equal(first, next(repeat.features.parameters()))  # seeded per iteration
+    assert not torch.equal(first, next(later.features.parameters()))
+
+
+def test_anchored_dm_condenses_a_partial_class_set_and_checks_the_anchor(digits, tmp_path: Path) -> None:
+    _, path = _anchor(tmp_path)
+    part = digits.train.subset(torch.nonzero(digits.train.labels < 3).flatten())
+    settings = {"model": TINY_MODEL, "iterations": 2, "batch_real": 4, "anchor": str(path)}
+    made = condense_classes(part, "anchored-dm", ipc=2, preset=get_preset("cpu"), settings=settings)
+    assert sorted(made.labels.tolist()) == [0, 0, 1, 1, 2, 2] and made.num_classes == 10
+    (tmp_path / "wide").mkdir()
+    _, wrong = _anchor(tmp_path / "wide", "convnet:width=16,depth=2")
+    with pytest.raises(DdplugError, match="do not fit the matching model"):
+        condense_classes(part, "anchored-dm", ipc=2, preset=get_preset("cpu"), settings={**settings, "anchor": str(wrong)})
+    with pytest.raises(DdplugError, match="needs an anchor"):
+        condense_classes(part, "anchored-dm", ipc=2, preset=get_preset("cpu"), settings={**settings, "anchor": ""})
+
+
+# --- whole runs ------------------------------------------------------------------------------
+
+
+def _ray_processes_since(start: float) -> list[str]:
+    """Ray's processes (GCS, raylet, workers) started since ``start`` and still alive, orphans included."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "create_time", "status"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if (process.info["create_time"] >= start and process.info["status"] != psutil.STATUS_ZOMBIE
+                and ("ray::" in command or "raylet" in command or "gcs_server" in command)):
+            found.append(command[:80])
+    return found
+
+
+def _cli(data_root: Path, out: Path, *args: str) -> list[str]:
+    overrides = [item for override in TINY_OVERRIDES for item in ("--set", override)]
+    return ["--data-root", str(data_root), "--out", str(out), "--json", "--ipc", "2", *overrides, *args]
+
+
+def test_simulated_multi_round_distillation_survives_failing_and_bad_clients(data_root: Path, tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    faults = "1:raise 2:nan 3:shape 4:label 5:dtype 6:oversize"
+    argv = _cli(data_root, tmp_path / "run", "--clients", "7", "--partitioner", "iid", "--rounds", "2",
+                "--encoding", "float16", "--inject-faults", faults)
+    start = time.time()
+    assert federated.main(argv) == 0
+    assert not _ray_processes_since(start)  # Ray and all its workers are gone
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary == json.loads((tmp_path / "run" / "history.json").read_text()) | {
+        "peak_memory_mb": summary["peak_memory_mb"]}
+    assert summary["mode"] == "distill" and summary["clients"] == 7 and summary["rounds"] == 2
+    assert 0 <= summary["accuracy"] <= 1
+    # Round 1 distils from scratch (configs only go down); round 2 sends everyone the global model.
+    model = create_model(TINY_MODEL, in_channels=1, num_classes=10, image_size=(28, 28))
+    model_bytes = ArrayRecord(model.state_dict()).count_bytes()
+    first, second = summary["history"]
+    assert first["bytes_down"] < 7 * 2000
+    assert second["bytes_down"] - first["bytes_down"] == pytest.approx(7 * model_bytes, rel=0.01)
+    for entry in summary["history"]:
+        assert entry["participants"] == ["0"]
+        assert entry["missing"] == ["1", "2", "3", "4", "5", "6"]
+        assert "injected failure" in entry["failed"]["1"]
+        reasons = entry["dropped"]
+        assert "NaN" in reasons["2"] and "shape" in reasons["3"] and "outside 0..9" in reasons["4"]
+        assert "float64" in reasons["5"] and "over the limit" in reasons["6"]
+        assert entry["images"] == 20  # client 0's ipc 2 x 10 classes: the only set trained on
+    assert summary["bytes_up"] == sum(entry["bytes_up"] for entry in summary["history"])
+
+
+def test_simulated_fedavg_tolerates_a_failing_and_a_silent_client(
+        data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # One round: the hanging client holds one of the two simulated workers, the other serves the rest.
+    argv = _cli(data_root, tmp_path / "fedavg", "--clients", "4", "--mode", "fedavg", "--partitioner", "dirichlet",
+                "--alpha", "1.0", "--local-epochs", "4", "--timeout", "10", "--inject-faults", "2:raise 3:hang")
+    start = time.time()
+    assert federated.main(argv) == 0
+    assert not _ray_processes_since(start)
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["mode"] == "fedavg" and len(summary["history"]) == 1
+    model_bytes = summary["history"][0]["bytes_down"] / 4
+    for entry in summary["history"]:
+        assert entry["participants"] == ["0", "1"] and entry["missing"] == ["2", "3"]
+        assert "injected failure" in entry["failed"]["2"] and entry["timed_out"] == ["3"]
+        assert entry["bytes_up"] == pytest.approx(2 * model_bytes, rel=0.05)  # two weight uploads
+    assert summary["accuracy"] > summary["initial_accuracy"]
+
+
+def test_cli_reports_user_mistakes(capsys: pytest.CaptureFixture) -> None:
+    assert federated.main(["--clients", "0"]) == cli.EXIT_USER_ERROR
+    assert "clients must be at least 1" in capsys.readouterr().err
+    assert cli.main(["fl", "--mode", "fedsgd"]) == cli.EXIT_USER_ERROR
+    assert "mode must be one of distill, fedavg, got 'fedsgd'" in capsys.readouterr().err
+    assert cli.main(["fl", "--set", "eval.epochs"]) == cli.EXIT_USER_ERROR
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_cli_compares_runs_in_a_table_and_a_plot(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    def run(mode: str, rounds: int, accuracies: list[float], up: int, down: int) -> dict:
+        history = [{"round": r + 1, "accuracy": a, "bytes_up": up, "bytes_down": down} for r, a in enumerate(accuracies)]
+        return {"mode": mode, "rounds": rounds, "dataset": "fashion-mnist", "clients": 10, "partitioner": "dirichlet",
+                "alpha": 0.1, "accuracy": accuracies[-1], "bytes_up": up * rounds, "bytes_down": down * rounds,
+                "seconds": 12.0, "history": history}
+
+    for name, summary in {"one-shot": run("distill", 1, [0.6], 10**6, 0),
+                          "fedavg": run("fedavg", 3, [0.3, 0.5, 0.7], 4 * 10**6, 4 * 10**6)}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "history.json").write_text(json.dumps(summary))
+    assert cli.main(["fl", "--plot", str(tmp_path), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = result["table"].splitlines()[2:]
+    assert [row.split("|")[3].strip() for row in rows] == ["distilled one-shot", "FedAvg (3 rounds)"]
+    assert [row.split("|")[4:7] for row in rows] == [[" 60.00      ", " 1.00  ", " 0.00    "],
+                                                   [" 70.00      ", " 12.00 ", " 12.00   "]]
+    assert Path(result["plot"]).stat().st_size > 10_000
+    assert cli.main(["fl", "--plot", str(tmp_path / "one-shot")]) == cli.EXIT_USER_ERROR
+    assert "holds no finished run" in capsys.readouterr().err
+
+
+# --- Deployment Engine -----------------------------------------------------------------------
+
+BINARIES = ("flower-superlink", "flower-supernode", "flwr")
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def _run_config(path: Path, data_root: Path, out: Path) -> Path:
+    """Overrides of the repository's ``[tool.flwr.app.config]`` for a tiny two-node round."""
+    overrides = " ".join(TINY_OVERRIDES)
+    path.write_text(textwrap.dedent(f"""\
+        clients = 2
+        partitioner = "iid"
+        ipc = 2
+        data-root = "{data_root}"
+        overrides = "{overrides}"
+        out = "{out}"
+        node-wait = 120.0
+        round-timeout = 300.0
+        """))
+    return path
+
+
+@pytest.mark.skipif(not all((FLWR_BIN / name).exists() for name in BINARIES), reason="flwr binaries not installed")
+def test_deployment_engine_runs_a_round_through_a_superlink_and_two_supernodes(
+        data_root: Path, tmp_path: Path, flower_home: Path) -> None:
+    link, *node_ports = _free_ports(3)
+    flower_home.mkdir()
+    (flower_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "ddplug-test"\n\n[superlink.ddplug-test]\naddress = "127.0.0.1:{link}"\ninsecure = true\n')
+    out = tmp_path / "out"
+    run_config = _run_config(tmp_path / "run-config.toml", data_root, out)
+    commands = [[str(FLWR_BIN / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+                 "--port", str(link), "--database", ":flwr-in-memory:"]]
+    commands += [[str(FLWR_BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}", "--port",
+                  str(port), "--node-config", f"partition-id={index} num-partitions=2"]
+                 for index, port in enumerate(node_ports)]
+    # The SuperLink and SuperNodes start flower-superexec from PATH.
+    env = {**os.environ, "PATH": f"{FLWR_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    processes = []
+    try:
+        for index, command in enumerate(commands):
+            log = (tmp_path / f"process-{index}.log").open("w")
+            processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env))
+        _wait_until_healthy(link, processes[0])
+        # The app is this repository, as pyproject.toml's [tool.flwr.app] declares it.
+        run = subprocess.run([str(FLWR_BIN / "flwr"), "run", str(REPOSITORY), "ddplug-test", "--stream",
+                              "--run-config", str(run_config)], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=480)
+        assert run.returncode == 0, run.stdout + run.stderr
+        history = out / "history.json"
+        assert history.is_file(), run.stdout[-3000:]
+        summary = json.loads(history.read_text())
+        assert summary["connected"] == 2 and summary["history"][0]["participants"] == ["0", "1"]
+        assert summary["history"][0]["images"] == 40 and summary["bytes_up"] > 40 * 28 * 28
+    finally:
+        assert not _stop(processes)
+
+
+def _wait_until_healthy(port: int, superlink: subprocess.Popen, patience: float = 120.0) -> None:
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        assert superlink.poll() is None, "flower-superlink exited; see process-0.log"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"the SuperLink did not answer on port {port} within {patience:.0f} s")
+
+
+def _stop(processes: list[subprocess.Popen]) -> list[psutil.Process]:
+    """Stops the processes and everything they spawned (the SuperExecs run in sessions of
+    their own, so a process group would miss them); returns any that survived."""
+    tree = []
+    for process in processes:
+        try:
+            root = psutil.Process(process.pid)
+            tree += [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    for member in tree:
+        try:
+            member.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=30)
+    for member in alive:
+        member.kill()
+    psutil.wait_procs(alive, timeout=10)
+    for process in processes:
+        process.wait(timeout=10)
+    return [member for member in tree if member.is_running() and member.status() != psutil.STATUS_ZOMBIE]
