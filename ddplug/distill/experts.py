@@ -168,25 +168,20 @@ def ensure_experts(
     epochs: int,
     folder: str | Path | None = None,
     root: str | Path | None = None,
-    lr: float = 0.01,
-    batch_size: int = 256,
-    augment: bool = True,
-    seed: int = 0,
-    per_class: int | None = None,
-    zca_epsilon: float | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    **training: Any,
 ) -> ExpertSet:
     """``num_experts`` experts of at least ``epochs`` epochs, training only what is missing.
 
-    ``folder`` defaults to the cache folder :func:`default_expert_folder` (under ``root``).
+    ``training`` is how they train (``lr``, ``batch_size``, ``augment``, ``seed``,
+    ``per_class``, ``zca_epsilon``: see :func:`train_experts`); ``folder`` defaults to the
+    cache folder of those settings, :func:`default_expert_folder` (under ``root``).
     """
     if folder is None:
-        folder = default_expert_folder(root, real, model, lr=lr, batch_size=batch_size, augment=augment, seed=seed,
-                                       per_class=per_class, zca_epsilon=zca_epsilon)
-    return train_experts(real, folder, model=model, num_experts=num_experts, epochs=epochs, lr=lr,
-                         batch_size=batch_size, augment=augment, seed=seed, per_class=per_class,
-                         zca_epsilon=zca_epsilon, device=device, progress=progress)
+        folder = default_expert_folder(root, real, model, **training)
+    return train_experts(real, folder, model=model, num_experts=num_experts, epochs=epochs, device=device,
+                         progress=progress, **training)
 
 
 def load_experts(folder: str | Path, *, dataset: str, model: str, min_epochs: int,
