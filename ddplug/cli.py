@@ -1,4 +1,4 @@
-"""The ``ddplug`` command line: distill, experts, evaluate, download, cl, list.
+"""The ``ddplug`` command line: distill, experts, evaluate, download, cl, fl, list.
 
 User mistakes end with one ``ddplug: error: ...`` line on stderr and exit status 2;
 with ``--json`` the last line of stdout is one JSON object.
