@@ -201,3 +201,16 @@ def test_snapshots_record_iterations_and_seconds(capsys, data_root, tmp_path):
     metas = [load_set(path).meta for path in snapshots]
     assert [meta["iterations"] for meta in metas] == [2, 4]
     assert 0 < metas[0]["distill_seconds"] < metas[1]["distill_seconds"] <= load_set(out).meta["distill_seconds"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (("--num-experts", "0"), "num_experts must be at least 1"),
+    (("--epochs", "0"), "epochs must be at least 1"),
+    (("--per-class", "0"), "per_class must be at least 1"),
+    (("--lr", "-1"), "lr must be positive"),
+    (("--model", "convnet:width=oops"), "width"),
+])
+def test_experts_command_rejects_mistakes(capsys, data_root, tmp_path, argv, message):
+    code, _, stderr = run(capsys, "experts", "--out", str(tmp_path / "experts"), "--quiet", "--device", "cpu", *argv)
+    assert code == 2 and message in stderr, stderr
+    assert not (tmp_path / "experts").exists()  # refused before anything is written
