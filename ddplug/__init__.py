@@ -7,8 +7,12 @@ The pieces everything is built from::
     synthetic = ddplug.run_distillation(distiller).synthetic          # a SyntheticSet
     result = ddplug.Evaluator(data, ddplug.get_preset("cpu").evaluation).evaluate(synthetic)
     print(result.mean, result.std)
+
+Long jobs in your own process run faster on glibc after ``ddplug.tune_allocator()``
+(the ``ddplug`` command does it; importing ddplug does not).
 """
 
+from ddplug.allocator import tune_allocator
 from ddplug.augment import DSA, DSAConfig
 from ddplug.data import ZCA, DatasetSplits, ImageDataset, from_tensors, from_torch_dataset, load_dataset
 from ddplug.distill import (
@@ -32,5 +36,5 @@ __all__ = [
     "Evaluator", "ImageDataset", "Preset", "SyntheticSet", "ZCA", "__version__", "available_methods",
     "available_models", "create_distiller", "create_model", "from_tensors", "from_torch_dataset", "get_preset",
     "load_dataset", "load_set", "make_config", "register_model", "run_distillation", "save_grid", "save_set",
-    "select_subset",
+    "select_subset", "tune_allocator",
 ]

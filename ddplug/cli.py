@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ddplug.allocator import tune_allocator
 from ddplug.devices import resolve_device
 from ddplug.errors import DdplugError
 from ddplug.presets import parse_assignments
@@ -220,6 +221,13 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version_line() -> str:
+    from ddplug.allocator import allocator_tuning
+    from ddplug.version import __version__
+
+    return f"ddplug {__version__}; allocator tuning {allocator_tuning()}"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from ddplug.data import available_datasets
     from ddplug.distill import available_methods
@@ -231,6 +239,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("datasets: " + ", ".join(available_datasets()))
     for preset in PRESETS.values():
         print(f"preset {preset.name}: {preset.description}")
+    print(_version_line())
     return 0
 
 
@@ -264,6 +273,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddplug", description="Dataset distillation: distill, evaluate, compare.")
+    parser.add_argument("--version", action="version", version=_version_line())
     commands = parser.add_subparsers(dest="command", required=True)
 
     distill = commands.add_parser("distill", help="distill a dataset and evaluate the result")
@@ -329,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    tune_allocator()  # before the first tensor: every command allocates step after step
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

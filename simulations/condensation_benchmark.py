@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ddplug.allocator import tune_allocator
 from ddplug.distill import DISTILLERS, available_methods
 from ddplug.evaluate.report import format_table, percent, pyplot, save_figure
 from ddplug.pipeline import SNAPSHOT_FOLDER
@@ -129,6 +130,7 @@ def save_curves(rows: list[dict], path: Path, title: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_allocator()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--preset", default="cpu")

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ddplug.allocator import tune_allocator
 from ddplug.devices import resolve_device
 from ddplug.data import ImageDataset, load_dataset
 from ddplug.distill import available_methods, select_subset
@@ -427,6 +428,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    tune_allocator()
     parser = argparse.ArgumentParser(prog="python -m simulations.continual", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)

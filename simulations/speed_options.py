@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ddplug.allocator import tune_allocator
 from ddplug.augment import DSA, DSAConfig
 from ddplug.data import load_dataset
 from ddplug.devices import resolve_device
@@ -43,6 +44,7 @@ def _seconds(work: Callable[[], object], device: torch.device) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    tune_allocator()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--model", default="convnet:width=32")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ddplug.allocator import tune_allocator
 from ddplug.data import ImageDataset, load_dataset
 from ddplug.devices import resolve_device
 from ddplug.distill.trajectory import MEMORY_MODES, StudentRun, matching_gradients, peak_memory_bytes
@@ -62,6 +63,7 @@ def memory_rows(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    tune_allocator()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--model", default="convnet", help="network spec (default: the paper's ConvNet-3, width 128)")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from ddplug.allocator import tune_allocator
 from ddplug.data import DatasetSplits, from_tensors
 from ddplug.presets import PRESETS, EvalProtocol, Preset
 
@@ -19,6 +20,7 @@ TINY_MODEL = "convnet:width=8,depth=2"
 # The suite's networks are tiny: one thread is as fast, and it stays fast on a loaded
 # machine, where two spinning threads per process slow small ops down by 10x or more.
 torch.set_num_threads(1)
+tune_allocator()  # like every ddplug entry point (tests of the tuning itself use fresh processes)
 
 
 @pytest.fixture(scope="session")

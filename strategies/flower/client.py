@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from flwr.clientapp import ClientApp
 from safetensors.torch import save_file
 from torch import Tensor
 
+from ddplug.allocator import tune_allocator
 from ddplug.data import ImageDataset
 from ddplug.distill import AnchoredDistributionMatching
 from ddplug.errors import DdplugError
@@ -42,7 +43,16 @@ from strategies.flower.settings import ROUND_KEY, FederatedSettings, cached_data
 
 FEDAVG_ACTION = "fedavg"
 
+
+def tuned_allocator(context: Context) -> Iterator[None]:
+    """Lifespan of the ClientApp and the ServerApp: both train step after step, each in a
+    process of its own (SuperNode, Ray worker, SuperLink's ServerApp), so each tunes it."""
+    tune_allocator()
+    yield
+
+
 app = ClientApp()
+app.lifespan()(tuned_allocator)
 
 
 @app.query()

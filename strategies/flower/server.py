@@ -36,7 +36,7 @@ from ddplug.evaluate.training import classification_accuracy, train_classifier
 from ddplug.seeding import make_generator
 from ddplug.sets import SyntheticSet
 from ddplug.storage import write_json
-from strategies.flower.client import FEDAVG_ACTION
+from strategies.flower.client import FEDAVG_ACTION, tuned_allocator
 from strategies.flower.payload import (
     PayloadError,
     SetSpec,
@@ -54,6 +54,7 @@ Checked = TypeVar("Checked")
 def make_server_app(settings: FederatedSettings | None = None) -> ServerApp:
     """A ServerApp running ``settings``, or, when None, the run config's settings."""
     server = ServerApp()
+    server.lifespan()(tuned_allocator)
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
