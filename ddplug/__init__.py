@@ -27,7 +27,8 @@ from ddplug.distill import (
 from ddplug.errors import DdplugError
 from ddplug.evaluate.evaluator import EvalResult, Evaluator
 from ddplug.models import available_models, create_model, register_model
-from ddplug.presets import EvalProtocol, Preset, get_preset
+from ddplug.evaluate.protocol import EvalProtocol
+from ddplug.presets import Preset, get_preset
 from ddplug.sets import SyntheticSet, load_set, save_grid, save_set
 from ddplug.version import __version__
 

@@ -7,7 +7,6 @@ with ``--json`` the last line of stdout is one JSON object.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 from ddplug.allocator import tune_allocator
+from ddplug.commands import add_commands, discover_commands
 from ddplug.devices import resolve_device
 from ddplug.errors import DdplugError
 from ddplug.presets import parse_assignments
@@ -44,12 +44,13 @@ def _preset(args: argparse.Namespace):
 
 
 def _baselines(text: str) -> tuple[str, ...]:
-    from ddplug.distill import SELECTIONS
+    from ddplug.distill import CONDENSERS
 
+    allowed = [name for name, condenser in CONDENSERS.items() if condenser.baseline and condenser.per_class]
     names = tuple(name for name in text.split(",") if name)
     for name in names:
-        if name not in SELECTIONS or name == "full":
-            raise DdplugError(f"unknown baseline {name!r}; choose from random, herding, kcenter (comma-separated) or ''")
+        if name not in allowed:
+            raise DdplugError(f"unknown baseline {name!r}; choose from {', '.join(allowed)} (comma-separated) or ''")
     return names
 
 
@@ -70,8 +71,8 @@ def _emit(summary: dict[str, Any], table: str, as_json: bool) -> None:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from ddplug.data import load_dataset
-    from ddplug.distill import DISTILLERS, available_methods
-    from ddplug.pipeline import condense, judge, save_outputs, write_judgement
+    from ddplug.distill import available_methods, get_condenser
+    from ddplug.pipeline import judge, save_outputs, write_judgement
 
     if args.method not in available_methods():
         raise DdplugError(f"unknown method {args.method!r}; choose one of {', '.join(available_methods())}")
@@ -85,9 +86,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
         raise DdplugError(f"--snapshots must be 0 or more, got {args.snapshots}")
     data = load_dataset(args.dataset, args.data_root)
     out_dir = Path(args.out or f"runs/{data.train.name}-{args.method}-ipc{args.ipc}-seed{args.seed}")
-    condensed = condense(args.method, data.train, ipc=args.ipc, preset=preset, seed=args.seed, settings=settings,
+    condensed = get_condenser(args.method).condense(data.train, ipc=args.ipc, preset=preset, seed=args.seed,
+                                                    settings=settings,
                          device=device, out_dir=out_dir, progress=not args.quiet, snapshots=args.snapshots)
-    files = save_outputs(condensed, out_dir) if args.method != "full" else {}
+    files = save_outputs(condensed, out_dir) if get_condenser(args.method).per_class else {}
     extra = {
         "iterations": condensed.iterations,
         "distill_seconds": condensed.seconds,
@@ -119,23 +121,23 @@ _SETTING_PREFIX = "setting_"
 
 
 def _method_setting_fields() -> dict[str, list[str]]:
-    """Every distiller setting without a flag of its own, and the methods that have it."""
-    from ddplug.distill import DISTILLERS
+    """Every method setting without a flag of its own, and the methods that have it."""
+    from ddplug.distill import CONDENSERS
 
     owners: dict[str, list[str]] = {}
-    for method, distiller in DISTILLERS.items():
-        for field in dataclasses.fields(distiller.config_class):
-            if field.name not in _GENERAL_FLAGS:
-                owners.setdefault(field.name, []).append(method)
+    for method, condenser in CONDENSERS.items():
+        for name in condenser.setting_names():
+            if name not in _GENERAL_FLAGS:
+                owners.setdefault(name, []).append(method)
     return owners
 
 
 def _add_method_flags(parser: argparse.ArgumentParser) -> None:
-    from ddplug.distill import DISTILLERS
+    from ddplug.distill import CONDENSERS
 
     group = parser.add_argument_group("method settings", "each overrides the preset's value for the chosen method")
     owners = _method_setting_fields()
-    every = len(DISTILLERS)
+    every = sum(1 for condenser in CONDENSERS.values() if condenser.config_class is not None)
     for name, methods in sorted(owners.items()):
         which = "all methods" if len(methods) == every else ", ".join(methods)
         group.add_argument(f"--{name.replace('_', '-')}", dest=_SETTING_PREFIX + name, default=None, metavar="VALUE",
@@ -144,37 +146,37 @@ def _add_method_flags(parser: argparse.ArgumentParser) -> None:
 
 def _method_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The distillation settings given as flags; a flag the chosen method lacks is an error."""
-    from ddplug.distill import DISTILLERS
+    from ddplug.distill import get_condenser
 
     settings = {key: value for key, value in (("iterations", args.iterations), ("model", args.model),
                                               ("init", args.init)) if value is not None}
     given = {key[len(_SETTING_PREFIX):]: value for key, value in vars(args).items()
              if key.startswith(_SETTING_PREFIX) and value is not None}
-    if given and args.method not in DISTILLERS:
+    fields = get_condenser(args.method).setting_names()
+    if given and not fields:
         flags = ", ".join(f"--{name.replace('_', '-')}" for name in given)
-        raise DdplugError(f"{flags}: {args.method} is a selection, not a distiller, and has no such setting")
-    if given:
-        fields = {field.name for field in dataclasses.fields(DISTILLERS[args.method].config_class)}
-        owners = _method_setting_fields()
-        for name in given:
-            if name not in fields:
-                raise DdplugError(f"--{name.replace('_', '-')} is not a setting of {args.method} "
-                                  f"(it is one of {', '.join(owners[name])}); drop it or pick such a method")
+        raise DdplugError(f"{flags}: {args.method} takes no settings, so it has no such setting")
+    owners = _method_setting_fields()
+    for name in given:
+        if name not in fields:
+            raise DdplugError(f"--{name.replace('_', '-')} is not a setting of {args.method} "
+                              f"(it is one of {', '.join(owners[name])}); drop it or pick such a method")
     return {**settings, **given}
 
 
 def cmd_experts(args: argparse.Namespace) -> int:
     from ddplug.data import load_dataset
-    from ddplug.distill.experts import default_expert_folder, train_experts
+    from ddplug.distill import make_config
+    from ddplug.distill.experts import ExpertTraining, default_expert_folder, train_experts
     from ddplug.presets import get_preset
 
-    model = args.model or get_preset(args.preset).method_settings("mtt")["model"]
+    model = args.model or make_config("mtt", get_preset(args.preset).method_settings("mtt")).model
     data = load_dataset(args.dataset, args.data_root)
-    training = {"lr": args.lr, "batch_size": args.batch_size, "augment": not args.no_augment, "seed": args.seed,
-                "per_class": args.per_class}
-    folder = Path(args.out) if args.out else default_expert_folder(None, data.train, model, **training)
+    training = ExpertTraining(lr=args.lr, batch_size=args.batch_size, augment=not args.no_augment, seed=args.seed,
+                              per_class=args.per_class)
+    folder = Path(args.out) if args.out else default_expert_folder(None, data.train, model, training)
     experts = train_experts(data.train, folder, model=model, num_experts=args.num_experts, epochs=args.epochs,
-                            device=resolve_device(args.device), progress=not args.quiet, **training)
+                            training=training, device=resolve_device(args.device), progress=not args.quiet)
     summary = {"folder": str(experts.folder), "experts": len(experts), "epochs": experts.manifest["epochs"],
                "model": experts.manifest["model"], "dataset": experts.manifest["dataset"]}
     _emit(summary, f"{len(experts)} experts of {summary['model']} on {summary['dataset']} "
@@ -243,18 +245,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_cl(args: argparse.Namespace) -> int:
-    from simulations.continual import run_from_args
-
-    return run_from_args(args)
-
-
-def cmd_fl(args: argparse.Namespace) -> int:
-    from simulations.federated import run_from_args
-
-    return run_from_args(args)
-
-
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="cpu", help="cpu (minutes on a laptop) or paper (the field's protocol, GPU)")
     parser.add_argument("--seed", type=int, default=0)
@@ -321,17 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--data-root", default=None)
     download.set_defaults(run=cmd_download)
 
-    from simulations.continual import add_arguments as add_cl_arguments  # Avalanche loads only when a run starts
-
-    continual = commands.add_parser("cl", help="class-incremental learning with a condensed memory (Avalanche)")
-    add_cl_arguments(continual)
-    continual.set_defaults(run=cmd_cl)
-
-    from simulations.federated import add_arguments as add_fl_arguments  # Flower loads only when a run starts
-
-    federated = commands.add_parser("fl", help="federated learning with distilled uploads, or FedAvg (Flower)")
-    add_fl_arguments(federated)
-    federated.set_defaults(run=cmd_fl)
+    add_commands(commands, discover_commands())  # cl, fl: registered by the adapters
 
     listing = commands.add_parser("list", help="methods, models, datasets and presets")
     listing.set_defaults(run=cmd_list)
@@ -341,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     tune_allocator()  # before the first tensor: every command allocates step after step
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "takes_any_arguments", False):  # a stub command's own options are unknown here
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.run(args)
     except DdplugError as error:

@@ -1,109 +1,25 @@
-"""Condense a dataset and judge the result: the composition the CLI, the benchmarks and the
-adapters share. Every file is written atomically as soon as it exists, so a later failure
+"""Condense part of a dataset, save a set and judge it: the compositions the CLI, the
+benchmarks and the adapters share (a whole dataset is condensed by
+``get_condenser(method).condense``). Every file is written atomically as soon as it exists, so a later failure
 (e.g. during evaluation) never loses the set already made."""
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ddplug.data import ZCA, DatasetSplits, ImageDataset
-from ddplug.distill import (
-    DISTILLERS,
-    NEEDS_FEATURES,
-    SELECTIONS,
-    available_methods,
-    create_distiller,
-    make_config,
-    run_distillation,
-    select_subset,
-)
+from ddplug.distill import Condensed, get_condenser
 from ddplug.errors import DdplugError
 from ddplug.evaluate.evaluator import EvalResult, Evaluator
 from ddplug.evaluate.published import published_result
 from ddplug.evaluate.report import format_table, percent, save_accuracy_plot
-from ddplug.evaluate.training import train_classifier
-from ddplug.models import create_model
 from ddplug.presets import Preset
-from ddplug.seeding import derive_seed, make_generator
 from ddplug.sets import SET_FILE, SyntheticSet, save_grid, save_set
 from ddplug.storage import write_json
-
-CHECKPOINT_FILE = "checkpoint.pt"
-SNAPSHOT_FOLDER = "snapshots"
-
-
-@dataclass
-class Condensed:
-    synthetic: SyntheticSet
-    method: str
-    iterations: int  # 0 for selections
-    seconds: float  # wall time of distillation or selection (this run)
-    interrupted: bool = False
-    losses: list[float] = field(default_factory=list)
-    zca: ZCA | None = None  # the whitening a ZCA-whitened set lives in (fitted on the real training images)
-
-
-def feature_network(real: ImageDataset, preset: Preset, *, seed: int, device: torch.device | str) -> torch.nn.Module:
-    """The network whose features herding and k-center select in: the evaluation model,
-    trained briefly on the real data (``preset.evaluation.feature_epochs``)."""
-    protocol = preset.evaluation
-    network = create_model(protocol.model, in_channels=real.in_channels, num_classes=real.num_classes,
-                           image_size=real.image_size, seed=derive_seed(seed, "feature-network")).to(device)
-    images, labels = real.images.to(device), real.labels.to(device)
-    train_classifier(network, images, labels, protocol.train_settings(protocol.feature_epochs),
-                     generator=make_generator(seed, "feature-network-train"))
-    return network
-
-
-def condense(
-    method: str,
-    real: ImageDataset,
-    *,
-    ipc: int,
-    preset: Preset,
-    seed: int = 0,
-    settings: dict[str, Any] | None = None,
-    device: torch.device | str = "cpu",
-    out_dir: str | Path | None = None,
-    progress: bool = True,
-    snapshots: int = 0,
-) -> Condensed:
-    """Make a synthetic set with ``method`` (a distiller or a selection).
-
-    Distillers take the preset's settings for the method, then ``settings``; with
-    ``out_dir`` they checkpoint there and resume a matching checkpoint, and with
-    ``snapshots`` > 0 they also save the set at that many evenly spaced points before the
-    end, as ``out_dir/snapshots/iter-NNNNNN.safetensors`` (for time-to-accuracy curves).
-    """
-    if method in SELECTIONS:
-        began = time.perf_counter()
-        network = feature_network(real, preset, seed=seed, device=device) if method in NEEDS_FEATURES else None
-        synthetic = select_subset(method, real, ipc, seed=seed, feature_network=network, device=device)
-        return Condensed(synthetic, method, 0, time.perf_counter() - began)
-    if method not in DISTILLERS:
-        raise DdplugError(f"unknown method {method!r}; choose one of {', '.join(available_methods())}")
-    config = make_config(method, {**preset.method_settings(method), **(settings or {}), "ipc": ipc, "seed": seed})
-    distiller = create_distiller(method, real, config, device)
-    checkpoint = None if out_dir is None else Path(out_dir) / CHECKPOINT_FILE
-    snapshot_every = None
-    if snapshots > 0:
-        if out_dir is None:
-            raise DdplugError("snapshots need an output folder to be saved in")
-        snapshot_every = max(1, config.iterations // (snapshots + 1))
-    result = run_distillation(distiller, checkpoint=checkpoint, progress=progress, snapshot_every=snapshot_every,
-                              on_snapshot=lambda synthetic: save_set(synthetic, snapshot_path(out_dir, synthetic)))
-    return Condensed(result.synthetic, method, result.iterations, result.seconds, result.interrupted, result.losses,
-                     distiller.zca)
-
-
-def snapshot_path(out_dir: str | Path, synthetic: SyntheticSet) -> Path:
-    """Where :func:`condense` saves the snapshot of ``synthetic`` (its meta names the iteration)."""
-    return Path(out_dir) / SNAPSHOT_FOLDER / f"iter-{synthetic.meta['iterations']:06d}.safetensors"
 
 
 def condense_classes(
@@ -125,7 +41,8 @@ def condense_classes(
     one batched run), relabelled to their positions and back, so the result's labels are
     in ``real``'s class space (hard, or soft with ``real.num_classes`` columns).
     """
-    if method in DISTILLERS and make_config(method, {**preset.method_settings(method), **(settings or {})}).zca:
+    condenser = get_condenser(method)
+    if condenser.config_class and condenser.make_config({**preset.method_settings(method), **(settings or {})}).zca:
         # The kept real images and the data the consumers (replay, federated clients) train
         # on are not whitened, so a whitened set would not fit in with them.
         raise DdplugError("zca is for benchmark distillation, not for condensing part of a dataset: drop zca")
@@ -141,7 +58,7 @@ def condense_classes(
         position[condensed_classes] = torch.arange(len(condensed_classes))
         local = ImageDataset(real.images[members], position[real.labels[members]], len(condensed_classes),
                              real.mean, real.std, real.name)
-        made = condense(method, local, ipc=ipc, preset=preset, seed=seed, settings=settings, device=device,
+        made = condenser.condense(local, ipc=ipc, preset=preset, seed=seed, settings=settings, device=device,
                         progress=progress).synthetic.to("cpu")
         labels = condensed_classes[made.labels] if not made.soft_labels else torch.zeros(
             len(made), real.num_classes).index_copy_(1, condensed_classes, made.labels)
@@ -255,7 +172,8 @@ def judge(
     if baselines:
         train = data.train if epsilon is None else evaluator.zca(epsilon).whiten_dataset(data.train)
         for name in baselines:
-            baseline = condense(name, train, ipc=ipc, preset=preset, seed=seed, device=device, progress=progress)
+            baseline = get_condenser(name).condense(train, ipc=ipc, preset=preset, seed=seed, device=device,
+                                                    progress=progress)
             baseline.synthetic.meta["zca_epsilon"] = epsilon  # it lives in the space it was picked in
             baseline_results[name] = evaluator.evaluate(baseline.synthetic, seed=seed, label=name)
     return Judgement(method, data.train.name, ipc, result, baseline_results, preset.name, seed, epsilon)

@@ -7,36 +7,12 @@ field can be overridden by name (``eval.epochs=100``, ``dm.iterations=500``).
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from ddplug.errors import DdplugError
-from ddplug.evaluate.training import TrainSettings
-
-
-@dataclass(frozen=True)
-class EvalProtocol:
-    """How a set is judged: train ``num_models`` fresh networks on it, test on real data."""
-
-    model: str = "convnet"
-    epochs: int = 1000
-    num_models: int = 20
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    augment: bool = True  # DSA while training on the set (per-image parameters)
-    full_epochs: int = 50  # epochs for the whole-dataset upper bound
-    feature_epochs: int = 10  # training of the network whose features herding/k-center use
-
-    def train_settings(self, epochs: int | None = None) -> TrainSettings:
-        return TrainSettings(
-            epochs=self.epochs if epochs is None else epochs,
-            lr=self.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            batch_size=self.batch_size,
-        )
+from ddplug.evaluate.protocol import EvalProtocol
 
 
 @dataclass(frozen=True)
@@ -80,27 +56,33 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
 
 
 def convert_field(cls: type, name: str, value: Any) -> Any:
-    """``value`` converted to the type of dataclass field ``cls.name`` (strings from a CLI)."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    """``value`` converted to the type of dataclass field ``cls.name`` (strings from a CLI).
+
+    The type comes from the field's resolved type hint: ``int``, ``float``, ``bool``,
+    ``str`` or one of those ``| None`` (where ``none`` means None)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
     if name not in fields:
         raise DdplugError(f"{cls.__name__} has no setting {name!r}; settings: {', '.join(sorted(fields))}")
     if not isinstance(value, str):
         return value
-    kind = str(fields[name].type)
-    try:
-        if kind.startswith("bool"):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(value)
-            return value.lower() in ("true", "1", "yes")
-        if kind.startswith("int"):
-            return int(value)
-        if kind.startswith("float"):
-            return float(value)
-    except ValueError:
-        raise DdplugError(f"setting {name} expects {kind}, got {value!r}") from None
-    if "None" in kind and value.lower() == "none":
+    hint = typing.get_type_hints(cls)[name]
+    kinds = [kind for kind in typing.get_args(hint) or (hint,) if kind is not type(None)]
+    optional = type(None) in typing.get_args(hint)
+    if optional and value.lower() == "none":
         return None
-    return value
+    kind = kinds[0]
+    try:
+        if kind is bool:
+            if value.lower() not in _BOOLEANS:
+                raise ValueError(value)
+            return _BOOLEANS[value.lower()]
+        return kind(value)
+    except ValueError:
+        raise DdplugError(f"setting {name} expects {kind.__name__}{' or none' if optional else ''}, "
+                          f"got {value!r}") from None
+
+
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 CPU_MODEL = "convnet:width=32"
@@ -110,18 +92,13 @@ PRESETS: dict[str, Preset] = {
         name="paper",
         description="the field's protocol: ConvNet-3 width 128, 1000 epochs, 20 models (GPU)",
         evaluation=EvalProtocol(),
+        # Only where a method's paper differs from its config's defaults (which are the paper's).
         methods={
-            "*": {"model": "convnet"},
-            "dm": {"iterations": 20000, "batch_real": 256},
-            "dc": {"iterations": 1000, "batch_real": 256},
-            "dsa": {"iterations": 1000, "batch_real": 256},
             # KIP/FRePo paper settings are not yet run (no GPU so far); KIP needs ~2.4-6.8 GB at IPC 1-50.
-            "kip": {"kernel": "nngp", "num_networks": 4, "batch_real": 100, "iterations": 5000, "lr_images": 100,
-                    "max_kernel_memory_gb": 16},
-            "frepo": {"iterations": 20000, "batch_real": 100, "pool_size": 10, "max_online_steps": 100, "lr_images": 1000},
-            # MTT's ConvNet settings: 100 experts of 50 epochs on all the data, syn_steps 20, 2 expert epochs.
-            "mtt": {"iterations": 5000, "num_experts": 100, "expert_train_epochs": 50, "syn_steps": 20,
-                    "expert_epochs": 2, "max_start_epoch": 20, "lr_images": 100, "lr_lr": 1e-5},
+            "kip": {"num_networks": 4, "batch_real": 100, "iterations": 5000, "max_kernel_memory_gb": 16},
+            "frepo": {"iterations": 20000},
+            # MTT's ConvNet runs: experts of 50 epochs on all the data.
+            "mtt": {"expert_train_epochs": 50},
         },
     ),
     "cpu": Preset(
@@ -134,11 +111,10 @@ PRESETS: dict[str, Preset] = {
             # DC/DSA cpu budgets are a first guess, not yet measured on Fashion-MNIST.
             "dc": {"iterations": 100, "batch_real": 64, "inner_loop": 10},
             "dsa": {"iterations": 100, "batch_real": 64, "inner_loop": 10},
-            "kip": {"kernel": "nngp", "num_networks": 2, "batch_real": 10, "iterations": 300, "lr_images": 100},
-            "frepo": {"iterations": 300, "batch_real": 20, "lr_images": 1000},
+            "kip": {"batch_real": 10, "iterations": 300},
+            "frepo": {"iterations": 300, "batch_real": 20},
             # 5 experts trained for just the epochs matched, on 500 images per class (about 2 min).
-            "mtt": {"iterations": 200, "num_experts": 5, "expert_per_class": 500, "syn_steps": 10,
-                    "expert_epochs": 2, "max_start_epoch": 4, "lr_images": 100, "lr_lr": 1e-5},
+            "mtt": {"iterations": 200, "num_experts": 5, "expert_per_class": 500, "syn_steps": 10, "max_start_epoch": 4},
         },
     ),
 }

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 from ddplug.allocator import tune_allocator
-from ddplug.distill import DISTILLERS, available_methods
+from ddplug.distill import available_methods, get_condenser
+from ddplug.distill.condenser import SNAPSHOT_FOLDER
 from ddplug.evaluate.report import format_table, percent, pyplot, save_figure
-from ddplug.pipeline import SNAPSHOT_FOLDER
 from ddplug.storage import atomic_write, write_json
 
 METHODS = ("dm", "dc", "dsa", "mtt", "kip", "frepo", "random", "herding")
@@ -49,12 +49,13 @@ def run_row(method: str, ipc: int, args: argparse.Namespace) -> dict:
     if summary_file.is_file():
         row = json.loads(summary_file.read_text())
     else:
-        snapshots = ["--snapshots", str(args.snapshots)] if method in DISTILLERS else []
+        iterative = get_condenser(method).config_class is not None
+        snapshots = ["--snapshots", str(args.snapshots)] if iterative else []
         row = _ddplug_json(["distill", "--dataset", args.dataset, "--method", method, "--ipc", str(ipc),
                             "--preset", args.preset, "--seed", str(args.seed), "--baselines", "", "--out", str(out),
                             "--device", args.device, *snapshots, *sum((["--set", s] for s in args.set), [])],
                            f"row {method} ipc {ipc}")
-    if method in DISTILLERS:
+    if get_condenser(method).config_class is not None:
         row["curve"] = accuracy_curve(row, out, args)
         reached = first_at_final(row["curve"], args.tolerance)
         row["iterations_to_final"], row["seconds_to_final"] = reached["iterations"], reached["seconds"]

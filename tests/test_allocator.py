@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from conftest import write_fake_fashion_mnist
+from helpers import write_fake_fashion_mnist
 
 pytestmark = [
     pytest.mark.subprocess,
@@ -83,7 +83,7 @@ def test_a_flower_client_process_tunes_its_allocator() -> None:
         import time
         from flwr.app import Context, Message, RecordDict, RecordDict as State
         from flwr.common import Metadata
-        from strategies.flower.client import app
+        from ddplug_flower.client import app
         metadata = Metadata(run_id=1, message_id="", src_node_id=0, dst_node_id=1, reply_to_message_id="", group_id="",
                             created_at=time.time(), ttl=60.0, message_type="query.nothing")
         message = Message(content=RecordDict(), metadata=metadata)
@@ -92,7 +92,7 @@ def test_a_flower_client_process_tunes_its_allocator() -> None:
         except ValueError as error:
             assert "No query function registered" in str(error)
     """
-    assert probe_after("import strategies.flower.client") == "RETURNED"
+    assert probe_after("import ddplug_flower.client") == "RETURNED"
     assert probe_after(handle_message) == "KEPT"
 
 

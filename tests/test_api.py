@@ -1,9 +1,12 @@
 import subprocess
 import sys
 
+import pytest
+
 import ddplug
 
 
+@pytest.mark.subprocess
 def test_core_imports_without_avalanche_or_flower():
     code = "import sys, ddplug, ddplug.cli, ddplug.pipeline; print(any(m.split('.')[0] in ('avalanche', 'flwr') for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

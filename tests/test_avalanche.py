@@ -18,15 +18,17 @@ from avalanche.core import SupervisedPlugin  # noqa: E402
 from avalanche.training.plugins import EWCPlugin, LwFPlugin  # noqa: E402
 from avalanche.training.supervised import Naive  # noqa: E402
 
-import simulations.continual as continual  # noqa: E402
+import ddplug_avalanche.runner as continual  # noqa: E402
+from ddplug.cli import main  # noqa: E402
 from ddplug.errors import DdplugError  # noqa: E402
 from ddplug.models import create_model  # noqa: E402
-from strategies.avalanche import CondensedBuffer, CondensedReplay, CondensedReplayPlugin  # noqa: E402
+from ddplug_avalanche import Condensation, CondensedBuffer, CondensedReplay, CondensedReplayPlugin  # noqa: E402
 
-from conftest import write_fake_fashion_mnist  # noqa: E402
+from helpers import write_fake_fashion_mnist  # noqa: E402
 
 TINY = "convnet:width=4,depth=1"
 FAST = {"iterations": 3, "batch_real": 4, "model": TINY}
+QUICK = Condensation(settings=FAST, progress=False)
 CLASSES = 6
 
 
@@ -77,8 +79,8 @@ def held(buffer: CondensedBuffer) -> dict[int, int]:
 
 def test_buffer_budgets_hold_every_class_and_shrink_old_ones_to_a_prefix():
     stream = make_stream()
-    per_class = CondensedBuffer(mem_per_class=3, settings=FAST, progress=False)
-    total = CondensedBuffer(10, settings=FAST, progress=False)
+    per_class = CondensedBuffer(mem_per_class=3, condensation=QUICK)
+    total = CondensedBuffer(10, condensation=QUICK)
     before = None
     for step, experience in enumerate(stream.train_stream):
         for buffer in (per_class, total):
@@ -98,7 +100,8 @@ def test_buffer_budgets_hold_every_class_and_shrink_old_ones_to_a_prefix():
 
 def test_herding_selection_buffer(tiny_preset):
     stream = make_stream()
-    buffer = CondensedBuffer(mem_per_class=2, method="herding", preset=tiny_preset, progress=False)
+    buffer = CondensedBuffer(mem_per_class=2, condensation=Condensation(method="herding", preset=tiny_preset,
+                                                                              progress=False))
     buffer.post_adapt(AGENT, stream.train_stream[0])
     images = stream.train_stream[0].dataset.eval()
     real = torch.stack([images[i][0] for i in range(len(images))])
@@ -108,7 +111,7 @@ def test_herding_selection_buffer(tiny_preset):
 
 def test_buffer_items_are_xyt_and_replay_loader_mixes_them():
     stream = make_stream()
-    buffer = CondensedBuffer(mem_per_class=2, settings=FAST, progress=False)
+    buffer = CondensedBuffer(mem_per_class=2, condensation=QUICK)
     buffer.post_adapt(AGENT, stream.train_stream[0])
     x, y, t = buffer.buffer[0]
     assert x.shape == stream.train_stream[0].dataset[0][0].shape and isinstance(y, int) and t == 0
@@ -123,7 +126,7 @@ def test_buffer_items_are_xyt_and_replay_loader_mixes_them():
 def test_plugin_replays_memory_with_naive_and_another_plugin(other):
     stream = make_stream()
     model = tiny_model()
-    plugin = CondensedReplayPlugin(mem_per_class=2, settings=FAST, progress=False)
+    plugin = CondensedReplayPlugin(mem_per_class=2, condensation=QUICK)
     recorder = Recorder()
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
                      criterion=torch.nn.CrossEntropyLoss(), train_mb_size=8, device="cpu",
@@ -139,7 +142,7 @@ def test_plugin_replays_memory_with_naive_and_another_plugin(other):
 
 def test_class_with_a_single_sample_is_kept_as_it_is():
     stream = make_stream(drop_to_one=1)
-    buffer = CondensedBuffer(mem_per_class=3, settings=FAST, progress=False)
+    buffer = CondensedBuffer(mem_per_class=3, condensation=QUICK)
     buffer.post_adapt(AGENT, stream.train_stream[0])
     data = stream.train_stream[0].dataset.eval()
     only = next(data[i][0] for i in range(len(data)) if data[i][1] == 1)
@@ -152,7 +155,7 @@ def test_retrain_mode_starts_fresh_and_trains_on_memory_only():
     model = tiny_model()
     recorder = Recorder()
     strategy = CondensedReplay(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
-                               mem_per_class=2, mode="retrain", settings=FAST, progress=False,
+                               mem_per_class=2, mode="retrain", condensation=QUICK,
                                train_mb_size=4, train_epochs=3, device="cpu", plugins=[recorder])
     for experience in stream.train_stream[:2]:
         strategy.train(experience)
@@ -172,7 +175,7 @@ def test_condensed_buffer_survives_avalanche_checkpoint(tmp_path, monkeypatch):
     def fresh():
         model = tiny_model()
         return CondensedReplay(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), max_size=8,
-                               settings=FAST, progress=False, train_mb_size=8, device="cpu", evaluator=None)
+                               condensation=QUICK, train_mb_size=8, device="cpu", evaluator=None)
 
     strategy = fresh()
     for experience in stream.train_stream[:2]:
@@ -191,12 +194,12 @@ def test_bad_settings_raise_clear_errors():
     with pytest.raises(DdplugError, match="exactly one"):
         CondensedBuffer(10, mem_per_class=2)
     with pytest.raises(DdplugError, match="unknown condensation method"):
-        CondensedBuffer(mem_per_class=2, method="full")
+        Condensation(method="full")
     with pytest.raises(DdplugError, match="no setting"):
-        CondensedBuffer(mem_per_class=2, settings={"iteratoins": 3})
+        Condensation(settings={"iteratoins": 3})
     with pytest.raises(DdplugError, match="unknown mode"):
         CondensedReplayPlugin(mem_per_class=2, mode="replace")
-    buffer = CondensedBuffer(3, settings=FAST, progress=False)
+    buffer = CondensedBuffer(3, condensation=QUICK)
     buffer.post_adapt(AGENT, make_stream().train_stream[0])
     with pytest.raises(DdplugError, match="cannot hold 4 classes"):
         buffer.post_adapt(AGENT, make_stream().train_stream[1])
@@ -214,7 +217,7 @@ def tiny_runner(tmp_path, monkeypatch):
 def test_runner_prints_json_saves_results_and_resumes(tiny_runner, capsys, monkeypatch):
     argv = ["--experiences", "2", "--strategy", "condensed", "--mem-per-class", "2", "--seeds", "2",
             "--device", "cpu", "--out", str(tiny_runner), "--json"]
-    assert continual.main(argv) == 0
+    assert main(["cl", *argv]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("strategy", "method", "final_accuracy", "final_accuracy_std", "forgetting", "seconds",
                 "mem_per_class", "experiences", "accuracy_matrix"):
@@ -224,7 +227,7 @@ def test_runner_prints_json_saves_results_and_resumes(tiny_runner, capsys, monke
     assert summary["condensation_seconds"] > 0
     assert (tiny_runner / "accuracy.png").is_file() and (tiny_runner / "results-condensed-dm.json").is_file()
     monkeypatch.setattr(continual, "run_one", lambda *a, **k: pytest.fail("a finished run was redone"))
-    assert continual.main(argv) == 0
+    assert main(["cl", *argv]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["accuracy_matrices"] == summary["accuracy_matrices"]
 
 
@@ -235,6 +238,7 @@ def test_a_total_memory_is_shared_by_the_classes_seen(tiny_runner, capsys, strat
     assert (summary["mem_per_class"], summary["mem_size"]) == (None, 10)
     assert "memory 10 in all" in capsys.readouterr().out
     assert len(summary["accuracy_matrix"]) == 2
+    assert summary["memory_sizes"] == [[10, 10]]  # full after each experience, never past the total
 
 
 def test_runner_accepts_a_ready_scenario_and_icarl(tiny_runner, capsys):
@@ -254,6 +258,6 @@ def test_runner_accepts_a_ready_scenario_and_icarl(tiny_runner, capsys):
     (["--experiences", "3"], "cannot be split into 3"),
 ])
 def test_runner_rejects_bad_input_before_work(tiny_runner, capsys, argv, message):
-    assert continual.main([*argv, "--seeds", "1", "--device", "cpu", "--out", str(tiny_runner)]) == 2
+    assert main(["cl", *argv, "--seeds", "1", "--device", "cpu", "--out", str(tiny_runner)]) == 2
     assert message in capsys.readouterr().err
     assert not tiny_runner.exists()

@@ -6,7 +6,7 @@ import pytest
 
 from simulations.condensation_benchmark import first_at_final, main
 
-from conftest import write_fake_fashion_mnist
+from helpers import write_fake_fashion_mnist
 
 SMALL = "convnet:width=4,depth=1"
 TINY = ["--set", f"*.model={SMALL}", "--set", f"eval.model={SMALL}", "--set", "eval.epochs=2", "--set",

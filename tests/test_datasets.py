@@ -26,7 +26,7 @@ from ddplug.data import (
 from ddplug.data import datasets as datasets_module
 from ddplug.errors import DdplugError
 
-from conftest import idx_bytes
+from helpers import idx_bytes
 
 RNG = np.random.default_rng(0)
 

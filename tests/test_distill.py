@@ -16,7 +16,7 @@ from ddplug.distill.sampling import ClassBalancedSampler
 from ddplug.distill.selection import herding_indices, kcenter_indices
 from ddplug.errors import DdplugError
 
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL
 
 
 def dm(digits, **overrides):
@@ -98,7 +98,7 @@ def test_bad_settings_fail_before_work(digits):
         dm(digits, ipc=10_000)
     with pytest.raises(DdplugError, match="unknown init"):
         dm(digits, init="zeros")
-    with pytest.raises(DdplugError, match="unknown distillation method"):
+    with pytest.raises(DdplugError, match="unknown method"):
         make_config("dx")
     with pytest.raises(DdplugError, match="no setting"):
         make_config("dm", {"itrations": "3"})
@@ -119,7 +119,7 @@ def test_herding_and_kcenter_on_known_points():
 
 @pytest.mark.parametrize("method", ["random", "herding", "kcenter"])
 def test_selections_pick_real_images_per_class(digits, method):
-    from conftest import TINY_MODEL as spec
+    from helpers import TINY_MODEL as spec
     from ddplug.models import create_model
 
     network = create_model(spec, in_channels=1, num_classes=10, image_size=(8, 8), seed=0)

@@ -9,7 +9,8 @@ from ddplug.evaluate.evaluator import Evaluator
 from ddplug.evaluate.published import published_result
 from ddplug.evaluate.training import TrainSettings, classification_accuracy, train_classifier
 from ddplug.models import create_model
-from ddplug.pipeline import condense, judge, write_judgement
+from ddplug.distill import get_condenser
+from ddplug.pipeline import judge, write_judgement
 from ddplug.presets import get_preset
 from ddplug.sets import SyntheticSet
 
@@ -80,7 +81,8 @@ def test_dm_beats_random_on_digits_at_one_image_per_class(digits, tiny_preset, t
         evaluation=dataclasses.replace(tiny_preset.evaluation, num_models=3, epochs=100),
         methods={"*": {"model": "convnet:width=16,depth=2"}, "dm": {"iterations": 150, "batch_real": 64}},
     )
-    condensed = condense("dm", digits.train, ipc=1, preset=preset, seed=0, out_dir=tmp_path, progress=False)
+    condensed = get_condenser("dm").condense(digits.train, ipc=1, preset=preset, seed=0, out_dir=tmp_path,
+                                             progress=False)
     judgement = judge(condensed.synthetic, digits, preset, method="dm", seed=0, progress=False)
     summary = write_judgement(judgement, tmp_path, {"iterations": condensed.iterations})
     assert summary["accuracy_mean"] > summary["random_baseline_mean"]

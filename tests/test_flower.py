@@ -13,6 +13,7 @@ import textwrap
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -21,7 +22,7 @@ import torch
 from flwr.app import Array, ArrayRecord
 from safetensors.torch import save_file
 
-from conftest import TINY_MODEL, write_fake_fashion_mnist
+from helpers import TINY_MODEL, write_fake_fashion_mnist
 from ddplug import cli
 from ddplug.distill.anchored import AnchoredDistributionMatching, AnchoredDMConfig
 from ddplug.errors import DdplugError
@@ -29,9 +30,9 @@ from ddplug.models import create_model
 from ddplug.pipeline import condense_classes
 from ddplug.presets import get_preset
 from ddplug.sets import SyntheticSet
-from simulations import federated
-from strategies.flower import FederatedSettings, PayloadError, SetSpec, partition_indices, record_to_set, set_to_record
-from strategies.flower.client import corrupt
+from ddplug_flower import FederatedSettings, PayloadError, SetSpec, partition_indices, record_to_set, set_to_record
+from ddplug_flower.simulation import simulate
+from flower_faults import corrupt, faulty_client_app, ship_by_value
 
 FLWR_BIN = Path(sys.executable).parent
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -135,7 +136,7 @@ def test_each_kind_of_bad_payload_is_rejected(fault: str, reason: str) -> None:
     record = set_to_record(_set(), "float16")
     record_to_set(record, spec)  # the good one passes
     with pytest.raises(PayloadError, match=reason):
-        record_to_set(corrupt(record, fault, spec), spec)
+        record_to_set(corrupt(record, fault, spec.max_bytes), spec)
 
 
 def test_forged_and_unexpected_arrays_are_rejected() -> None:
@@ -156,8 +157,6 @@ def test_forged_and_unexpected_arrays_are_rejected() -> None:
 def test_settings_reject_mistakes() -> None:
     with pytest.raises(DdplugError, match="unknown federated setting 'clientz'"):
         FederatedSettings.from_config({"clientz": 3})
-    with pytest.raises(DdplugError, match="inject-faults"):
-        FederatedSettings(inject_faults="1:explode")
     with pytest.raises(DdplugError, match="only works one-shot"):
         FederatedSettings(rounds=3, method="herding")
     with pytest.raises(DdplugError, match="setting rounds expects int, got 1.5"):
@@ -222,20 +221,22 @@ def _ray_processes_since(start: float) -> list[str]:
     return found
 
 
-def _cli(data_root: Path, out: Path, *args: str) -> list[str]:
-    overrides = [item for override in TINY_OVERRIDES for item in ("--set", override)]
-    return ["--data-root", str(data_root), "--out", str(out), "--json", "--ipc", "2", *overrides, *args]
-
-
-def test_simulated_multi_round_distillation_survives_failing_and_bad_clients(data_root: Path, tmp_path: Path,
-                                                                              capsys: pytest.CaptureFixture) -> None:
-    faults = "1:raise 2:nan 3:shape 4:label 5:dtype 6:oversize"
-    argv = _cli(data_root, tmp_path / "run", "--clients", "7", "--partitioner", "iid", "--rounds", "2",
-                "--encoding", "float16", "--inject-faults", faults)
+def _simulate(data_root: Path, out: Path, faults: dict[int, str], **settings: Any) -> dict[str, Any]:
+    """A tiny simulated run whose clients fail as ``faults`` says (``flower_faults``)."""
+    ship_by_value()
+    run = FederatedSettings(data_root=str(data_root), out=str(out), ipc=2, overrides=" ".join(TINY_OVERRIDES),
+                            **settings)
     start = time.time()
-    assert federated.main(argv) == 0
+    summary = simulate(run, client_app=faulty_client_app(faults))
     assert not _ray_processes_since(start)  # Ray and all its workers are gone
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    return summary
+
+
+@pytest.mark.federation
+def test_simulated_multi_round_distillation_survives_failing_and_bad_clients(data_root: Path, tmp_path: Path) -> None:
+    faults = {1: "raise", 2: "nan", 3: "shape", 4: "label", 5: "dtype", 6: "oversize"}
+    summary = _simulate(data_root, tmp_path / "run", faults, clients=7, partitioner="iid", rounds=2,
+                        encoding="float16")
     assert summary == json.loads((tmp_path / "run" / "history.json").read_text()) | {
         "peak_memory_mb": summary["peak_memory_mb"]}
     assert summary["mode"] == "distill" and summary["clients"] == 7 and summary["rounds"] == 2
@@ -257,15 +258,11 @@ def test_simulated_multi_round_distillation_survives_failing_and_bad_clients(dat
     assert summary["bytes_up"] == sum(entry["bytes_up"] for entry in summary["history"])
 
 
-def test_simulated_fedavg_tolerates_a_failing_and_a_silent_client(
-        data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.federation
+def test_simulated_fedavg_tolerates_a_failing_and_a_silent_client(data_root: Path, tmp_path: Path) -> None:
     # One round: the hanging client holds one of the two simulated workers, the other serves the rest.
-    argv = _cli(data_root, tmp_path / "fedavg", "--clients", "4", "--mode", "fedavg", "--partitioner", "dirichlet",
-                "--alpha", "1.0", "--local-epochs", "4", "--timeout", "10", "--inject-faults", "2:raise 3:hang")
-    start = time.time()
-    assert federated.main(argv) == 0
-    assert not _ray_processes_since(start)
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    summary = _simulate(data_root, tmp_path / "fedavg", {2: "raise", 3: "hang"}, clients=4, mode="fedavg",
+                        partitioner="dirichlet", alpha=1.0, local_epochs=4, round_timeout=10.0)
     assert summary["mode"] == "fedavg" and len(summary["history"]) == 1
     model_bytes = summary["history"][0]["bytes_down"] / 4
     for entry in summary["history"]:
@@ -276,7 +273,7 @@ def test_simulated_fedavg_tolerates_a_failing_and_a_silent_client(
 
 
 def test_cli_reports_user_mistakes(capsys: pytest.CaptureFixture) -> None:
-    assert federated.main(["--clients", "0"]) == cli.EXIT_USER_ERROR
+    assert cli.main(["fl", "--clients", "0"]) == cli.EXIT_USER_ERROR
     assert "clients must be at least 1" in capsys.readouterr().err
     assert cli.main(["fl", "--mode", "fedsgd"]) == cli.EXIT_USER_ERROR
     assert "mode must be one of distill, fedavg, got 'fedsgd'" in capsys.readouterr().err
@@ -337,6 +334,7 @@ def _run_config(path: Path, data_root: Path, out: Path) -> Path:
     return path
 
 
+@pytest.mark.federation
 @pytest.mark.skipif(not all((FLWR_BIN / name).exists() for name in BINARIES), reason="flwr binaries not installed")
 def test_deployment_engine_runs_a_round_through_a_superlink_and_two_supernodes(
         data_root: Path, tmp_path: Path, flower_home: Path) -> None:
@@ -408,3 +406,24 @@ def _stop(processes: list[subprocess.Popen]) -> list[psutil.Process]:
     for process in processes:
         process.wait(timeout=10)
     return [member for member in tree if member.is_running() and member.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_the_run_config_in_pyproject_is_the_settings_defaults() -> None:
+    import tomllib
+
+    config = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert config == FederatedSettings().to_config()
+
+
+def test_fl_flags_are_generated_from_the_settings(capsys: pytest.CaptureFixture) -> None:
+    from ddplug_flower.simulation import add_arguments, settings_from_args
+
+    parser = __import__("argparse").ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--round-timeout", "12.5", "--max-upload-bytes", "900", "--set", "eval.epochs=3",
+                              "--alpha", "0.1"])
+    settings = settings_from_args(args)
+    assert (settings.round_timeout, settings.max_upload_bytes, settings.alpha) == (12.5, 900, 0.1)
+    assert settings.overrides == "eval.epochs=3" and settings.out == "runs/federated-distill-10c-dirichlet"
+    assert cli.main(["fl", "--alpha", "x"]) == cli.EXIT_USER_ERROR
+    assert "setting alpha expects float, got 'x'" in capsys.readouterr().err

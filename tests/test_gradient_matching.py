@@ -21,7 +21,7 @@ from ddplug.distill.gradient import (
 from ddplug.errors import DdplugError
 from ddplug.models import create_model
 
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL
 
 
 SETTINGS = {"ipc": 2, "iterations": 15, "model": TINY_MODEL, "batch_real": 32, "seed": 0}

@@ -24,7 +24,7 @@ from ddplug.distill.kernels import (
 )
 from ddplug.errors import DdplugError
 
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL
 
 
 def kip(digits, **overrides):

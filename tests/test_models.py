@@ -9,7 +9,6 @@ from ddplug.errors import DdplugError
 from ddplug.models import (
     ACTIVATIONS,
     NORMS,
-    POOLS,
     ImageClassifier,
     available_models,
     create_model,

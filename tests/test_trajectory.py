@@ -11,6 +11,7 @@ from ddplug.distill import run_distillation
 from ddplug.distill.base import MIN_STUDENT_LR
 from ddplug.distill.experts import (
     MANIFEST,
+    ExpertTraining,
     default_expert_folder,
     ensure_experts,
     load_experts,
@@ -27,10 +28,11 @@ from ddplug.evaluate.training import classification_accuracy
 from ddplug.models import create_model
 from ddplug.seeding import derive_seed
 
-from conftest import TINY_MODEL
+from helpers import TINY_MODEL
 from simulations.trajectory_memory import memory_rows
 
-EXPERT_TRAINING = {"model": TINY_MODEL, "lr": 0.05, "batch_size": 128, "augment": False, "progress": False}
+EXPERT_TRAINING = {"model": TINY_MODEL, "training": ExpertTraining(lr=0.05, batch_size=128, augment=False),
+                   "progress": False}
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +107,7 @@ def test_expert_errors(digits, expert_folder, tmp_path):
     with pytest.raises(DdplugError, match="at most 3 epochs, but 10 epochs are needed"):
         load_experts(expert_folder, dataset="digits", model=TINY_MODEL, min_epochs=10)
     with pytest.raises(DdplugError, match="trained differently: lr 0.05"):
-        train_experts(digits.train, expert_folder, **{**EXPERT_TRAINING, "lr": 0.01}, num_experts=1, epochs=1)
+        train_experts(digits.train, expert_folder, **{**EXPERT_TRAINING, "training": ExpertTraining(lr=0.01, batch_size=128, augment=False)}, num_experts=1, epochs=1)
     with pytest.raises(DdplugError, match="num_experts must be at least 1"):
         train_experts(digits.train, tmp_path, **EXPERT_TRAINING, num_experts=0, epochs=1)
 
@@ -222,19 +224,20 @@ def test_resume_replays_the_same_iterations(digits, expert_folder, tmp_path):
 
 
 def test_default_folder_trains_missing_experts(digits, tmp_path, monkeypatch):
-    folder = default_expert_folder(tmp_path, digits.train, "convnet:width=8,depth=2,act=relu", lr=0.05)
+    folder = default_expert_folder(tmp_path, digits.train, "convnet:width=8,depth=2,act=relu", ExpertTraining(lr=0.05))
     assert folder.parent.parent == tmp_path / "digits"
     assert folder.parent.name == "convnet_depth_2_width_8_norm_instance_act_relu_pool_avg"
     assert folder.name == "lr0.05-batch256-dsa-seed0"
     monkeypatch.setenv("DDPLUG_EXPERTS", str(tmp_path))
     distiller = mtt(digits.train, None, num_experts=1, max_start_epoch=1, expert_epochs=1, expert_per_class=30)
-    cached = default_expert_folder(None, digits.train, TINY_MODEL, per_class=30)
+    cached = default_expert_folder(None, digits.train, TINY_MODEL, ExpertTraining(per_class=30))
     assert cached.name == "lr0.01-batch256-dsa-seed0-30perclass"
     experts = load_experts(cached, dataset="digits", model=TINY_MODEL, min_epochs=1)
     assert len(experts) == 1 and experts.manifest["per_class"] == 30
     assert distiller.trajectories.shape[:2] == (1, 2)
     written = os.stat(experts.files[0]).st_mtime_ns
-    again = ensure_experts(digits.train, model=TINY_MODEL, num_experts=1, epochs=1, per_class=30, progress=False)
+    again = ensure_experts(digits.train, model=TINY_MODEL, num_experts=1, epochs=1, training=ExpertTraining(per_class=30),
+                           progress=False)
     assert again.folder == cached and os.stat(again.files[0]).st_mtime_ns == written
 
 

@@ -19,7 +19,7 @@ from ddplug.seeding import derive_seed
 from ddplug.sets import load_set, save_grid, save_set
 from ddplug.sets.grid import class_grid
 
-from conftest import TINY_MODEL, write_fake_fashion_mnist
+from helpers import TINY_MODEL, write_fake_fashion_mnist
 
 EPSILON = 0.1
 

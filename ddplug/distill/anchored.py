@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
+from ddplug.distill.condenser import register_distiller
 from ddplug.data import ImageDataset
 from ddplug.distill.dm import DistributionMatching, DMConfig
 from ddplug.errors import DdplugError
@@ -39,6 +40,7 @@ class AnchoredDMConfig(DMConfig):
             raise DdplugError(f"anchor_noise must be at least 0, got {self.anchor_noise}")
 
 
+@register_distiller
 class AnchoredDistributionMatching(DistributionMatching):
     name = "anchored-dm"
     config_class = AnchoredDMConfig

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ddplug.version import __version__
 from ddplug.augment import DSA, DSAConfig
 from ddplug.data import ZCA, ImageDataset
+from ddplug.distill.condenser import Condensed
 from ddplug.distill.sampling import ClassBalancedSampler
 from ddplug.distill.selection import select_subset
 from ddplug.errors import DdplugError
@@ -241,15 +242,6 @@ class Distiller(ABC):
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-@dataclass
-class DistillResult:
-    synthetic: SyntheticSet
-    iterations: int  # iterations completed in total (including resumed ones)
-    seconds: float  # wall time of this run's iterations (resumed ones not included)
-    losses: list[float]  # loss of every iteration
-    interrupted: bool = False  # stopped by Ctrl-C before the configured iterations
-
-
 def run_distillation(
     distiller: Distiller,
     *,
@@ -259,7 +251,7 @@ def run_distillation(
     progress: bool = True,
     snapshot_every: int | None = None,
     on_snapshot: Callable[[SyntheticSet], None] | None = None,
-) -> DistillResult:
+) -> Condensed:
     """Run ``distiller`` up to its configured number of iterations.
 
     With ``checkpoint``, state is saved there every ``checkpoint_every`` iterations, at the
@@ -299,8 +291,8 @@ def run_distillation(
                 break
     bar.close()
     seconds = time.perf_counter() - began
-    return DistillResult(_described_set(distiller, done, earlier_seconds + seconds), done, seconds, losses,
-                         interrupted=done < total)
+    return Condensed(_described_set(distiller, done, earlier_seconds + seconds), distiller.name, done, seconds, losses,
+                     interrupted=done < total, zca=distiller.zca)
 
 
 def _described_set(distiller: Distiller, iterations: int, seconds: float) -> SyntheticSet:

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ddplug.distill.base import DistillConfig, Distiller
+from ddplug.distill.condenser import register_distiller
 from ddplug.seeding import derive_seed
 
 
@@ -20,10 +21,9 @@ from ddplug.seeding import derive_seed
 class DMConfig(DistillConfig):
     iterations: int = 20000
     lr_images: float = 1.0
-    momentum: float = 0.5
-    batch_real: int = 256
 
 
+@register_distiller
 class DistributionMatching(Distiller):
     name = "dm"
     config_class = DMConfig

@@ -12,6 +12,7 @@ trained further and ends exactly where a longer run would have.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -71,19 +72,31 @@ def default_experts_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ddplug" / "experts"
 
 
-def default_expert_folder(
-    root: str | Path | None,
-    dataset: ImageDataset,
-    model: str,
-    *,
-    lr: float = 0.01,
-    batch_size: int = 256,
-    augment: bool = True,
-    seed: int = 0,
-    per_class: int | None = None,
-    zca_epsilon: float | None = None,
-) -> Path:
-    """The cache folder of experts of ``model`` on ``dataset`` trained with these settings.
+@dataclass(frozen=True)
+class ExpertTraining:
+    """How experts train: SGD at ``lr`` on batches of ``batch_size``, with DSA when
+    ``augment``, seeded by ``seed``; on ``per_class`` seeded random images of each class
+    (None: all), of data ZCA-whitened with ``zca_epsilon`` (None: not whitened)."""
+
+    lr: float = 0.01
+    batch_size: int = 256
+    augment: bool = True
+    seed: int = 0
+    per_class: int | None = None
+    zca_epsilon: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise DdplugError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.per_class is not None and self.per_class < 1:
+            raise DdplugError(f"per_class must be at least 1 (or None for all images), got {self.per_class}")
+        if self.lr <= 0:
+            raise DdplugError(f"the experts' lr must be positive, got {self.lr}")
+
+
+def default_expert_folder(root: str | Path | None, dataset: ImageDataset, model: str,
+                          training: ExpertTraining = ExpertTraining()) -> Path:
+    """The cache folder of experts of ``model`` on ``dataset`` trained as ``training`` says.
 
     ``root/<dataset>/<full model spec>/lr<lr>-batch<b>-<dsa|noaug>-seed<s>[-<k>perclass][-zca<eps>]``
     (``root`` defaults to :func:`default_experts_root`); the full spec makes ``convnet`` and
@@ -91,9 +104,10 @@ def default_expert_folder(
     """
     base = Path(root).expanduser() if root is not None else default_experts_root()
     spec = _canonical_spec(model, dataset.in_channels, dataset.num_classes, dataset.image_size)
-    settings = f"lr{lr:g}-batch{batch_size}-{'dsa' if augment else 'noaug'}-seed{seed}"
-    settings += "" if per_class is None else f"-{per_class}perclass"
-    settings += "" if zca_epsilon is None else f"-zca{zca_epsilon:g}"
+    t = training
+    settings = f"lr{t.lr:g}-batch{t.batch_size}-{'dsa' if t.augment else 'noaug'}-seed{t.seed}"
+    settings += "" if t.per_class is None else f"-{t.per_class}perclass"
+    settings += "" if t.zca_epsilon is None else f"-zca{t.zca_epsilon:g}"
     return base / _path_safe(dataset.name) / _path_safe(spec) / settings
 
 
@@ -104,12 +118,7 @@ def train_experts(
     model: str,
     num_experts: int,
     epochs: int,
-    lr: float = 0.01,
-    batch_size: int = 256,
-    augment: bool = True,
-    seed: int = 0,
-    per_class: int | None = None,
-    zca_epsilon: float | None = None,
+    training: ExpertTraining = ExpertTraining(),
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> ExpertSet:
@@ -117,23 +126,18 @@ def train_experts(
 
     Resumable: experts already trained for ``epochs`` are skipped, and shorter ones are
     trained on from their last epoch. Expert ``i`` starts from a network seeded by
-    ``(seed, i)``, so it is the same whichever run trains it. ``per_class`` trains every
-    expert on the same seeded random ``per_class`` images of each class instead of all:
-    shorter epochs, for small compute budgets. ``zca_epsilon`` records that ``real`` is
-    ZCA-whitened with that epsilon (see ``ddplug.data.ZCA``), for whitened distillation.
+    ``(training.seed, i)``, so it is the same whichever run trains it. ``training.per_class``
+    trains every expert on the same seeded random images of each class instead of all:
+    shorter epochs, for small compute budgets. ``training.zca_epsilon`` records that ``real``
+    is ZCA-whitened with that epsilon (see ``ddplug.data.ZCA``), for whitened distillation.
     """
-    for name, value in (("num_experts", num_experts), ("epochs", epochs), ("batch_size", batch_size)):
+    for name, value in (("num_experts", num_experts), ("epochs", epochs)):
         if value < 1:
             raise DdplugError(f"{name} must be at least 1, got {value}")
-    if per_class is not None and per_class < 1:
-        raise DdplugError(f"per_class must be at least 1 (or None for all images), got {per_class}")
-    if lr <= 0:
-        raise DdplugError(f"the experts' lr must be positive, got {lr}")
     folder = Path(folder)
     dsa_config = DSAConfig.for_dataset(real.name)
-    manifest = _manifest(real, model, epochs=epochs, lr=lr, batch_size=batch_size, augment=augment,
-                         dsa_strategy=dsa_config.strategy if augment else None, seed=seed, per_class=per_class,
-                         zca_epsilon=zca_epsilon)
+    manifest = _manifest(real, model, epochs=epochs, **dataclasses.asdict(training),
+                         dsa_strategy=dsa_config.strategy if training.augment else None)
     if (folder / MANIFEST).exists():
         existing = _read_manifest(folder)
         _check_same_training(existing, manifest, folder)
@@ -142,9 +146,9 @@ def train_experts(
     todo = {index: _epochs_done(_expert_path(folder, index)) for index in range(num_experts)}
     todo = {index: done for index, done in todo.items() if done < epochs}
     if todo:
-        _train_missing(real, folder, manifest, todo, epochs, DSA(dsa_config) if augment else None,
+        _train_missing(real, folder, manifest, todo, epochs, DSA(dsa_config) if training.augment else None,
                        torch.device(device), progress)
-    return load_experts(folder, dataset=real.name, model=model, min_epochs=epochs, zca_epsilon=zca_epsilon)
+    return load_experts(folder, dataset=real.name, model=model, min_epochs=epochs, zca_epsilon=training.zca_epsilon)
 
 
 def _train_missing(real: ImageDataset, folder: Path, manifest: dict[str, Any], todo: dict[int, int], epochs: int,
@@ -168,20 +172,17 @@ def ensure_experts(
     epochs: int,
     folder: str | Path | None = None,
     root: str | Path | None = None,
+    training: ExpertTraining = ExpertTraining(),
     device: torch.device | str = "cpu",
     progress: bool = True,
-    **training: Any,
 ) -> ExpertSet:
-    """``num_experts`` experts of at least ``epochs`` epochs, training only what is missing.
-
-    ``training`` is how they train (``lr``, ``batch_size``, ``augment``, ``seed``,
-    ``per_class``, ``zca_epsilon``: see :func:`train_experts`); ``folder`` defaults to the
-    cache folder of those settings, :func:`default_expert_folder` (under ``root``).
-    """
+    """``num_experts`` experts of at least ``epochs`` epochs, training only what is missing;
+    ``folder`` defaults to the cache folder of ``training``, :func:`default_expert_folder`
+    (under ``root``)."""
     if folder is None:
-        folder = default_expert_folder(root, real, model, **training)
-    return train_experts(real, folder, model=model, num_experts=num_experts, epochs=epochs, device=device,
-                         progress=progress, **training)
+        folder = default_expert_folder(root, real, model, training)
+    return train_experts(real, folder, model=model, num_experts=num_experts, epochs=epochs, training=training,
+                         device=device, progress=progress)
 
 
 def load_experts(folder: str | Path, *, dataset: str, model: str, min_epochs: int,

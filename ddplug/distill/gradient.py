@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ddplug.data import ImageDataset
 from ddplug.distill.base import DistillConfig, Distiller
+from ddplug.distill.condenser import register_distiller
 from ddplug.errors import DdplugError
 from ddplug.seeding import derive_seed, make_generator
 
@@ -101,13 +102,9 @@ def class_gradients(network: nn.Module, images: Tensor, targets: Tensor, num_cla
 
 @dataclass
 class GradientMatchingConfig(DistillConfig):
-    """The original's defaults; ``init_lr`` is the network's learning rate in the inner loop."""
+    """The original's defaults are the base's (``init_lr`` is the network's learning rate in
+    the inner loop) plus these."""
 
-    iterations: int = 1000
-    lr_images: float = 0.1
-    momentum: float = 0.5
-    batch_real: int = 256
-    init_lr: float = 0.01
     distance: str = "layerwise"  # one of DISTANCES
     batch_train: int = 256  # synthetic images per inner-loop network update
     outer_loop: int | None = None  # None: by ipc as the original (see default_loops)
@@ -223,11 +220,13 @@ class GradientMatching(Distiller):
             module.eval()
 
 
+@register_distiller
 class DatasetCondensation(GradientMatching):
     name = "dc"
     config_class = DCConfig
 
 
+@register_distiller
 class DatasetCondensationDSA(GradientMatching):
     name = "dsa"
     config_class = DSAMatchingConfig

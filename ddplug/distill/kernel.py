@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ddplug.data import ImageDataset
 from ddplug.distill.base import DistillConfig, Distiller
+from ddplug.distill.condenser import register_distiller
 from ddplug.distill.kernels import nngp_features, ntk_features, relu_fc_kernel
 from ddplug.errors import DdplugError
 from ddplug.models import create_model
@@ -141,6 +142,7 @@ class KIPConfig(KernelConfig):
             raise DdplugError(f"max_kernel_memory_gb must be positive, got {self.max_kernel_memory_gb}")
 
 
+@register_distiller
 class KIP(KernelRidgeDistiller):
     """Kernel inducing points: KRR with the NTK/NNGP of random networks or a closed form.
 
@@ -242,6 +244,7 @@ class FRePoConfig(KernelConfig):
                 raise DdplugError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
+@register_distiller
 class FRePo(KernelRidgeDistiller):
     """Feature regression with a model pool: KRR on the penultimate features of one pool
     network per step (a linear kernel), after which that network trains on the set.

@@ -7,18 +7,24 @@ briefly trained on the real data, as in the DC paper's baselines.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, ClassVar
+
 import torch
 from torch import Tensor, nn
 
 from ddplug.version import __version__
 from ddplug.data import ImageDataset
 from ddplug.distill.sampling import ClassBalancedSampler
+from ddplug.distill.condenser import Condensed, Condenser, register_condenser, timed
 from ddplug.errors import DdplugError
-from ddplug.seeding import make_generator
+from ddplug.evaluate.training import train_classifier
+from ddplug.models import create_model
+from ddplug.presets import Preset
+from ddplug.seeding import derive_seed, make_generator
 from ddplug.sets import SyntheticSet
 
 SELECTIONS = ("random", "herding", "kcenter", "full")
-NEEDS_FEATURES = ("herding", "kcenter")
 
 
 def herding_indices(features: Tensor, k: int) -> Tensor:
@@ -99,3 +105,57 @@ def _choose(method: str, real: ImageDataset, ipc: int, seed: int, network: nn.Mo
         features = embed_all(network.to(device), real.images[members].to(device))
         chosen.append(members[pick(features, ipc).to(members.device)])
     return torch.cat(chosen)
+
+
+def feature_network(real: ImageDataset, preset: Preset, *, seed: int, device: torch.device | str) -> nn.Module:
+    """The network whose features herding and k-center select in: the evaluation model,
+    trained briefly on the real data (``preset.evaluation.feature_epochs``)."""
+    protocol = preset.evaluation
+    network = create_model(protocol.model, in_channels=real.in_channels, num_classes=real.num_classes,
+                           image_size=real.image_size, seed=derive_seed(seed, "feature-network")).to(device)
+    images, labels = real.images.to(device), real.labels.to(device)
+    train_classifier(network, images, labels, protocol.train_settings(protocol.feature_epochs),
+                     generator=make_generator(seed, "feature-network-train"))
+    return network
+
+
+class Selection(Condenser):
+    """A subset of the real images as a condenser. Selections take no settings: the
+    distillation settings a caller passes along (``settings``) do not apply and are ignored."""
+
+    baseline = True
+    needs_features: ClassVar[bool] = False  # selects in the feature space of :func:`feature_network`
+
+    def condense(self, real: ImageDataset, *, ipc: int, preset: Preset, seed: int = 0,
+                 settings: dict[str, Any] | None = None, device: torch.device | str = "cpu",
+                 out_dir: str | Path | None = None, progress: bool = True, snapshots: int = 0) -> Condensed:
+        def select() -> SyntheticSet:
+            network = feature_network(real, preset, seed=seed, device=device) if self.needs_features else None
+            return select_subset(self.name, real, ipc, seed=seed, feature_network=network, device=device)
+
+        return timed(self.name, select)
+
+
+@register_condenser
+class RandomSelection(Selection):
+    name = "random"
+
+
+@register_condenser
+class HerdingSelection(Selection):
+    name = "herding"
+    needs_features = True
+
+
+@register_condenser
+class KCenterSelection(Selection):
+    name = "kcenter"
+    needs_features = True
+
+
+@register_condenser
+class FullDataset(Selection):
+    """The whole training set: the upper bound, not a baseline at equal size."""
+
+    name = "full"
+    per_class = False

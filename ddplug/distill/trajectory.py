@@ -38,7 +38,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ddplug.data import ImageDataset
 from ddplug.distill.base import DistillConfig, Distiller
-from ddplug.distill.experts import ExpertSet, ensure_experts, load_experts
+from ddplug.distill.condenser import register_distiller
+from ddplug.distill.experts import ExpertSet, ExpertTraining, ensure_experts, load_experts
 from ddplug.errors import DdplugError
 from ddplug.seeding import make_generator
 
@@ -51,10 +52,7 @@ class MTTConfig(DistillConfig):
 
     iterations: int = 5000
     lr_images: float = 100.0
-    momentum: float = 0.5
     learn_lr: bool = True
-    init_lr: float = 0.01
-    lr_lr: float = 1e-5
     syn_steps: int = 20  # student SGD steps per iteration
     expert_epochs: int = 2  # expert epochs the student's steps should cover
     max_start_epoch: int = 20  # the student starts at an expert epoch in [0, max_start_epoch)
@@ -258,6 +256,7 @@ def _checkpoint_splits(steps: int, slots: int) -> list[list[int]]:
     return splits
 
 
+@register_distiller
 class TrajectoryMatching(Distiller):
     name = "mtt"
     config_class = MTTConfig
@@ -288,8 +287,8 @@ class TrajectoryMatching(Distiller):
                                 min_epochs=config.needed_expert_epochs, zca_epsilon=zca_epsilon)
         return ensure_experts(self.real, model=config.model, num_experts=config.num_experts,
                               epochs=config.expert_train_epochs or config.needed_expert_epochs,
-                              per_class=config.expert_per_class, zca_epsilon=zca_epsilon, device=self.device,
-                              progress=sys.stderr.isatty())
+                              training=ExpertTraining(per_class=config.expert_per_class, zca_epsilon=zca_epsilon),
+                              device=self.device, progress=sys.stderr.isatty())
 
     def student_run(self, iteration: int) -> StudentRun:
         """The expert, start epoch, batches and augmentations of ``iteration``."""

@@ -15,7 +15,7 @@ from ddplug.data import ZCA, DatasetSplits
 from ddplug.errors import DdplugError
 from ddplug.evaluate.training import train_classifier, classification_accuracy
 from ddplug.models import create_model
-from ddplug.presets import EvalProtocol
+from ddplug.evaluate.protocol import EvalProtocol
 from ddplug.seeding import derive_seed, make_generator
 from ddplug.sets import SyntheticSet
 

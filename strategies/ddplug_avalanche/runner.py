@@ -1,7 +1,7 @@
-"""Class-incremental learning with a condensed memory, next to Avalanche's own strategies.
+"""``ddplug cl``: class-incremental learning with a condensed memory, next to Avalanche's own strategies.
 
-    python -m simulations.continual --strategy condensed --seeds 1
-    python -m simulations.continual --strategy replay --seeds 1
+    ddplug cl --strategy condensed --seeds 1
+    ddplug cl --strategy replay --seeds 1
 
 Builds a class-incremental stream from ddplug's local copy of a dataset (``split-fmnist``:
 Fashion-MNIST in experiences of equally many classes, in class order), trains one strategy on
@@ -29,7 +29,6 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from json import dumps, loads
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ddplug.allocator import tune_allocator
+from ddplug.commands import Command
 from ddplug.devices import resolve_device
 from ddplug.data import ImageDataset, load_dataset
 from ddplug.distill import available_methods, select_subset
@@ -47,13 +46,12 @@ from ddplug.evaluate.report import format_table, percent, pyplot, save_figure
 from ddplug.models import create_model
 from ddplug.presets import Preset, get_preset
 from ddplug.seeding import derive_seed
-from ddplug.storage import atomic_write, write_json
+from ddplug.storage import write_json
 
 STRATEGIES = ("condensed", "condensed-retrain", "replay", "gdumb", "icarl", "naive")
 CONDENSED = ("condensed", "condensed-retrain")
 MEMORY_ONLY = ("condensed-retrain", "gdumb")  # train on the memory alone, for memory_epochs
 BENCHMARK_PREFIX = "split-"
-EXIT_USER_ERROR = 2
 
 
 @dataclass(frozen=True)
@@ -69,17 +67,25 @@ class StreamSettings:
     test_per_class: int | None
 
 
+# How each preset runs a stream; the model defaults to the preset's evaluation model and
+# condensation matches with the stream's model. ``cpu`` fits a condensed Split-FMNIST run in
+# minutes on 2 CPU cores; ``paper`` uses whole splits and the full-size model (a GPU).
+STREAMS: dict[str, dict[str, Any]] = {
+    "cpu": {"model": "convnet:width=16", "epochs": 2, "memory_epochs": 30, "batch_size": 64,
+            "condense": {"iterations": 50, "batch_real": 32}, "train_per_class": 1000, "test_per_class": 300},
+    "paper": {"epochs": 5, "memory_epochs": 200, "batch_size": 128, "condense": {"iterations": 1000},
+              "train_per_class": None, "test_per_class": None},
+}
+
+
 def stream_settings(preset: Preset, epochs: int | None = None) -> StreamSettings:
-    """The ``cpu`` preset fits a condensed Split-FMNIST run in minutes on 2 CPU cores; ``paper``
-    uses whole splits and the preset's full-size model (a GPU)."""
-    if preset.name == "cpu":
-        settings = StreamSettings(model="convnet:width=16", epochs=2, memory_epochs=30, batch_size=64,
-                                  condense={"iterations": 50, "batch_real": 32, "model": "convnet:width=16"},
-                                  train_per_class=1000, test_per_class=300)
-    else:
-        settings = StreamSettings(model=preset.evaluation.model, epochs=5, memory_epochs=200, batch_size=128,
-                                  condense={"iterations": 1000, "model": preset.evaluation.model},
-                                  train_per_class=None, test_per_class=None)
+    """The stream settings of ``preset`` (``epochs`` replaces its epochs per experience)."""
+    if preset.name not in STREAMS:
+        raise DdplugError(f"no continual-learning settings for preset {preset.name!r}; choose one of "
+                          f"{', '.join(STREAMS)}")
+    values = {"model": preset.evaluation.model, **STREAMS[preset.name]}
+    values["condense"] = {"model": values["model"], **values["condense"]}
+    settings = StreamSettings(**values)
     return settings if epochs is None else dataclasses.replace(settings, epochs=epochs)
 
 
@@ -158,7 +164,7 @@ def build_strategy(name: str, info: StreamInfo, *, method: str, memory: MemoryBu
     from avalanche.training.storage_policy import ClassBalancedBuffer
     from avalanche.training.supervised import ICaRL, Naive
 
-    from strategies.avalanche import CondensedReplay
+    from ddplug_avalanche import Condensation, CondensedReplay
 
     model = create_model(settings.model, in_channels=info.in_channels, num_classes=info.num_classes,
                          image_size=info.image_size, seed=derive_seed(seed, "continual-model"))
@@ -170,10 +176,10 @@ def build_strategy(name: str, info: StreamInfo, *, method: str, memory: MemoryBu
                   device=device, evaluator=evaluator)
     if name in CONDENSED:
         mode = "replay" if name == "condensed" else "retrain"
+        condensation = Condensation(method=method, preset=preset, settings=settings.condense, dataset=info.name,
+                                    mean=info.mean, std=info.std, seed=seed)
         return CondensedReplay(model=model, max_size=memory.total, mem_per_class=memory.per_class, mode=mode,
-                               method=method, preset=preset,
-                               settings=settings.condense, dataset=info.name, mean=info.mean, std=info.std,
-                               seed=seed, **common)
+                               condensation=condensation, **common)
     if name == "icarl":
         # fixed_memory: memory_size is shared by the classes seen; otherwise it is per class.
         return ICaRL(feature_extractor=nn.Sequential(model.features, nn.Flatten()), classifier=model.classifier,
@@ -212,9 +218,10 @@ def run_one(name: str, seed: int, *, benchmark: Any, experiences: int, method: s
     strategy = build_strategy(name, info, method=method, memory=memory, preset=preset,
                               settings=settings, device=device, seed=seed, evaluator=evaluator)
     began = time.perf_counter()
-    matrix = []
+    matrix, memory_sizes = [], []
     for experience in scenario.train_stream:
         strategy.train(experience)
+        memory_sizes.append(memory_size(strategy))
         row = [0.0] * len(scenario.test_stream)
         for key, value in strategy.eval(scenario.test_stream).items():
             match = _ACCURACY.match(key)
@@ -222,8 +229,19 @@ def run_one(name: str, seed: int, *, benchmark: Any, experiences: int, method: s
                 row[int(match[1])] = float(value)
         matrix.append(row)
     costs = strategy.plugin.storage_policy.costs if name in CONDENSED else []
-    return {"matrix": matrix, "seconds": time.perf_counter() - began,
+    return {"matrix": matrix, "seconds": time.perf_counter() - began, "memory_sizes": memory_sizes,
             "condensation": [dataclasses.asdict(cost) for cost in costs]}
+
+
+def memory_size(strategy: Any) -> int:
+    """Samples in the strategy's rehearsal memory now (0 without one)."""
+    for plugin in strategy.plugins:
+        policy = getattr(plugin, "storage_policy", None)
+        if policy is not None:
+            return len(policy.buffer)
+        if hasattr(plugin, "x_memory"):  # iCaRL keeps its exemplars per class in its own plugin
+            return sum(len(images) for images in plugin.x_memory)
+    return 0
 
 
 def final_accuracy(matrix: list[list[float]]) -> float:
@@ -372,7 +390,8 @@ def summarise(runs: list[dict[str, Any]], *, strategy: str, method: str | None, 
         "condensation_seconds": statistics.fmean(condensation) if peaks else None,
         "condensation_peak_memory_mb": max(peaks) if peaks else None,
         "accuracy_matrix": [[statistics.fmean(values) for values in zip(*rows)] for rows in zip(*matrices)],
-        "accuracy_matrices": matrices, "device": str(device), "out_dir": str(out),
+        "accuracy_matrices": matrices, "memory_sizes": [run.get("memory_sizes") for run in runs],
+        "device": str(device), "out_dir": str(out),
     }
 
 
@@ -400,7 +419,7 @@ def table(summary: dict[str, Any]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``python -m simulations.continual`` (and ``ddplug cl``)."""
+    """The options of ``ddplug cl``."""
     parser.add_argument("--benchmark", default="split-fmnist",
                         help="split-DATASET: a dataset ddplug reads, split in class order")
     parser.add_argument("--experiences", type=int, default=5, help="experiences (the class count must divide evenly)")
@@ -427,17 +446,5 @@ def run_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    tune_allocator()
-    parser = argparse.ArgumentParser(prog="python -m simulations.continual", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_from_args(args)
-    except DdplugError as error:
-        print(f"ddplug: error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+COMMAND = Command(name="cl", help="class-incremental learning with a condensed memory (Avalanche)", extra="avalanche",
+                  requires=("avalanche",), add_arguments=add_arguments, run=run_from_args)

@@ -36,8 +36,8 @@ from ddplug.evaluate.training import classification_accuracy, train_classifier
 from ddplug.seeding import make_generator
 from ddplug.sets import SyntheticSet
 from ddplug.storage import write_json
-from strategies.flower.client import FEDAVG_ACTION, tuned_allocator
-from strategies.flower.payload import (
+from ddplug_flower.client import FEDAVG_ACTION, tuned_allocator
+from ddplug_flower.payload import (
     PayloadError,
     SetSpec,
     check_model_reply,
@@ -45,7 +45,7 @@ from strategies.flower.payload import (
     model_bytes_limit,
     record_to_set,
 )
-from strategies.flower.settings import ROUND_KEY, FederatedSettings, cached_dataset
+from ddplug_flower.settings import ROUND_KEY, FederatedSettings, cached_dataset
 
 HISTORY_FILE = "history.json"
 Checked = TypeVar("Checked")

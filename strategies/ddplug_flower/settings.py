@@ -8,8 +8,10 @@ simulation and of a real deployment see the same values; only node-local facts
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,36 +29,40 @@ from ddplug.sets import IMAGE_ENCODINGS
 
 MODES = ("distill", "fedavg")
 PARTITIONERS = ("iid", "dirichlet", "pathological")
-FAULTS = ("raise", "hang", "nan", "shape", "label", "dtype", "oversize")
 ROUND_KEY = "server-round"  # what Flower's strategies add to the config of each round
+
+
+def _setting(default: Any, help: str = "") -> Any:
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class FederatedSettings:
-    """Every setting of a run; run-config keys are the field names with ``-`` for ``_``."""
+    """Every setting of a run, written once: the run-config keys are the field names with
+    ``-`` for ``_`` (``[tool.flwr.app.config]`` holds these defaults, checked by a test),
+    and ``ddplug fl`` has one flag per field, generated from them (:func:`add_setting_flags`)."""
 
-    mode: str = "distill"  # distill: clients upload synthetic sets; fedavg: the FedAvg baseline
-    rounds: int = 1  # distill with 1 round is one-shot; more rounds distil around the global model
-    clients: int = 10  # nodes the server waits for
-    dataset: str = "fashion-mnist"
-    data_root: str = ""  # "" = $DDPLUG_DATA or ~/.cache/ddplug/data; a node's data-root overrides it
-    partitioner: str = "dirichlet"
-    alpha: float = 0.5  # Dirichlet concentration
-    classes_per_client: int = 2  # pathological partitions
-    seed: int = 0
-    ipc: int = 10
-    method: str = "dm"  # one-shot distillation method (or a selection: random, herding, kcenter)
-    preset: str = "cpu"
-    overrides: str = ""  # preset overrides, space-separated: "eval.epochs=50 dm.iterations=200"
-    encoding: str = "uint8"  # how clients ship images: uint8, float16 or float32
-    anchor_noise: float = 0.01  # multi-round: std of the noise around the global model's weights
-    local_epochs: int = 1  # fedavg: epochs of local training per round
-    max_upload_bytes: int = 0  # per client and round; 0 = the largest payload an honest client sends
-    round_timeout: float = 3600.0  # seconds the server waits for replies in a round
-    node_wait: float = 300.0  # seconds the server waits for the nodes to connect, and then to describe themselves
-    device: str = "auto"
-    out: str = "runs/federated"  # where the server writes history.json
-    inject_faults: str = ""  # for tests: "PARTITION:FAULT ..." with FAULT in FAULTS
+    mode: str = _setting("distill", "distill: clients upload synthetic sets; fedavg: the FedAvg baseline")
+    rounds: int = _setting(1, "distill: 1 = one-shot; more = distil around the global model (FedDM)")
+    clients: int = _setting(10, "nodes the server waits for")
+    dataset: str = _setting("fashion-mnist")
+    data_root: str = _setting("", "'' = $DDPLUG_DATA or ~/.cache/ddplug/data; a node's data-root overrides it")
+    partitioner: str = _setting("dirichlet", "iid, dirichlet or pathological")
+    alpha: float = _setting(0.5, "Dirichlet concentration (small: skewed clients)")
+    classes_per_client: int = _setting(2, "pathological partitions")
+    seed: int = _setting(0)
+    ipc: int = _setting(10, "images per class each client uploads")
+    method: str = _setting("dm", "one-shot method: dm, or a selection (random, herding, kcenter)")
+    preset: str = _setting("cpu")
+    overrides: str = _setting("", "preset overrides, space-separated: 'eval.epochs=50 dm.iterations=200'")
+    encoding: str = _setting("uint8", "how clients ship images: uint8, float16 or float32")
+    anchor_noise: float = _setting(0.01, "multi-round: std of the noise around the global model's weights")
+    local_epochs: int = _setting(1, "fedavg: epochs of local training per round")
+    max_upload_bytes: int = _setting(0, "per client and round; 0 = the largest payload an honest client sends")
+    round_timeout: float = _setting(3600.0, "seconds the server waits for replies in a round")
+    node_wait: float = _setting(300.0, "seconds the server waits for the nodes to connect, then to describe themselves")
+    device: str = _setting("auto", "auto, cpu, cuda")
+    out: str = _setting("runs/federated", "where the server writes history.json")
 
     def __post_init__(self) -> None:
         choices = {"mode": MODES, "partitioner": PARTITIONERS, "encoding": IMAGE_ENCODINGS}
@@ -76,13 +82,12 @@ class FederatedSettings:
         if self.mode == "distill" and self.rounds > 1 and self.method != "dm":
             raise DdplugError(f"multi-round distillation matches distributions around the global model (DM); "
                               f"method {self.method!r} only works one-shot (rounds = 1)")
-        self.resolved_preset()  # bad overrides and fault specs fail here, not in the middle of a round
-        self.faults()
+        self.resolved_preset()  # bad overrides fail here, not in the middle of a round
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> FederatedSettings:
         """Settings from a run config or a message's ConfigRecord (kebab-case keys)."""
-        kinds = {field.name: field.type for field in dataclasses.fields(cls)}  # "int", "float", "str"
+        kinds = typing.get_type_hints(cls)
         values = {}
         for key, value in config.items():
             if key == ROUND_KEY:
@@ -92,9 +97,9 @@ class FederatedSettings:
                 raise DdplugError(f"unknown federated setting {key!r}; settings: {', '.join(map(_key, sorted(kinds)))}")
             value = convert_field(cls, name, value)
             # A run config is TOML: rounds = 1.5 or alpha = "x" arrive with the wrong type.
-            allowed = {"int": (int,), "float": (int, float), "str": (str,)}[kinds[name]]
+            allowed = (int, float) if kinds[name] is float else (kinds[name],)
             if isinstance(value, bool) or not isinstance(value, allowed):
-                raise DdplugError(f"setting {key} expects {kinds[name]}, got {value!r}")
+                raise DdplugError(f"setting {key} expects {kinds[name].__name__}, got {value!r}")
             values[name] = value
         return cls(**values)
 
@@ -114,20 +119,25 @@ class FederatedSettings:
                             num_classes=data.num_classes, image_size=data.image_size,
                             seed=derive_seed(self.seed, "global-model"))
 
-    def faults(self) -> dict[int, str]:
-        """The injected faults: partition id -> fault."""
-        faults = {}
-        for item in self.inject_faults.split():
-            partition, _, fault = item.partition(":")
-            if not partition.isdigit() or fault not in FAULTS:
-                raise DdplugError(f"inject-faults takes PARTITION:FAULT items with FAULT one of {', '.join(FAULTS)}, "
-                                  f"got {item!r}")
-            faults[int(partition)] = fault
-        return faults
-
 
 def _key(name: str) -> str:
     return name.replace("_", "-")
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
+    """One ``--kebab-name`` flag per setting (default None: the setting's own default)."""
+    group = parser.add_argument_group("run settings", "the run config's keys; defaults as in pyproject.toml")
+    for field in dataclasses.fields(FederatedSettings):
+        if field.name not in skip:
+            group.add_argument(f"--{_key(field.name)}", dest=field.name, default=None, metavar="VALUE",
+                               help=f"{field.metadata['help']} (default: {field.default!r})".lstrip())
+
+
+def settings_from_flags(args: argparse.Namespace, **values: Any) -> FederatedSettings:
+    """The settings the flags of :func:`add_setting_flags` give, then ``values``."""
+    given = {field.name: convert_field(FederatedSettings, field.name, getattr(args, field.name))
+             for field in dataclasses.fields(FederatedSettings) if getattr(args, field.name, None) is not None}
+    return FederatedSettings(**{**given, **values})
 
 
 @functools.lru_cache(maxsize=2)

@@ -12,7 +12,7 @@ from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Part
 from torch import Tensor
 
 from ddplug.errors import DdplugError
-from strategies.flower.settings import PARTITIONERS
+from ddplug_flower.settings import PARTITIONERS
 
 MIN_PARTITION_SIZE = 10  # Dirichlet draws are repeated (up to 10 times) until every client has this many
 

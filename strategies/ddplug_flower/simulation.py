@@ -27,7 +27,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -37,31 +36,35 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import psutil
 
+from ddplug.commands import Command
 from ddplug.errors import DdplugError
 from ddplug.evaluate.report import format_table
-from ddplug.sets import IMAGE_ENCODINGS
 from ddplug.storage import atomic_write
 
+from ddplug_flower.settings import FederatedSettings, add_setting_flags, settings_from_flags
+
 if TYPE_CHECKING:
-    from strategies.flower import FederatedSettings
+    from flwr.clientapp import ClientApp
 
 PLOT_FILE = "accuracy-vs-bytes.png"
 BENCHMARK_OVERRIDES = "eval.epochs=1 eval.model=convnet:width=8,depth=2 dm.iterations=2 dm.model=convnet:width=8,depth=2"
 
 
-def simulate(settings: FederatedSettings, *, client_cpus: float = 1.0) -> dict[str, Any]:
-    """Run ``settings`` with one simulated node per client; returns the history summary
-    and the peak memory of this process and its Ray processes together."""
+def simulate(settings: FederatedSettings, *, client_cpus: float = 1.0, client_app: ClientApp | None = None
+             ) -> dict[str, Any]:
+    """Run ``settings`` with one simulated node per client (``client_app``, default ddplug's);
+    returns the history summary and the peak memory of this process and its Ray processes together."""
     from flwr.simulation import run_simulation
 
-    from strategies.flower import HISTORY_FILE, client_app, make_server_app
+    from ddplug_flower import HISTORY_FILE, make_server_app
+    from ddplug_flower import client_app as default_client_app
 
     history = Path(settings.out) / HISTORY_FILE
     history.unlink(missing_ok=True)  # never report an earlier run's results as this one's
     with _ProcessWatch() as watch:
         run_simulation(
             server_app=make_server_app(settings),
-            client_app=client_app,
+            client_app=client_app or default_client_app,
             num_supernodes=settings.clients,
             backend_config={"client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0}},
         )
@@ -125,53 +128,31 @@ class _ProcessWatch:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``python -m simulations.federated`` (and ``ddplug fl``)."""
-    parser.add_argument("--dataset", default="fashion-mnist")
-    parser.add_argument("--data-root", default="", help="where datasets are (default: $DDPLUG_DATA or ~/.cache/ddplug/data)")
-    parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--partitioner", default="dirichlet", help="iid, dirichlet or pathological")
-    parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (small: skewed clients)")
-    parser.add_argument("--classes-per-client", type=int, default=2, help="pathological partitions")
-    parser.add_argument("--mode", default="distill", help="distill (upload synthetic sets) or fedavg (the baseline)")
-    parser.add_argument("--rounds", type=int, default=1, help="distill: 1 = one-shot, more = around the global model")
-    parser.add_argument("--ipc", type=int, default=10)
-    parser.add_argument("--method", default="dm", help="one-shot method: dm, or a selection (random, herding, kcenter)")
-    parser.add_argument("--preset", default="cpu")
+    """The options of ``ddplug fl``: one flag per run setting, and this command's own."""
+    add_setting_flags(parser, skip=("overrides",))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a preset field: eval.epochs=50, dm.iterations=200, ...")
-    parser.add_argument("--encoding", choices=IMAGE_ENCODINGS, default="uint8", help="how clients ship images")
-    parser.add_argument("--local-epochs", type=int, default=1, help="fedavg: local epochs per round")
-    parser.add_argument("--anchor-noise", type=float, default=0.01, help="multi-round distill: weight noise std")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
+                        help="override a preset field (the overrides setting): eval.epochs=50, dm.iterations=200, ...")
     parser.add_argument("--client-cpus", type=float, default=1.0, help="CPU cores Ray reserves per simulated client")
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds the server waits for a round's replies")
-    parser.add_argument("--inject-faults", default="", help=argparse.SUPPRESS)  # tests: "PARTITION:FAULT ..."
     parser.add_argument("--benchmark", type=int, nargs="+", metavar="CLIENTS",
                         help="time one tiny round for each number of clients instead of running")
     parser.add_argument("--plot", metavar="FOLDER",
                         help="instead of running: plot accuracy against cumulative bytes for FOLDER/*/history.json")
-    parser.add_argument("--out", default=None, help="default: runs/federated-<mode>-<clients>c-<partitioner>")
     parser.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
 
 
 def settings_from_args(args: argparse.Namespace) -> FederatedSettings:
-    from strategies.flower import FederatedSettings
-
+    """The run's settings; without ``--out`` the history goes to runs/federated-MODE-Nc-PARTITIONER."""
     overrides = [item.strip() for item in args.set]
     spaced = [item for item in overrides if " " in item]
     if spaced:  # the settings keep the overrides as one space-separated string
         raise DdplugError(f"--set takes KEY=VALUE without spaces, got {spaced[0]!r}")
     if args.benchmark:
         overrides.insert(0, BENCHMARK_OVERRIDES)
-    out = args.out or f"runs/federated-{args.mode}-{args.clients}c-{args.partitioner}"
-    return FederatedSettings(
-        mode=args.mode, rounds=args.rounds, clients=args.clients, dataset=args.dataset, data_root=args.data_root,
-        partitioner=args.partitioner, alpha=args.alpha, classes_per_client=args.classes_per_client, seed=args.seed,
-        ipc=1 if args.benchmark else args.ipc, method=args.method, preset=args.preset, overrides=" ".join(overrides),
-        encoding=args.encoding, anchor_noise=args.anchor_noise, local_epochs=args.local_epochs,
-        round_timeout=args.timeout, device=args.device, out=out, inject_faults=args.inject_faults,
-    )
+    settings = settings_from_flags(args, overrides=" ".join(overrides), **({"ipc": 1} if args.benchmark else {}))
+    if args.out is None:
+        settings = dataclasses.replace(settings, out=f"runs/federated-{settings.mode}-{settings.clients}c-"
+                                                     f"{settings.partitioner}")
+    return settings
 
 
 def history_table(summary: dict[str, Any]) -> str:
@@ -193,7 +174,7 @@ def run_label(summary: dict[str, Any]) -> str:
 def compare_runs(folder: Path) -> tuple[str, Path]:
     """A table of the runs in ``folder/*/history.json`` and a plot of their accuracy against
     cumulative bytes (up + down), one panel per partitioning; returns the table and the plot's path."""
-    from strategies.flower import HISTORY_FILE
+    from ddplug_flower import HISTORY_FILE
 
     runs = [json.loads(path.read_text()) for path in sorted(folder.glob(f"*/{HISTORY_FILE}"))]
     runs = [run for run in runs if run["history"]]
@@ -256,12 +237,5 @@ def run_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m simulations.federated ARGS`` is ``ddplug fl ARGS``."""
-    from ddplug.cli import main as ddplug_main
-
-    return ddplug_main(["fl", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+COMMAND = Command(name="fl", help="federated learning with distilled uploads, or FedAvg (Flower)", extra="flower",
+                  requires=("flwr", "ray", "flwr_datasets"), add_arguments=add_arguments, run=run_from_args)

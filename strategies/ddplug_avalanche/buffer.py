@@ -8,8 +8,9 @@ alike). :class:`CondensedReplayPlugin` puts that memory to work in any Avalanche
 (GDumb-style; the DM paper's continual-learning protocol). :class:`CondensedReplay` is a
 strategy with the plugin attached::
 
-    strategy = CondensedReplay(model=model, optimizer=optimizer, mem_per_class=10, method="dm",
-                               dataset="fashion-mnist", train_mb_size=128, device="cuda")
+    strategy = CondensedReplay(model=model, optimizer=optimizer, mem_per_class=10,
+                               condensation=Condensation(method="dm", dataset="fashion-mnist"),
+                               train_mb_size=128, device="cuda")
 
 Data: the images are condensed as the benchmark delivers them for evaluation
 (``exp.dataset.eval()``, no train-time augmentation), so already normalised by its
@@ -26,8 +27,8 @@ from __future__ import annotations
 import copy
 import resource
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -40,7 +41,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from ddplug.data import ImageDataset
-from ddplug.distill import DISTILLERS, available_methods, make_config
+from ddplug.distill import CONDENSERS
 from ddplug.errors import DdplugError
 from ddplug.pipeline import condense_classes
 from ddplug.presets import Preset, get_preset
@@ -60,6 +61,37 @@ class CondensationCost:
     images: int  # samples the experience left in the memory
 
 
+@dataclass(frozen=True)
+class Condensation:
+    """How each experience is condensed: one object passed through the strategy, the plugin
+    and the buffer.
+
+    ``method`` is any ddplug method (a distiller, or the ``random``/``herding``/``kcenter``
+    selections); ``preset`` and ``settings`` choose its settings as for ``ddplug distill``
+    (e.g. ``settings={"iterations": 200}``); ``dataset`` names the data for DSA's choice of
+    transforms; ``mean``/``std`` record the normalisation the benchmark applied.
+    """
+
+    method: str = "dm"
+    preset: str | Preset = "cpu"
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    dataset: str = ""
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        methods = [name for name, condenser in CONDENSERS.items() if condenser.per_class]
+        if self.method not in methods:
+            raise DdplugError(f"unknown condensation method {self.method!r}; choose one of {', '.join(methods)}")
+        if isinstance(self.preset, str):
+            object.__setattr__(self, "preset", get_preset(self.preset))
+        condenser = CONDENSERS[self.method]
+        if condenser.config_class:  # a bad setting fails now, not after the first experience
+            condenser.make_config({**self.preset.method_settings(self.method), **self.settings})
+
+
 class CondensedBuffer(ExemplarsBuffer):
     """A rehearsal memory of condensed samples, at most ``mem_per_class`` per class or
     ``max_size`` in all.
@@ -76,8 +108,7 @@ class CondensedBuffer(ExemplarsBuffer):
     stored as their arg-max class (Avalanche's items carry class ids) and a learned learning
     rate (MTT) is not used.
 
-    ``preset`` and ``settings`` choose the method's settings as for ``ddplug distill``
-    (e.g. ``settings={"iterations": 200}``). ``costs`` lists each condensation's
+    ``condensation`` says how (:class:`Condensation`). ``costs`` lists each condensation's
     :class:`CondensationCost`; each is also published to the strategy's evaluator
     (``Condensation_Seconds/ExpNNN``, ``Condensation_PeakMemory_MB/ExpNNN``), so
     ``EvaluationPlugin`` loggers print it.
@@ -88,14 +119,7 @@ class CondensedBuffer(ExemplarsBuffer):
         max_size: int | None = None,
         *,
         mem_per_class: int | None = None,
-        method: str = "dm",
-        preset: str | Preset = "cpu",
-        settings: dict[str, Any] | None = None,
-        dataset: str = "",
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        seed: int = 0,
-        progress: bool = True,
+        condensation: Condensation = Condensation(),
     ) -> None:
         if (max_size is None) == (mem_per_class is None):
             raise DdplugError("give the memory budget as mem_per_class (images per class) or as max_size "
@@ -103,22 +127,10 @@ class CondensedBuffer(ExemplarsBuffer):
         for name, value in (("max_size", max_size), ("mem_per_class", mem_per_class)):
             if value is not None and value < 1:
                 raise DdplugError(f"{name} must be at least 1, got {value}")
-        if method not in available_methods() or method == "full":
-            methods = [name for name in available_methods() if name != "full"]
-            raise DdplugError(f"unknown condensation method {method!r}; choose one of {', '.join(methods)}")
-        self.preset = get_preset(preset) if isinstance(preset, str) else preset
-        self.settings = dict(settings or {})
-        if method in DISTILLERS:  # a bad setting fails now, not after the first experience
-            make_config(method, {**self.preset.method_settings(method), **self.settings})
         # Per class, the budget in force is mem_per_class x the classes held (0 while empty).
         super().__init__(0 if max_size is None else max_size)
         self.mem_per_class = mem_per_class
-        self.method = method
-        self.dataset = dataset
-        self.mean = None if mean is None else tuple(mean)
-        self.std = None if std is None else tuple(std)
-        self.seed = seed
-        self.progress = progress
+        self.condensation = condensation
         self.groups: dict[tuple[int, int], Tensor] = {}  # (task label, class) -> its samples, on the CPU
         self.costs: list[CondensationCost] = []
 
@@ -142,14 +154,15 @@ class CondensedBuffer(ExemplarsBuffer):
             torch.cuda.reset_peak_memory_stats(device)
         began = time.perf_counter()
         made = 0
+        how = self.condensation
         for task in tasks.unique().tolist():
             mine = tasks == task
             real = ImageDataset(images[mine], labels[mine], int(labels.max()) + 1,
-                                self.mean or (0.0,) * images.shape[1], self.std or (1.0,) * images.shape[1],
-                                self.dataset)
-            condensed = condense_classes(real, self.method, ipc=share, preset=self.preset,
-                                         seed=derive_seed(self.seed, "condense", exp.current_experience, task),
-                                         settings=self.settings, device=device, progress=self.progress)
+                                tuple(how.mean or (0.0,) * images.shape[1]), tuple(how.std or (1.0,) * images.shape[1]),
+                                how.dataset)
+            condensed = condense_classes(real, how.method, ipc=share, preset=how.preset,
+                                         seed=derive_seed(how.seed, "condense", exp.current_experience, task),
+                                         settings=dict(how.settings), device=device, progress=how.progress)
             classes = condensed.hard_labels
             for label in classes.unique().tolist():
                 self.groups[(task, label)] = condensed.images[classes == label].detach().cpu()
@@ -216,8 +229,7 @@ class CondensedReplayPlugin(ReplayPlugin):
     memory before training, the model is reset to its initial weights, and the strategy's
     own loop (its optimiser, epochs and other plugins) trains it on the memory alone.
 
-    The budget (``mem_per_class`` or ``max_size``) and ``buffer_options`` (``method``,
-    ``preset``, ``settings``, ``dataset``, ``mean``, ``std``, ``seed``, ``progress``) are
+    The budget (``mem_per_class`` or ``max_size``) and ``condensation`` are
     :class:`CondensedBuffer`'s; the buffer is ``plugin.storage_policy``.
     """
 
@@ -230,11 +242,11 @@ class CondensedReplayPlugin(ReplayPlugin):
         batch_size: int | None = None,
         batch_size_mem: int | None = None,
         task_balanced_dataloader: bool = False,
-        **buffer_options: Any,
+        condensation: Condensation = Condensation(),
     ) -> None:
         if mode not in MODES:
             raise DdplugError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        buffer = CondensedBuffer(max_size, mem_per_class=mem_per_class, **buffer_options)
+        buffer = CondensedBuffer(max_size, mem_per_class=mem_per_class, condensation=condensation)
         super().__init__(mem_size=buffer.max_size, batch_size=batch_size, batch_size_mem=batch_size_mem,
                          task_balanced_dataloader=task_balanced_dataloader, storage_policy=buffer)
         self.mode = mode
@@ -267,8 +279,7 @@ class CondensedReplayPlugin(ReplayPlugin):
 class CondensedReplay(SupervisedTemplate):
     """An Avalanche strategy with a :class:`CondensedReplayPlugin` attached.
 
-    Takes the plugin's arguments (budget, ``mode``, ``method``, ``preset``, ``settings``,
-    ``dataset``, ``mean``, ``std``, ``seed``, ``progress``, ``batch_size_mem``) and
+    Takes the plugin's arguments (budget, ``mode``, ``condensation``, ``batch_size_mem``) and
     ``SupervisedTemplate``'s (``train_mb_size``, ``train_epochs``, ``eval_mb_size``,
     ``device``, ``evaluator``, ``eval_every``, ...) as keywords; ``strategy.plugin`` is the
     plugin and ``strategy.plugin.storage_policy`` the memory.
@@ -283,21 +294,13 @@ class CondensedReplay(SupervisedTemplate):
         mem_per_class: int | None = None,
         max_size: int | None = None,
         mode: str = "replay",
-        method: str = "dm",
-        preset: str | Preset = "cpu",
-        settings: dict[str, Any] | None = None,
-        dataset: str = "",
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        seed: int = 0,
-        progress: bool = True,
+        condensation: Condensation = Condensation(),
         batch_size_mem: int | None = None,
         plugins: Sequence[Any] | None = None,
         **base_kwargs: Any,
     ) -> None:
-        self.plugin = CondensedReplayPlugin(
-            mem_per_class, max_size, mode=mode, batch_size_mem=batch_size_mem, method=method, preset=preset,
-            settings=settings, dataset=dataset, mean=mean, std=std, seed=seed, progress=progress)
+        self.plugin = CondensedReplayPlugin(mem_per_class, max_size, mode=mode, batch_size_mem=batch_size_mem,
+                                            condensation=condensation)
         super().__init__(model=model, optimizer=optimizer,
                          criterion=torch.nn.CrossEntropyLoss() if criterion is None else criterion,
                          plugins=[*(plugins or []), self.plugin], **base_kwargs)

@@ -18,14 +18,13 @@ import dataclasses
 import functools
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -37,9 +36,9 @@ from ddplug.evaluate.training import train_classifier
 from ddplug.pipeline import condense_classes
 from ddplug.presets import Preset
 from ddplug.seeding import derive_seed, make_generator
-from strategies.flower.partitions import partition_indices
-from strategies.flower.payload import SetSpec, set_to_record
-from strategies.flower.settings import ROUND_KEY, FederatedSettings, cached_dataset
+from ddplug_flower.partitions import partition_indices
+from ddplug_flower.payload import set_to_record
+from ddplug_flower.settings import ROUND_KEY, FederatedSettings, cached_dataset
 
 FEDAVG_ACTION = "fedavg"
 
@@ -51,11 +50,6 @@ def tuned_allocator(context: Context) -> Iterator[None]:
     yield
 
 
-app = ClientApp()
-app.lifespan()(tuned_allocator)
-
-
-@app.query()
 def describe(msg: Message, context: Context) -> Message:
     """The node's partition: id, size and class counts."""
     partition_id, real = load_partition(_settings(msg), context.node_config)
@@ -64,13 +58,11 @@ def describe(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"info": info}), reply_to=msg)
 
 
-@app.train()
 def distill(msg: Message, context: Context) -> Message:
     """Condense the partition; reply with the set (ArrayRecord ``set``) and metrics."""
     began = time.perf_counter()
     settings = _settings(msg)
     partition_id, real = load_partition(settings, context.node_config)
-    fault = _fault(settings, partition_id)
     preset = settings.resolved_preset()
     seed = derive_seed(settings.seed, "client", partition_id, _round(msg))
     with tempfile.TemporaryDirectory() as folder:
@@ -78,21 +70,16 @@ def distill(msg: Message, context: Context) -> Message:
         synthetic = condense_classes(real, method, ipc=settings.ipc, preset=preset, seed=seed,
                                      settings=method_settings, device=settings.torch_device())
     record = set_to_record(synthetic, settings.encoding)
-    if fault not in (None, "hang"):
-        record = corrupt(record, fault, SetSpec.for_dataset(real, ipc=settings.ipc, encoding=settings.encoding,
-                                                            max_bytes=settings.max_upload_bytes))
     metrics = MetricRecord({"num-examples": len(real), "images": len(synthetic), "bytes": record.count_bytes(),
                             "seconds": time.perf_counter() - began})
     return Message(RecordDict({"set": record, "metrics": metrics}), reply_to=msg)
 
 
-@app.train(FEDAVG_ACTION)
 def local_training(msg: Message, context: Context) -> Message:
     """FedAvg: train the received global model on the partition; reply with its weights."""
     began = time.perf_counter()
     settings = _settings(msg)
     partition_id, real = load_partition(settings, context.node_config)
-    _fault(settings, partition_id)
     protocol = settings.resolved_preset().evaluation
     device = settings.torch_device()
     model = settings.global_model(real)
@@ -106,6 +93,20 @@ def local_training(msg: Message, context: Context) -> Message:
     metrics = MetricRecord({"num-examples": len(real), "bytes": weights.count_bytes(),
                             "seconds": time.perf_counter() - began})
     return Message(RecordDict({"arrays": weights, "metrics": metrics}), reply_to=msg)
+
+
+def make_client_app(mods: Sequence[Mod] = ()) -> ClientApp:
+    """The ClientApp: ``describe`` answers ``query``, ``distill`` answers ``train`` and
+    ``local_training`` answers ``train.fedavg``; ``mods`` wrap every handler (Flower mods)."""
+    client = ClientApp(mods=list(mods))
+    client.lifespan()(tuned_allocator)
+    client.query()(describe)
+    client.train()(distill)
+    client.train(FEDAVG_ACTION)(local_training)
+    return client
+
+
+app = make_client_app()
 
 
 def load_partition(settings: FederatedSettings, node_config: Mapping[str, Any]) -> tuple[int, ImageDataset]:
@@ -146,31 +147,3 @@ def _method(msg: Message, settings: FederatedSettings, preset: Preset, folder: P
     save_file(dict(msg.content.array_records["arrays"].to_torch_state_dict()), str(anchor))
     return AnchoredDistributionMatching.name, {**preset.method_settings("dm"), "model": preset.evaluation.model,
                                                "anchor": str(anchor), "anchor_noise": settings.anchor_noise}
-
-
-def _fault(settings: FederatedSettings, partition_id: int) -> str | None:
-    """The fault injected into this partition's train reply: ``raise`` raises here, ``hang``
-    answers only after twice the round timeout; the others corrupt the upload."""
-    fault = settings.faults().get(partition_id)
-    if fault == "raise":
-        raise RuntimeError(f"partition {partition_id}: injected failure (inject-faults)")
-    if fault == "hang":
-        time.sleep(2 * settings.round_timeout)
-    return fault
-
-
-def corrupt(record: ArrayRecord, fault: str, spec: SetSpec) -> ArrayRecord:
-    """A deliberately bad copy of an upload, to exercise the server's checks."""
-    images, labels = record["images"].numpy().copy(), record["labels"].numpy().copy()
-    if fault == "nan":  # needs a float encoding: uint8 images cannot hold NaN
-        images.flat[0] = np.nan
-    elif fault == "shape":
-        images = images[:, :, 1:]
-    elif fault == "label":
-        labels.flat[0] = -1
-    elif fault == "dtype":
-        images = images.astype(np.float64)
-    elif fault == "oversize":
-        copies = spec.max_bytes // images.nbytes + 1
-        images, labels = np.concatenate([images] * copies), np.concatenate([labels] * copies)
-    return ArrayRecord({**dict(record.items()), "images": Array(images), "labels": Array(labels)})

@@ -1,0 +1,69 @@
+"""The layers point one way (core <- adapters <- experiments) and install under ddplug names."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ADAPTERS = ("ddplug_avalanche", "ddplug_flower")
+FRAMEWORKS = ("avalanche", "flwr", "flwr_datasets", "ray")
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports anywhere (top level, inside functions, by
+    ``importlib.import_module``/``__import__`` with a literal name)."""
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules.add(node.module)
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None))
+              in ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant)):
+            modules.add(str(node.args[0].value))
+    return modules
+
+
+def offenders(folder: Path, forbidden: tuple[str, ...]) -> list[str]:
+    found = []
+    for path in sorted(folder.rglob("*.py")):
+        for module in imported_modules(path):
+            if module.split(".")[0] in forbidden:
+                found.append(f"{path.relative_to(ROOT)} imports {module}")
+    return found
+
+
+def test_the_core_imports_no_adapter_experiment_or_framework() -> None:
+    assert offenders(ROOT / "ddplug", ("strategies", "simulations", *ADAPTERS, *FRAMEWORKS)) == []
+
+
+def test_the_adapters_import_no_experiment() -> None:
+    assert offenders(ROOT / "strategies", ("strategies", "simulations")) == []
+
+
+def test_the_checker_sees_lazy_imports(tmp_path: Path) -> None:
+    module = tmp_path / "lazy.py"
+    module.write_text("def f():\n    from flwr.app import Message\n    import importlib\n"
+                      "    importlib.import_module('simulations.x')\n")
+    assert imported_modules(module) >= {"flwr.app", "simulations.x"}
+
+
+@pytest.mark.subprocess
+def test_the_wheel_installs_no_generic_top_level_package(tmp_path: Path) -> None:
+    completed = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+                                "--wheel-dir", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr
+    (wheel,) = tmp_path.glob("ddplug-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+        (entry_points,) = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
+        declared = archive.read(entry_points).decode()
+    assert top_level == {"ddplug", *ADAPTERS}
+    assert "cl = ddplug_avalanche.runner:COMMAND" in declared and "fl = ddplug_flower.simulation:COMMAND" in declared
