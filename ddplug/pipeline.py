@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ddplug.data import ZCA, DatasetSplits, ImageDataset
-from ddplug.distill import Condensed, get_condenser
+from ddplug.distill import CONDENSERS, Condensed, get_condenser
 from ddplug.errors import DdplugError
 from ddplug.evaluate.evaluator import EvalResult, Evaluator
 from ddplug.evaluate.published import published_result
@@ -162,7 +162,7 @@ def judge(
     ``zca`` is the whitening of ``data.train`` if the caller has it already (saves refitting).
     """
     evaluator = Evaluator(data, preset.evaluation, device=device, progress=progress, zca=zca)
-    full = method == "full"
+    full = method in CONDENSERS and not CONDENSERS[method].per_class  # the whole dataset: no ipc, no baselines
     ipc = None if full else synthetic.ipc
     epochs = preset.evaluation.full_epochs if full else None
     result = evaluator.evaluate(synthetic, seed=seed, epochs=epochs, label=method)

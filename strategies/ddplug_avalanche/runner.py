@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from ddplug.commands import Command
 from ddplug.devices import resolve_device
 from ddplug.data import ImageDataset, load_dataset
-from ddplug.distill import available_methods, select_subset
+from ddplug.distill import CONDENSERS, select_subset
 from ddplug.errors import DdplugError
 from ddplug.evaluate.report import format_table, percent, pyplot, save_figure
 from ddplug.models import create_model
@@ -307,7 +307,7 @@ def _check(benchmark: Any, experiences: int, strategy: str, method: str, seeds: 
     if isinstance(benchmark, str) and not benchmark.startswith(BENCHMARK_PREFIX):
         raise DdplugError(f"unknown benchmark {benchmark!r}; write split-DATASET for a dataset ddplug reads "
                           "(split-fmnist, split-mnist, split-cifar10, ...)")
-    methods = [name for name in available_methods() if name != "full"]
+    methods = [name for name, condenser in CONDENSERS.items() if condenser.per_class]
     if method not in methods:
         raise DdplugError(f"unknown condensation method {method!r}; choose one of {', '.join(methods)}")
     for option, value in (("experiences", experiences), ("seeds", seeds),
