@@ -90,7 +90,11 @@ def cmd_distill(args: argparse.Namespace) -> int:
                                                     settings=settings,
                          device=device, out_dir=out_dir, progress=not args.quiet, snapshots=args.snapshots)
     files = save_outputs(condensed, out_dir) if get_condenser(args.method).per_class else {}
+    meta = condensed.synthetic.meta
     extra = {
+        "param": meta.get("param"),
+        "decoded_per_class": meta.get("decoded_per_class"),
+        "bytes": meta.get("bytes"),  # the code's bytes at its storage dtypes (soft labels not included)
         "iterations": condensed.iterations,
         "distill_seconds": condensed.seconds,
         "seconds_per_iteration": condensed.seconds / condensed.iterations if condensed.iterations else None,
@@ -269,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     distill = commands.add_parser("distill", help="distill a dataset and evaluate the result")
     distill.add_argument("--dataset", default="fashion-mnist")
     distill.add_argument("--method", default="dm", help="dm, dc, dsa, mtt, kip, frepo, or a baseline: random, herding, kcenter, full")
-    distill.add_argument("--ipc", type=int, default=10, help="images per class")
+    distill.add_argument("--ipc", type=int, default=10,
+                         help="budget: the bytes of IPC raw uint8 images per class (--param fills it with its code)")
     distill.add_argument("--iterations", type=int, default=None, help="distillation iterations (default: the preset's)")
     distill.add_argument("--model", default=None, help="network spec used for matching (default: the preset's)")
     distill.add_argument("--init", default=None, help="real, noise or herding")

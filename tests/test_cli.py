@@ -80,7 +80,7 @@ def test_evaluate_foreign_dc_file_needs_dataset(capsys, data_root, tmp_path):
         (["distill", "--eval-model", "transformer"], "transformer"),
         (["distill", "--ipc", "1", "--model", "convnet:norm=weird", "--iterations", "1"], "norm"),
         (["distill", "--ipc", "0"], "--ipc must be at least 1"),
-        (["distill", "--ipc", "50"], "larger than the smallest class"),
+        (["distill", "--ipc", "50"], "more than the smallest class"),
         (["distill", "--preset", "huge"], "unknown preset"),
         (["distill", "--set", "eval.epochs"], "KEY=VALUE"),
         (["distill", "--baselines", "oracle"], "unknown baseline"),
@@ -236,3 +236,14 @@ def test_adapter_commands_are_discovered_and_a_missing_extra_says_what_to_instal
     assert code == 2
     assert stderr.strip() == ("ddplug: error: 'ddplug cl' needs avalanche, which is not installed: "
                               "pip install 'ddplug[avalanche]'")
+
+
+def test_param_fills_the_ipc_budget_and_json_reports_its_bytes(capsys, data_root, tmp_path):
+    code, stdout, _ = run(capsys, "distill", *fast("--param", "multi:factor=2", "--out", str(tmp_path / "m"),
+                                                   "--no-eval", "--json"))
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert code == 0
+    assert (summary["param"], summary["decoded_per_class"], summary["bytes"]) == ("multi:factor=2", 4, 10 * 28 * 28)
+    code, _, stderr = run(capsys, "distill", *fast("--param", "multi:factor=3", "--out", str(tmp_path / "bad")))
+    assert code == 2 and "factor 3 does not divide the image size 28x28" in stderr
+    assert not (tmp_path / "bad").exists()

@@ -94,7 +94,7 @@ def test_checkpoint_of_another_run_is_refused(digits, tmp_path):
 def test_bad_settings_fail_before_work(digits):
     with pytest.raises(DdplugError, match="ipc must be"):
         dm(digits, ipc=0)
-    with pytest.raises(DdplugError, match="larger than the smallest class"):
+    with pytest.raises(DdplugError, match="more than the smallest class"):
         dm(digits, ipc=10_000)
     with pytest.raises(DdplugError, match="unknown init"):
         dm(digits, init="zeros")

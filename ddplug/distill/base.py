@@ -8,6 +8,7 @@ Ctrl-C) lives in :func:`run_distillation`, so methods stay short and all behave 
 from __future__ import annotations
 
 import dataclasses
+import math
 import signal
 import threading
 import time
@@ -31,6 +32,7 @@ from ddplug.errors import DdplugError
 from ddplug.models import create_model
 from ddplug.seeding import derive_seed, make_generator
 from ddplug.sets import SyntheticSet
+from ddplug.sets.param import Layout, create_param
 from ddplug.storage import atomic_write
 
 INITIALISATIONS = ("real", "noise", "herding")
@@ -57,17 +59,24 @@ class DistillConfig:
     lr_lr: float = 1e-5
     zca: bool = False  # distil (and evaluate) in the ZCA-whitened space of the real training images
     zca_epsilon: float = 0.1  # added to the covariance's eigenvalues (MTT's and KIP's CIFAR value)
+    param: str = "pixels"  # what is learned: a parameterisation spec (ddplug.sets.param), e.g. multi:factor=2
     seed: int = 0
+
+    def layout(self, real: ImageDataset) -> Layout:
+        """How ``param`` fills the budget: ``ipc`` raw uint8 images' bytes per class."""
+        shape = (real.in_channels, *real.image_size)
+        return create_param(self.param).layout(real.num_classes, shape, self.ipc * math.prod(shape))
 
     def validate(self, real: ImageDataset) -> None:
         """Fail early, before any long work, on settings that cannot work."""
         if self.ipc < 1:
             raise DdplugError(f"ipc must be at least 1, got {self.ipc}")
+        per_class = self.layout(real).decoded_per_class
         smallest = int(real.class_counts().min())
-        if self.init in ("real", "herding") and self.ipc > smallest:
+        if self.init in ("real", "herding") and per_class > smallest:
             raise DdplugError(
-                f"ipc {self.ipc} is larger than the smallest class of {real.name} ({smallest} images): "
-                "lower --ipc or use --init noise"
+                f"the set starts from {per_class} real images per class ({self.param} in the bytes of {self.ipc}), "
+                f"more than the smallest class of {real.name} ({smallest} images): lower --ipc or use --init noise"
             )
         if self.init not in INITIALISATIONS:
             raise DdplugError(f"unknown init {self.init!r}; choose one of {', '.join(INITIALISATIONS)}")
@@ -107,9 +116,14 @@ class Distiller(ABC):
         self.num_classes = real.num_classes
         self.real_images = self.real.images.to(self.device)
         self.sampler = ClassBalancedSampler(real.labels, real.num_classes).to(self.device)
-        self.labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(config.ipc)
-        self.images = nn.Parameter(self._initial_images())
-        groups = [{"params": [self.images], "lr": config.lr_images}]
+        self.param = create_param(config.param)
+        self.image_shape = (real.in_channels, *real.image_size)
+        self.layout = config.layout(real)
+        self.per_class = self.layout.decoded_per_class  # decoded images per class
+        self.labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(self.per_class)
+        initial = self.param.encode(self._initial_images(), self.layout)
+        self.code = nn.ParameterDict({name: nn.Parameter(tensor) for name, tensor in initial.items()})
+        groups = [{"params": list(self.code.values()), "lr": config.lr_images}]
         self.label_logits: nn.Parameter | None = None
         if config.learn_labels:
             # Start at 99% on the true class: near the hard label, yet with a usable gradient.
@@ -126,6 +140,11 @@ class Distiller(ABC):
             dsa_config = dataclasses.replace(dsa_config, strategy=config.dsa_strategy)
         self.dsa = DSA(dsa_config) if config.augment else None
         self.build_network(seed=0)  # a bad model spec fails here, before any long work
+
+    @property
+    def images(self) -> Tensor:
+        """The synthetic images: the code decoded (for ``pixels``, the learnable tensor itself)."""
+        return self.param.decode(dict(self.code), self.image_shape)
 
     def build_network(self, seed: int) -> nn.Module:
         """A freshly initialised matching network (``config.model``) on the device."""
@@ -147,9 +166,9 @@ class Distiller(ABC):
             # first would cost a run of its own, and random networks' features already separate
             # images (DM matches distributions in them), so herding in them picks representatives.
             network = self.build_network(seed=derive_seed(self.config.seed, "herding-init"))
-            return select_subset("herding", self.real, self.config.ipc, feature_network=network,
+            return select_subset("herding", self.real, self.per_class, feature_network=network,
                                  device=self.device).images.to(self.device)
-        chosen = self.sampler.sample(self.config.ipc, generator).flatten()
+        chosen = self.sampler.sample(self.per_class, generator).flatten()
         return self.real_images[chosen].clone()
 
     def targets(self) -> Tensor:
@@ -218,6 +237,9 @@ class Distiller(ABC):
                 "method": self.name,
                 "dataset": self.real.name,
                 "ipc": self.config.ipc,
+                "param": self.param.spec,
+                "decoded_per_class": self.per_class,
+                "bytes": self.layout.stored_bytes,
                 "config": dataclasses.asdict(self.config),
                 "seed": self.config.seed,
                 "zca_epsilon": None if self.zca is None else self.zca.epsilon,
@@ -226,7 +248,7 @@ class Distiller(ABC):
         )
 
     def learnables(self) -> dict[str, nn.Parameter]:
-        tensors = {"images": self.images, "label_logits": self.label_logits, "student_lr": self.student_lr}
+        tensors = {**self.code, "label_logits": self.label_logits, "student_lr": self.student_lr}
         return {name: tensor for name, tensor in tensors.items() if tensor is not None}
 
     def state_dict(self) -> dict[str, Any]:

@@ -89,6 +89,8 @@ def select_subset(
         mean=real.mean,
         std=real.std,
         meta={"method": method, "dataset": real.name, "ipc": None if method == "full" else ipc,
+              "param": "pixels", "decoded_per_class": None if method == "full" else ipc,
+              "bytes": len(indices) * real.images[0].numel(),  # as raw uint8 pixels
               "seed": seed, "ddplug_version": __version__},
     )
 

@@ -322,11 +322,11 @@ class TrajectoryMatching(Distiller):
         return unrolled_loss(self.student_run(iteration), self.images, self.targets(), self.learning_rate())
 
     def step(self, iteration: int) -> Tensor:
-        targets = self.targets()
-        result = matching_gradients(self.student_run(iteration), self.images, targets, self.learning_rate(),
+        targets, images = self.targets(), self.images
+        result = matching_gradients(self.student_run(iteration), images, targets, self.learning_rate(),
                                     memory=self.config.memory, memory_slots=self.config.memory_slots)
         self.optimizer.zero_grad(set_to_none=True)
-        self.images.grad = result.images
+        images.backward(result.images)  # into the code, through the decoder
         if self.label_logits is not None:
             targets.backward(result.targets)
         if self.student_lr is not None:

@@ -1,0 +1,283 @@
+"""Parameterisations: what a synthetic set stores (a code) and how it becomes images (a decoder).
+
+A parameterisation fills a byte budget per class with its code and decodes the code,
+differentiably, into more (or as many) images than raw pixels would give in those bytes.
+Specs read like model specs: ``pixels``, ``multi:factor=2``, ``dct:keep=0.25``,
+``factor:bases=8``. Every matching method optimises the code through the decoder.
+
+- ``pixels``: one stored image per image (uint8 when saved).
+- ``multi`` (IDC's multi-formation): each stored image of the original size holds
+  ``factor x factor`` images at ``1/factor`` resolution, upsampled bilinearly to train on.
+- ``dct`` (frequency domain, FreD-style): the lowest-frequency ``keep`` fraction of each
+  image's orthonormal 2-D DCT coefficients (zig-zag order), fp16 when saved.
+- ``factor`` (factorised, HaBa / low-rank style): ``bases`` basis images shared by all
+  classes and per-image coefficients, fp16 when saved.
+
+The byte accounting is exact for the saved code: ``stored_bytes`` of the layout counts
+every value at its storage dtype. Hard labels are implied by the class-ordered layout and
+cost nothing; learned soft labels cost ``decoded images x classes x 4`` bytes more.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.fft
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ddplug.errors import DdplugError
+
+Code = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a parameterisation fills a budget: the code's tensor shapes and dtypes, and what it decodes to."""
+
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, torch.dtype]  # storage dtype of each code tensor
+    decoded_per_class: int
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(math.prod(shape) * _itemsize(self.dtypes[name]) for name, shape in self.shapes.items())
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+class Parameterisation(ABC):
+    """A code and its differentiable decoder for images of shape ``(C, H, W)``."""
+
+    name: ClassVar[str]
+    options: dict[str, Any]
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    @property
+    def spec(self) -> str:
+        return self.name + ("" if not self.options else ":" + ",".join(f"{k}={v}" for k, v in self.options.items()))
+
+    @abstractmethod
+    def layout(self, num_classes: int, image_shape: tuple[int, int, int], budget_per_class: int) -> Layout:
+        """The code that fits ``budget_per_class`` bytes per class; an error if not even one image fits."""
+
+    @abstractmethod
+    def decode(self, code: Code, image_shape: tuple[int, int, int]) -> Tensor:
+        """Images ``(N, C, H, W)``, class by class as the code is, differentiable in the code."""
+
+    @abstractmethod
+    def encode(self, images: Tensor, layout: Layout) -> Code:
+        """A code of ``layout`` whose decoding approximates ``images`` (``decoded_per_class``
+        images of each class, class by class)."""
+
+
+PARAMETERISATIONS: dict[str, Callable[..., Parameterisation]] = {}
+
+
+def register_param(cls: type[Parameterisation]) -> type[Parameterisation]:
+    PARAMETERISATIONS[cls.name] = cls
+    return cls
+
+
+def create_param(spec: str) -> Parameterisation:
+    """The parameterisation of a spec such as ``multi:factor=2``; one clear error for a bad one."""
+    name, _, rest = spec.partition(":")
+    if name not in PARAMETERISATIONS:
+        raise DdplugError(f"unknown parameterisation {name!r}; choose one of {', '.join(PARAMETERISATIONS)}")
+    options: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise DdplugError(f"parameterisation option {item!r} should look like KEY=VALUE (e.g. multi:factor=2)")
+        options[key.strip()] = value.strip()
+    return PARAMETERISATIONS[name](**options)
+
+
+def _option(options: dict[str, Any], name: str, kind: type, default: Any, spec: str,
+            check: Callable[[Any], bool], rule: str) -> Any:
+    text = options.pop(name, None)
+    try:
+        value = default if text is None else kind(text)
+    except ValueError:
+        raise DdplugError(f"{spec}: {name} must be {rule}, got {text!r}") from None
+    if not check(value):
+        raise DdplugError(f"{spec}: {name} must be {rule}, got {text!r}")
+    return value
+
+
+def _no_more(name: str, options: dict[str, Any]) -> None:
+    if options:
+        raise DdplugError(f"{name} has no option {', '.join(options)}")
+
+
+def _too_small(spec: str, budget: int, needed: int) -> DdplugError:
+    return DdplugError(f"a budget of {budget} bytes per class is too small for one image of {spec} "
+                       f"({needed} bytes per class): raise --ipc or choose another --param")
+
+
+@register_param
+class Pixels(Parameterisation):
+    """One stored uint8 image per image."""
+
+    name = "pixels"
+
+    def __init__(self, **options: Any) -> None:
+        _no_more(self.name, dict(options))
+        super().__init__()
+
+    def layout(self, num_classes: int, image_shape: tuple[int, int, int], budget_per_class: int) -> Layout:
+        per_class = budget_per_class // math.prod(image_shape)
+        if per_class < 1:
+            raise _too_small(self.spec, budget_per_class, math.prod(image_shape))
+        return Layout({"images": (num_classes * per_class, *image_shape)}, {"images": torch.uint8}, per_class)
+
+    def decode(self, code: Code, image_shape: tuple[int, int, int]) -> Tensor:
+        return code["images"]
+
+    def encode(self, images: Tensor, layout: Layout) -> Code:
+        return {"images": images.clone()}
+
+
+@register_param
+class MultiFormation(Parameterisation):
+    """IDC's multi-formation: each stored image is a ``factor x factor`` mosaic of images at
+    ``1/factor`` resolution, each upsampled bilinearly to the full size."""
+
+    name = "multi"
+
+    def __init__(self, **options: Any) -> None:
+        rest = dict(options)
+        factor = _option(rest, "factor", int, 2, "multi", lambda f: 1 <= f <= 8, "a whole number from 1 to 8")
+        _no_more(self.name, rest)
+        super().__init__(factor=factor)
+        self.factor = factor
+
+    def layout(self, num_classes: int, image_shape: tuple[int, int, int], budget_per_class: int) -> Layout:
+        _, height, width = image_shape
+        if height % self.factor or width % self.factor:
+            raise DdplugError(f"{self.spec}: factor {self.factor} does not divide the image size {height}x{width}")
+        stored = budget_per_class // math.prod(image_shape)
+        if stored < 1:
+            raise _too_small(self.spec, budget_per_class, math.prod(image_shape))
+        return Layout({"images": (num_classes * stored, *image_shape)}, {"images": torch.uint8},
+                      stored * self.factor**2)
+
+    def decode(self, code: Code, image_shape: tuple[int, int, int]) -> Tensor:
+        stored = code["images"]
+        f = self.factor
+        n, c, h, w = stored.shape
+        tiles = stored.reshape(n, c, f, h // f, f, w // f).permute(0, 2, 4, 1, 3, 5).reshape(n * f * f, c, h // f, w // f)
+        return F.interpolate(tiles, size=(h, w), mode="bilinear", align_corners=False)
+
+    def encode(self, images: Tensor, layout: Layout) -> Code:
+        f = self.factor
+        n, c, h, w = images.shape
+        small = F.interpolate(images, size=(h // f, w // f), mode="area")
+        mosaic = small.reshape(n // (f * f), f, f, c, h // f, w // f).permute(0, 3, 1, 4, 2, 5).reshape(n // (f * f), c, h, w)
+        return {"images": mosaic.contiguous()}
+
+
+def _dct_matrix(size: int) -> Tensor:
+    """The orthonormal DCT-II matrix (scipy's), so that ``D @ x`` is the DCT of ``x``."""
+    return torch.from_numpy(scipy.fft.dct(np.eye(size), axis=0, norm="ortho")).float()
+
+
+def _zigzag(height: int, width: int, count: int) -> Tensor:
+    """Flat indices of the ``count`` lowest-frequency coefficients (by ``u + v``, then ``u``)."""
+    order = sorted(((u + v, u, v) for u in range(height) for v in range(width)))
+    return torch.tensor([u * width + v for _, u, v in order[:count]], dtype=torch.long)
+
+
+@register_param
+class FrequencyDomain(Parameterisation):
+    """FreD-style: each image is its lowest-frequency ``keep`` fraction of orthonormal 2-D DCT
+    coefficients (per channel, fp16 when saved); the rest are zero."""
+
+    name = "dct"
+
+    def __init__(self, **options: Any) -> None:
+        rest = dict(options)
+        keep = _option(rest, "keep", float, 0.25, "dct", lambda k: 0 < k <= 1, "a fraction in (0, 1]")
+        _no_more(self.name, rest)
+        super().__init__(keep=keep)
+        self.keep = keep
+
+    def _count(self, height: int, width: int) -> int:
+        return max(1, round(self.keep * height * width))
+
+    def layout(self, num_classes: int, image_shape: tuple[int, int, int], budget_per_class: int) -> Layout:
+        c, h, w = image_shape
+        per_image = c * self._count(h, w) * 2
+        per_class = budget_per_class // per_image
+        if per_class < 1:
+            raise _too_small(self.spec, budget_per_class, per_image)
+        return Layout({"coefficients": (num_classes * per_class, c, self._count(h, w))},
+                      {"coefficients": torch.float16}, per_class)
+
+    def _basis(self, h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        return _dct_matrix(h).to(device), _dct_matrix(w).to(device), _zigzag(h, w, self._count(h, w)).to(device)
+
+    def decode(self, code: Code, image_shape: tuple[int, int, int]) -> Tensor:
+        coefficients = code["coefficients"]
+        c, h, w = image_shape
+        rows, cols, kept = self._basis(h, w, coefficients.device)
+        full = coefficients.new_zeros(len(coefficients), c, h * w).index_copy(2, kept, coefficients)
+        return rows.T @ full.reshape(-1, c, h, w) @ cols  # inverse of D x D^T (orthonormal)
+
+    def encode(self, images: Tensor, layout: Layout) -> Code:
+        n, c, h, w = images.shape
+        rows, cols, kept = self._basis(h, w, images.device)
+        spectrum = (rows @ images @ cols.T).reshape(n, c, h * w)
+        return {"coefficients": spectrum[:, :, kept].contiguous()}
+
+
+@register_param
+class Factorised(Parameterisation):
+    """HaBa / low-rank style: ``bases`` basis images shared by all classes, and for every
+    image one coefficient per basis (both fp16 when saved); the bases take their bytes
+    from the whole budget, the rest buys coefficient rows."""
+
+    name = "factor"
+
+    def __init__(self, **options: Any) -> None:
+        rest = dict(options)
+        bases = _option(rest, "bases", int, 8, "factor", lambda b: b >= 1, "a whole number of at least 1")
+        _no_more(self.name, rest)
+        super().__init__(bases=bases)
+        self.bases = bases
+
+    def layout(self, num_classes: int, image_shape: tuple[int, int, int], budget_per_class: int) -> Layout:
+        pixels = math.prod(image_shape)
+        left = num_classes * budget_per_class - self.bases * pixels * 2
+        per_class = left // (num_classes * self.bases * 2) if left > 0 else 0
+        if per_class < 1:
+            raise _too_small(self.spec, budget_per_class,
+                             math.ceil((self.bases * pixels * 2 + num_classes * self.bases * 2) / num_classes))
+        return Layout({"bases": (self.bases, *image_shape), "coefficients": (num_classes * per_class, self.bases)},
+                      {"bases": torch.float16, "coefficients": torch.float16}, per_class)
+
+    def decode(self, code: Code, image_shape: tuple[int, int, int]) -> Tensor:
+        bases = code["bases"]
+        return (code["coefficients"] @ bases.reshape(len(bases), -1)).reshape(-1, *image_shape)
+
+    def encode(self, images: Tensor, layout: Layout) -> Code:
+        flat = images.reshape(len(images), -1)
+        # The best rank-`bases` fit (least squares) of the images: their top right singular vectors.
+        _, singular, right = torch.linalg.svd(flat, full_matrices=False)
+        bases = right[: self.bases] * singular[: self.bases, None].sqrt()
+        coefficients = torch.linalg.lstsq(bases.T, flat.T).solution.T
+        return {"bases": bases.reshape(self.bases, *images.shape[1:]).contiguous(), "coefficients": coefficients}
+
+
+def available_params() -> list[str]:
+    return list(PARAMETERISATIONS)

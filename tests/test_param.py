@@ -1,0 +1,115 @@
+"""Parameterisations: decoders, byte layouts, encoding, errors, and distillation through them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ddplug.distill import create_distiller, make_config
+from ddplug.errors import DdplugError
+from ddplug.sets.param import available_params, create_param
+
+from helpers import TINY_MODEL
+
+SHAPE = (1, 8, 8)
+CLASSES = 10
+
+
+def smooth_images(n: int, shape: tuple[int, int, int] = SHAPE, seed: int = 0) -> torch.Tensor:
+    """Low-frequency images (a 2x2 random field upsampled), which every code can hold well."""
+    coarse = torch.randn(n, shape[0], 2, 2, generator=torch.Generator().manual_seed(seed))
+    return F.interpolate(coarse, size=shape[1:], mode="bilinear", align_corners=True)
+
+
+@pytest.mark.parametrize(("spec", "decoded_per_class", "stored_bytes"), [
+    ("pixels", 3, 3 * CLASSES * 64),  # ipc 3: three uint8 images of 64 bytes per class
+    ("multi:factor=2", 12, 3 * CLASSES * 64),  # the same bytes hold 4x the images
+    ("dct:keep=0.25", 6, 6 * CLASSES * 16 * 2),  # 16 fp16 coefficients = 32 bytes per image
+    ("factor:bases=2", 41, 2 * 64 * 2 + 41 * CLASSES * 2 * 2),  # shared bases, then coefficient rows
+])
+def test_each_layout_fills_the_budget_and_decodes_to_its_images(spec, decoded_per_class, stored_bytes):
+    assert available_params() == ["pixels", "multi", "dct", "factor"]
+    param = create_param(spec)
+    budget = 3 * math.prod(SHAPE)
+    layout = param.layout(CLASSES, SHAPE, budget)
+    assert layout.decoded_per_class == decoded_per_class
+    assert layout.stored_bytes == stored_bytes <= CLASSES * budget
+    code = {name: torch.randn(shape, requires_grad=True) for name, shape in layout.shapes.items()}
+    images = param.decode(code, SHAPE)
+    assert images.shape == (CLASSES * decoded_per_class, *SHAPE)
+    images.square().sum().backward()
+    assert all(tensor.grad is not None and tensor.grad.abs().sum() > 0 for tensor in code.values())
+
+
+@pytest.mark.parametrize(("spec", "tolerance"), [
+    ("pixels", 0.0), ("dct:keep=1", 1e-5), ("dct:keep=0.25", 0.05), ("multi:factor=2", 0.15),
+    ("factor:bases=4", 1e-4),
+])
+def test_encode_then_decode_gives_the_images_back(spec, tolerance):
+    # smooth images have rank <= 4 (a 2x2 field), so 4 bases hold them exactly
+    param = create_param(spec)
+    layout = param.layout(CLASSES, SHAPE, 4 * math.prod(SHAPE))
+    images = smooth_images(CLASSES * layout.decoded_per_class)
+    back = param.decode(param.encode(images, layout), SHAPE)
+    assert back.shape == images.shape
+    assert (back - images).norm() / images.norm() <= tolerance
+
+
+def test_multi_formation_tiles_are_the_stored_quarters():
+    param = create_param("multi:factor=2")
+    stored = torch.arange(64.0).reshape(1, 1, 8, 8)
+    images = param.decode({"images": stored}, SHAPE)
+    # image 1 is the top-right 4x4 quarter, upsampled: its mean is that quarter's mean
+    assert images.shape == (4, 1, 8, 8)
+    assert float(images[1].mean()) == pytest.approx(float(stored[0, 0, :4, 4:].mean()), abs=1e-4)
+
+
+@pytest.mark.parametrize(("spec", "budget", "message"), [
+    ("waves", 64, "unknown parameterisation 'waves'"),
+    ("multi:factor=3", 64, "factor 3 does not divide the image size 8x8"),
+    ("multi:scale=2", 64, "multi has no option scale"),
+    ("multi:factor", 64, "should look like KEY=VALUE"),
+    ("multi:factor=0", 64, "factor must be a whole number from 1 to 8"),
+    ("dct:keep=2", 64, "keep must be a fraction"),
+    ("dct:keep=1", 64, "too small for one image of dct:keep=1.0"),
+    ("pixels", 63, "a budget of 63 bytes per class is too small"),
+])
+def test_bad_specs_and_budgets_are_one_clear_error(spec, budget, message):
+    with pytest.raises(DdplugError, match=message):
+        create_param(spec).layout(CLASSES, SHAPE, budget)
+
+
+@pytest.mark.parametrize("method", ["dm", "dc", "dsa", "kip", "frepo"])
+@pytest.mark.parametrize("spec", ["pixels", "multi:factor=2", "dct:keep=0.25", "factor:bases=2"])
+def test_every_distiller_learns_every_parameterisation(digits, method, spec):
+    settings = {"ipc": 1, "iterations": 2, "model": TINY_MODEL, "batch_real": 8, "param": spec,
+                **({"pool_size": 2} if method == "frepo" else {}), **({"num_networks": 1} if method == "kip" else {}),
+                **({"outer_loop": 1, "inner_loop": 1} if method in ("dc", "dsa") else {})}
+    distiller = create_distiller(method, digits.train, make_config(method, settings))
+    before = {name: tensor.detach().clone() for name, tensor in distiller.code.items()}
+    loss = distiller.step(0)
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(before[name], tensor) for name, tensor in distiller.code.items())
+    synthetic = distiller.synthetic_set()
+    assert len(synthetic) == 10 * distiller.per_class
+    assert synthetic.meta["param"] == create_param(spec).spec and synthetic.meta["bytes"] <= 10 * 64
+
+
+def test_distribution_matching_through_multi_formation_lowers_its_loss(digits):
+    config = make_config("dm", {"ipc": 1, "iterations": 40, "model": TINY_MODEL, "batch_real": 64,
+                                "param": "multi:factor=2", "augment": "false", "lr_images": 5})
+    distiller = create_distiller("dm", digits.train, config)
+    losses = [float(distiller.step(i)) for i in range(40)]
+    assert sum(losses[-10:]) < 0.8 * sum(losses[:10])
+    assert distiller.per_class == 4 and distiller.code["images"].shape == (10, 1, 8, 8)
+
+
+def test_init_needs_enough_real_images_for_the_decoded_set(digits):
+    smallest = int(digits.train.class_counts().min())
+    ipc = smallest // 4 + 1  # fits as pixels, but multi:factor=2 starts from 4x as many real images
+    make_config("dm", {"ipc": ipc}).validate(digits.train)
+    with pytest.raises(DdplugError, match="more than the smallest class"):
+        make_config("dm", {"ipc": ipc, "param": "multi:factor=2"}).validate(digits.train)
