@@ -73,6 +73,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from ddplug.data import load_dataset
     from ddplug.distill import available_methods, get_condenser
     from ddplug.pipeline import judge, save_outputs, write_judgement
+    from ddplug.sets import load_set, payload_bytes
 
     if args.method not in available_methods():
         raise DdplugError(f"unknown method {args.method!r}; choose one of {', '.join(available_methods())}")
@@ -90,11 +91,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
                                                     settings=settings,
                          device=device, out_dir=out_dir, progress=not args.quiet, snapshots=args.snapshots)
     files = save_outputs(condensed, out_dir) if get_condenser(args.method).per_class else {}
-    meta = condensed.synthetic.meta
+    # What was stored is what is judged: the code at its storage dtypes, decoded.
+    synthetic = load_set(files["set"]) if files else condensed.synthetic
     extra = {
-        "param": meta.get("param"),
-        "decoded_per_class": meta.get("decoded_per_class"),
-        "bytes": meta.get("bytes"),  # the code's bytes at its storage dtypes (soft labels not included)
+        "param": synthetic.param,
+        "decoded_per_class": synthetic.meta.get("decoded_per_class"),
+        "bytes": payload_bytes(files["set"]) if files else None,  # the file's tensors: code, labels, lr
         "iterations": condensed.iterations,
         "distill_seconds": condensed.seconds,
         "seconds_per_iteration": condensed.seconds / condensed.iterations if condensed.iterations else None,
@@ -112,7 +114,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         summary = {"method": args.method, "dataset": data.train.name, "ipc": args.ipc, **extra}
         _emit(summary, f"saved {files.get('set', '(nothing)')}", args.json)
         return 0
-    judgement = judge(condensed.synthetic, data, preset, method=args.method, baselines=baselines,
+    judgement = judge(synthetic, data, preset, method=args.method, baselines=baselines,
                       seed=args.seed, device=device, progress=not args.quiet, zca=condensed.zca)
     summary = write_judgement(judgement, out_dir, {**extra, **_peak_memory(device)})
     _emit(summary, judgement.table() + f"\nwritten to {out_dir}/", args.json)

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddplug.distill import create_distiller, make_config
+from ddplug.distill import create_distiller, make_config, run_distillation
 from ddplug.errors import DdplugError
+from ddplug.sets import as_stored, load_set, payload_bytes, save_set
 from ddplug.sets.param import available_params, create_param
 
 from helpers import TINY_MODEL
@@ -84,10 +85,12 @@ def test_bad_specs_and_budgets_are_one_clear_error(spec, budget, message):
 
 @pytest.mark.parametrize("method", ["dm", "dc", "dsa", "kip", "frepo"])
 @pytest.mark.parametrize("spec", ["pixels", "multi:factor=2", "dct:keep=0.25", "factor:bases=2"])
-def test_every_distiller_learns_every_parameterisation(digits, method, spec):
+def test_every_distiller_learns_every_parameterisation(digits, method, spec, tmp_path):
     settings = {"ipc": 1, "iterations": 2, "model": TINY_MODEL, "batch_real": 8, "param": spec,
                 **({"pool_size": 2} if method == "frepo" else {}), **({"num_networks": 1} if method == "kip" else {}),
-                **({"outer_loop": 1, "inner_loop": 1} if method in ("dc", "dsa") else {})}
+                **({"outer_loop": 1, "inner_loop": 1} if method in ("dc", "dsa") else {}),
+                # KIP's and FRePo's pixel learning rates (100, 1000) blow a product of two factors up
+                **({"lr_images": 1e-3} if spec.startswith("factor") and method in ("kip", "frepo") else {})}
     distiller = create_distiller(method, digits.train, make_config(method, settings))
     before = {name: tensor.detach().clone() for name, tensor in distiller.code.items()}
     loss = distiller.step(0)
@@ -95,7 +98,13 @@ def test_every_distiller_learns_every_parameterisation(digits, method, spec):
     assert any(not torch.equal(before[name], tensor) for name, tensor in distiller.code.items())
     synthetic = distiller.synthetic_set()
     assert len(synthetic) == 10 * distiller.per_class
-    assert synthetic.meta["param"] == create_param(spec).spec and synthetic.meta["bytes"] <= 10 * 64
+    assert synthetic.param == synthetic.meta["param"] == create_param(spec).spec
+    # the file holds the code within the budget (hard labels implied), and loads as it was stored
+    path = save_set(synthetic, tmp_path / "set.safetensors")
+    assert payload_bytes(path) == distiller.layout.stored_bytes <= 10 * 64
+    loaded = load_set(path)
+    assert loaded.param == synthetic.param and torch.equal(loaded.labels, synthetic.labels)
+    assert torch.allclose(loaded.images, as_stored(synthetic).images)
 
 
 def test_distribution_matching_through_multi_formation_lowers_its_loss(digits):
@@ -113,3 +122,23 @@ def test_init_needs_enough_real_images_for_the_decoded_set(digits):
     make_config("dm", {"ipc": ipc}).validate(digits.train)
     with pytest.raises(DdplugError, match="more than the smallest class"):
         make_config("dm", {"ipc": ipc, "param": "multi:factor=2"}).validate(digits.train)
+
+
+@pytest.mark.parametrize("spec", ["pixels", "multi:factor=2"])
+def test_a_saved_pixel_code_is_exactly_its_budget_and_round_trips(digits, spec, tmp_path):
+    config = make_config("dm", {"ipc": 2, "iterations": 1, "model": TINY_MODEL, "batch_real": 8, "param": spec})
+    synthetic = create_distiller("dm", digits.train, config).synthetic_set()
+    path = save_set(synthetic, tmp_path / "set.safetensors")
+    assert payload_bytes(path) == 2 * 10 * 64  # the bytes of 2 raw uint8 images per class, nothing else
+    loaded = load_set(path)
+    assert torch.equal(loaded.images, load_set(save_set(loaded, tmp_path / "again.safetensors")).images)
+    # uint8 storage: at most half a grey level from the learned values, on the pixel scale
+    error = (loaded.images - synthetic.images).abs().max() * digits.train.std[0]
+    assert error <= 0.5 / 255 + 1e-6
+
+
+def test_a_diverging_code_stops_with_a_clear_error(digits):
+    config = make_config("kip", {"ipc": 1, "iterations": 20, "model": TINY_MODEL, "batch_real": 8,
+                                 "num_networks": 1, "param": "factor:bases=2", "lr_images": 1e6})
+    with pytest.raises(DdplugError, match="diverged by iteration .* lower --lr-images"):
+        run_distillation(create_distiller("kip", digits.train, config), progress=False)

@@ -239,12 +239,13 @@ class Distiller(ABC):
                 "ipc": self.config.ipc,
                 "param": self.param.spec,
                 "decoded_per_class": self.per_class,
-                "bytes": self.layout.stored_bytes,
                 "config": dataclasses.asdict(self.config),
                 "seed": self.config.seed,
                 "zca_epsilon": None if self.zca is None else self.zca.epsilon,
                 "ddplug_version": __version__,
             },
+            code={name: tensor.detach().clone() for name, tensor in self.code.items()},
+            param=self.param.spec,
         )
 
     def learnables(self) -> dict[str, nn.Parameter]:
@@ -304,6 +305,9 @@ def run_distillation(
             if done % log_every == 0 or done == total or stop.requested:
                 losses.extend(torch.stack(pending).tolist())
                 pending.clear()
+                if not math.isfinite(losses[-1]):  # checked where the losses reach the host anyway
+                    raise DdplugError(f"{distiller.name} diverged by iteration {done} (loss {losses[-1]}): lower "
+                                      f"--lr-images, the learning rate of the {distiller.param.spec} code")
                 bar.set_postfix(loss=f"{losses[-1]:.4g}")
             if checkpoint is not None and (done % checkpoint_every == 0 or done == total or stop.requested):
                 _save_checkpoint(distiller, checkpoint, done, losses, elapsed())

@@ -82,16 +82,17 @@ def select_subset(
         if ipc > smallest:
             raise DdplugError(f"ipc {ipc} is larger than the smallest class of {real.name} ({smallest} images): lower --ipc")
         indices = _choose(method, real, ipc, seed, feature_network, torch.device(device))
+    images = real.images[indices].clone()
     return SyntheticSet(
-        images=real.images[indices].clone(),
+        images=images,
         labels=real.labels[indices].clone(),
         num_classes=real.num_classes,
         mean=real.mean,
         std=real.std,
         meta={"method": method, "dataset": real.name, "ipc": None if method == "full" else ipc,
               "param": "pixels", "decoded_per_class": None if method == "full" else ipc,
-              "bytes": len(indices) * real.images[0].numel(),  # as raw uint8 pixels
               "seed": seed, "ddplug_version": __version__},
+        code={"images": images},  # real images: stored as the uint8 pixels they came from
     )
 
 

@@ -1,9 +1,21 @@
 """Synthetic sets: the object, its files (own and foreign formats) and its pictures."""
 
-from ddplug.sets.files import IMAGE_ENCODINGS, SET_FILE, decode_images, encode_images, load_set, save_set
+from ddplug.sets.files import (
+    IMAGE_ENCODINGS,
+    SET_FILE,
+    as_stored,
+    decode_images,
+    encode_images,
+    load_set,
+    payload_bytes,
+    save_set,
+)
+from ddplug.sets.param import Layout, Parameterisation, available_params, create_param, register_param
 from ddplug.sets.grid import save_grid
 from ddplug.sets.synthetic import SyntheticSet
 
 __all__ = [
-    "IMAGE_ENCODINGS", "SET_FILE", "SyntheticSet", "decode_images", "encode_images", "load_set", "save_grid", "save_set",
+    "IMAGE_ENCODINGS", "SET_FILE", "Layout", "Parameterisation", "SyntheticSet", "as_stored", "available_params",
+    "create_param", "decode_images", "encode_images", "load_set", "payload_bytes", "register_param", "save_grid",
+    "save_set",
 ]

@@ -9,8 +9,10 @@ that would construct something other than tensors and plain containers.
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -20,11 +22,13 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ddplug.errors import DdplugError
+from ddplug.sets.param import create_param
 from ddplug.sets.synthetic import SyntheticSet
 from ddplug.storage import atomic_write
 
 FORMAT = "ddplug.synthetic-set"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "1"  # decoded images
+CODED_FORMAT_VERSION = "2"  # a parameterisation's code, decoded on load
 IMAGE_ENCODINGS = ("float32", "float16", "uint8")
 SET_FILE = "synthetic.safetensors"
 
@@ -41,25 +45,103 @@ class DatasetInfo(Protocol):
 def save_set(synthetic: SyntheticSet, path: str | Path, *, encoding: str = "float32") -> Path:
     """Write ``synthetic`` to ``path`` (atomically) as safetensors.
 
-    ``encoding`` stores the images as float32, float16 (half the bytes) or uint8 pixels
-    (a quarter; quantised to 1/255 on the [0, 1] pixel scale, as images are shipped).
+    A set with a code (made through a parameterisation) stores the code at the
+    parameterisation's storage dtypes (uint8 pixel-scale images, fp16 coefficients; float32
+    for a ZCA-whitened set, whose values are not pixels) and the decoder's spec; hard labels
+    that follow the class-ordered layout are implied and cost no bytes. Otherwise
+    ``encoding`` stores the images as float32, float16 (half the bytes) or uint8 pixels (a
+    quarter; quantised to 1/255 on the [0, 1] pixel scale, as images are shipped). A
+    whitened set refuses uint8 either way.
     """
     if encoding not in IMAGE_ENCODINGS:
         raise DdplugError(f"unknown image encoding {encoding!r}; choose one of {', '.join(IMAGE_ENCODINGS)}")
+    if encoding == "uint8" and synthetic.zca_epsilon is not None:
+        raise DdplugError("the set is ZCA-whitened, so its images are not pixels and uint8 would clip them: "
+                          "save it as float16 or float32")
     synthetic = synthetic.detach().to("cpu")
-    tensors = {"images": encode_images(synthetic, encoding), "labels": synthetic.labels.contiguous()}
-    if synthetic.lr is not None:
-        tensors["lr"] = synthetic.lr.reshape(1).float()
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "num_classes": str(synthetic.num_classes),
         "mean": json.dumps(list(synthetic.mean)),
         "std": json.dumps(list(synthetic.std)),
-        "image_encoding": encoding,
         "meta": json.dumps(synthetic.meta, default=str),
     }
+    if synthetic.code is None:
+        tensors = {"images": encode_images(synthetic, encoding), "labels": synthetic.labels.contiguous()}
+        metadata["image_encoding"] = encoding
+    else:
+        tensors = {f"{CODE_PREFIX}{name}": tensor for name, tensor in _stored_code(synthetic).items()}
+        metadata.update(format_version=CODED_FORMAT_VERSION, param=synthetic.param,
+                        image_shape=json.dumps(list(synthetic.images.shape[1:])))
+        if _implied_labels(synthetic.labels, synthetic.num_classes) is None:
+            tensors["labels"] = synthetic.labels.contiguous()
+    if synthetic.lr is not None:
+        tensors["lr"] = synthetic.lr.reshape(1).float()
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+CODE_PREFIX = "code."
+
+
+def _stored_code(synthetic: SyntheticSet) -> dict[str, Tensor]:
+    """The code as stored: uint8 entries on the pixel scale of the set's normalisation."""
+    storage = create_param(synthetic.param).storage
+    stored = {}
+    for name, tensor in synthetic.code.items():
+        dtype = torch.float32 if synthetic.zca_epsilon is not None else storage[name]
+        if dtype == torch.uint8:
+            tensor = (_denormalise(tensor, synthetic.mean, synthetic.std).clamp(0, 1) * 255).round()
+        stored[name] = tensor.to(dtype).contiguous()
+    return stored
+
+
+def _denormalise(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    return images * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+
+
+def _implied_labels(labels: Tensor, num_classes: int) -> int | None:
+    """Images per class when ``labels`` are hard and class-ordered with equal counts (the
+    layout every distiller makes), else None."""
+    if labels.ndim != 1 or len(labels) % num_classes:
+        return None
+    per_class = len(labels) // num_classes
+    return per_class if torch.equal(labels, torch.arange(num_classes).repeat_interleave(per_class)) else None
+
+
+def as_stored(synthetic: SyntheticSet) -> SyntheticSet:
+    """The set exactly as :func:`save_set` stores it and :func:`load_set` returns it (the
+    code quantised to its storage dtypes and decoded again); a set without a code as it is."""
+    if synthetic.code is None:
+        return synthetic
+    synthetic = synthetic.detach().to("cpu")
+    code, images = _decode(_stored_code(synthetic), synthetic.param, synthetic.mean, synthetic.std,
+                           tuple(synthetic.images.shape[1:]))
+    return replace(synthetic, images=images, code=code)
+
+
+def _decode(stored: dict[str, Tensor], spec: str, mean: Sequence[float], std: Sequence[float],
+            image_shape: tuple[int, ...]) -> tuple[dict[str, Tensor], Tensor]:
+    """The float code of a stored one (uint8 entries back to the normalised scale) and its images."""
+    code = {name: decode_images(tensor, mean, std) if tensor.dtype == torch.uint8 else tensor.float()
+            for name, tensor in stored.items()}
+    with torch.no_grad():
+        return code, create_param(spec).decode(code, image_shape)
+
+
+def payload_bytes(path: str | Path) -> int:
+    """The bytes of every tensor in a safetensors file (its header aside)."""
+    with safe_open(str(path), framework="pt") as handle:
+        total = 0
+        for key in handle.keys():
+            piece = handle.get_slice(key)
+            itemsize = torch.empty((), dtype=_SAFETENSORS_DTYPES[piece.get_dtype()]).element_size()
+            total += math.prod(piece.get_shape()) * itemsize
+    return total
+
+
+_SAFETENSORS_DTYPES = {"U8": torch.uint8, "I64": torch.int64, "F16": torch.float16, "F32": torch.float32,
+                       "BF16": torch.bfloat16, "F64": torch.float64, "I32": torch.int32}
 
 
 def load_set(path: str | Path, *, dataset: DatasetInfo | None = None, experiment: int = 0) -> SyntheticSet:
@@ -100,7 +182,7 @@ def encode_images(synthetic: SyntheticSet, encoding: str) -> Tensor:
     if encoding == "uint8":
         if synthetic.zca_epsilon is not None:
             raise DdplugError("the set is ZCA-whitened, so its images are not pixels and uint8 would clip them: "
-                              "save it as float16 or float32")
+                              "ship it as float16 or float32")
         return (synthetic.denormalised().clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
     return synthetic.images.to(getattr(torch, encoding)).contiguous()
 
@@ -121,21 +203,29 @@ def _load_ddplug(path: Path) -> SyntheticSet:
         raise DdplugError(f"{path} is not a readable safetensors file ({error}); it may be truncated or corrupt") from None
     if metadata.get("format") != FORMAT:
         raise DdplugError(f"{path} is a safetensors file but not a ddplug synthetic set (no '{FORMAT}' header)")
-    if metadata.get("format_version") != FORMAT_VERSION:
-        raise DdplugError(f"{path} has format version {metadata.get('format_version')}; this ddplug reads {FORMAT_VERSION}")
+    if metadata.get("format_version") not in (FORMAT_VERSION, CODED_FORMAT_VERSION):
+        raise DdplugError(f"{path} has format version {metadata.get('format_version')}; this ddplug reads "
+                          f"{FORMAT_VERSION} and {CODED_FORMAT_VERSION}")
     mean = tuple(json.loads(metadata["mean"]))
     std = tuple(json.loads(metadata["std"]))
-    images = decode_images(tensors["images"], mean, std)
     lr = tensors["lr"].reshape(()) if "lr" in tensors else None
-    return SyntheticSet(
-        images=images,
-        labels=tensors["labels"],
-        num_classes=int(metadata["num_classes"]),
-        mean=mean,
-        std=std,
-        lr=lr,
-        meta=json.loads(metadata["meta"]),
-    )
+    num_classes = int(metadata["num_classes"])
+    meta = json.loads(metadata["meta"])
+    if metadata["format_version"] == FORMAT_VERSION:
+        return SyntheticSet(decode_images(tensors["images"], mean, std), tensors["labels"], num_classes, mean, std,
+                            lr=lr, meta=meta)
+    stored = {key[len(CODE_PREFIX):]: tensor for key, tensor in tensors.items() if key.startswith(CODE_PREFIX)}
+    image_shape = tuple(json.loads(metadata["image_shape"]))
+    if len(image_shape) != 3 or not all(isinstance(n, int) and 0 < n <= 4096 for n in image_shape):
+        raise DdplugError(f"{path}: image_shape {image_shape} is not (C, H, W) of positive sizes")
+    try:
+        code, images = _decode(stored, metadata["param"], mean, std, image_shape)
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise DdplugError(f"{path}: its code does not decode as {metadata['param']} ({error})") from None
+    labels = tensors.get("labels")
+    if labels is None:
+        labels = torch.arange(num_classes).repeat_interleave(len(images) // num_classes)
+    return SyntheticSet(images, labels, num_classes, mean, std, lr=lr, meta=meta, code=code, param=metadata["param"])
 
 
 def _load_weights_only(path: Path) -> object:

@@ -58,6 +58,7 @@ class Parameterisation(ABC):
     """A code and its differentiable decoder for images of shape ``(C, H, W)``."""
 
     name: ClassVar[str]
+    storage: ClassVar[dict[str, torch.dtype]]  # each code tensor's dtype in files (uint8: pixel-scale images)
     options: dict[str, Any]
 
     def __init__(self, **options: Any) -> None:
@@ -130,6 +131,7 @@ class Pixels(Parameterisation):
     """One stored uint8 image per image."""
 
     name = "pixels"
+    storage = {"images": torch.uint8}
 
     def __init__(self, **options: Any) -> None:
         _no_more(self.name, dict(options))
@@ -139,7 +141,7 @@ class Pixels(Parameterisation):
         per_class = budget_per_class // math.prod(image_shape)
         if per_class < 1:
             raise _too_small(self.spec, budget_per_class, math.prod(image_shape))
-        return Layout({"images": (num_classes * per_class, *image_shape)}, {"images": torch.uint8}, per_class)
+        return Layout({"images": (num_classes * per_class, *image_shape)}, self.storage, per_class)
 
     def decode(self, code: Code, image_shape: tuple[int, int, int]) -> Tensor:
         return code["images"]
@@ -154,6 +156,7 @@ class MultiFormation(Parameterisation):
     ``1/factor`` resolution, each upsampled bilinearly to the full size."""
 
     name = "multi"
+    storage = {"images": torch.uint8}
 
     def __init__(self, **options: Any) -> None:
         rest = dict(options)
@@ -169,8 +172,7 @@ class MultiFormation(Parameterisation):
         stored = budget_per_class // math.prod(image_shape)
         if stored < 1:
             raise _too_small(self.spec, budget_per_class, math.prod(image_shape))
-        return Layout({"images": (num_classes * stored, *image_shape)}, {"images": torch.uint8},
-                      stored * self.factor**2)
+        return Layout({"images": (num_classes * stored, *image_shape)}, self.storage, stored * self.factor**2)
 
     def decode(self, code: Code, image_shape: tuple[int, int, int]) -> Tensor:
         stored = code["images"]
@@ -204,6 +206,7 @@ class FrequencyDomain(Parameterisation):
     coefficients (per channel, fp16 when saved); the rest are zero."""
 
     name = "dct"
+    storage = {"coefficients": torch.float16}
 
     def __init__(self, **options: Any) -> None:
         rest = dict(options)
@@ -221,8 +224,7 @@ class FrequencyDomain(Parameterisation):
         per_class = budget_per_class // per_image
         if per_class < 1:
             raise _too_small(self.spec, budget_per_class, per_image)
-        return Layout({"coefficients": (num_classes * per_class, c, self._count(h, w))},
-                      {"coefficients": torch.float16}, per_class)
+        return Layout({"coefficients": (num_classes * per_class, c, self._count(h, w))}, self.storage, per_class)
 
     def _basis(self, h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         return _dct_matrix(h).to(device), _dct_matrix(w).to(device), _zigzag(h, w, self._count(h, w)).to(device)
@@ -248,6 +250,7 @@ class Factorised(Parameterisation):
     from the whole budget, the rest buys coefficient rows."""
 
     name = "factor"
+    storage = {"bases": torch.float16, "coefficients": torch.float16}
 
     def __init__(self, **options: Any) -> None:
         rest = dict(options)
@@ -264,7 +267,7 @@ class Factorised(Parameterisation):
             raise _too_small(self.spec, budget_per_class,
                              math.ceil((self.bases * pixels * 2 + num_classes * self.bases * 2) / num_classes))
         return Layout({"bases": (self.bases, *image_shape), "coefficients": (num_classes * per_class, self.bases)},
-                      {"bases": torch.float16, "coefficients": torch.float16}, per_class)
+                      self.storage, per_class)
 
     def decode(self, code: Code, image_shape: tuple[int, int, int]) -> Tensor:
         bases = code["bases"]

@@ -32,6 +32,10 @@ class SyntheticSet:
     std: tuple[float, ...]
     lr: Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # What a distiller learned, when the images are decoded from it (``ddplug.sets.param``):
+    # the code's tensors and the parameterisation's spec. Files store the code, not the images.
+    code: dict[str, Tensor] | None = None
+    param: str = "pixels"
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
@@ -76,7 +80,8 @@ class SyntheticSet:
 
     def to(self, device: torch.device | str) -> SyntheticSet:
         lr = None if self.lr is None else self.lr.to(device)
-        return replace(self, images=self.images.to(device), labels=self.labels.to(device), lr=lr)
+        code = None if self.code is None else {name: tensor.to(device) for name, tensor in self.code.items()}
+        return replace(self, images=self.images.to(device), labels=self.labels.to(device), lr=lr, code=code)
 
     def detach(self) -> SyntheticSet:
         """A copy that shares no autograd graph and no storage with learnable tensors."""
@@ -87,6 +92,7 @@ class SyntheticSet:
             labels=self.labels.detach().clone(),
             lr=lr,
             meta=dict(self.meta),
+            code=None if self.code is None else {name: tensor.detach().clone() for name, tensor in self.code.items()},
         )
 
     @classmethod
