@@ -10,6 +10,7 @@ or Ctrl-C). Prints and saves a markdown table, JSON and a plot of accuracy over 
 
     python -m simulations.condensation_benchmark --preset cpu --ipc 1 10
     python -m simulations.condensation_benchmark --methods dm random --ipc 1
+    python -m simulations.condensation_benchmark --methods dm kip random --params pixels multi:factor=2 --ipc 1 10
 """
 
 from __future__ import annotations
@@ -43,19 +44,21 @@ def _ddplug_json(command: list[str], what: str) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def run_row(method: str, ipc: int, args: argparse.Namespace) -> dict:
-    out = Path(args.out) / f"{args.dataset}-{method}-ipc{ipc}"
+def run_row(method: str, ipc: int, param: str, args: argparse.Namespace) -> dict:
+    out = Path(args.out) / f"{args.dataset}-{method}-ipc{ipc}{'' if param == 'pixels' else '-' + _path_part(param)}"
     summary_file = out / "evaluation.json"
+    iterative = get_condenser(method).config_class is not None
     if summary_file.is_file():
         row = json.loads(summary_file.read_text())
     else:
-        iterative = get_condenser(method).config_class is not None
         snapshots = ["--snapshots", str(args.snapshots)] if iterative else []
+        coded = ["--param", param] if iterative else []
         row = _ddplug_json(["distill", "--dataset", args.dataset, "--method", method, "--ipc", str(ipc),
                             "--preset", args.preset, "--seed", str(args.seed), "--baselines", "", "--out", str(out),
-                            "--device", args.device, *snapshots, *sum((["--set", s] for s in args.set), [])],
-                           f"row {method} ipc {ipc}")
-    if get_condenser(method).config_class is not None:
+                            "--device", args.device, *snapshots, *coded, *sum((["--set", s] for s in args.set), [])],
+                           f"row {method} {param} ipc {ipc}")
+    row["label"] = method if param == "pixels" else f"{method} {param}"
+    if iterative:
         row["curve"] = accuracy_curve(row, out, args)
         reached = first_at_final(row["curve"], args.tolerance)
         row["iterations_to_final"], row["seconds_to_final"] = reached["iterations"], reached["seconds"]
@@ -82,6 +85,10 @@ def accuracy_curve(row: dict, out: Path, args: argparse.Namespace) -> list[dict]
     return curve
 
 
+def _path_part(spec: str) -> str:
+    return spec.replace(":", "-").replace("=", "").replace(",", "-")
+
+
 def first_at_final(curve: list[dict], tolerance: float) -> dict:
     """The first point of ``curve`` within ``tolerance`` (points) of the last one's accuracy."""
     final = curve[-1]["accuracy"]
@@ -95,7 +102,7 @@ def build_table(rows: list[dict]) -> str:
         baseline = random.get(row["ipc"])
         published = row.get("published_accuracy")
         lines.append((
-            row["method"], row["ipc"],
+            row["label"], row["ipc"], row.get("bytes", "-"), row.get("decoded_per_class") or "-",
             percent(row["accuracy_mean"], row["accuracy_std"]),
             "-" if baseline is None else percent(baseline["accuracy_mean"], baseline["accuracy_std"]),
             "-" if published is None else f"{100 * published:.1f}",
@@ -106,7 +113,7 @@ def build_table(rows: list[dict]) -> str:
             f"{row['eval_seconds_per_model']:.1f}",
             f"{row['peak_memory_mb']:.0f}",
         ))
-    headers = ("method", "ipc", "accuracy %", "random %", "published %", "distill s/it", "distill s",
+    headers = ("method", "ipc", "bytes", "images/class", "accuracy %", "random %", "published %", "distill s/it", "distill s",
                "to final acc", "eval s/model", "peak MB")
     return format_table(headers, lines)
 
@@ -120,7 +127,7 @@ def save_curves(rows: list[dict], path: Path, title: str) -> Path:
             if row["ipc"] == ipc and "curve" in row:
                 curve = row["curve"]
                 panel.plot([p["seconds"] for p in curve], [100 * p["accuracy"] for p in curve], marker="o",
-                           label=row["method"])
+                           label=row["label"])
             elif row["ipc"] == ipc and row["method"] == "random":
                 panel.axhline(100 * row["accuracy_mean"], color="gray", linestyle="--", label="random subset")
         panel.set_xscale("log")
@@ -137,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=available_methods(), metavar="METHOD")
+    parser.add_argument("--params", nargs="+", default=["pixels"], metavar="SPEC",
+                        help="parameterisations of the distillers (selections are always raw pixels)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--snapshots", type=int, default=3, help="intermediate sets per distillation, for the curve")
     parser.add_argument("--snapshot-models", type=int, default=2, help="evaluation networks per snapshot")
@@ -146,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="default: results/condensation-<dataset>-<preset>")
     args = parser.parse_args(argv)
     args.out = args.out or f"results/condensation-{args.dataset}-{args.preset}"
-    rows = [run_row(method, ipc, args) for ipc in args.ipc for method in args.methods]
+    rows = [run_row(method, ipc, param, args) for ipc in args.ipc for method in args.methods
+            for param in (args.params if get_condenser(method).config_class is not None else ["pixels"])]
     device = rows[0]["device"]
     hardware = (torch.cuda.get_device_name(0) if device.startswith("cuda")
                 else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")

@@ -23,18 +23,22 @@ def test_first_at_final_picks_the_first_point_within_tolerance():
 def test_benchmark_rows_curves_and_resume(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DDPLUG_DATA", str(write_fake_fashion_mnist(tmp_path / "data")))
     out = tmp_path / "bench"
-    argv = ["--methods", "dm", "random", "--ipc", "1", "--snapshots", "1", "--snapshot-models", "1",
-            "--out", str(out), *TINY]
+    argv = ["--methods", "dm", "random", "--params", "pixels", "multi:factor=2", "--ipc", "1", "--snapshots", "1",
+            "--snapshot-models", "1", "--out", str(out), *TINY]
     assert main(argv) == 0
     saved = json.loads((out / "rows.json").read_text())
-    dm, random = saved["rows"]
-    assert (dm["method"], random["method"]) == ("dm", "random")
+    dm, multi, random = saved["rows"]
+    assert (dm["label"], multi["label"], random["label"]) == ("dm", "dm multi:factor=2", "random")
+    # every row at the same bytes: one raw uint8 28x28 image per class
+    assert dm["bytes"] == multi["bytes"] == random["bytes"] == 10 * 784
+    assert (dm["decoded_per_class"], multi["decoded_per_class"], random["decoded_per_class"]) == (1, 4, 1)
     assert [point["iterations"] for point in dm["curve"]] == [3, 6]
     assert dm["curve"][-1]["accuracy"] == pytest.approx(dm["accuracies"][0])  # the same first eval network
     assert dm["iterations_to_final"] in (3, 6) and "curve" not in random
     assert (out / "curves.png").stat().st_size > 0
     table = (out / "table.md").read_text()
-    assert "| dm " in table and "| random " in table and f"{dm['iterations_to_final']} its" in table
+    assert "| dm " in table and "| dm multi:factor=2 " in table and "| random " in table
+    assert f"{dm['iterations_to_final']} its" in table
     # A re-run reads every finished row and snapshot evaluation instead of redoing them.
     capsys.readouterr()
     assert main(argv) == 0
