@@ -142,3 +142,22 @@ def test_a_diverging_code_stops_with_a_clear_error(digits):
                                  "num_networks": 1, "param": "factor:bases=2", "lr_images": 1e6})
     with pytest.raises(DdplugError, match="diverged by iteration .* lower --lr-images"):
         run_distillation(create_distiller("kip", digits.train, config), progress=False)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("param", "waves", "unknown parameterisation 'waves'"),
+    ("param", "dct:keep=0.5", "does not decode as dct:keep=0.5"),
+    ("image_shape", "[1, 8]", "is not \\(C, H, W\\)"),
+    ("image_shape", "[1, 100000, 8]", "is not \\(C, H, W\\)"),
+])
+def test_a_coded_file_with_a_bad_header_is_one_clear_error(digits, tmp_path, field, value, message):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    config = make_config("dm", {"ipc": 1, "iterations": 1, "model": TINY_MODEL, "param": "dct:keep=0.25"})
+    path = save_set(create_distiller("dm", digits.train, config).synthetic_set(), tmp_path / "set.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    save_file(load_file(str(path)), str(path), metadata={**metadata, field: value})
+    with pytest.raises(DdplugError, match=message):
+        load_set(path)

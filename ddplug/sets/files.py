@@ -220,7 +220,7 @@ def _load_ddplug(path: Path) -> SyntheticSet:
         raise DdplugError(f"{path}: image_shape {image_shape} is not (C, H, W) of positive sizes")
     try:
         code, images = _decode(stored, metadata["param"], mean, std, image_shape)
-    except (RuntimeError, ValueError, KeyError) as error:
+    except (RuntimeError, ValueError, KeyError, IndexError) as error:
         raise DdplugError(f"{path}: its code does not decode as {metadata['param']} ({error})") from None
     labels = tensors.get("labels")
     if labels is None:
