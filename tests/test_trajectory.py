@@ -17,6 +17,7 @@ from ddplug.distill.experts import (
     load_experts,
     train_experts,
 )
+from ddplug.sets.param import create_param
 from ddplug.distill.trajectory import (
     MTTConfig,
     StudentRun,
@@ -247,3 +248,17 @@ def test_learned_lr_stays_positive_after_a_huge_step(digits, expert_folder):
     distiller.student_lr.grad = torch.tensor(1e4)  # with lr_lr 1e-5: a step of -0.1 from 0.01
     distiller.update()
     assert distiller.student_lr.item() == pytest.approx(MIN_STUDENT_LR)
+
+
+@pytest.mark.parametrize("param", ["multi:factor=2", "dct:keep=0.25", "factor:bases=2"])
+def test_the_exact_gradient_reaches_every_code_through_its_decoder(digits, expert_folder, param):
+    settings = {"syn_steps": 3, "param": param, "batch_syn": None}
+    constant = mtt(digits.train, expert_folder, **settings)
+    constant.step(1)
+    reference = mtt(digits.train, expert_folder, **settings, memory="unrolled")
+    reference.loss(1).backward()
+    assert set(constant.code) == set(create_param(param).storage)
+    for name, tensor in constant.learnables().items():
+        expected = reference.learnables()[name].grad
+        assert expected.abs().max() > 0, name
+        torch.testing.assert_close(tensor.grad, expected, rtol=1e-3, atol=1e-7)
