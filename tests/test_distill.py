@@ -168,3 +168,34 @@ def test_learned_labels_and_lr_are_refused_where_the_loss_ignores_them(digits):
         dm(digits, learn_labels=True)
     with pytest.raises(DdplugError, match="learn_lr"):
         dm(digits, learn_lr=True)
+
+
+def test_pooled_dm_matches_with_networks_that_train_on_real_batches(digits):
+    distiller = dm(digits, iterations=6, pool_size=2, max_online_steps=2)
+    first = [network.classifier.weight.detach().clone() for network in distiller.pool.networks]
+    assert distiller.pool.steps == [0, 1]  # staggered ages
+    run_distillation(distiller, progress=False)
+    slots = [distiller.pool.slot(i) for i in range(6)]
+    for slot in (0, 1):
+        uses = slots.count(slot)
+        assert distiller.pool.generations[slot] == max(0, (slot + uses - 1) // 2)
+        if uses:
+            assert not torch.equal(distiller.pool.networks[slot].classifier.weight, first[slot])
+    # the pool's networks, not fresh ones, embed the sets
+    assert distiller.network(0) is distiller.pool.networks[slots[0]]
+
+
+def test_pooled_dm_resumes_exactly(digits, tmp_path):
+    settings = {"pool_size": 2, "max_online_steps": 2}
+    uninterrupted = run_distillation(dm(digits, iterations=5, **settings), progress=False)
+    checkpoint = tmp_path / "ckpt.pt"
+    run_distillation(dm(digits, iterations=3, **settings), checkpoint=checkpoint, progress=False)
+    resumed = run_distillation(dm(digits, iterations=5, **settings), checkpoint=checkpoint, progress=False)
+    assert torch.equal(resumed.synthetic.images, uninterrupted.synthetic.images)
+
+
+def test_pool_settings_are_checked(digits, tmp_path):
+    with pytest.raises(DdplugError, match="pool_size must be at least 0"):
+        dm(digits, pool_size=-1)
+    with pytest.raises(DdplugError, match="max_online_steps must be at least 1"):
+        dm(digits, pool_size=2, max_online_steps=0)

@@ -255,17 +255,17 @@ def test_bad_kernel_settings_fail_early(digits):
 
 def test_frepo_trains_its_pool_and_reinitialises_old_networks(digits):
     distiller = frepo(digits, iterations=9)
-    assert distiller.pool_steps == [0, 1, 2]  # staggered ages
-    first = [network.classifier.weight.detach().clone() for network in distiller.pool]
+    assert distiller.pool.steps == [0, 1, 2]  # staggered ages
+    first = [network.classifier.weight.detach().clone() for network in distiller.pool.networks]
     images = distiller.images.detach().clone()
-    slots = [distiller.slot(i) for i in range(9)]
+    slots = [distiller.pool.slot(i) for i in range(9)]
     run_distillation(distiller, progress=False)
     for slot in range(3):
         uses = slots.count(slot)
         # Each use trains once; a network that has had max_online_steps (3) updates is replaced first.
-        assert distiller.pool_generations[slot] == max(0, (slot + uses - 1) // 3)
+        assert distiller.pool.generations[slot] == max(0, (slot + uses - 1) // 3)
         if uses:
-            assert not torch.equal(distiller.pool[slot].classifier.weight, first[slot])
+            assert not torch.equal(distiller.pool.networks[slot].classifier.weight, first[slot])
     assert (distiller.images.detach() - images).abs().max() > 1e-3
 
 
@@ -281,8 +281,8 @@ def test_frepo_resume_continues_exactly(digits, tmp_path):
     assert resumed.losses == pytest.approx(expected.losses, rel=1e-5)
     assert torch.allclose(resumed.synthetic.images, expected.synthetic.images, atol=1e-6)
     assert torch.allclose(resumed.synthetic.labels, expected.synthetic.labels, atol=1e-6)
-    assert resumed_distiller.pool_steps == uninterrupted.pool_steps
-    assert resumed_distiller.pool_generations == uninterrupted.pool_generations
-    for mine, theirs in zip(resumed_distiller.pool, uninterrupted.pool):
+    assert resumed_distiller.pool.steps == uninterrupted.pool.steps
+    assert resumed_distiller.pool.generations == uninterrupted.pool.generations
+    for mine, theirs in zip(resumed_distiller.pool.networks, uninterrupted.pool.networks):
         for a, b in zip(mine.state_dict().values(), theirs.state_dict().values()):
             assert torch.allclose(a, b, atol=1e-6)

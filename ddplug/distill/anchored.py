@@ -38,6 +38,8 @@ class AnchoredDMConfig(DMConfig):
             raise DdplugError("anchored-dm needs an anchor (--anchor PATH): a safetensors file of the anchor model's state_dict")
         if self.anchor_noise < 0:
             raise DdplugError(f"anchor_noise must be at least 0, got {self.anchor_noise}")
+        if self.pool_size:
+            raise DdplugError("anchored-dm draws its networks around the anchor, not from a pool: drop pool_size")
 
 
 @register_distiller

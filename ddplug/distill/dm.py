@@ -2,25 +2,36 @@
 
 Each step samples a freshly initialised network and moves the synthetic images so that,
 class by class, their mean embedding matches the mean embedding of a real batch.
-All classes go through the network in one batched forward pass per side.
+All classes go through the network in one batched forward pass per side. With
+``pool_size`` > 0 the network comes instead from a pool of networks that train on real
+batches between uses (IDM's partially trained networks), so later layers' features carry
+class information that fresh networks lack.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from ddplug.data import ImageDataset
 from ddplug.distill.base import DistillConfig, Distiller
 from ddplug.distill.condenser import register_distiller
+from ddplug.distill.pool import NetworkPool, PoolSettings
 from ddplug.seeding import derive_seed
 
 
 @dataclass
-class DMConfig(DistillConfig):
+class DMConfig(DistillConfig, PoolSettings):
     iterations: int = 20000
     lr_images: float = 1.0
+    pool_size: int = 0  # 0: a fresh random network each iteration (the original DM)
+
+    def validate(self, real: ImageDataset) -> None:
+        super().validate(real)
+        self.validate_pool(minimum_size=0)
 
 
 @register_distiller
@@ -29,19 +40,44 @@ class DistributionMatching(Distiller):
     config_class = DMConfig
     uses_labels = False
 
+    def __init__(self, real: ImageDataset, config: DMConfig, device: torch.device | str = "cpu") -> None:
+        super().__init__(real, config, device)
+        self.pool = None if not config.pool_size else NetworkPool(
+            self.build_network, seed=config.seed, size=config.pool_size, max_steps=config.max_online_steps,
+            lr=config.init_lr)
+
+    def network(self, iteration: int) -> torch.nn.Module:
+        """The matching network of ``iteration``: fresh, or the pool's pick."""
+        return self.random_network(iteration) if self.pool is None else self.pool.frozen(self.pool.slot(iteration))
+
     def random_network(self, iteration: int) -> torch.nn.Module:
         network = self.build_network(derive_seed(self.config.seed, "network", iteration))
         network.requires_grad_(False)  # only the images learn; skip weight gradients
         return network
 
     def loss(self, iteration: int) -> Tensor:
-        network = self.random_network(iteration)
+        network = self.network(iteration)
         real, real_labels = self.sample_real(iteration)
         real, syn = self.augment_pair(iteration, real, real_labels, self.images, self.labels)
         with torch.no_grad():
             real_mean = class_means(network.embed(real), self.num_classes)
         syn_mean = class_means(network.embed(syn), self.num_classes)
         return (real_mean - syn_mean).square().sum()
+
+    def step(self, iteration: int) -> Tensor:
+        loss = super().step(iteration)
+        if self.pool is not None:  # the network just used trains on the iteration's real batch
+            self.pool.train(self.pool.slot(iteration), *self.sample_real(iteration), self.config.online_steps)
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        return state if self.pool is None else {**state, "pool": self.pool.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if self.pool is not None:
+            self.pool.load_state_dict(state["pool"])
 
 
 def class_means(features: Tensor, num_classes: int) -> Tensor:

@@ -10,7 +10,6 @@ centred alike), as in both papers.
 
 from __future__ import annotations
 
-import copy
 from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,13 +22,13 @@ from torch import Tensor, nn
 from ddplug.data import ImageDataset
 from ddplug.distill.base import DistillConfig, Distiller
 from ddplug.distill.condenser import register_distiller
+from ddplug.distill.pool import NetworkPool, PoolSettings
 from ddplug.distill.kernels import nngp_features, ntk_features, relu_fc_kernel
 from ddplug.errors import DdplugError
 from ddplug.models import create_model
 from ddplug.seeding import derive_seed
 
 KIP_KERNELS = ("ntk", "nngp", "fc-nngp", "fc-ntk")
-POOL_MOMENTUM = 0.9  # the pool trains as the evaluator's networks do (SGD, momentum 0.9)
 _FC_MATRICES_PER_LAYER = 8  # kernel-sized tensors the arc-cosine recursion keeps for backward
 _BYTES_PER_FLOAT = 4
 
@@ -223,25 +222,20 @@ class KIP(KernelRidgeDistiller):
 
 
 @dataclass
-class FRePoConfig(KernelConfig):
+class FRePoConfig(KernelConfig, PoolSettings):
     """FRePo. The paper: 10 networks reset after 100 updates, images by LAMB at lr 3e-4
     (cosine decay). Here the base SGD (momentum 0.5) moves the images (the linear feature
     kernel gives small image gradients, hence the large rate, measured on Fashion-MNIST),
     and the pool networks train by SGD at ``init_lr`` with cross-entropy, as the evaluator's do."""
 
     iterations: int = 2000
-    pool_size: int = 10  # networks in the pool
-    max_online_steps: int = 100  # updates a pool network gets before it is reinitialised
-    online_steps: int = 1  # updates of the chosen network after each image step
     lr_images: float = 1000.0
     lr_labels: float = 10.0
     batch_real: int = 100
 
     def validate(self, real: ImageDataset) -> None:
         super().validate(real)
-        for name in ("pool_size", "max_online_steps", "online_steps"):
-            if getattr(self, name) < 1:
-                raise DdplugError(f"{name} must be at least 1, got {getattr(self, name)}")
+        self.validate_pool()
 
 
 @register_distiller
@@ -259,25 +253,11 @@ class FRePo(KernelRidgeDistiller):
 
     def __init__(self, real: ImageDataset, config: FRePoConfig, device: torch.device | str = "cpu") -> None:
         super().__init__(real, config, device)
-        size = config.pool_size
-        self.pool_steps = [slot * config.max_online_steps // size for slot in range(size)]
-        self.pool_generations = [0] * size
-        self.pool = [self.pool_network(slot, 0) for slot in range(size)]
-        self.pool_optimizers = [self.pool_optimizer(network) for network in self.pool]
-
-    def pool_network(self, slot: int, generation: int) -> nn.Module:
-        return self.build_network(derive_seed(self.config.seed, "pool", slot, generation))
-
-    def pool_optimizer(self, network: nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.SGD(network.parameters(), lr=self.config.init_lr, momentum=POOL_MOMENTUM)
-
-    def slot(self, iteration: int) -> int:
-        """The pool network used at ``iteration`` (a seeded draw, so resume picks alike)."""
-        return derive_seed(self.config.seed, "pool-slot", iteration) % self.config.pool_size
+        self.pool = NetworkPool(self.build_network, seed=config.seed, size=config.pool_size,
+                                max_steps=config.max_online_steps, lr=config.init_lr)
 
     def kernels(self, iteration: int, real: Tensor, syn: Tensor) -> tuple[Tensor, Tensor]:
-        network = self.pool[self.slot(iteration)]
-        network.eval().requires_grad_(False)  # only the set learns from the KRR loss
+        network = self.pool.frozen(self.pool.slot(iteration))
         with torch.no_grad():
             phi_t = network.embed(real)
         phi_s = network.embed(syn)
@@ -285,39 +265,14 @@ class FRePo(KernelRidgeDistiller):
 
     def step(self, iteration: int) -> Tensor:
         loss = super().step(iteration)
-        self.train_pool_network(self.slot(iteration))
+        # The chosen network then trains on the set, as in FRePo.
+        self.pool.train(self.pool.slot(iteration), self.images.detach(), self.targets().detach(),
+                        self.config.online_steps)
         return loss
 
-    def train_pool_network(self, slot: int) -> None:
-        """``online_steps`` SGD steps of network ``slot`` on the set (reinitialised when old)."""
-        if self.pool_steps[slot] >= self.config.max_online_steps:
-            self.pool_generations[slot] += 1
-            self.pool[slot] = self.pool_network(slot, self.pool_generations[slot])
-            self.pool_optimizers[slot] = self.pool_optimizer(self.pool[slot])
-            self.pool_steps[slot] = 0
-        network, optimizer = self.pool[slot], self.pool_optimizers[slot]
-        network.train().requires_grad_(True)
-        images, targets = self.images.detach(), self.targets().detach()
-        for _ in range(self.config.online_steps):
-            loss = F.cross_entropy(network(images), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        self.pool_steps[slot] += self.config.online_steps
-
     def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["pool"] = [copy.deepcopy(network.state_dict()) for network in self.pool]
-        state["pool_optimizers"] = [copy.deepcopy(optimizer.state_dict()) for optimizer in self.pool_optimizers]
-        state["pool_steps"] = list(self.pool_steps)
-        state["pool_generations"] = list(self.pool_generations)
-        return state
+        return {**super().state_dict(), "pool": self.pool.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.pool_steps = list(state["pool_steps"])
-        self.pool_generations = list(state["pool_generations"])
-        for slot, (weights, optimizer_state) in enumerate(zip(state["pool"], state["pool_optimizers"])):
-            self.pool[slot].load_state_dict(weights)
-            self.pool_optimizers[slot] = self.pool_optimizer(self.pool[slot])
-            self.pool_optimizers[slot].load_state_dict(optimizer_state)
+        self.pool.load_state_dict(state["pool"])
