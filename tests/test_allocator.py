@@ -107,6 +107,6 @@ def test_results_are_bit_identical_with_and_without_it(tmp_path: Path) -> None:
         completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
         assert completed.returncode == 0, completed.stderr
         sets[tuning] = load_file(out / "synthetic.safetensors")
-    assert sets["1"].keys() == sets["0"].keys() == {"images", "labels"}
+    assert sets["1"].keys() == sets["0"].keys() == {"code.images"}  # uint8 pixels, labels implied
     for key in sets["1"]:
         assert sets["1"][key].equal(sets["0"][key])
