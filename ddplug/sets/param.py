@@ -20,6 +20,7 @@ cost nothing; learned soft labels cost ``decoded images x classes x 4`` bytes mo
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -194,6 +195,13 @@ def _dct_matrix(size: int) -> Tensor:
     return torch.from_numpy(scipy.fft.dct(np.eye(size), axis=0, norm="ortho")).float()
 
 
+@functools.lru_cache(maxsize=16)
+def _dct_basis(height: int, width: int, count: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The row and column DCT matrices and the kept indices, made once per shape and device
+    (every decode of every step needs them)."""
+    return _dct_matrix(height).to(device), _dct_matrix(width).to(device), _zigzag(height, width, count).to(device)
+
+
 def _zigzag(height: int, width: int, count: int) -> Tensor:
     """Flat indices of the ``count`` lowest-frequency coefficients (by ``u + v``, then ``u``)."""
     order = sorted(((u + v, u, v) for u in range(height) for v in range(width)))
@@ -227,7 +235,7 @@ class FrequencyDomain(Parameterisation):
         return Layout({"coefficients": (num_classes * per_class, c, self._count(h, w))}, self.storage, per_class)
 
     def _basis(self, h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        return _dct_matrix(h).to(device), _dct_matrix(w).to(device), _zigzag(h, w, self._count(h, w)).to(device)
+        return _dct_basis(h, w, self._count(h, w), device)
 
     def decode(self, code: Code, image_shape: tuple[int, int, int]) -> Tensor:
         coefficients = code["coefficients"]
