@@ -20,6 +20,7 @@ from ddplug.commands import add_commands, discover_commands
 from ddplug.devices import resolve_device
 from ddplug.errors import DdplugError
 from ddplug.presets import parse_assignments
+from ddplug.storage import writable_folder
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -36,6 +37,12 @@ def _preset(args: argparse.Namespace):
     if args.eval_models is not None:
         overrides["eval.num_models"] = str(args.eval_models)
     preset = get_preset(args.preset).override(overrides)
+    method = getattr(args, "method", None)
+    for key, value in overrides.items():
+        scope = key.partition(".")[0]
+        if method is not None and scope not in ("eval", method):
+            print(f"ddplug: warning: --set {key}={value} is a setting of {scope}, not of {method}, which this run uses: "
+                  "it has no effect", file=sys.stderr)
     from ddplug.models import create_model
 
     # Fail on a bad evaluation model now, not after a long distillation.
@@ -86,7 +93,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if args.snapshots < 0:
         raise DdplugError(f"--snapshots must be 0 or more, got {args.snapshots}")
     data = load_dataset(args.dataset, args.data_root)
-    out_dir = Path(args.out or f"runs/{data.train.name}-{args.method}-ipc{args.ipc}-seed{args.seed}")
+    out_dir = writable_folder(args.out or f"runs/{data.train.name}-{args.method}-ipc{args.ipc}-seed{args.seed}")
     condensed = get_condenser(args.method).condense(data.train, ipc=args.ipc, preset=preset, seed=args.seed,
                                                     settings=settings,
                          device=device, out_dir=out_dir, progress=not args.quiet, snapshots=args.snapshots)
@@ -211,9 +218,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         data = load_dataset(args.dataset, args.data_root)
         synthetic = load_set(path, dataset=data.train, experiment=args.experiment)
     method = synthetic.meta.get("method", "unknown")
+    out_dir = writable_folder(Path(args.out) if args.out else (path if path.is_dir() else path.parent) / "evaluation")
     judgement = judge(synthetic, data, preset, method=method, baselines=baselines, seed=args.seed, device=device,
                       progress=not args.quiet)
-    out_dir = Path(args.out) if args.out else (path if path.is_dir() else path.parent) / "evaluation"
     summary = write_judgement(judgement, out_dir, {"iterations": synthetic.meta.get("iterations"),
                                                    "distill_seconds": synthetic.meta.get("distill_seconds"),
                                                    "source": str(path), "device": str(device), "out_dir": str(out_dir)})

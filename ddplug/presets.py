@@ -7,6 +7,7 @@ field can be overridden by name (``eval.epochs=100``, ``dm.iterations=500``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,9 +29,12 @@ class Preset:
     def override(self, assignments: dict[str, str]) -> Preset:
         """A copy with ``{"eval.epochs": "100", "dm.iterations": "50", ...}`` applied.
 
-        Values are strings (as typed on the command line); ``eval.*`` values are converted
-        to the field's type here, method values when the method's config is built.
+        Values are strings (as typed on the command line), converted to the field's type and
+        checked here: an unknown section, setting or value is an error before any work.
         """
+        from ddplug.distill import CONDENSERS
+
+        configurable = sorted(name for name, condenser in CONDENSERS.items() if condenser.config_class is not None)
         evaluation = self.evaluation
         methods = {name: dict(values) for name, values in self.methods.items()}
         for key, value in assignments.items():
@@ -38,9 +42,18 @@ class Preset:
             if not name:
                 raise DdplugError(f"override {key!r} should look like eval.FIELD=VALUE or METHOD.FIELD=VALUE")
             if scope == "eval":
-                evaluation = dataclasses.replace(evaluation, **{name: convert_field(EvalProtocol, name, value)})
-            else:
+                try:
+                    evaluation = dataclasses.replace(evaluation, **{name: convert_field(EvalProtocol, name, value)})
+                except DdplugError as error:
+                    raise DdplugError(f"evaluation setting {error}") from None
+            elif scope in configurable:
+                CONDENSERS[scope].make_config({name: value})  # the setting exists and its value converts
                 methods.setdefault(scope, {})[name] = value
+            elif scope == "*" and any(name in CONDENSERS[method].setting_names() for method in configurable):
+                methods.setdefault(scope, {})[name] = value  # every method that has the setting
+            else:
+                raise DdplugError(f"override {key!r}: no section {scope!r}; sections are eval, the methods "
+                                  f"{', '.join(configurable)}, and * (every method with that setting)")
         return dataclasses.replace(self, evaluation=evaluation, methods=methods)
 
 
@@ -76,7 +89,10 @@ def convert_field(cls: type, name: str, value: Any) -> Any:
             if value.lower() not in _BOOLEANS:
                 raise ValueError(value)
             return _BOOLEANS[value.lower()]
-        return kind(value)
+        converted = kind(value)
+        if kind is float and not math.isfinite(converted):
+            raise DdplugError(f"setting {name} must be a finite number, got {value!r}")
+        return converted
     except ValueError:
         raise DdplugError(f"setting {name} expects {kind.__name__}{' or none' if optional else ''}, "
                           f"got {value!r}") from None

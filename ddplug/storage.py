@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ddplug.errors import DdplugError
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it over ``path``.
@@ -23,9 +25,31 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from collaborators
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def writable_folder(path: str | Path) -> Path:
+    """``path``, once it is clear that this process can make it (or write in it): one clear
+    :class:`DdplugError` if not, so a run fails before its work rather than at its first
+    save. Nothing is created: a run refused later for other reasons leaves no folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DdplugError(f"output folder {path} is an existing file: choose another --out")
+    existing = next(folder for folder in (path, *path.parents) if folder.exists())
+    if not existing.is_dir():
+        raise DdplugError(f"cannot write in output folder {path} ({existing} is a file): choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DdplugError(f"cannot write in output folder {path} ({existing} is not writable): choose another --out")
     return path
 
 

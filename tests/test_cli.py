@@ -86,6 +86,17 @@ def test_evaluate_foreign_dc_file_needs_dataset(capsys, data_root, tmp_path):
         (["distill", "--baselines", "oracle"], "unknown baseline"),
         (["distill", "--device", "cuda:0"], "CUDA"),
         (["evaluate", "/nonexistent/set.safetensors"], "does not exist"),
+        (["distill", "--lr-images", "nan"], "setting lr_images must be a finite number, got 'nan'"),
+        (["distill", "--set", "dm.lr_images=inf"], "setting lr_images must be a finite number"),
+        (["distill", "--lr-images", "-1"], "lr_images must be a finite number, 0 or more, got -1.0"),
+        (["distill", "--ipc", "1", "--lr-images", "0"], "lr_images must be positive"),
+        (["distill", "--set", "dn.iterations=3"], "no section 'dn'; sections are eval, the methods anchored-dm, dc, "
+                                                   "dm, dsa, frepo, kip, mtt, and *"),
+        (["distill", "--set", "dm.iteratoins=3"], "DMConfig has no setting 'iteratoins'"),
+        (["distill", "--eval-models", "0"], "evaluation setting num_models must be at least 1, got 0"),
+        (["distill", "--eval-epochs", "0"], "evaluation setting epochs must be at least 1, got 0"),
+        (["distill", "--set", "eval.lr=-1"], "evaluation setting lr must be a positive finite number, got -1.0"),
+        (["distill", "--set", "eval.momentum=1.5"], "evaluation setting momentum must be within [0, 1)"),
     ],
 )
 def test_user_errors_are_one_clear_line(capsys, data_root, argv, message):
@@ -247,3 +258,93 @@ def test_param_fills_the_ipc_budget_and_json_reports_its_bytes(capsys, data_root
     code, _, stderr = run(capsys, "distill", *fast("--param", "multi:factor=3", "--out", str(tmp_path / "bad")))
     assert code == 2 and "factor 3 does not divide the image size 28x28" in stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_an_override_for_another_method_is_a_warning(capsys, data_root, tmp_path):
+    code, _, stderr = run(capsys, "distill", *fast("--out", str(tmp_path / "run"), "--no-eval", "--set",
+                                                   "kip.iterations=3"))
+    assert code == 0
+    assert "warning: --set kip.iterations=3 is a setting of kip, not of dm, which this run uses" in stderr
+
+
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_an_unusable_output_folder_fails_before_any_work(capsys, data_root, tmp_path, monkeypatch, where):
+    from ddplug.distill import DistributionMatching
+
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    # (A read-only folder fails the same way, but not for root, who writes anywhere.)
+    out, message = ((taken, f"output folder {taken} is an existing file") if where == "file" else
+                    (taken / "run", f"cannot write in output folder {taken / 'run'} ({taken} is a file)"))
+    monkeypatch.setattr(DistributionMatching, "step", lambda *args: pytest.fail("distilled before checking --out"))
+    code, _, stderr = run(capsys, "distill", *fast("--out", str(out)))
+    assert code == 2 and message in stderr and len(stderr.strip().splitlines()) == 1
+    assert taken.read_text() == "keep me"
+
+
+def test_outputs_honour_the_umask(capsys, data_root, tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        out = tmp_path / "run"
+        assert run(capsys, "distill", *fast("--out", str(out)))[0] == 0
+    finally:
+        os.umask(previous)
+    for name in ("synthetic.safetensors", "synthetic.png", "evaluation.json", "checkpoint.pt"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+
+
+def test_a_checkpoint_of_other_settings_names_what_differs(capsys, data_root, tmp_path):
+    out = tmp_path / "run"
+    assert run(capsys, "distill", *fast("--out", str(out), "--no-eval"))[0] == 0
+    code, _, stderr = run(capsys, "distill", *fast("--out", str(out), "--no-eval", "--init", "noise",
+                                                   "--lr-images", "0.5"))
+    assert code == 2
+    assert "init: 'real' there, 'noise' now, lr_images: 1.0 there, 0.5 now" in stderr
+    assert "batch_real" not in stderr  # settings that agree are not listed
+
+
+def test_a_resumed_run_reports_the_whole_distillation_time(capsys, data_root, tmp_path, monkeypatch):
+    from ddplug.distill import base
+    from ddplug.sets import load_set
+
+    out = tmp_path / "run"
+    clock = iter(range(0, 10_000, 10))  # every reading of the clock is 10 s after the last
+    monkeypatch.setattr(base.time, "perf_counter", lambda: float(next(clock)))
+    code, stdout, _ = run(capsys, "distill", *fast("--out", str(out), "--no-eval", "--iterations", "2", "--json"))
+    first = json.loads(stdout.strip().splitlines()[-1])["distill_seconds"]
+    code, stdout, stderr = run(capsys, "distill", *fast("--out", str(out), "--no-eval", "--iterations", "4", "--json"))
+    assert code == 0 and "resuming dm from iteration 2 of 4 (" in stderr
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["iterations"] == 4
+    assert summary["distill_seconds"] == pytest.approx(load_set(out).meta["distill_seconds"])
+    second_segment = summary["distill_seconds"] - first
+    assert first > 0 and second_segment > 0  # both segments count, not the last one's alone
+    assert summary["seconds_per_iteration"] == pytest.approx(summary["distill_seconds"] / 4)
+
+
+@pytest.mark.subprocess
+def test_sigterm_saves_the_set_and_exits_like_ctrl_c(data_root, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "ddplug.cli", "distill", *fast("--out", str(out), "--iterations", "1000000")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "DDPLUG_DATA": str(data_root)})
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # the first checkpoint (iteration 100) shows that distillation is under way
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted after" in stderr and "Traceback" not in stderr
+    from ddplug.sets import load_set
+
+    done = load_set(out).meta["iterations"]
+    assert 100 <= done < 1_000_000 and torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == done

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import urllib.error
 from pathlib import Path
@@ -203,6 +204,29 @@ def test_corrupt_cifar_pickle_names_the_file(tmp_path: Path) -> None:
     (folder / "test").write_bytes(b"not a pickle at all")
     with pytest.raises(DdplugError, match="cifar-100-python/test is corrupt"):
         load_dataset("cifar100", tmp_path)
+
+
+class _RunsCode:
+    """Unpickles by calling os.system: what a crafted dataset file would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_cifar_batch_is_refused_without_running_its_code(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    marker = tmp_path / "pwned"
+    rows = np.zeros((2, 3072), np.uint8)
+    for i in range(2, 6):
+        write_pickle(folder / f"data_batch_{i}", {"data": rows, "labels": [0, 1]})
+    write_pickle(folder / "test_batch", {"data": rows, "labels": [0, 1]})
+    write_pickle(folder / "data_batch_1", {"data": rows, "labels": [0, 1], "extra": _RunsCode(marker)})
+    with pytest.raises(DdplugError, match=r"refused to read .*data_batch_1: it asks for posix\.system, which is not data"):
+        load_dataset("cifar10", tmp_path)
+    assert not marker.exists()
 
 
 # --- SVHN ------------------------------------------------------------------------------------

@@ -195,7 +195,7 @@ def test_pooled_dm_resumes_exactly(digits, tmp_path):
 
 
 def test_pool_settings_are_checked(digits, tmp_path):
-    with pytest.raises(DdplugError, match="pool_size must be at least 0"):
+    with pytest.raises(DdplugError, match="pool_size must be a finite number, 0 or more, got -1"):
         dm(digits, pool_size=-1)
     with pytest.raises(DdplugError, match="max_online_steps must be at least 1"):
         dm(digits, pool_size=2, max_online_steps=0)

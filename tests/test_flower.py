@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -128,7 +129,7 @@ def test_soft_labels_and_learned_lr_travel() -> None:
 
 
 @pytest.mark.parametrize(("fault", "reason"), [
-    ("nan", "NaN"), ("shape", r"shape \(6, 1, 27, 28\)"), ("label", r"outside 0\.\.9"),
+    ("nan", "NaN"), ("shape", r"shape \(6, 1, 27, 28\)"), ("label", r"outside the classes 0\.\.9"),
     ("dtype", "images are float64, expected float16"), ("oversize", "over the limit of"),
 ])
 def test_each_kind_of_bad_payload_is_rejected(fault: str, reason: str) -> None:
@@ -252,7 +253,7 @@ def test_simulated_multi_round_distillation_survives_failing_and_bad_clients(dat
         assert entry["missing"] == ["1", "2", "3", "4", "5", "6"]
         assert "injected failure" in entry["failed"]["1"]
         reasons = entry["dropped"]
-        assert "NaN" in reasons["2"] and "shape" in reasons["3"] and "outside 0..9" in reasons["4"]
+        assert "NaN" in reasons["2"] and "shape" in reasons["3"] and "outside the classes 0..9" in reasons["4"]
         assert "float64" in reasons["5"] and "over the limit" in reasons["6"]
         assert entry["images"] == 20  # client 0's ipc 2 x 10 classes: the only set trained on
     assert summary["bytes_up"] == sum(entry["bytes_up"] for entry in summary["history"])
@@ -427,3 +428,182 @@ def test_fl_flags_are_generated_from_the_settings(capsys: pytest.CaptureFixture)
     assert settings.overrides == "eval.epochs=3" and settings.out == "runs/federated-distill-10c-dirichlet"
     assert cli.main(["fl", "--alpha", "x"]) == cli.EXIT_USER_ERROR
     assert "setting alpha expects float, got 'x'" in capsys.readouterr().err
+
+
+# --- one round of the real strategies, one hostile client at a time ----------------------------
+
+
+@pytest.fixture()
+def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messages outside a Flower run need an identity to be made at all."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+
+
+class _Grid:
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes
+
+
+def _replies(messages: list, contents: dict[int, Any]) -> list:
+    from flwr.app import Message
+
+    return [Message(contents[m.metadata.dst_node_id], reply_to=m) for m in messages]
+
+
+def _history(tmp_path: Path, nodes: list[int], **settings: Any):
+    from ddplug_flower.server import History
+
+    partitions = {node: {"partition-id": index, "num-examples": 100, "class-counts": [10] * 10}
+                  for index, node in enumerate(nodes)}
+    return History(FederatedSettings(out=str(tmp_path), **settings), partitions, len(nodes), time.perf_counter())
+
+
+def _bomb(array: Array, elements: int = 10**13) -> Array:
+    """``array`` with honest shape/dtype fields but a .npy header declaring ``elements`` and 100 bytes of data."""
+    import io
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": np.dtype(array.dtype).str, "fortran_order": False,
+                                                  "shape": (elements,)})
+    return Array(dtype=array.dtype, shape=array.shape, stype=array.stype, data=header.getvalue() + bytes(100))
+
+
+def _hostile_upload(fault: str) -> tuple[ArrayRecord, str]:
+    """A bad upload and the encoding it claims (float32, unless the fault needs float16)."""
+    labels = None
+    if fault.startswith("lr="):
+        return set_to_record(_set(lr=float(fault[3:])), "float32"), "float32"
+    if fault == "huge-float32":
+        images = torch.full((6, 1, 28, 28), 3e38)
+    elif fault == "huge-float16":
+        record = set_to_record(_set(), "float16")
+        record["images"] = Array(np.full((6, 1, 28, 28), 65504, np.float16))
+        return record, "float16"
+    else:
+        images = _set().images
+    if fault.startswith("soft"):
+        soft = _set(soft=True).labels
+        labels = {"soft*5": soft * 5, "soft*1e30": soft * 1e30, "soft*1e-30": soft * 1e-30, "soft+1": soft + 1}[fault]
+    synthetic = _set(soft=labels is not None)
+    synthetic = SyntheticSet(images, synthetic.labels if labels is None else labels, 10, synthetic.mean, synthetic.std)
+    record = set_to_record(synthetic, "float32")
+    if fault == "bomb":
+        record["images"] = _bomb(record["images"])
+    return record, "float32"
+
+
+@pytest.mark.parametrize(("fault", "reason"), [
+    ("lr=1e6", r"learned lr 1e\+06 is not within \(1e-05, 1\]"),
+    ("lr=1e30", r"learned lr 1e\+30 is not within"),
+    ("lr=1e-30", r"learned lr 1e-30 is not within"),
+    ("huge-float32", r"pixels range over .* outside the allowed -1\.\.2"),
+    ("huge-float16", r"pixels range over .* outside the allowed -1\.\.2"),
+    ("soft*5", "soft labels do not sum to 1"),
+    ("soft*1e30", "soft labels do not sum to 1"),
+    ("soft*1e-30", "soft labels do not sum to 1"),
+    ("soft+1", "soft labels do not sum to 1"),
+    ("bomb", r"images declares float32 \(6, 1, 28, 28\) but holds float32 \(10000000000000,\)"),
+])
+def test_a_hostile_upload_is_dropped_and_the_round_goes_on(task_identity: None, tmp_path: Path, fault: str,
+                                                          reason: str) -> None:
+    from flwr.app import ConfigRecord, RecordDict
+
+    from ddplug_flower.server import DistilledSets
+
+    record, encoding = _hostile_upload(fault)
+    history = _history(tmp_path, [11, 12, 13], encoding=encoding)
+    spec = SetSpec.for_dataset(_FakeData, ipc=2, encoding=encoding, lr_range=(1e-5, 1.0))
+    trained = []
+    strategy = DistilledSets(spec, lambda union, server_round: trained.append(union) or ArrayRecord(), history)
+    messages = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), _Grid([11, 12, 13]))
+    honest = {11: _set(lr=0.02), 12: _set(classes=(1, 2), lr=0.05)}
+    contents = {node: RecordDict({"set": set_to_record(part, encoding)}) for node, part in honest.items()}
+    contents[13] = RecordDict({"set": record})
+    strategy.aggregate_train(1, _replies(messages, contents))
+    history.evaluated(1, 0.5)
+    summary = json.loads((tmp_path / "history.json").read_text())
+    entry = summary["history"][0]
+    assert entry["participants"] == ["0", "1"] and list(entry["dropped"]) == ["2"]
+    assert re.search(reason, entry["dropped"]["2"]), entry["dropped"]["2"]
+    (union,) = trained  # the round went on with the honest clients' union
+    assert len(union) == 6 + 4 and torch.isfinite(union.images).all()
+    if fault.startswith("lr="):  # only client 0 and 1 declared an lr: their median (the lower middle value)
+        assert entry["lr"] == pytest.approx(0.02)
+
+
+def test_the_union_lr_is_the_median_whatever_the_order() -> None:
+    parts = [_set(lr=lr) for lr in (0.9, 0.01, 0.02)]
+    for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2]):
+        union = SyntheticSet.concatenate([parts[i] for i in order], meta={})
+        assert float(union.lr) == pytest.approx(0.02)
+
+
+class _FakeData:
+    in_channels, image_size, num_classes, mean, std = 1, (28, 28), 10, (0.2861,), (0.3530,)
+
+
+@pytest.mark.parametrize(("fault", "reason"), [
+    ("examples=1e300", r"num-examples must be a whole number from 1 to 100 \(the client's partition\), got 1e\+300"),
+    ("examples=1e30", r"num-examples must be a whole number from 1 to 100 .* got 1000000000000000000000000000000"),
+    ("examples=0", "got 0"),
+    ("weights=3e38", r"holds a weight of magnitude 3e\+38, over the limit of 1000"),
+    ("bomb", r"declares float32 .* but holds float32 \(10000000000000,\)"),
+])
+def test_fedavg_drops_a_reply_that_would_dominate_or_crash_the_average(task_identity: None, tmp_path: Path,
+                                                                       fault: str, reason: str) -> None:
+    from flwr.app import ConfigRecord, MetricRecord, RecordDict
+
+    from ddplug_flower.server import CheckedFedAvg
+
+    history = _history(tmp_path, [11, 12, 13], mode="fedavg")
+    strategy = CheckedFedAvg(history, history.settings)
+    model = create_model(TINY_MODEL, in_channels=1, num_classes=10, image_size=(28, 28))
+    global_arrays = ArrayRecord(model.state_dict())
+    messages = strategy.configure_train(1, global_arrays, ConfigRecord(), _Grid([11, 12, 13]))
+
+    def update(shift: float, examples: Any = 50) -> RecordDict:
+        state = {key: value + shift for key, value in model.state_dict().items()}
+        return RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord({"num-examples": examples})})
+
+    contents = {11: update(1.0), 12: update(3.0, examples=100)}
+    kind, _, value = fault.partition("=")
+    if kind == "examples":
+        contents[13] = update(0.0, examples={"1e300": 1e300, "1e30": 10**30, "0": 0}[value])
+    elif kind == "weights":
+        contents[13] = update(3e38)
+    else:
+        contents[13] = update(0.0)
+        first = next(iter(global_arrays))
+        contents[13].array_records["arrays"][first] = _bomb(contents[13].array_records["arrays"][first])
+    averaged, _ = strategy.aggregate_train(1, _replies(messages, contents))
+    history.evaluated(1, 0.5)
+    entry = json.loads((tmp_path / "history.json").read_text())["history"][0]
+    assert entry["participants"] == ["0", "1"] and list(entry["dropped"]) == ["2"]
+    assert re.search(reason, entry["dropped"]["2"]), entry["dropped"]["2"]
+    # The honest average: (50 * (w + 1) + 100 * (w + 3)) / 150 = w + 7/3.
+    key = next(key for key, value in model.state_dict().items() if value.is_floating_point())
+    expected = model.state_dict()[key] + 7 / 3
+    assert torch.allclose(torch.from_numpy(averaged[key].numpy()), expected, atol=1e-5)
+
+
+def test_a_partition_size_claimed_beyond_the_dataset_is_not_believed(task_identity: None) -> None:
+    from flwr.app import MetricRecord, RecordDict
+
+    from ddplug_flower.server import discover
+
+    claims = {11: 40, 12: 10**30, 13: 0}
+
+    class QueryGrid(_Grid):
+        def send_and_receive(self, messages: list, timeout: float) -> list:
+            return _replies(messages, {node: RecordDict({"info": MetricRecord(
+                {"partition-id": node - 11, "num-examples": claims[node], "class-counts": [4] * 10})})
+                for node in claims})
+
+    partitions = discover(QueryGrid(list(claims)), list(claims), FederatedSettings(), largest=60_000)
+    assert list(partitions) == [11] and partitions[11]["num-examples"] == 40

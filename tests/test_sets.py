@@ -143,3 +143,114 @@ def test_invalid_sets_are_rejected():
         SyntheticSet(torch.zeros(2, 1, 4, 4), torch.zeros(3, dtype=torch.long), 2, (0.0,), (1.0,))
     with pytest.raises(DdplugError, match="mean/std"):
         SyntheticSet(torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.long), 2, (0.0,), (1.0,))
+
+
+# --- sets that would train to nothing are refused on load ----------------------------------
+
+
+def _rewritten(tmp_path, tensors=None, metadata=None, drop=(), name="bad.safetensors"):
+    """A copy of a good ddplug set file with some tensors or header entries replaced or dropped."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    good = save_set(make_set(lr=0.02), tmp_path / "good.safetensors")
+    with safe_open(str(good), framework="pt") as handle:
+        header = dict(handle.metadata())
+    content = {**load_file(str(good)), **(tensors or {})}
+    header.update(metadata or {})
+    for key in drop:
+        content.pop(key, None)
+        header.pop(key, None)
+    save_file(content, str(tmp_path / name), metadata=header)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"tensors": {"images": torch.full((6, 1, 8, 8), float("nan"))}}, "384 of its 384 image values are NaN or infinite"),
+    ({"tensors": {"images": torch.zeros(6, 1, 8, 8).index_fill_(0, torch.tensor([3]), float("inf"))}},
+     "64 of its 384 image values are NaN or infinite"),
+    ({"tensors": {"labels": -torch.softmax(torch.randn(6, 3), 1)}}, "soft labels hold negative"),
+    ({"tensors": {"labels": 5 * torch.softmax(torch.randn(6, 3), 1)}}, "soft labels do not sum to 1"),
+    ({"tensors": {"lr": torch.tensor([float("nan")])}}, "learned lr nan is not within"),
+    ({"tensors": {"lr": torch.tensor([-0.01])}}, "learned lr -0.01 is not within"),
+    ({"tensors": {"labels": torch.tensor([0, 0, 1, 1, 2, 7])}}, r"labels range over 0\.\.7, outside the classes 0\.\.2"),
+    ({"tensors": {"labels": torch.tensor([0, 0, 1, 1, 2, -1])}}, r"labels range over -1\.\.2"),
+    ({"tensors": {"labels": torch.tensor([0.0, 0, 1, 1, 2, 2])}}, "labels are torch.float32 class ids"),
+    ({"drop": ["images"]}, "a set needs images and labels"),
+    ({"drop": ["mean"]}, "metadata is missing or broken .*KeyError: 'mean'"),
+    ({"metadata": {"meta": "{broken"}}, "metadata is missing or broken .*JSONDecodeError"),
+    ({"metadata": {"std": "[0.0]"}}, "metadata is missing or broken .*std positive"),
+    ({"metadata": {"num_classes": "three"}}, "metadata is missing or broken .*ValueError"),
+])
+def test_sets_that_cannot_be_trained_on_are_refused_on_load(tmp_path, change, reason):
+    path = _rewritten(tmp_path, **change)
+    with pytest.raises(DdplugError, match=reason) as refused:
+        load_set(path)
+    assert str(refused.value).startswith(str(path))
+    assert len(str(refused.value).splitlines()) == 1
+
+
+def test_evaluate_refuses_a_nan_set_before_training(tmp_path, capsys):
+    from ddplug import cli
+
+    path = _rewritten(tmp_path, tensors={"images": torch.full((6, 1, 8, 8), float("nan"))})
+    assert cli.main(["evaluate", str(path), "--quiet"]) == cli.EXIT_USER_ERROR
+    assert "cannot be trained on: 384 of its 384 image values are NaN" in capsys.readouterr().err
+
+
+def test_set_limits_bound_pixels_and_lr():
+    from ddplug.sets import SetLimits
+
+    limits = SetLimits(pixel_range=(-1.0, 2.0), lr_range=(1e-5, 1.0))
+    make_set(lr=0.02).check()
+    small = make_set(lr=0.02)
+    small.images = small.images.clamp(-2, 2)  # pixels 0..1
+    small.check(limits)
+    for images, lr, reason in [(small.images * 1e30, 0.02, "pixels range over"),
+                               (small.images, 1e6, "learned lr 1e\\+06 is not within \\(1e-05, 1\\]"),
+                               (small.images, 1e-30, "learned lr 1e-30 is not within")]:
+        bad = SyntheticSet(images, small.labels, 3, (0.5,), (0.25,), lr=torch.tensor(lr))
+        with pytest.raises(DdplugError, match=reason):
+            bad.check(limits)
+
+
+# --- files of the original code ------------------------------------------------------------
+
+
+def _dc_result(path, numpy_core="numpy._core"):
+    """A result file as the original DC/DSA/DM code writes it: the sets and its recorded
+    accuracies as numpy float64 (``numpy_core``: the module name the numpy of its day used)."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    torch.save({"data": [[torch.zeros(6, 1, 8, 8), torch.tensor([0, 0, 1, 1, 2, 2])]],
+                "accs_all_exps": {"DM": [np.float64(0.51), np.float64(0.49)]}, "curve": np.arange(3.0)}, buffer)
+    if numpy_core != "numpy._core":  # rename the module in the pickle's GLOBAL opcodes (protocol 2: text)
+        with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as source, zipfile.ZipFile(path, "w") as target:
+            for item in source.infolist():
+                data = source.read(item)
+                if item.filename.endswith("data.pkl"):
+                    data = data.replace(b"numpy._core.multiarray", numpy_core.encode() + b".multiarray")
+                target.writestr(item, data)
+    else:
+        path.write_bytes(buffer.getvalue())
+    return path
+
+
+@pytest.mark.parametrize("numpy_core", ["numpy._core", "numpy.core"])
+def test_result_files_of_the_original_code_load_with_their_numpy_accuracies(tmp_path, numpy_core):
+    loaded = load_set(_dc_result(tmp_path / "res_DM_fake_ConvNet_2ipc.pt", numpy_core), dataset=FakeDataset())
+    assert loaded.images.shape == (6, 1, 8, 8) and loaded.labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_random_bytes_are_called_unreadable_not_code(tmp_path):
+    import random
+
+    path = tmp_path / "random.pt"
+    path.write_bytes(random.Random(0).randbytes(2000))
+    with pytest.raises(DdplugError, match="cannot read .*not a torch file") as refused:
+        load_set(path, dataset=FakeDataset())
+    assert "\x1b" not in str(refused.value) and "code" not in str(refused.value)

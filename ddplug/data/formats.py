@@ -6,6 +6,7 @@ A file that cannot be read raises DdplugError naming the file.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import math
 import pickle
@@ -95,11 +96,40 @@ def read_idx_dir(directory: Path) -> RawSplits:
 # --- CIFAR python pickles --------------------------------------------------------------------
 
 
+class _DataUnpickler(pickle.Unpickler):
+    """Rebuilds only what CIFAR's batches hold (numpy arrays, and the builtin containers,
+    numbers and strings pickle makes without naming a global); any other global, which a
+    crafted file would use to run code, is refused before it is called."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,  # numpy 1.x, as CIFAR ships
+        ("numpy._core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+        ("numpy.core.numeric", "_frombuffer"): np._core.numeric._frombuffer,  # pickle protocol 5
+        ("numpy._core.numeric", "_frombuffer"): np._core.numeric._frombuffer,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,  # how Python 3 pickles bytes at protocol 2
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return self.ALLOWED[(module, name)]
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
 def _unpickle(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as file:
             # latin1 is how Python 3 reads the Python 2 pickles CIFAR ships.
-            content = pickle.load(file, encoding="latin1")
+            content = _DataUnpickler(file, encoding="latin1").load()
+    except _RefusedGlobal as refused:
+        raise DdplugError(f"refused to read {path}: it asks for {refused}, which is not data (a CIFAR batch holds "
+                          "only numpy arrays, lists and strings), so unpickling it could run code. "
+                          "Replace it with the dataset's original file") from None
     except Exception as err:  # unpickling a damaged file can raise almost any exception type
         raise _corrupt(path, f"{type(err).__name__}: {err}") from err
     if not isinstance(content, dict):

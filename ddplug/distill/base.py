@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import signal
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -69,6 +70,14 @@ class DistillConfig:
 
     def validate(self, real: ImageDataset) -> None:
         """Fail early, before any long work, on settings that cannot work."""
+        for setting in dataclasses.fields(self):
+            value = getattr(self, setting.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if not math.isfinite(value) or value < 0:
+                raise DdplugError(f"{setting.name} must be a finite number, 0 or more, got {value}")
+        if not self.momentum < 1:
+            raise DdplugError(f"momentum must be within [0, 1), got {self.momentum}")
         if self.ipc < 1:
             raise DdplugError(f"ipc must be at least 1, got {self.ipc}")
         per_class = self.layout(real).decoded_per_class
@@ -289,6 +298,9 @@ def run_distillation(
     """
     total = distiller.config.iterations
     start, losses, earlier_seconds = _resume(distiller, checkpoint)
+    if start:
+        print(f"resuming {distiller.name} from iteration {start} of {total} ({earlier_seconds:.0f} s of distillation "
+              f"so far; checkpoint {checkpoint})", file=sys.stderr, flush=True)
     pending: list[Tensor] = []
     done = start
     bar = tqdm(total=total, initial=start, desc=f"distill {distiller.name}", disable=not progress, unit="it")
@@ -316,8 +328,8 @@ def run_distillation(
             if stop.requested:
                 break
     bar.close()
-    seconds = time.perf_counter() - began
-    return Condensed(_described_set(distiller, done, earlier_seconds + seconds), distiller.name, done, seconds, losses,
+    seconds = elapsed()
+    return Condensed(_described_set(distiller, done, seconds), distiller.name, done, seconds, losses,
                      interrupted=done < total, zca=distiller.zca)
 
 
@@ -328,7 +340,8 @@ def _described_set(distiller: Distiller, iterations: int, seconds: float) -> Syn
 
 
 class _StopRequest:
-    """Turns the first Ctrl-C into a request to stop after the current step."""
+    """Turns the first Ctrl-C or SIGTERM (what ``timeout``, batch schedulers and containers
+    send) into a request to stop after the current step; a second one aborts at once."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -341,12 +354,12 @@ class _StopRequest:
 
     def __enter__(self) -> _StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, handler in (self._previous or {}).items():
+            signal.signal(signum, handler)
 
 
 def _checkpoint_identity(distiller: Distiller) -> dict[str, Any]:
@@ -366,13 +379,25 @@ def _load_checkpoint(distiller: Distiller, path: str | Path) -> tuple[int, list[
         saved = torch.load(path, map_location=distiller.device, weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable checkpoint means the same to the user
         raise DdplugError(f"checkpoint {path} is unreadable ({error}); delete it to start afresh") from None
-    if saved.get("identity") != _checkpoint_identity(distiller):
+    identity = _checkpoint_identity(distiller)
+    if saved.get("identity") != identity:
         raise DdplugError(
-            f"checkpoint {path} was made by a different run ({saved.get('identity')}); "
+            f"checkpoint {path} was made by a different run ({_differences(saved.get('identity'), identity)}); "
             "use another output folder, or delete the checkpoint to start afresh"
         )
     distiller.load_state_dict(saved["state"])
     return int(saved["iteration"]), list(saved["losses"]), float(saved.get("seconds", 0.0))
+
+
+def _differences(saved: Any, current: dict[str, Any]) -> str:
+    """``name: saved -> now`` for each setting where a checkpoint's identity differs."""
+    if not isinstance(saved, dict):
+        return "it records no settings"
+    flat_saved = {**{k: v for k, v in saved.items() if k != "config"}, **(saved.get("config") or {})}
+    flat_now = {**{k: v for k, v in current.items() if k != "config"}, **current["config"]}
+    names = sorted(set(flat_saved) | set(flat_now))
+    return ", ".join(f"{name}: {flat_saved.get(name, '(unset)')!r} there, {flat_now.get(name, '(unset)')!r} now"
+                     for name in names if flat_saved.get(name) != flat_now.get(name))
 
 
 def _resume(distiller: Distiller, checkpoint: str | Path | None) -> tuple[int, list[float], float]:

@@ -39,9 +39,9 @@ class Condensed:
     synthetic: SyntheticSet
     method: str
     iterations: int  # iterations completed in total, resumed ones included (0 for selections)
-    seconds: float  # wall time of this run (resumed iterations not included)
+    seconds: float  # wall time of the whole distillation, earlier (resumed) segments included
     losses: list[float] = field(default_factory=list)  # loss of every iteration
-    interrupted: bool = False  # stopped by Ctrl-C before the configured iterations
+    interrupted: bool = False  # stopped by Ctrl-C or SIGTERM before the configured iterations
     zca: ZCA | None = None  # the whitening a ZCA-whitened set lives in (fitted on the real training images)
 
 

@@ -19,6 +19,9 @@ class EvalProtocol(TrainSettings):
     full_epochs: int = 50  # epochs for the whole-dataset upper bound
     feature_epochs: int = 10  # training of the network whose features herding/k-center use
 
+    def counted_settings(self) -> tuple[str, ...]:
+        return (*super().counted_settings(), "num_models", "full_epochs", "feature_epochs")
+
     def train_settings(self, epochs: int | None = None) -> TrainSettings:
         """The training part alone, optionally for another number of epochs."""
         settings = {field.name: getattr(self, field.name) for field in dataclasses.fields(TrainSettings)}

@@ -7,6 +7,7 @@ herding/k-center feature networks, and by the adapters that retrain on a memory.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddplug.augment import DSA
+from ddplug.errors import DdplugError
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,23 @@ class TrainSettings:
     weight_decay: float = 5e-4
     batch_size: int = 256
     lr_decay: bool = True  # the protocol's one ×0.1 decay after half the epochs; False: constant lr
+
+    def __post_init__(self) -> None:
+        """Refuse settings that would train nothing or diverge, when they are made (before any work)."""
+        at_least_one = {name: getattr(self, name) for name in self.counted_settings()}
+        for name, value in at_least_one.items():
+            if not isinstance(value, int) or value < 1:
+                raise DdplugError(f"{name} must be at least 1, got {value!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise DdplugError(f"lr must be a positive finite number, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise DdplugError(f"momentum must be within [0, 1), got {self.momentum}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise DdplugError(f"weight_decay must be 0 or more, got {self.weight_decay}")
+
+    def counted_settings(self) -> tuple[str, ...]:
+        """Settings that count something and must be at least 1 (subclasses add theirs)."""
+        return ("epochs", "batch_size")
 
 
 def train_classifier(

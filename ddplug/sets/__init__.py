@@ -12,10 +12,10 @@ from ddplug.sets.files import (
 )
 from ddplug.sets.param import Layout, Parameterisation, available_params, create_param, register_param
 from ddplug.sets.grid import save_grid
-from ddplug.sets.synthetic import SyntheticSet
+from ddplug.sets.synthetic import SetLimits, SyntheticSet
 
 __all__ = [
-    "IMAGE_ENCODINGS", "SET_FILE", "Layout", "Parameterisation", "SyntheticSet", "as_stored", "available_params",
+    "IMAGE_ENCODINGS", "SET_FILE", "Layout", "Parameterisation", "SetLimits", "SyntheticSet", "as_stored", "available_params",
     "create_param", "decode_images", "encode_images", "load_set", "payload_bytes", "register_param", "save_grid",
     "save_set",
 ]

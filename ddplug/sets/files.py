@@ -3,7 +3,9 @@ of the original DC/DSA/DM and MTT code.
 
 Nothing here unpickles arbitrary objects: ddplug files are safetensors, and foreign
 ``.pt`` files go through ``torch.load(weights_only=True)``, which refuses any pickle
-that would construct something other than tensors and plain containers.
+that would construct something other than tensors, plain containers and the numpy
+scalars, dtypes and arrays the original code records its accuracies in. Every loaded set
+is checked (:meth:`SyntheticSet.check`) before anyone trains on it.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import re
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
@@ -158,16 +162,23 @@ def load_set(path: str | Path, *, dataset: DatasetInfo | None = None, experiment
     if path.is_dir():
         path = _set_file_in(path)
     if path.suffix == ".safetensors":
-        return _load_ddplug(path)
-    payload = _load_weights_only(path)
-    if isinstance(payload, dict) and "data" in payload:
-        return _from_dc(payload, path, _require(dataset, path), experiment)
-    if isinstance(payload, Tensor) and payload.ndim == 4:
-        return _from_mtt(payload, path, _require(dataset, path))
-    raise DdplugError(
-        f"{path} is a torch file but not a synthetic set: expected a DC/DSA/DM result "
-        "(a dict with 'data': [[images, labels], ...]) or MTT's images_best.pt (an (N, C, H, W) tensor)"
-    )
+        synthetic = _load_ddplug(path)
+    else:
+        payload = _load_weights_only(path)
+        if isinstance(payload, dict) and "data" in payload:
+            synthetic = _from_dc(payload, path, _require(dataset, path), experiment)
+        elif isinstance(payload, Tensor) and payload.ndim == 4:
+            synthetic = _from_mtt(payload, path, _require(dataset, path))
+        else:
+            raise DdplugError(
+                f"{path} is a torch file but not a synthetic set: expected a DC/DSA/DM result "
+                "(a dict with 'data': [[images, labels], ...]) or MTT's images_best.pt (an (N, C, H, W) tensor)"
+            )
+    try:
+        synthetic.check()
+    except DdplugError as error:
+        raise DdplugError(f"{path} cannot be trained on: {error}") from None
+    return synthetic
 
 
 def _set_file_in(folder: Path) -> Path:
@@ -206,39 +217,88 @@ def _load_ddplug(path: Path) -> SyntheticSet:
     if metadata.get("format_version") not in (FORMAT_VERSION, CODED_FORMAT_VERSION):
         raise DdplugError(f"{path} has format version {metadata.get('format_version')}; this ddplug reads "
                           f"{FORMAT_VERSION} and {CODED_FORMAT_VERSION}")
-    mean = tuple(json.loads(metadata["mean"]))
-    std = tuple(json.loads(metadata["std"]))
-    lr = tensors["lr"].reshape(()) if "lr" in tensors else None
-    num_classes = int(metadata["num_classes"])
-    meta = json.loads(metadata["meta"])
-    if metadata["format_version"] == FORMAT_VERSION:
-        return SyntheticSet(decode_images(tensors["images"], mean, std), tensors["labels"], num_classes, mean, std,
-                            lr=lr, meta=meta)
-    stored = {key[len(CODE_PREFIX):]: tensor for key, tensor in tensors.items() if key.startswith(CODE_PREFIX)}
-    image_shape = tuple(json.loads(metadata["image_shape"]))
-    if len(image_shape) != 3 or not all(isinstance(n, int) and 0 < n <= 4096 for n in image_shape):
-        raise DdplugError(f"{path}: image_shape {image_shape} is not (C, H, W) of positive sizes")
     try:
-        code, images = _decode(stored, metadata["param"], mean, std, image_shape)
-    except (RuntimeError, ValueError, KeyError, IndexError) as error:
-        raise DdplugError(f"{path}: its code does not decode as {metadata['param']} ({error})") from None
-    labels = tensors.get("labels")
-    if labels is None:
-        labels = torch.arange(num_classes).repeat_interleave(len(images) // num_classes)
-    return SyntheticSet(images, labels, num_classes, mean, std, lr=lr, meta=meta, code=code, param=metadata["param"])
+        header = _parsed_metadata(metadata)
+    except (KeyError, ValueError, TypeError) as error:
+        raise DdplugError(f"{path}: its metadata is missing or broken ({type(error).__name__}: {error}); "
+                          "it is not a complete ddplug set file") from None
+    mean, std, num_classes, meta = header["mean"], header["std"], header["num_classes"], header["meta"]
+    lr = tensors["lr"].reshape(-1) if "lr" in tensors else None
+    lr = lr.reshape(()) if lr is not None and lr.numel() == 1 else lr  # check() names any other size
+    try:
+        if metadata["format_version"] == FORMAT_VERSION:
+            if "images" not in tensors or "labels" not in tensors:
+                raise DdplugError(f"it holds {', '.join(sorted(tensors)) or 'no tensors'}; a set needs images and labels")
+            return SyntheticSet(decode_images(tensors["images"], mean, std), tensors["labels"], num_classes, mean, std,
+                                lr=lr, meta=meta)
+        stored = {key[len(CODE_PREFIX):]: tensor for key, tensor in tensors.items() if key.startswith(CODE_PREFIX)}
+        try:
+            code, images = _decode(stored, header["param"], mean, std, header["image_shape"])
+        except (RuntimeError, ValueError, KeyError, IndexError) as error:
+            raise DdplugError(f"its code does not decode as {header['param']} ({error})") from None
+        labels = tensors.get("labels")
+        if labels is None:
+            labels = torch.arange(num_classes).repeat_interleave(len(images) // num_classes)
+        return SyntheticSet(images, labels, num_classes, mean, std, lr=lr, meta=meta, code=code, param=header["param"])
+    except DdplugError as error:
+        raise DdplugError(f"{path}: {error}") from None
+
+
+def _parsed_metadata(metadata: dict[str, str]) -> dict[str, Any]:
+    """The header's values, type- and range-checked (KeyError, ValueError or TypeError if not)."""
+    mean, std = json.loads(metadata["mean"]), json.loads(metadata["std"])
+    if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) and 0 < len(mean) <= 16
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in mean + std) and min(std) > 0):
+        raise ValueError(f"mean {metadata['mean']} and std {metadata['std']} should be equal-length lists of "
+                         "finite numbers, std positive")
+    num_classes = int(metadata["num_classes"])
+    if not 1 <= num_classes <= 100_000:
+        raise ValueError(f"num_classes {num_classes} is not within 1..100000")
+    meta = json.loads(metadata["meta"])
+    if not isinstance(meta, dict):
+        raise TypeError(f"meta should be a JSON object, got {type(meta).__name__}")
+    header = {"mean": tuple(mean), "std": tuple(std), "num_classes": num_classes, "meta": meta}
+    if metadata["format_version"] == CODED_FORMAT_VERSION:
+        image_shape = tuple(json.loads(metadata["image_shape"]))
+        if len(image_shape) != 3 or not all(isinstance(n, int) and 0 < n <= 4096 for n in image_shape):
+            raise ValueError(f"image_shape {image_shape} is not (C, H, W) of positive sizes")
+        header.update(param=metadata["param"], image_shape=image_shape)
+    return header
+
+
+def _numpy_data_globals() -> list[Any]:
+    """What a pickle needs to rebuild numpy scalars, dtypes and arrays, under the names numpy
+    1.x (``numpy.core``, the original code's era) and 2.x (``numpy._core``) pickle them as."""
+    core = np._core.multiarray
+    dtype_classes = [type(np.dtype(code)) for code in "?bhilqBHILQefdgFDG"]
+    return [np.dtype, np.ndarray, *dtype_classes,
+            *((function, f"{module}.multiarray.{function.__name__}")
+              for function in (core.scalar, core._reconstruct) for module in ("numpy.core", "numpy._core"))]
 
 
 def _load_weights_only(path: Path) -> object:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_data_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        blocked = re.findall(r"GLOBAL ([\w.]+)", str(error))
+        if not blocked:  # not a pickle that asks for code: random or damaged bytes
+            raise DdplugError(f"cannot read {path}: not a torch file, or truncated or corrupt "
+                              f"({_cause(error)})") from None
         raise DdplugError(
-            f"refused to load {path}: it holds Python objects other than tensors and plain containers, "
-            f"and unpickling them could run code ({str(error).splitlines()[0]}). "
+            f"refused to load {path}: it holds Python objects ({', '.join(dict.fromkeys(blocked))}) other than "
+            "tensors, plain containers and numpy data, and unpickling them could run code. "
             "Re-save the set with only tensors, lists and dicts."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise DdplugError(f"cannot read {path}: not a torch file or truncated ({error})") from None
+        raise DdplugError(f"cannot read {path}: not a torch file, or truncated or corrupt ({_cause(error)})") from None
+
+
+def _cause(error: Exception) -> str:
+    """The line of torch's error text that says what went wrong, without terminal escape codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    return found.group(1).strip() if found else (text.splitlines()[0] if text else type(error).__name__)
 
 
 def _require(dataset: DatasetInfo | None, path: Path) -> DatasetInfo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -9,6 +10,21 @@ import torch
 from torch import Tensor
 
 from ddplug.errors import DdplugError
+
+
+@dataclass(frozen=True)
+class SetLimits:
+    """The values a set must keep to be trained on (:meth:`SyntheticSet.check`).
+
+    ``pixel_range`` bounds the images on the [0, 1] pixel scale of their normalisation
+    (None: any finite value; never applied to ZCA-whitened images, which are not pixels);
+    ``lr_range`` bounds a learned learning rate (exclusive of 0); soft labels must be
+    non-negative and sum to 1 within ``label_sum_tolerance``, as a softmax does.
+    """
+
+    pixel_range: tuple[float, float] | None = None
+    lr_range: tuple[float, float] = (0.0, math.inf)
+    label_sum_tolerance: float = 1e-3
 
 
 @dataclass
@@ -41,6 +57,8 @@ class SyntheticSet:
         if self.images.ndim != 4:
             raise DdplugError(f"synthetic images must be (N, C, H, W), got shape {tuple(self.images.shape)}")
         n, channels = self.images.shape[:2]
+        if self.labels.ndim not in (1, 2):
+            raise DdplugError(f"labels must be class ids (N,) or soft labels (N, K), got shape {tuple(self.labels.shape)}")
         if self.labels.shape[0] != n:
             raise DdplugError(f"{n} synthetic images but {self.labels.shape[0]} labels")
         if self.soft_labels and self.labels.shape[1] != self.num_classes:
@@ -49,6 +67,54 @@ class SyntheticSet:
             raise DdplugError(f"mean/std have {len(self.mean)}/{len(self.std)} entries for {channels}-channel images")
         self.mean = tuple(float(m) for m in self.mean)
         self.std = tuple(float(s) for s in self.std)
+
+    def check(self, limits: SetLimits = SetLimits()) -> None:
+        """Raise :class:`DdplugError` naming the first thing that would make training on the
+        set fail or learn nothing: no images, NaN/inf or out-of-range pixels, labels that are
+        not class ids or not probability vectors, a learned lr that is not finite, positive
+        and within range. One pass over the values (a host sync): call it where a set
+        arrives (a file, an upload), not in a training loop."""
+        if len(self) == 0:
+            raise DdplugError("the set holds no images")
+        images = self.images.detach()
+        bad = int((~torch.isfinite(images)).sum())
+        if bad:
+            raise DdplugError(f"{bad} of its {images.numel()} image values are NaN or infinite")
+        if limits.pixel_range is not None and self.zca_epsilon is None:
+            with torch.no_grad():
+                pixels = self.denormalised()
+            low, high = float(pixels.min()), float(pixels.max())
+            allowed_low, allowed_high = limits.pixel_range
+            if low < allowed_low or high > allowed_high:
+                raise DdplugError(f"its pixels range over {low:.4g}..{high:.4g} on the [0, 1] scale, outside the "
+                                  f"allowed {allowed_low:g}..{allowed_high:g}")
+        self._check_labels(limits)
+        if self.lr is not None:
+            if self.lr.numel() != 1:
+                raise DdplugError(f"its learned lr should be one number, got shape {tuple(self.lr.shape)}")
+            lr = float(self.lr)
+            low, high = limits.lr_range
+            if not (math.isfinite(lr) and max(low, 0.0) < lr <= high):
+                raise DdplugError(f"its learned lr {lr:g} is not within ({max(low, 0.0):g}, {high:g}]")
+
+    def _check_labels(self, limits: SetLimits) -> None:
+        labels = self.labels.detach()
+        if not self.soft_labels:
+            if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+                raise DdplugError(f"its labels are {labels.dtype} class ids; hard labels must be integers "
+                                  "(or give soft labels as an (N, classes) float tensor)")
+            low, high = int(labels.min()), int(labels.max())
+            if low < 0 or high >= self.num_classes:
+                raise DdplugError(f"its labels range over {low}..{high}, outside the classes 0..{self.num_classes - 1}")
+            return
+        if not labels.is_floating_point():
+            raise DdplugError(f"its soft labels are {labels.dtype}; they must be float probability vectors")
+        if not bool(torch.isfinite(labels).all()) or float(labels.min()) < 0:
+            raise DdplugError("its soft labels hold negative, NaN or infinite values; they must be probabilities")
+        off = float((labels.double().sum(dim=1) - 1).abs().max())
+        if off > limits.label_sum_tolerance:
+            raise DdplugError(f"its soft labels do not sum to 1 (off by up to {off:.3g}, tolerance "
+                              f"{limits.label_sum_tolerance:g}); they must be probability vectors")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -99,13 +165,14 @@ class SyntheticSet:
     def concatenate(cls, parts: list[SyntheticSet], meta: dict[str, Any]) -> SyntheticSet:
         """One set holding every image of ``parts`` (same classes and normalisation).
 
-        Hard labels become one-hot rows when any part has soft labels; the first learned
-        lr found is kept (parts made by one method share how they were trained).
+        Hard labels become one-hot rows when any part has soft labels. The learned lr is the
+        median of the parts' (the lower middle one for an even count): no single part, and
+        not the order of the parts, decides how the union trains.
         """
         first = parts[0]
         soft = any(part.soft_labels for part in parts)
         labels = [torch.nn.functional.one_hot(part.labels, first.num_classes).float()
                   if soft and not part.soft_labels else part.labels for part in parts]
-        lrs = [part.lr for part in parts if part.lr is not None]
+        lrs = [part.lr.reshape(()) for part in parts if part.lr is not None]
         return cls(torch.cat([part.images for part in parts]), torch.cat(labels), first.num_classes, first.mean,
-                   first.std, lr=lrs[0] if lrs else None, meta=meta)
+                   first.std, lr=torch.stack(lrs).median() if lrs else None, meta=meta)

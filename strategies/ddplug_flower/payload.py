@@ -3,12 +3,18 @@
 A synthetic set travels as an ArrayRecord: ``images`` (uint8 pixels on the [0, 1] scale
 times 255, or float16/float32 normalised images), ``labels`` (int64 class ids or float32
 soft labels) and an optional ``lr`` (float32, one value). Nothing a client sends is
-trusted: every array is decoded without pickles and checked before the server uses it.
+trusted: every array's serialized header is checked against its declared dtype and shape
+before numpy allocates anything, and every value is bounded before the server uses it
+(:data:`UPLOAD_PIXEL_RANGE`, soft labels that are probabilities, a learned lr within the
+run's range; FedAvg: example counts within the client's partition, weights within a bound).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import io
+import math
 
 import numpy as np
 import torch
@@ -16,10 +22,13 @@ from flwr.app import Array, ArrayRecord, RecordDict
 
 from ddplug.data import ImageDataset
 from ddplug.errors import DdplugError
-from ddplug.sets import SyntheticSet, decode_images, encode_images
+from ddplug.sets import SetLimits, SyntheticSet, decode_images, encode_images
 
 SET_KEYS = ("images", "labels", "lr")
 _SLACK_BYTES = 4096  # numpy headers and key names on top of the raw array bytes
+# Float uploads may leave [0, 1] (learned images do) but not by more than the range's own
+# width on either side: anything further is no image, and would swamp the union's training.
+UPLOAD_PIXEL_RANGE = (-1.0, 2.0)
 
 
 class PayloadError(DdplugError):
@@ -38,15 +47,21 @@ class SetSpec:
     ipc: int
     encoding: str
     max_bytes: int
+    lr_range: tuple[float, float] = (1e-5, 1.0)
 
     @classmethod
-    def for_dataset(cls, data: ImageDataset, *, ipc: int, encoding: str, max_bytes: int = 0) -> SetSpec:
+    def for_dataset(cls, data: ImageDataset, *, ipc: int, encoding: str, max_bytes: int = 0,
+                    lr_range: tuple[float, float] = (1e-5, 1.0)) -> SetSpec:
         """``max_bytes`` 0 allows the largest upload an honest client makes: ``ipc`` images of
         every class in ``encoding``, with float32 soft labels and a learned lr."""
         pixels = data.in_channels * data.image_size[0] * data.image_size[1]
         largest = ipc * data.num_classes * (pixels * np.dtype(encoding).itemsize + data.num_classes * 4) + 4
         return cls(data.in_channels, data.image_size, data.num_classes, data.mean, data.std, ipc, encoding,
-                   max_bytes or largest + _SLACK_BYTES)
+                   max_bytes or largest + _SLACK_BYTES, lr_range)
+
+    @property
+    def limits(self) -> SetLimits:
+        return SetLimits(pixel_range=UPLOAD_PIXEL_RANGE, lr_range=self.lr_range)
 
 
 def set_to_record(synthetic: SyntheticSet, encoding: str) -> ArrayRecord:
@@ -74,20 +89,17 @@ def record_to_set(record: ArrayRecord, spec: SetSpec) -> SyntheticSet:
     if size > spec.max_bytes:
         raise PayloadError(f"{size} bytes, over the limit of {spec.max_bytes} per client")
     images, labels = _decode(record, "images"), _decode(record, "labels")
-    if images.dtype != np.uint8 and not np.isfinite(images).all():
-        raise PayloadError("images hold NaN or infinite values")
-    hard = _check_labels(labels, spec)
-    counts = np.bincount(hard, minlength=spec.num_classes)
+    lr = torch.from_numpy(_decode(record, "lr")).reshape(()) if "lr" in record else None
+    try:
+        synthetic = SyntheticSet(decode_images(torch.from_numpy(images), spec.mean, spec.std), torch.from_numpy(labels),
+                                 spec.num_classes, spec.mean, spec.std, lr=lr)
+        synthetic.check(spec.limits)
+    except DdplugError as error:
+        raise PayloadError(str(error)) from None
+    counts = torch.bincount(synthetic.hard_labels, minlength=spec.num_classes)
     if counts.max() > spec.ipc:
         raise PayloadError(f"{int(counts.max())} images of class {int(counts.argmax())}, over ipc {spec.ipc}")
-    lr = None
-    if "lr" in record:
-        value = _decode(record, "lr")
-        if not (np.isfinite(value).all() and value[0] > 0):
-            raise PayloadError(f"lr must be positive and finite, got {value[0]}")
-        lr = torch.from_numpy(value).reshape(())
-    return SyntheticSet(decode_images(torch.from_numpy(images), spec.mean, spec.std), torch.from_numpy(labels), spec.num_classes,
-                        spec.mean, spec.std, lr=lr)
+    return synthetic
 
 
 def _check_layout(record: ArrayRecord, spec: SetSpec) -> None:
@@ -109,35 +121,46 @@ def _check_layout(record: ArrayRecord, spec: SetSpec) -> None:
 
 
 def _decode(record: ArrayRecord, key: str) -> np.ndarray:
+    """The array ``key`` of ``record``, read without pickles, after its serialized .npy header
+    is held to the declared dtype and shape and its data to their exact size: a header that
+    claims more would make numpy allocate that much before reading."""
     array = record[key]
+    if array.stype != "numpy.ndarray":
+        raise PayloadError(f"{key} is serialized as {array.stype!r}, expected numpy.ndarray")
+    stream = io.BytesIO(array.data)
     try:
-        value = array.numpy()
-    except (ValueError, TypeError, OSError, EOFError) as error:
+        version = np.lib.format.read_magic(stream)
+        readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in readers:
+            raise ValueError(f".npy format {version[0]}.{version[1]}, where numpy writes 1.0 or 2.0")
+        read_header = readers[version]
+        shape, fortran_order, dtype = read_header(stream, max_header_size=1024)
+    except (ValueError, TypeError, OSError, EOFError, SyntaxError) as error:
         raise PayloadError(f"{key} cannot be decoded as a numpy array ({error})") from None
-    if value.shape != tuple(array.shape) or str(value.dtype) != array.dtype:
-        raise PayloadError(f"{key} declares {array.dtype} {tuple(array.shape)} but holds {value.dtype} {value.shape}")
-    return value
+    if shape != tuple(array.shape) or str(dtype) != array.dtype or dtype.hasobject:
+        raise PayloadError(f"{key} declares {array.dtype} {tuple(array.shape)} but holds {dtype} {shape}")
+    size = math.prod(shape) * dtype.itemsize
+    if len(array.data) - stream.tell() != size:
+        raise PayloadError(f"{key} holds {len(array.data) - stream.tell()} bytes of data where {dtype} {shape} "
+                           f"takes {size}")
+    order = "F" if fortran_order else "C"
+    return np.frombuffer(array.data, dtype=dtype, count=math.prod(shape), offset=stream.tell()).reshape(
+        shape, order=order).copy()
 
 
-def _check_labels(labels: np.ndarray, spec: SetSpec) -> np.ndarray:
-    """Checks label values and returns the class ids (the arg-max of soft labels)."""
-    if labels.ndim == 1:
-        if labels.min() < 0 or labels.max() >= spec.num_classes:
-            raise PayloadError(f"labels range over {labels.min()}..{labels.max()}, outside 0..{spec.num_classes - 1}")
-        return labels
-    if not np.isfinite(labels).all() or labels.min() < 0:
-        raise PayloadError("soft labels hold negative, NaN or infinite values")
-    return labels.argmax(axis=1)
-
-
-def check_model_reply(content: RecordDict, reference: ArrayRecord, max_bytes: int) -> None:
+def check_model_reply(content: RecordDict, reference: ArrayRecord, *, max_bytes: int, max_examples: int,
+                      max_weight: float) -> None:
     """A FedAvg client's reply: one ArrayRecord ``arrays`` with the global model's array names,
-    shapes and dtypes, all finite, and one MetricRecord ``metrics`` with a positive ``num-examples``."""
+    shapes and dtypes, every weight finite and at most ``max_weight`` in magnitude, and one
+    MetricRecord ``metrics`` whose ``num-examples`` is a whole number in 1..``max_examples``
+    (it weighs the client's update in the average)."""
     if set(content.array_records) != {"arrays"} or set(content.metric_records) != {"metrics"}:
         raise PayloadError(f"expected records arrays and metrics, got {', '.join(sorted(content)) or 'none'}")
     examples = content.metric_records["metrics"].get("num-examples")
-    if not isinstance(examples, (int, float)) or not 0 < examples < float("inf"):
-        raise PayloadError(f"num-examples must be a positive number, got {examples!r}")
+    if (not isinstance(examples, (int, float)) or isinstance(examples, bool) or not math.isfinite(examples)
+            or examples != int(examples) or not 1 <= examples <= max_examples):
+        raise PayloadError(f"num-examples must be a whole number from 1 to {max_examples} (the client's partition), "
+                           f"got {examples!r}")
     record = content.array_records["arrays"]
     size = record.count_bytes()
     if size > max_bytes:
@@ -148,8 +171,12 @@ def check_model_reply(content: RecordDict, reference: ArrayRecord, max_bytes: in
         value = _decode(record, key)
         if value.shape != tuple(expected.shape) or str(value.dtype) != expected.dtype:
             raise PayloadError(f"{key} is {value.dtype} {value.shape}, expected {expected.dtype} {tuple(expected.shape)}")
-        if value.dtype.kind == "f" and not np.isfinite(value).all():
-            raise PayloadError(f"{key} holds NaN or infinite values")
+        if value.dtype.kind == "f" and value.size:
+            if not np.isfinite(value).all():
+                raise PayloadError(f"{key} holds NaN or infinite values")
+            largest = float(np.abs(value).max())
+            if largest > max_weight:
+                raise PayloadError(f"{key} holds a weight of magnitude {largest:.3g}, over the limit of {max_weight:g}")
 
 
 def model_bytes_limit(reference: ArrayRecord, max_bytes: int) -> int:

@@ -192,8 +192,10 @@ class DistilledSets(Strategy):
         if not sets:
             log(WARNING, "round %s: no usable set arrived; the global model stays as it was", server_round)
             return None, None
-        union = SyntheticSet.concatenate(sets, meta={"round": server_round})
+        union = SyntheticSet.concatenate(sets, meta={"round": server_round})  # lr: the valid uploads' median
         self.history.current["images"] = len(union)
+        if union.lr is not None:
+            self.history.current["lr"] = float(union.lr)
         return self.train(union, server_round), MetricRecord({"images": len(union)})
 
     def uploaded_set(self, reply: Message) -> SyntheticSet:
@@ -216,10 +218,10 @@ class DistilledSets(Strategy):
 class CheckedFedAvg(FedAvg):
     """Flower's FedAvg over every connected node, with the same history and upload checks."""
 
-    def __init__(self, history: History, max_bytes: int) -> None:
+    def __init__(self, history: History, settings: FederatedSettings) -> None:
         super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
         self.history = history
-        self.max_bytes = max_bytes
+        self.settings = settings
         self.reference = ArrayRecord()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
@@ -234,8 +236,18 @@ class CheckedFedAvg(FedAvg):
         return super().aggregate_train(server_round, self.history.screen(replies, self.checked_update))
 
     def checked_update(self, reply: Message) -> Message:
-        check_model_reply(reply.content, self.reference, model_bytes_limit(self.reference, self.max_bytes))
+        check_model_reply(reply.content, self.reference,
+                          max_bytes=model_bytes_limit(self.reference, self.settings.max_upload_bytes),
+                          max_examples=self.max_examples(reply.metadata.src_node_id),
+                          max_weight=self.settings.max_weight)
         return reply
+
+    def max_examples(self, node: int) -> int:
+        """The most examples a node may weigh its update with: the configured cap, or else
+        the partition size it reported when queried (0, so nothing passes, if it never did)."""
+        if self.settings.max_examples:
+            return self.settings.max_examples
+        return int(self.history.partitions.get(node, {}).get("num-examples", 0))
 
 
 def run_federation(grid: Grid, settings: FederatedSettings) -> dict[str, Any]:
@@ -245,7 +257,10 @@ def run_federation(grid: Grid, settings: FederatedSettings) -> dict[str, Any]:
     protocol = settings.resolved_preset().evaluation
     device = settings.torch_device()
     nodes = wait_for_nodes(grid, settings.clients, settings.node_wait)
-    history = History(settings, discover(grid, nodes, settings), len(nodes), began)
+    # A partition is at most the whole training set (or the configured cap): what a client
+    # says here later bounds the weight of its FedAvg updates.
+    largest = settings.max_examples or len(data.train)
+    history = History(settings, discover(grid, nodes, settings, largest), len(nodes), began)
     model = settings.global_model(data.train).to(device)
     judge = settings.global_model(data.train).to(device)
     test_images, test_labels = data.test.images.to(device), data.test.labels.to(device)
@@ -265,10 +280,10 @@ def run_federation(grid: Grid, settings: FederatedSettings) -> dict[str, Any]:
         return ArrayRecord(model.state_dict())
 
     if settings.mode == "fedavg":
-        strategy: Strategy = CheckedFedAvg(history, settings.max_upload_bytes)
+        strategy: Strategy = CheckedFedAvg(history, settings)
     else:
         spec = SetSpec.for_dataset(data.train, ipc=settings.ipc, encoding=settings.encoding,
-                                   max_bytes=settings.max_upload_bytes)
+                                   max_bytes=settings.max_upload_bytes, lr_range=(settings.lr_min, settings.lr_max))
         strategy = DistilledSets(spec, train, history)
     strategy.start(grid, ArrayRecord(model.state_dict()), num_rounds=settings.rounds, timeout=settings.round_timeout,
                    train_config=config_record(settings), evaluate_fn=evaluate)
@@ -295,8 +310,9 @@ def wait_for_nodes(grid: Grid, expected: int, patience: float) -> list[int]:
     return nodes
 
 
-def discover(grid: Grid, nodes: list[int], settings: FederatedSettings) -> dict[int, dict[str, Any]]:
-    """Each node's answer to the query message: partition id, size and class counts."""
+def discover(grid: Grid, nodes: list[int], settings: FederatedSettings, largest: int) -> dict[int, dict[str, Any]]:
+    """Each node's answer to the query message: partition id, size (at most ``largest``) and
+    class counts; a node whose answer is malformed is left undescribed, with a warning."""
     content = RecordDict({"config": config_record(settings)})
     messages = [Message(content, dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
     partitions = {}
@@ -305,6 +321,11 @@ def discover(grid: Grid, nodes: list[int], settings: FederatedSettings) -> dict[
         kinds = {"partition-id": int, "num-examples": int, "class-counts": list}
         if info is None or not all(isinstance(info.get(key), kind) for key, kind in kinds.items()):
             reason = _last_line(reply.error.reason) if reply.has_error() else "no partition info in its reply"
+        elif not 1 <= info["num-examples"] <= largest:
+            reason = f"it claims {info['num-examples']} examples, outside 1..{largest}"
+        else:
+            reason = ""
+        if reason:
             log(WARNING, "node %s did not describe its partition: %s", reply.metadata.src_node_id, reason)
             continue
         partitions[reply.metadata.src_node_id] = dict(info)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import math
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -59,6 +60,11 @@ class FederatedSettings:
     anchor_noise: float = _setting(0.01, "multi-round: std of the noise around the global model's weights")
     local_epochs: int = _setting(1, "fedavg: epochs of local training per round")
     max_upload_bytes: int = _setting(0, "per client and round; 0 = the largest payload an honest client sends")
+    lr_min: float = _setting(1e-5, "distill: smallest learned lr accepted from a client")
+    lr_max: float = _setting(1.0, "distill: largest learned lr accepted; the union trains with the valid ones' median")
+    max_examples: int = _setting(0, "fedavg: largest num-examples a client may claim; 0 = the partition size it "
+                                    "reported when queried")
+    max_weight: float = _setting(1000.0, "fedavg: largest magnitude of any weight in a client's update")
     round_timeout: float = _setting(3600.0, "seconds the server waits for replies in a round")
     node_wait: float = _setting(300.0, "seconds the server waits for the nodes to connect, then to describe themselves")
     device: str = _setting("auto", "auto, cpu, cuda")
@@ -75,8 +81,17 @@ class FederatedSettings:
         for name in ("alpha", "round_timeout"):
             if getattr(self, name) <= 0:
                 raise DdplugError(f"{_key(name)} must be positive, got {getattr(self, name)}")
-        if self.anchor_noise < 0 or self.max_upload_bytes < 0 or self.node_wait < 0:
-            raise DdplugError("anchor-noise, max-upload-bytes and node-wait cannot be negative")
+        for name in ("anchor_noise", "max_upload_bytes", "node_wait", "max_examples"):
+            if getattr(self, name) < 0:
+                raise DdplugError(f"{_key(name)} cannot be negative, got {getattr(self, name)}")
+        for setting in dataclasses.fields(self):
+            value = getattr(self, setting.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise DdplugError(f"{_key(setting.name)} must be a finite number, got {value}")
+        if not 0 < self.lr_min <= self.lr_max:
+            raise DdplugError(f"need 0 < lr-min <= lr-max, got {self.lr_min} and {self.lr_max}")
+        if self.max_weight <= 0:
+            raise DdplugError(f"max-weight must be positive, got {self.max_weight}")
         if self.method not in available_methods():
             raise DdplugError(f"unknown method {self.method!r}; choose one of {', '.join(available_methods())}")
         if self.mode == "distill" and self.rounds > 1 and self.method != "dm":
