@@ -155,7 +155,8 @@ def judge(
     progress: bool = True,
     zca: ZCA | None = None,
 ) -> Judgement:
-    """Evaluate ``synthetic`` and each baseline selection at the same ipc on one protocol.
+    """Evaluate ``synthetic`` and each baseline selection at the same bytes (raw uint8 images
+    per class: the set's budget) on one protocol.
 
     A ZCA-whitened set is tested on whitened test images, and its baselines are selected from
     (and trained on) the whitened training images, so that all are compared in one space;
@@ -163,7 +164,7 @@ def judge(
     """
     evaluator = Evaluator(data, preset.evaluation, device=device, progress=progress, zca=zca)
     full = method in CONDENSERS and not CONDENSERS[method].per_class  # the whole dataset: no ipc, no baselines
-    ipc = None if full else synthetic.ipc
+    ipc = None if full else synthetic.budget_ipc  # baselines get the set's bytes, not its decoded count
     epochs = preset.evaluation.full_epochs if full else None
     result = evaluator.evaluate(synthetic, seed=seed, epochs=epochs, label=method)
     baseline_results = {}

@@ -348,3 +348,18 @@ def test_sigterm_saves_the_set_and_exits_like_ctrl_c(data_root, tmp_path):
 
     done = load_set(out).meta["iterations"]
     assert 100 <= done < 1_000_000 and torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == done
+
+
+def test_a_coded_set_is_judged_against_baselines_of_its_bytes(capsys, data_root, tmp_path, monkeypatch):
+    from ddplug.distill.selection import Selection
+
+    asked = []
+    condense = Selection.condense
+    monkeypatch.setattr(Selection, "condense", lambda self, real, *, ipc, **kw: asked.append((self.name, ipc))
+                        or condense(self, real, ipc=ipc, **kw))
+    code, stdout, _ = run(capsys, "distill", *fast("--param", "multi:factor=2", "--out", str(tmp_path / "m"),
+                                                   "--baselines", "random,herding", "--json",
+                                                   "--set", "eval.feature_epochs=1"))
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert code == 0 and summary["decoded_per_class"] == 4
+    assert summary["ipc"] == 1 and asked == [("random", 1), ("herding", 1)]  # 1 raw image per class: the same bytes

@@ -138,6 +138,16 @@ class SyntheticSet:
         """Images per class (of the largest class, for unbalanced sets)."""
         return int(torch.bincount(self.hard_labels.cpu(), minlength=self.num_classes).max())
 
+    @property
+    def budget_ipc(self) -> int:
+        """The set's budget in raw uint8 images per class: what a baseline of the same bytes
+        holds. A set coded by a parameterisation records it (``meta["ipc"]``, which the
+        decoded images may exceed: ``multi:factor=2`` decodes 40 per class in the bytes of
+        10); for a set of plain pixels it is :attr:`ipc`."""
+        if self.param != "pixels" and "ipc" in self.meta:
+            return int(self.meta["ipc"])
+        return self.ipc
+
     def denormalised(self) -> Tensor:
         """Images on the [0, 1] pixel scale (not clamped)."""
         mean = torch.tensor(self.mean, device=self.images.device).view(1, -1, 1, 1)
