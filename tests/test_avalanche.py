@@ -77,25 +77,31 @@ def held(buffer: CondensedBuffer) -> dict[int, int]:
     return {label: len(samples) for (_, label), samples in buffer.groups.items()}
 
 
-def test_buffer_budgets_hold_every_class_and_shrink_old_ones_to_a_prefix():
+@pytest.mark.parametrize(("param", "decoded_per_stored"), [("pixels", 1), ("multi:factor=2", 4)])
+def test_buffer_budgets_in_bytes_hold_every_class_and_shrink_old_ones_to_a_prefix(param, decoded_per_stored):
     stream = make_stream()
-    per_class = CondensedBuffer(mem_per_class=3, condensation=QUICK)
-    total = CondensedBuffer(10, condensation=QUICK)
+    how = Condensation(settings={**FAST, "param": param}, progress=False)
+    per_class = CondensedBuffer(mem_per_class=3, condensation=how)
+    total = CondensedBuffer(10, condensation=how)
+    image_bytes = 8 * 8  # one raw uint8 8x8 image
     before = None
     for step, experience in enumerate(stream.train_stream):
+        classes = 2 * step + 2
         for buffer in (per_class, total):
             buffer.post_adapt(AGENT, experience)
-            assert len(buffer.buffer) <= buffer.max_size
-            assert set(held(buffer)) == set(range(2 * step + 2))
-        assert set(held(per_class).values()) == {3} and per_class.max_size == 3 * (2 * step + 2)
-        assert set(held(total).values()) == {10 // (2 * step + 2)}
+            assert buffer.memory_bytes <= buffer.max_size * image_bytes  # never over the budget's bytes
+            assert len(buffer.buffer) <= buffer.max_size * decoded_per_stored
+            assert set(held(buffer)) == set(range(classes))
+        assert set(held(per_class).values()) == {3 * decoded_per_stored} and per_class.max_size == 3 * classes
+        assert per_class.memory_bytes == 3 * classes * image_bytes  # the budget, spent in full
+        assert set(held(total).values()) == {10 // classes * decoded_per_stored}
         if before is not None:  # old classes keep the first of their samples, not re-condensed
             assert torch.equal(total.groups[(0, 0)], before[: len(total.groups[(0, 0)])])
         before = total.groups[(0, 0)].clone()
     assert [cost.experience for cost in total.costs] == [0, 1, 2]
     assert all(cost.seconds > 0 and cost.images for cost in total.costs)
     total.resize(None, 6)
-    assert len(total.buffer) == 6 and set(held(total).values()) == {1}
+    assert set(held(total).values()) == {decoded_per_stored} and total.memory_bytes == 6 * image_bytes
 
 
 def test_herding_selection_buffer(tiny_preset):
@@ -133,7 +139,9 @@ def test_plugin_replays_memory_with_naive_and_another_plugin(other):
                      plugins=[plugin, other(), recorder])
     for experience in stream.train_stream:
         strategy.train(experience)
-    assert set(held(plugin.storage_policy)) == set(range(CLASSES)) and len(plugin.storage_policy.buffer) == 12
+    # The cpu preset's DM packs 4 half-resolution images into each stored image's bytes.
+    assert set(held(plugin.storage_policy)) == set(range(CLASSES)) and len(plugin.storage_policy.buffer) == 4 * 12
+    assert plugin.storage_policy.memory_bytes == 12 * 8 * 8
     assert set(recorder.labels[0]) == {0, 1}
     assert set(recorder.labels[2]) == set(range(CLASSES))  # memory of classes 0-3 mixed in
     metrics = strategy.eval(stream.test_stream)
@@ -146,8 +154,8 @@ def test_class_with_a_single_sample_is_kept_as_it_is():
     buffer.post_adapt(AGENT, stream.train_stream[0])
     data = stream.train_stream[0].dataset.eval()
     only = next(data[i][0] for i in range(len(data)) if data[i][1] == 1)
-    assert held(buffer) == {0: 3, 1: 1}
-    assert torch.equal(buffer.groups[(0, 1)][0], only)
+    assert held(buffer) == {0: 4 * 3, 1: 1}  # class 0: 12 decoded images in 3 raw images' bytes
+    assert torch.equal(buffer.groups[(0, 1)][0], only) and buffer.memory_bytes == (3 + 1) * 8 * 8
 
 
 def test_retrain_mode_starts_fresh_and_trains_on_memory_only():
@@ -187,7 +195,7 @@ def test_condensed_buffer_survives_avalanche_checkpoint(tmp_path, monkeypatch):
     assert all(torch.equal(loaded.groups[key], saved.groups[key]) for key in saved.groups)
     assert all(torch.equal(a[0], b[0]) and a[1:] == b[1:] for a, b in zip(saved.buffer, loaded.buffer))
     restored.train(stream.train_stream[2])
-    assert set(held(loaded)) == set(range(CLASSES)) and len(loaded.buffer) <= 8
+    assert set(held(loaded)) == set(range(CLASSES)) and loaded.memory_bytes <= 8 * 8 * 8
 
 
 def test_bad_settings_raise_clear_errors():
@@ -238,7 +246,8 @@ def test_a_total_memory_is_shared_by_the_classes_seen(tiny_runner, capsys, strat
     assert (summary["mem_per_class"], summary["mem_size"]) == (None, 10)
     assert "memory 10 in all" in capsys.readouterr().out
     assert len(summary["accuracy_matrix"]) == 2
-    assert summary["memory_sizes"] == [[10, 10]]  # full after each experience, never past the total
+    assert summary["memory_bytes"] == [[10 * 28 * 28] * 2]  # full after each experience, never past the total
+    assert summary["memory_sizes"] == [[40, 40] if strategy == "condensed" else [10, 10]]  # decoded: 4 per stored
 
 
 def test_runner_accepts_a_ready_scenario_and_icarl(tiny_runner, capsys):

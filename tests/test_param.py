@@ -116,12 +116,23 @@ def test_distribution_matching_through_multi_formation_lowers_its_loss(digits):
     assert distiller.per_class == 4 and distiller.code["images"].shape == (10, 1, 8, 8)
 
 
-def test_init_needs_enough_real_images_for_the_decoded_set(digits):
+def test_decoded_slots_beyond_a_small_class_start_from_noise(digits):
+    from ddplug.distill import DistributionMatching
+    from ddplug.distill.sampling import ClassBalancedSampler
+
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 1])
+    index, real = ClassBalancedSampler(labels, 2).sample_padded(5, torch.Generator().manual_seed(0))
+    assert real.tolist() == [[True] * 3 + [False] * 2, [True] * 5]
+    assert sorted(index[0, :3].tolist()) == [0, 1, 2] and len(set(index[1].tolist())) == 5  # distinct, own class
     smallest = int(digits.train.class_counts().min())
-    ipc = smallest // 4 + 1  # fits as pixels, but multi:factor=2 starts from 4x as many real images
-    make_config("dm", {"ipc": ipc}).validate(digits.train)
-    with pytest.raises(DdplugError, match="more than the smallest class"):
-        make_config("dm", {"ipc": ipc, "param": "multi:factor=2"}).validate(digits.train)
+    ipc = smallest // 4 + 1  # fits as pixels, but multi:factor=2 decodes 4x as many images as the class has
+    with_noise = DistributionMatching(digits.train, make_config("dm", {"ipc": ipc, "param": "multi:factor=2",
+                                                                        "model": TINY_MODEL, "iterations": 1}))
+    assert with_noise.per_class == 4 * ipc > smallest
+    with pytest.raises(DdplugError, match="more than the smallest class"):  # the budget itself exceeds the class
+        make_config("dm", {"ipc": smallest + 1, "param": "multi:factor=2"}).validate(digits.train)
+    with pytest.raises(DdplugError, match="more than the smallest class"):  # herding cannot pad
+        make_config("dm", {"ipc": ipc, "param": "multi:factor=2", "init": "herding"}).validate(digits.train)
 
 
 @pytest.mark.parametrize("spec", ["pixels", "multi:factor=2"])

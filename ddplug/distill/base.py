@@ -82,9 +82,13 @@ class DistillConfig:
             raise DdplugError(f"ipc must be at least 1, got {self.ipc}")
         per_class = self.layout(real).decoded_per_class
         smallest = int(real.class_counts().min())
-        if self.init in ("real", "herding") and per_class > smallest:
+        # A parameterisation may decode more images than a class has (real init then starts
+        # the extra ones from noise), but a budget beyond the class is better spent on the
+        # real images themselves, and herding cannot pick more than there are.
+        starts = self.ipc if self.init == "real" else per_class
+        if self.init in ("real", "herding") and starts > smallest:
             raise DdplugError(
-                f"the set starts from {per_class} real images per class ({self.param} in the bytes of {self.ipc}), "
+                f"the set starts from {starts} real images per class ({self.param} in the bytes of {self.ipc}), "
                 f"more than the smallest class of {real.name} ({smallest} images): lower --ipc or use --init noise"
             )
         if self.init not in INITIALISATIONS:
@@ -177,8 +181,12 @@ class Distiller(ABC):
             network = self.build_network(seed=derive_seed(self.config.seed, "herding-init"))
             return select_subset("herding", self.real, self.per_class, feature_network=network,
                                  device=self.device).images.to(self.device)
-        chosen = self.sampler.sample(self.per_class, generator).flatten()
-        return self.real_images[chosen].clone()
+        chosen, real = (part.flatten() for part in self.sampler.sample_padded(self.per_class, generator))
+        images = self.real_images[chosen].clone()
+        if not bool(real.all()):  # slots beyond a small class's images: noise, as --init noise
+            noise = torch.randn(images.shape, generator=generator, device=self.device)
+            images = torch.where(real.view(-1, 1, 1, 1), images, noise)
+        return images
 
     def targets(self) -> Tensor:
         """The synthetic labels: learned soft labels (N, K) or the hard class ids (N,)."""

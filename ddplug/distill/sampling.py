@@ -41,8 +41,17 @@ class ClassBalancedSampler:
 
     def sample(self, per_class: int, generator: torch.Generator | None = None) -> Tensor:
         """Indices of shape ``(num_classes, k)``, ``k = min(per_class, smallest class)``."""
-        k = min(per_class, self.min_count)
+        return self.sample_padded(min(per_class, self.min_count), generator)[0]
+
+    def sample_padded(self, per_class: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Indices of shape ``(num_classes, per_class)`` and which of them are real: a class with
+        fewer images gives all of them (in random order) and padding slots marked False."""
         scores = torch.rand(self.index.shape, generator=generator, device=self.index.device)
         scores = scores.masked_fill(~self.valid, -1.0)
-        positions = scores.topk(k, dim=1).indices
-        return self.index.gather(1, positions)
+        positions = scores.topk(min(per_class, self.index.shape[1]), dim=1).indices
+        index, valid = self.index.gather(1, positions), self.valid.gather(1, positions)
+        missing = per_class - index.shape[1]
+        if missing > 0:
+            index = torch.nn.functional.pad(index, (0, missing))
+            valid = torch.nn.functional.pad(valid, (0, missing), value=False)
+        return index, valid

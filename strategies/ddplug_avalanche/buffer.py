@@ -93,14 +93,22 @@ class Condensation:
 
 
 class CondensedBuffer(ExemplarsBuffer):
-    """A rehearsal memory of condensed samples, at most ``mem_per_class`` per class or
-    ``max_size`` in all.
+    """A rehearsal memory of condensed samples within a budget in bytes: the bytes of
+    ``mem_per_class`` raw uint8 images per class, or of ``max_size`` raw images in all.
+
+    The budget is spent as the method's parameterisation packs it (``param`` in the method
+    settings or the preset; the ``cpu`` preset's DM uses ``multi:factor=2``): a class given
+    the bytes of 10 images holds 40 half-resolution images decoded from 10 stored ones. The
+    memory keeps the decoded images to train on and counts each class at its stored code's
+    size (:attr:`memory_bytes`), so the Avalanche baselines with ``mem_per_class`` raw images
+    hold the same bytes.
 
     ``post_adapt(agent, exp)`` condenses ``exp``'s data with ``method`` (ddplug's
     ``condense_classes``: a class with no more real images than its share keeps them as they
     are) on the agent's device. With ``max_size`` the share per class is
     ``max_size // classes held`` and shrinks as classes arrive: old classes then keep the
-    first samples of their current ones, without re-condensing. That is cheap, and for the
+    first samples of their current ones, as many as the smaller share pays for (in
+    proportion to what the class's samples cost), without re-condensing. That is cheap, and for the
     selections it is exactly the smaller selection (herding's picks come in herding order);
     for distilled sets it is a random subset of equally made samples. A class that comes back
     in a later experience is condensed afresh from its new data. Memory groups are
@@ -132,6 +140,10 @@ class CondensedBuffer(ExemplarsBuffer):
         self.mem_per_class = mem_per_class
         self.condensation = condensation
         self.groups: dict[tuple[int, int], Tensor] = {}  # (task label, class) -> its samples, on the CPU
+        # (task label, class) -> budget units (raw images' bytes) one of its samples costs: 1 for
+        # raw images, 1/4 for images decoded from multi:factor=2 codes.
+        self.sample_cost: dict[tuple[int, int], float] = {}
+        self.pixels_per_image = 0  # C x H x W of the stream's images: a raw uint8 image's bytes
         self.costs: list[CondensationCost] = []
 
     def share(self, num_groups: int) -> int:
@@ -146,9 +158,10 @@ class CondensedBuffer(ExemplarsBuffer):
     def post_adapt(self, agent_state: Any, exp: Any) -> None:
         """Condense ``exp``'s data into the memory, after shrinking old classes to the new share."""
         images, labels, tasks = _tensors(exp.dataset.eval())
+        self.pixels_per_image = images[0].numel()
         arriving = {(int(task), int(label)) for task, label in zip(tasks.tolist(), labels.tolist())}
         share = self.share(len(self.groups.keys() | arriving))
-        self.groups = {key: samples[:share] for key, samples in self.groups.items()}
+        self._shrink(share)
         device = torch.device(agent_state.device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -164,8 +177,11 @@ class CondensedBuffer(ExemplarsBuffer):
                                          seed=derive_seed(how.seed, "condense", exp.current_experience, task),
                                          settings=dict(how.settings), device=device, progress=how.progress)
             classes = condensed.hard_labels
+            kept_raw = set(condensed.meta["kept_real_classes"])
             for label in classes.unique().tolist():
-                self.groups[(task, label)] = condensed.images[classes == label].detach().cpu()
+                samples = condensed.images[classes == label].detach().cpu()
+                self.groups[(task, label)] = samples
+                self.sample_cost[(task, label)] = 1.0 if label in kept_raw else share / len(samples)
             made += len(condensed)
         cost = CondensationCost(exp.current_experience, time.perf_counter() - began, *_peak_memory(device), made)
         self.costs.append(cost)
@@ -179,9 +195,19 @@ class CondensedBuffer(ExemplarsBuffer):
             raise DdplugError(f"the memory size must be at least 1, got {new_size}")
         self.max_size, self.mem_per_class = new_size, None
         if self.groups:
-            share = self.share(len(self.groups))
-            self.groups = {key: samples[:share] for key, samples in self.groups.items()}
+            self._shrink(self.share(len(self.groups)))
             self._rebuild()
+
+    def _shrink(self, share: int) -> None:
+        """Cut every class to the first samples that ``share`` raw images' bytes pay for."""
+        self.groups = {key: samples[:int(share / self.sample_cost[key] + 1e-9)] for key, samples in self.groups.items()}
+
+    @property
+    def memory_bytes(self) -> int:
+        """The memory's size stored as codes: each class's samples at what they cost, in uint8
+        pixels of the images it holds (a raw image is one byte per pixel and channel)."""
+        units = sum(len(samples) * self.sample_cost[key] for key, samples in self.groups.items())
+        return round(units * self.pixels_per_image)
 
     def _rebuild(self) -> None:
         """``buffer`` from ``groups``: an Avalanche dataset of ``(x, y, t)`` items."""

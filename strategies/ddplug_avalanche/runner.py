@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import math
 import re
 import statistics
 import sys
@@ -218,10 +219,12 @@ def run_one(name: str, seed: int, *, benchmark: Any, experiences: int, method: s
     strategy = build_strategy(name, info, method=method, memory=memory, preset=preset,
                               settings=settings, device=device, seed=seed, evaluator=evaluator)
     began = time.perf_counter()
-    matrix, memory_sizes = [], []
+    matrix, memory_sizes, memory_bytes = [], [], []
+    pixels = info.in_channels * math.prod(info.image_size)
     for experience in scenario.train_stream:
         strategy.train(experience)
         memory_sizes.append(memory_size(strategy))
+        memory_bytes.append(memory_in_bytes(strategy, pixels))
         row = [0.0] * len(scenario.test_stream)
         for key, value in strategy.eval(scenario.test_stream).items():
             match = _ACCURACY.match(key)
@@ -230,6 +233,7 @@ def run_one(name: str, seed: int, *, benchmark: Any, experiences: int, method: s
         matrix.append(row)
     costs = strategy.plugin.storage_policy.costs if name in CONDENSED else []
     return {"matrix": matrix, "seconds": time.perf_counter() - began, "memory_sizes": memory_sizes,
+            "memory_bytes": memory_bytes,
             "condensation": [dataclasses.asdict(cost) for cost in costs]}
 
 
@@ -242,6 +246,16 @@ def memory_size(strategy: Any) -> int:
         if hasattr(plugin, "x_memory"):  # iCaRL keeps its exemplars per class in its own plugin
             return sum(len(images) for images in plugin.x_memory)
     return 0
+
+
+def memory_in_bytes(strategy: Any, pixels: int) -> int:
+    """The rehearsal memory's bytes: a condensed memory's codes, otherwise its samples as raw
+    uint8 images of ``pixels`` bytes each (what Avalanche's buffers would store)."""
+    for plugin in strategy.plugins:
+        policy = getattr(plugin, "storage_policy", None)
+        if hasattr(policy, "memory_bytes"):
+            return policy.memory_bytes
+    return memory_size(strategy) * pixels
 
 
 def final_accuracy(matrix: list[list[float]]) -> float:
@@ -391,6 +405,7 @@ def summarise(runs: list[dict[str, Any]], *, strategy: str, method: str | None, 
         "condensation_peak_memory_mb": max(peaks) if peaks else None,
         "accuracy_matrix": [[statistics.fmean(values) for values in zip(*rows)] for rows in zip(*matrices)],
         "accuracy_matrices": matrices, "memory_sizes": [run.get("memory_sizes") for run in runs],
+        "memory_bytes": [run.get("memory_bytes") for run in runs],
         "device": str(device), "out_dir": str(out),
     }
 

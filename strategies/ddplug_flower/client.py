@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ddplug.allocator import tune_allocator
 from ddplug.data import ImageDataset
-from ddplug.distill import AnchoredDistributionMatching
+from ddplug.distill import AnchoredDistributionMatching, get_condenser
 from ddplug.errors import DdplugError
 from ddplug.evaluate.training import train_classifier
 from ddplug.pipeline import condense_classes
@@ -139,11 +139,17 @@ def _round(msg: Message) -> int:
     return int(msg.content.config_records["config"].get(ROUND_KEY, 1))
 
 
+# Uploads carry decoded images, one per slot of the ipc budget, so clients learn plain
+# pixels whatever parameterisation the preset prefers.
+_UPLOADED_PARAM = {"param": "pixels"}
+
+
 def _method(msg: Message, settings: FederatedSettings, preset: Preset, folder: Path) -> tuple[str, dict[str, Any] | None]:
     """The distiller and its settings: the configured method, or DM anchored at the received global model."""
     if "arrays" not in msg.content.array_records:
-        return settings.method, None
+        return settings.method, _UPLOADED_PARAM if get_condenser(settings.method).config_class else None
     anchor = folder / "anchor.safetensors"
     save_file(dict(msg.content.array_records["arrays"].to_torch_state_dict()), str(anchor))
     return AnchoredDistributionMatching.name, {**preset.method_settings("dm"), "model": preset.evaluation.model,
-                                               "anchor": str(anchor), "anchor_noise": settings.anchor_noise}
+                                               "anchor": str(anchor), "anchor_noise": settings.anchor_noise,
+                                               **_UPLOADED_PARAM}
