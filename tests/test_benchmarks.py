@@ -44,3 +44,26 @@ def test_benchmark_rows_curves_and_resume(tmp_path, monkeypatch, capsys):
     assert main(argv) == 0
     assert "$ ddplug" not in capsys.readouterr().err
     assert json.loads((out / "rows.json").read_text())["rows"] == saved["rows"]
+
+
+def test_continual_bytes_table_gaps_and_plot(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("avalanche")
+    import ddplug_avalanche.runner as continual
+    from simulations.continual_bytes import main as continual_main
+
+    monkeypatch.setenv("DDPLUG_DATA", str(write_fake_fashion_mnist(tmp_path / "data")))
+    monkeypatch.setattr(continual, "stream_settings", lambda preset, epochs=None: continual.StreamSettings(
+        model=SMALL, epochs=1, memory_epochs=1, batch_size=16,
+        condense={"iterations": 2, "batch_real": 4, "model": SMALL}, train_per_class=None, test_per_class=None))
+    out = tmp_path / "cl"
+    argv = ["--mem-per-class", "1", "2", "--strategies", "condensed", "replay", "naive", "--experiences", "2",
+            "--seeds", "1", "--device", "cpu", "--out", str(out)]
+    assert continual_main(argv) == 0
+    rows = json.loads((out / "rows.json").read_text())["rows"]
+    assert [(row["strategy"], row["mem_per_class"]) for row in rows] == [
+        ("condensed", 1), ("replay", 1), ("naive", 1), ("condensed", 2), ("replay", 2), ("naive", 2)]
+    for row in rows:  # equal bytes: K raw 28x28 uint8 images for each of the 10 classes seen, or none
+        assert row["memory_bytes"] == (0 if row["strategy"] == "naive" else row["mem_per_class"] * 10 * 784)
+    table = (out / "table.md").read_text()
+    assert "K=1: condensed - replay = " in table and "K=2: condensed - replay = " in table
+    assert (out / "accuracy-vs-bytes.png").stat().st_size > 0

@@ -7,9 +7,11 @@ Builds a class-incremental stream from ddplug's local copy of a dataset (``split
 Fashion-MNIST in experiences of equally many classes, in class order), trains one strategy on
 it once per seed, and prints the accuracy matrix (row i: after training experience i; column
 j: test experience j), the final average accuracy and the average forgetting, mean ± std over
-seeds. Every strategy gets the same model, initial weights, memory budget (``--mem-per-class``
-images for each class seen, or ``--mem-size`` images in all, shared by the classes seen),
-optimiser, learning rate, batch size and epochs. Finished
+seeds. Every strategy gets the same model, initial weights, memory budget in bytes (those of
+``--mem-per-class`` raw uint8 images for each class seen, or of ``--mem-size`` images in all,
+shared by the classes seen: Avalanche's buffers hold that many raw images, the condensed
+memory the codes of its parameterisation in the same bytes), optimiser, learning rate,
+batch size and epochs. Finished
 (strategy, seed) runs are kept in the output folder, so a re-run resumes, and the plot there
 shows every strategy run on the same stream.
 
@@ -73,7 +75,7 @@ class StreamSettings:
 # minutes on 2 CPU cores; ``paper`` uses whole splits and the full-size model (a GPU).
 STREAMS: dict[str, dict[str, Any]] = {
     "cpu": {"model": "convnet:width=16", "epochs": 2, "memory_epochs": 30, "batch_size": 64,
-            "condense": {"iterations": 50, "batch_real": 32}, "train_per_class": 1000, "test_per_class": 300},
+            "condense": {"iterations": 200, "batch_real": 32}, "train_per_class": 1000, "test_per_class": 300},
     "paper": {"epochs": 5, "memory_epochs": 200, "batch_size": 128, "condense": {"iterations": 1000},
               "train_per_class": None, "test_per_class": None},
 }
@@ -92,8 +94,9 @@ def stream_settings(preset: Preset, epochs: int | None = None) -> StreamSettings
 
 @dataclass(frozen=True)
 class MemoryBudget:
-    """Every strategy's memory: ``per_class`` images for each class seen, or ``total`` images in
-    all, of which each class seen gets ``total // classes`` (a share that shrinks as classes arrive)."""
+    """Every strategy's memory budget, in raw uint8 images' bytes: ``per_class`` images for each
+    class seen, or ``total`` images in all, of which each class seen gets ``total // classes``
+    (a share that shrinks as classes arrive)."""
 
     per_class: int | None = None
     total: int | None = None
@@ -440,9 +443,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiences", type=int, default=5, help="experiences (the class count must divide evenly)")
     parser.add_argument("--strategy", default="condensed", help=", ".join(STRATEGIES))
     parser.add_argument("--mem-per-class", type=int, default=None,
-                        help="memory images per class seen, for every strategy (default 10)")
+                        help="memory budget per class seen, in raw uint8 images' bytes, for every strategy "
+                             "(default 10)")
     parser.add_argument("--mem-size", type=int, default=None,
-                        help="instead: memory images in all, shared by the classes seen (shares shrink as classes arrive)")
+                        help="instead: a budget of that many raw images' bytes in all, shared by the classes seen "
+                             "(shares shrink as classes arrive)")
     parser.add_argument("--method", default="dm",
                         help="condensation method of the condensed strategies: dm, random, herding, ...")
     parser.add_argument("--preset", default="cpu", help="cpu (minutes on 2 cores: data subsets, small model) or paper")
