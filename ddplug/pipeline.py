@@ -32,14 +32,17 @@ def condense_classes(
     settings: dict[str, Any] | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    copy_small_classes: bool = True,
 ) -> SyntheticSet:
-    """Condense whatever classes ``real`` holds into at most ``ipc`` images each.
+    """Condense whatever classes ``real`` holds into the bytes of ``ipc`` raw images each.
 
     For data that is only part of a dataset (an experience of a class-incremental stream,
     one client's partition): absent classes are skipped, and a class with ``ipc`` or fewer
-    real images keeps them as they are. The others are condensed together (all classes in
-    one batched run), relabelled to their positions and back, so the result's labels are
-    in ``real``'s class space (hard, or soft with ``real.num_classes`` columns).
+    real images keeps them as they are, or with ``copy_small_classes=False`` (a set that
+    leaves its owner: no real image may be in it) is left out, listed in the result's
+    ``meta["left_out_classes"]``. The others are condensed together (all classes in one
+    batched run), relabelled to their positions and back, so the result's labels are in
+    ``real``'s class space (hard, or soft with ``real.num_classes`` columns).
     """
     condenser = get_condenser(method)
     if condenser.config_class and condenser.make_config({**preset.method_settings(method), **(settings or {})}).zca:
@@ -48,8 +51,9 @@ def condense_classes(
         raise DdplugError("zca is for benchmark distillation, not for condensing part of a dataset: drop zca")
     counts = real.class_counts()
     present = torch.nonzero(counts).flatten()
-    kept_classes = present[counts[present] <= ipc]
     condensed_classes = present[counts[present] > ipc]
+    small_classes = present[counts[present] <= ipc]
+    kept_classes = small_classes if copy_small_classes else small_classes[:0]
     kept = torch.isin(real.labels, kept_classes)
     parts = [SyntheticSet(real.images[kept], real.labels[kept], real.num_classes, real.mean, real.std)]
     if len(condensed_classes):
@@ -64,7 +68,8 @@ def condense_classes(
             len(made), real.num_classes).index_copy_(1, condensed_classes, made.labels)
         parts.append(SyntheticSet(made.images, labels, real.num_classes, real.mean, real.std, lr=made.lr))
     return SyntheticSet.concatenate(parts, meta={"method": method, "dataset": real.name, "ipc": ipc, "seed": seed,
-                                     "kept_real_classes": kept_classes.tolist()})
+                                     "kept_real_classes": kept_classes.tolist(),
+                                     "left_out_classes": [] if copy_small_classes else small_classes.tolist()})
 
 
 def save_outputs(condensed: Condensed, out_dir: str | Path) -> dict[str, str]:

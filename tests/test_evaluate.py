@@ -103,3 +103,17 @@ def test_condense_classes_handles_partial_and_tiny_classes(digits, tiny_preset):
     lone = synthetic.images[synthetic.labels == 7]
     assert torch.equal(lone[0], part.images[part.labels == 7][0])  # kept as it was
     assert synthetic.meta["kept_real_classes"] == [7]
+
+
+def test_a_set_that_leaves_its_owner_holds_no_real_image(digits, tiny_preset):
+    from ddplug.pipeline import condense_classes
+
+    train = digits.train
+    keep = torch.cat([torch.nonzero(train.labels == 2).flatten(), torch.nonzero(train.labels == 7).flatten()[:1]])
+    part = train.subset(keep)
+    synthetic = condense_classes(part, "dm", ipc=3, preset=tiny_preset, settings={"iterations": 2},
+                                 copy_small_classes=False)
+    assert torch.bincount(synthetic.labels, minlength=10).tolist() == [0, 0, 3, 0, 0, 0, 0, 0, 0, 0]
+    assert synthetic.meta["left_out_classes"] == [7] and synthetic.meta["kept_real_classes"] == []
+    distances = torch.cdist(synthetic.images.flatten(1), part.images.flatten(1))
+    assert distances.min() > 1e-3  # condensed (moved away from its real init), not copied

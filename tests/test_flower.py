@@ -255,7 +255,8 @@ def test_simulated_multi_round_distillation_survives_failing_and_bad_clients(dat
         reasons = entry["dropped"]
         assert "NaN" in reasons["2"] and "shape" in reasons["3"] and "outside the classes 0..9" in reasons["4"]
         assert "float64" in reasons["5"] and "over the limit" in reasons["6"]
-        assert entry["images"] == 20  # client 0's ipc 2 x 10 classes: the only set trained on
+        # client 0 uploads ipc 2 of each class it has more than 2 images of; the others stay home, listed
+        assert entry["images"] == 2 * (10 - len(entry["left_out"].get("0", [])))
     assert summary["bytes_up"] == sum(entry["bytes_up"] for entry in summary["history"])
 
 
@@ -607,3 +608,26 @@ def test_a_partition_size_claimed_beyond_the_dataset_is_not_believed(task_identi
 
     partitions = discover(QueryGrid(list(claims)), list(claims), FederatedSettings(), largest=60_000)
     assert list(partitions) == [11] and partitions[11]["num-examples"] == 40
+
+
+@pytest.mark.parametrize(("left_out", "outcome"), [([3, 5], "recorded"), ([99], "dropped"), ([-1], "dropped")])
+def test_classes_a_client_left_out_are_recorded(task_identity: None, tmp_path: Path, left_out: list,
+                                                outcome: str) -> None:
+    from flwr.app import ConfigRecord, MetricRecord, RecordDict
+
+    from ddplug_flower.server import DistilledSets
+
+    history = _history(tmp_path, [11, 12], encoding="float32")
+    spec = SetSpec.for_dataset(_FakeData, ipc=2, encoding="float32")
+    strategy = DistilledSets(spec, lambda union, server_round: ArrayRecord(), history)
+    messages = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), _Grid([11, 12]))
+    contents = {node: RecordDict({"set": set_to_record(_set(), "float32"),
+                                  "metrics": MetricRecord({"left-out-classes": left_out if node == 12 else []})})
+                for node in (11, 12)}
+    strategy.aggregate_train(1, _replies(messages, contents))
+    history.evaluated(1, 0.5)
+    entry = json.loads((tmp_path / "history.json").read_text())["history"][0]
+    if outcome == "recorded":
+        assert entry["left_out"] == {"1": [3, 5]} and entry["participants"] == ["0", "1"]
+    else:
+        assert "left-out-classes must list class ids 0..9" in entry["dropped"]["1"] and entry["left_out"] == {}

@@ -4,7 +4,9 @@ Messages it answers:
 
 - ``query``: the node's partition id and class counts (the server maps nodes to partitions);
 - ``train``: condense the partition (``condense_classes``) and reply with the set; when the
-  message carries the global model's arrays, distil around them (anchored DM, FedDM);
+  message carries the global model's arrays, distil around them (anchored DM, FedDM). No
+  real image leaves the node: a class with no more images than ``ipc`` is left out of the
+  upload (not copied into it), and the reply's metrics list it (``left-out-classes``);
 - ``train.fedavg``: the FedAvg baseline: train the received model on the partition for
   ``local-epochs`` and reply with its weights.
 
@@ -41,6 +43,7 @@ from ddplug_flower.payload import set_to_record
 from ddplug_flower.settings import ROUND_KEY, FederatedSettings, cached_dataset
 
 FEDAVG_ACTION = "fedavg"
+LEFT_OUT_KEY = "left-out-classes"  # classes too small to condense, which the upload leaves out
 
 
 def tuned_allocator(context: Context) -> Iterator[None]:
@@ -68,10 +71,12 @@ def distill(msg: Message, context: Context) -> Message:
     with tempfile.TemporaryDirectory() as folder:
         method, method_settings = _method(msg, settings, preset, Path(folder))
         synthetic = condense_classes(real, method, ipc=settings.ipc, preset=preset, seed=seed,
-                                     settings=method_settings, device=settings.torch_device())
+                                     settings=method_settings, device=settings.torch_device(),
+                                     copy_small_classes=False)
     record = set_to_record(synthetic, settings.encoding)
     metrics = MetricRecord({"num-examples": len(real), "images": len(synthetic), "bytes": record.count_bytes(),
-                            "seconds": time.perf_counter() - began})
+                            "seconds": time.perf_counter() - began,
+                            LEFT_OUT_KEY: synthetic.meta["left_out_classes"]})
     return Message(RecordDict({"set": record, "metrics": metrics}), reply_to=msg)
 
 

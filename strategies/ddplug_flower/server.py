@@ -36,7 +36,7 @@ from ddplug.evaluate.training import classification_accuracy, train_classifier
 from ddplug.seeding import make_generator
 from ddplug.sets import SyntheticSet
 from ddplug.storage import write_json
-from ddplug_flower.client import FEDAVG_ACTION, tuned_allocator
+from ddplug_flower.client import FEDAVG_ACTION, LEFT_OUT_KEY, tuned_allocator
 from ddplug_flower.payload import (
     PayloadError,
     SetSpec,
@@ -92,7 +92,7 @@ class History:
         self._round_began = time.perf_counter()
         self.current = {
             "round": server_round, "sent": _ordered(self.client(m.metadata.dst_node_id) for m in messages),
-            "participants": [], "failed": {}, "timed_out": [], "dropped": {}, "missing": [],
+            "participants": [], "failed": {}, "timed_out": [], "dropped": {}, "missing": [], "left_out": {},
             "bytes_down": sum(content_bytes(m.content) for m in messages), "bytes_up": 0,
         }
 
@@ -201,7 +201,15 @@ class DistilledSets(Strategy):
     def uploaded_set(self, reply: Message) -> SyntheticSet:
         if "set" not in reply.content.array_records:
             raise PayloadError("the reply holds no 'set' array record")
-        return record_to_set(reply.content.array_records["set"], self.spec)
+        synthetic = record_to_set(reply.content.array_records["set"], self.spec)
+        metrics = reply.content.metric_records.get("metrics")
+        left_out = [] if metrics is None else metrics.get(LEFT_OUT_KEY, [])
+        if not (isinstance(left_out, list) and all(isinstance(c, int) and 0 <= c < self.spec.num_classes
+                                                   for c in left_out) and len(left_out) <= self.spec.num_classes):
+            raise PayloadError(f"{LEFT_OUT_KEY} must list class ids 0..{self.spec.num_classes - 1}")
+        if left_out:  # too few images to condense: the client kept them home rather than upload them raw
+            self.history.current["left_out"][self.history.client(reply.metadata.src_node_id)] = left_out
+        return synthetic
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
         return []  # the server tests the global model itself, on the real test set
