@@ -29,6 +29,8 @@ _SLACK_BYTES = 4096  # numpy headers and key names on top of the raw array bytes
 # Float uploads may leave [0, 1] (learned images do) but not by more than the range's own
 # width on either side: anything further is no image, and would swamp the union's training.
 UPLOAD_PIXEL_RANGE = (-1.0, 2.0)
+# Learned lrs a client may declare (the run's lr-min/lr-max default): honest MTT sets learn ~0.01.
+DEFAULT_LR_RANGE = (1e-5, 1.0)
 
 
 class PayloadError(DdplugError):
@@ -47,11 +49,11 @@ class SetSpec:
     ipc: int
     encoding: str
     max_bytes: int
-    lr_range: tuple[float, float] = (1e-5, 1.0)
+    lr_range: tuple[float, float] = DEFAULT_LR_RANGE
 
     @classmethod
     def for_dataset(cls, data: ImageDataset, *, ipc: int, encoding: str, max_bytes: int = 0,
-                    lr_range: tuple[float, float] = (1e-5, 1.0)) -> SetSpec:
+                    lr_range: tuple[float, float] = DEFAULT_LR_RANGE) -> SetSpec:
         """``max_bytes`` 0 allows the largest upload an honest client makes: ``ipc`` images of
         every class in ``encoding``, with float32 soft labels and a learned lr."""
         pixels = data.in_channels * data.image_size[0] * data.image_size[1]

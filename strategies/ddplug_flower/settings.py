@@ -27,6 +27,7 @@ from ddplug.models import create_model
 from ddplug.presets import Preset, convert_field, get_preset, parse_assignments
 from ddplug.seeding import derive_seed
 from ddplug.sets import IMAGE_ENCODINGS
+from ddplug_flower.payload import DEFAULT_LR_RANGE
 
 MODES = ("distill", "fedavg")
 PARTITIONERS = ("iid", "dirichlet", "pathological")
@@ -60,8 +61,8 @@ class FederatedSettings:
     anchor_noise: float = _setting(0.01, "multi-round: std of the noise around the global model's weights")
     local_epochs: int = _setting(1, "fedavg: epochs of local training per round")
     max_upload_bytes: int = _setting(0, "per client and round; 0 = the largest payload an honest client sends")
-    lr_min: float = _setting(1e-5, "distill: smallest learned lr accepted from a client")
-    lr_max: float = _setting(1.0, "distill: largest learned lr accepted; the union trains with the valid ones' median")
+    lr_min: float = _setting(DEFAULT_LR_RANGE[0], "distill: smallest learned lr accepted from a client")
+    lr_max: float = _setting(DEFAULT_LR_RANGE[1], "distill: largest learned lr accepted; the union trains with the valid ones' median")
     max_examples: int = _setting(0, "fedavg: largest num-examples a client may claim; 0 = the partition size it "
                                     "reported when queried")
     max_weight: float = _setting(1000.0, "fedavg: largest magnitude of any weight in a client's update")
