@@ -40,7 +40,8 @@ def condense_classes(
     one client's partition): absent classes are skipped, and a class with ``ipc`` or fewer
     real images keeps them as they are, or with ``copy_small_classes=False`` (a set that
     leaves its owner: no real image may be in it) is left out, listed in the result's
-    ``meta["left_out_classes"]``. The others are condensed together (all classes in one
+    ``meta["left_out_classes"]``; ``meta["privacy"]`` is the distiller's DP report (None
+    without DP). The others are condensed together (all classes in one
     batched run), relabelled to their positions and back, so the result's labels are in
     ``real``'s class space (hard, or soft with ``real.num_classes`` columns).
     """
@@ -56,6 +57,7 @@ def condense_classes(
     kept_classes = small_classes if copy_small_classes else small_classes[:0]
     kept = torch.isin(real.labels, kept_classes)
     parts = [SyntheticSet(real.images[kept], real.labels[kept], real.num_classes, real.mean, real.std)]
+    privacy = None
     if len(condensed_classes):
         members = torch.isin(real.labels, condensed_classes)
         position = torch.full((real.num_classes,), -1, dtype=torch.long)
@@ -67,8 +69,9 @@ def condense_classes(
         labels = condensed_classes[made.labels] if not made.soft_labels else torch.zeros(
             len(made), real.num_classes).index_copy_(1, condensed_classes, made.labels)
         parts.append(SyntheticSet(made.images, labels, real.num_classes, real.mean, real.std, lr=made.lr))
+        privacy = made.meta.get("privacy")
     return SyntheticSet.concatenate(parts, meta={"method": method, "dataset": real.name, "ipc": ipc, "seed": seed,
-                                     "kept_real_classes": kept_classes.tolist(),
+                                     "privacy": privacy, "kept_real_classes": kept_classes.tolist(),
                                      "left_out_classes": [] if copy_small_classes else small_classes.tolist()})
 
 

@@ -257,7 +257,11 @@ def test_simulated_multi_round_distillation_survives_failing_and_bad_clients(dat
         assert "float64" in reasons["5"] and "over the limit" in reasons["6"]
         # client 0 uploads ipc 2 of each class it has more than 2 images of; the others stay home, listed
         assert entry["images"] == 2 * (10 - len(entry["left_out"].get("0", [])))
+        leakage = entry["leakage"]["0"]  # the one accepted upload's report
+        assert -1 <= leakage["upload_nn_similarity_median"] <= 1 and 0 <= leakage["membership_advantage"] <= 1
+        assert list(entry["leakage"]) == ["0"]
     assert summary["bytes_up"] == sum(entry["bytes_up"] for entry in summary["history"])
+    assert -1 <= summary["real_nn_similarity_median"] <= 1 and summary["epsilon"] is None
 
 
 @pytest.mark.federation
@@ -451,6 +455,17 @@ class _Grid:
         return self.nodes
 
 
+def _upload(synthetic: SyntheticSet | ArrayRecord, encoding: str = "float32", similarity: float = 0.5,
+            **metrics: Any) -> Any:
+    """A reply's content: the set and an honest leakage report (``metrics`` add to or replace it)."""
+    from flwr.app import MetricRecord, RecordDict
+
+    record = synthetic if isinstance(synthetic, ArrayRecord) else set_to_record(synthetic, encoding)
+    report = {"upload-nn-similarity": [similarity] * record["labels"].shape[0], "real-nn-similarity": [0.6, 0.7, 0.8],
+              "membership-advantage": 0.05}
+    return RecordDict({"set": record, "metrics": MetricRecord({**report, **metrics})})
+
+
 def _replies(messages: list, contents: dict[int, Any]) -> list:
     from flwr.app import Message
 
@@ -513,7 +528,7 @@ def _hostile_upload(fault: str) -> tuple[ArrayRecord, str]:
 ])
 def test_a_hostile_upload_is_dropped_and_the_round_goes_on(task_identity: None, tmp_path: Path, fault: str,
                                                           reason: str) -> None:
-    from flwr.app import ConfigRecord, RecordDict
+    from flwr.app import ConfigRecord
 
     from ddplug_flower.server import DistilledSets
 
@@ -524,8 +539,8 @@ def test_a_hostile_upload_is_dropped_and_the_round_goes_on(task_identity: None, 
     strategy = DistilledSets(spec, lambda union, server_round: trained.append(union) or ArrayRecord(), history)
     messages = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), _Grid([11, 12, 13]))
     honest = {11: _set(lr=0.02), 12: _set(classes=(1, 2), lr=0.05)}
-    contents = {node: RecordDict({"set": set_to_record(part, encoding)}) for node, part in honest.items()}
-    contents[13] = RecordDict({"set": record})
+    contents = {node: _upload(part, encoding) for node, part in honest.items()}
+    contents[13] = _upload(record)
     strategy.aggregate_train(1, _replies(messages, contents))
     history.evaluated(1, 0.5)
     summary = json.loads((tmp_path / "history.json").read_text())
@@ -613,7 +628,7 @@ def test_a_partition_size_claimed_beyond_the_dataset_is_not_believed(task_identi
 @pytest.mark.parametrize(("left_out", "outcome"), [([3, 5], "recorded"), ([99], "dropped"), ([-1], "dropped")])
 def test_classes_a_client_left_out_are_recorded(task_identity: None, tmp_path: Path, left_out: list,
                                                 outcome: str) -> None:
-    from flwr.app import ConfigRecord, MetricRecord, RecordDict
+    from flwr.app import ConfigRecord
 
     from ddplug_flower.server import DistilledSets
 
@@ -621,9 +636,7 @@ def test_classes_a_client_left_out_are_recorded(task_identity: None, tmp_path: P
     spec = SetSpec.for_dataset(_FakeData, ipc=2, encoding="float32")
     strategy = DistilledSets(spec, lambda union, server_round: ArrayRecord(), history)
     messages = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), _Grid([11, 12]))
-    contents = {node: RecordDict({"set": set_to_record(_set(), "float32"),
-                                  "metrics": MetricRecord({"left-out-classes": left_out if node == 12 else []})})
-                for node in (11, 12)}
+    contents = {node: _upload(_set(), **{"left-out-classes": left_out if node == 12 else []}) for node in (11, 12)}
     strategy.aggregate_train(1, _replies(messages, contents))
     history.evaluated(1, 0.5)
     entry = json.loads((tmp_path / "history.json").read_text())["history"][0]
@@ -631,3 +644,76 @@ def test_classes_a_client_left_out_are_recorded(task_identity: None, tmp_path: P
         assert entry["left_out"] == {"1": [3, 5]} and entry["participants"] == ["0", "1"]
     else:
         assert "left-out-classes must list class ids 0..9" in entry["dropped"]["1"] and entry["left_out"] == {}
+
+
+@pytest.mark.parametrize(("fault", "reason"), [
+    ({"upload-nn-similarity": [0.5]}, "upload-nn-similarity must list 6 similarities within"),
+    ({"upload-nn-similarity": [7.0] * 6}, "upload-nn-similarity must list 6 similarities within"),
+    ({"real-nn-similarity": [0.5] * 101}, "real-nn-similarity must list at most 100 similarities"),
+    ({"membership-advantage": 1e30}, r"membership-advantage must be a number within \[0, 1\]"),
+    ({"epsilon": -1.0}, "must report its epsilon"),
+    ({}, "must report its epsilon"),
+])
+def test_each_uploads_leakage_report_and_epsilon_are_checked_and_recorded(task_identity: None, tmp_path: Path,
+                                                                          fault: dict, reason: str) -> None:
+    from flwr.app import ConfigRecord
+
+    from ddplug_flower.server import DistilledSets
+
+    history = _history(tmp_path, [11, 12, 13], encoding="float32", init="noise", dp_epsilon=4.0, rounds=2)
+    strategy = DistilledSets(SetSpec.for_dataset(_FakeData, ipc=2, encoding="float32"),
+                             lambda union, server_round: ArrayRecord(), history)
+    for server_round in (1, 2):
+        messages = strategy.configure_train(server_round, ArrayRecord(), ConfigRecord(), _Grid([11, 12, 13]))
+        contents = {11: _upload(_set(), similarity=0.2, epsilon=2.0), 12: _upload(_set(), similarity=0.4, epsilon=1.5),
+                    13: _upload(_set(), **{"epsilon": 2.0, **fault})}
+        if not fault:
+            del contents[13].metric_records["metrics"]["epsilon"]
+        strategy.aggregate_train(server_round, _replies(messages, contents))
+        history.evaluated(server_round, 0.5)
+    summary = json.loads((tmp_path / "history.json").read_text())
+    entry = summary["history"][1]
+    assert re.search(reason, entry["dropped"]["2"]), entry["dropped"]["2"]
+    # Per client: its medians, the attack's advantage, and the epsilon of both rounds together.
+    assert entry["leakage"]["0"] == {"upload_nn_similarity_median": pytest.approx(0.2),
+                                     "real_nn_similarity_median": pytest.approx(0.7), "membership_advantage": 0.05,
+                                     "near_copies": 0, "epsilon": pytest.approx(4.0)}
+    assert entry["leakage"]["1"]["epsilon"] == pytest.approx(3.0)
+    # The run: medians over every accepted upload's images (2 clients x 2 rounds x 6 images).
+    assert summary["upload_nn_similarity_median"] == pytest.approx(0.2)  # the lower middle of 12 x 0.2, 12 x 0.4
+    assert summary["real_nn_similarity_median"] == pytest.approx(0.7) and summary["epsilon"] == pytest.approx(4.0)
+
+
+def test_private_uploads_need_a_private_method_and_noise_init() -> None:
+    with pytest.raises(DdplugError, match="dp-epsilon needs init noise"):
+        FederatedSettings(dp_epsilon=1.0)
+    with pytest.raises(DdplugError, match="cannot make differentially private uploads"):
+        FederatedSettings(dp_epsilon=1.0, init="noise", method="random")
+    settings = FederatedSettings(dp_epsilon=4.0, dp_delta=1e-5, init="noise", rounds=4)
+    assert settings.privacy_per_round() == {"dp_epsilon": 1.0, "dp_delta": 2.5e-6}
+    assert FederatedSettings().privacy_per_round() == {}
+
+
+def _client_reply(data_root: Path, **settings: Any) -> Any:
+    """The ClientApp's ``distill`` handler, called as a SuperNode would, for partition 0 of 2."""
+    from flwr.app import Context, Message, MessageType, RecordDict
+
+    from ddplug_flower.client import distill
+    from ddplug_flower.server import config_record
+
+    run = FederatedSettings(data_root=str(data_root), ipc=2, partitioner="iid", clients=2,
+                            overrides=" ".join(TINY_OVERRIDES), **settings)
+    message = Message(RecordDict({"config": config_record(run)}), dst_node_id=5, message_type=MessageType.TRAIN)
+    context = Context(run_id=1, node_id=5, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(),
+                      run_config={})
+    return distill(message, context).content.metric_records["metrics"]
+
+
+def test_a_private_client_reports_its_epsilon_and_a_leakage_report(task_identity: None, data_root: Path) -> None:
+    metrics = _client_reply(data_root, init="noise", dp_epsilon=2.0, rounds=2)
+    assert metrics["epsilon"] == pytest.approx(1.0, rel=0.02)  # its round's half of the budget
+    assert len(metrics["upload-nn-similarity"]) == metrics["images"] == 20
+    assert max(metrics["upload-nn-similarity"]) < 0.99  # from noise: no near copy of a real image
+    assert len(metrics["real-nn-similarity"]) == 100 and 0 <= metrics["membership-advantage"] <= 1
+    # Without DP there is no epsilon to report.
+    assert "epsilon" not in _client_reply(data_root, init="noise")

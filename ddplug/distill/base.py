@@ -31,6 +31,7 @@ from ddplug.distill.sampling import ClassBalancedSampler
 from ddplug.distill.selection import select_subset
 from ddplug.errors import DdplugError
 from ddplug.models import create_model
+from ddplug.privacy import PrivateClassMeans
 from ddplug.seeding import derive_seed, make_generator
 from ddplug.sets import SyntheticSet
 from ddplug.sets.param import Layout, create_param
@@ -61,6 +62,9 @@ class DistillConfig:
     zca: bool = False  # distil (and evaluate) in the ZCA-whitened space of the real training images
     zca_epsilon: float = 0.1  # added to the covariance's eigenvalues (MTT's and KIP's CIFAR value)
     param: str = "pixels"  # what is learned: a parameterisation spec (ddplug.sets.param), e.g. multi:factor=2
+    dp_epsilon: float = 0.0  # > 0: differentially private at this (epsilon, dp_delta), for methods that can be (dm)
+    dp_delta: float = 1e-5
+    dp_clip: float = 10.0  # bound on each real image's embedding norm under DP (ConvNet's on Fashion-MNIST: ~13)
     seed: int = 0
 
     def layout(self, real: ImageDataset) -> Layout:
@@ -101,6 +105,13 @@ class DistillConfig:
                 raise DdplugError(f"{name} must be positive, got {getattr(self, name)}")
         if self.zca_epsilon <= 0:
             raise DdplugError(f"zca_epsilon must be positive, got {self.zca_epsilon}: use e.g. --zca-epsilon 0.1")
+        if self.dp_epsilon:
+            if self.init != "noise":
+                raise DdplugError(f"differential privacy needs --init noise: an initialisation from {self.init} "
+                                  "images would put real images into the set, outside the privacy guarantee")
+            if not 0 < self.dp_delta < 1 or self.dp_clip <= 0:
+                raise DdplugError(f"differential privacy needs 0 < dp_delta < 1 and dp_clip > 0, got "
+                                  f"{self.dp_delta} and {self.dp_clip}")
 
 
 class Distiller(ABC):
@@ -114,6 +125,7 @@ class Distiller(ABC):
     config_class: ClassVar[type[DistillConfig]] = DistillConfig
     uses_labels: ClassVar[bool] = True  # False: the loss ignores labels, so they can't be learned
     uses_lr: ClassVar[bool] = False  # True: the loss unrolls training, so its learning rate can be learned
+    private: ClassVar[bool] = False  # True: reads real data only through self.privacy when dp_epsilon > 0
 
     def __init__(self, real: ImageDataset, config: DistillConfig, device: torch.device | str = "cpu") -> None:
         config.validate(real)
@@ -121,6 +133,10 @@ class Distiller(ABC):
             raise DdplugError(f"{self.name} matches without labels, so learn_labels has nothing to learn; drop it")
         if config.learn_lr and not self.uses_lr:
             raise DdplugError(f"{self.name} does not unroll training, so learn_lr has nothing to learn; drop it")
+        if config.dp_epsilon and not self.private:
+            raise DdplugError(f"{self.name} cannot be made differentially private: it reads the real data through "
+                              "network gradients or trajectories that ddplug does not privatise; drop dp_epsilon, "
+                              "or use --method dm")
         self.config = config
         self.device = torch.device(device)
         self.zca = ZCA.fit(real, config.zca_epsilon, self.device) if config.zca else None
@@ -129,6 +145,9 @@ class Distiller(ABC):
         self.num_classes = real.num_classes
         self.real_images = self.real.images.to(self.device)
         self.sampler = ClassBalancedSampler(real.labels, real.num_classes).to(self.device)
+        self.privacy = None if not config.dp_epsilon else PrivateClassMeans.calibrate(
+            real.class_counts(), batch_per_class=config.batch_real, steps=config.iterations,
+            epsilon=config.dp_epsilon, delta=config.dp_delta, clip=config.dp_clip)
         self.param = create_param(config.param)
         self.image_shape = (real.in_channels, *real.image_size)
         self.layout = config.layout(real)
@@ -344,6 +363,8 @@ def run_distillation(
 def _described_set(distiller: Distiller, iterations: int, seconds: float) -> SyntheticSet:
     synthetic = distiller.synthetic_set()
     synthetic.meta.update(iterations=iterations, distill_seconds=seconds)
+    if distiller.privacy is not None:
+        synthetic.meta["privacy"] = distiller.privacy.report(iterations)
     return synthetic
 
 

@@ -52,6 +52,7 @@ class Condenser(ABC):
     config_class: ClassVar[type | None] = None  # its settings (a dataclass), or None: it takes none
     baseline: ClassVar[bool] = False  # a reference point rather than a method to tune
     per_class: ClassVar[bool] = True  # makes ipc images per class (False: its size is its own)
+    private: ClassVar[bool] = False  # can make its set differentially private (settings dp_epsilon, dp_delta)
 
     @abstractmethod
     def condense(
@@ -134,7 +135,7 @@ def register_distiller(distiller_class: C) -> C:
     """Class decorator for :class:`~ddplug.distill.base.Distiller` subclasses."""
     register_condenser(type(f"{distiller_class.__name__}Condenser", (Distillation,),
                             {"name": distiller_class.name, "distiller_class": distiller_class,
-                             "config_class": distiller_class.config_class}))
+                             "config_class": distiller_class.config_class, "private": distiller_class.private}))
     return distiller_class
 
 

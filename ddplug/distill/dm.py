@@ -20,6 +20,8 @@ from ddplug.data import ImageDataset
 from ddplug.distill.base import DistillConfig, Distiller
 from ddplug.distill.condenser import register_distiller
 from ddplug.distill.pool import NetworkPool, PoolSettings
+from ddplug.errors import DdplugError
+from ddplug.privacy import clip_rows
 from ddplug.seeding import derive_seed
 
 
@@ -32,6 +34,9 @@ class DMConfig(DistillConfig, PoolSettings):
     def validate(self, real: ImageDataset) -> None:
         super().validate(real)
         self.validate_pool(minimum_size=0)
+        if self.dp_epsilon and self.pool_size:
+            raise DdplugError("a pool of networks trains on the real data, outside differential privacy: drop "
+                              "pool_size or dp_epsilon")
 
 
 @register_distiller
@@ -39,9 +44,11 @@ class DistributionMatching(Distiller):
     name = "dm"
     config_class = DMConfig
     uses_labels = False
+    private = True  # the real data enters only through class means of embeddings
 
     def __init__(self, real: ImageDataset, config: DMConfig, device: torch.device | str = "cpu") -> None:
         super().__init__(real, config, device)
+        self.real_labels = self.real.labels.to(self.device)
         self.pool = None if not config.pool_size else NetworkPool(
             self.build_network, seed=config.seed, size=config.pool_size, max_steps=config.max_online_steps,
             lr=config.init_lr)
@@ -56,12 +63,28 @@ class DistributionMatching(Distiller):
         return network
 
     def loss(self, iteration: int) -> Tensor:
+        if self.privacy is not None:
+            return self.private_loss(iteration)
         network = self.network(iteration)
         real, real_labels = self.sample_real(iteration)
         real, syn = self.augment_pair(iteration, real, real_labels, self.images, self.labels)
         with torch.no_grad():
             real_mean = class_means(network.embed(real), self.num_classes)
         syn_mean = class_means(network.embed(syn), self.num_classes)
+        return (real_mean - syn_mean).square().sum()
+
+    def private_loss(self, iteration: int) -> Tensor:
+        """The loss with the real class means released by the Gaussian mechanism: a Poisson
+        sample, clipped embeddings, noisy sums. The synthetic embeddings are clipped alike,
+        so both sides are means of the same statistic."""
+        network = self.network(iteration)
+        index = self.privacy.sample(len(self.real_labels), self.generator(iteration, "real"), self.device)
+        real, real_labels = self.real_images[index], self.real_labels[index]
+        real, syn = self.augment_pair(iteration, real, real_labels, self.images, self.labels)
+        with torch.no_grad():
+            real_mean = self.privacy.class_means(network.embed(real), real_labels, self.num_classes,
+                                                 self.generator(iteration, "dp-noise"))
+        syn_mean = class_means(clip_rows(network.embed(syn), self.privacy.clip), self.num_classes)
         return (real_mean - syn_mean).square().sum()
 
     def step(self, iteration: int) -> Tensor:

@@ -6,7 +6,10 @@ Messages it answers:
 - ``train``: condense the partition (``condense_classes``) and reply with the set; when the
   message carries the global model's arrays, distil around them (anchored DM, FedDM). No
   real image leaves the node: a class with no more images than ``ipc`` is left out of the
-  upload (not copied into it), and the reply's metrics list it (``left-out-classes``);
+  upload (not copied into it), and the reply's metrics list it (``left-out-classes``). The
+  metrics also carry the upload's leakage report (``ddplug.privacy.leakage``: nearest-real
+  similarities, membership-inference advantage against the test split) and, under
+  differential privacy, the epsilon this upload spent;
 - ``train.fedavg``: the FedAvg baseline: train the received model on the partition for
   ``local-epochs`` and reply with its weights.
 
@@ -36,10 +39,11 @@ from ddplug.distill import AnchoredDistributionMatching, get_condenser
 from ddplug.errors import DdplugError
 from ddplug.evaluate.training import train_classifier
 from ddplug.pipeline import condense_classes
+from ddplug.privacy import leakage_report
 from ddplug.presets import Preset
 from ddplug.seeding import derive_seed, make_generator
 from ddplug_flower.partitions import partition_indices
-from ddplug_flower.payload import set_to_record
+from ddplug_flower.payload import leakage_to_metrics, set_to_record
 from ddplug_flower.settings import ROUND_KEY, FederatedSettings, cached_dataset
 
 FEDAVG_ACTION = "fedavg"
@@ -74,9 +78,12 @@ def distill(msg: Message, context: Context) -> Message:
                                      settings=method_settings, device=settings.torch_device(),
                                      copy_small_classes=False)
     record = set_to_record(synthetic, settings.encoding)
+    holdout = cached_dataset(settings.dataset, _data_root(settings, context.node_config)).test
+    report = leakage_report(synthetic.images, real, holdout, probes=settings.leakage_probes, seed=seed)
+    privacy = synthetic.meta.get("privacy")
     metrics = MetricRecord({"num-examples": len(real), "images": len(synthetic), "bytes": record.count_bytes(),
-                            "seconds": time.perf_counter() - began,
-                            LEFT_OUT_KEY: synthetic.meta["left_out_classes"]})
+                            "seconds": time.perf_counter() - began, LEFT_OUT_KEY: synthetic.meta["left_out_classes"],
+                            **leakage_to_metrics(report, None if privacy is None else privacy["epsilon"])})
     return Message(RecordDict({"set": record, "metrics": metrics}), reply_to=msg)
 
 
@@ -123,10 +130,14 @@ def load_partition(settings: FederatedSettings, node_config: Mapping[str, Any]) 
                           "--node-config 'partition-id=0 num-partitions=N'") from None
     if not 0 <= partition_id < num_partitions:
         raise DdplugError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
-    root = str(node_config.get("data-root", settings.data_root))
+    root = _data_root(settings, node_config)
     parts = _partitions(settings.dataset, root, settings.partitioner, num_partitions, settings.alpha,
                         settings.classes_per_client, settings.seed)
     return partition_id, cached_dataset(settings.dataset, root).train.subset(parts[partition_id])
+
+
+def _data_root(settings: FederatedSettings, node_config: Mapping[str, Any]) -> str:
+    return str(node_config.get("data-root", settings.data_root))
 
 
 @functools.lru_cache(maxsize=2)
@@ -144,17 +155,18 @@ def _round(msg: Message) -> int:
     return int(msg.content.config_records["config"].get(ROUND_KEY, 1))
 
 
-# Uploads carry decoded images, one per slot of the ipc budget, so clients learn plain
-# pixels whatever parameterisation the preset prefers.
-_UPLOADED_PARAM = {"param": "pixels"}
+def _upload_settings(settings: FederatedSettings) -> dict[str, Any]:
+    """What every distilled upload is made with: plain pixels (uploads carry decoded images,
+    one per slot of the ipc budget), the run's initialisation, and its share of the DP budget."""
+    return {"param": "pixels", "init": settings.init, **settings.privacy_per_round()}
 
 
 def _method(msg: Message, settings: FederatedSettings, preset: Preset, folder: Path) -> tuple[str, dict[str, Any] | None]:
     """The distiller and its settings: the configured method, or DM anchored at the received global model."""
     if "arrays" not in msg.content.array_records:
-        return settings.method, _UPLOADED_PARAM if get_condenser(settings.method).config_class else None
+        return settings.method, _upload_settings(settings) if get_condenser(settings.method).config_class else None
     anchor = folder / "anchor.safetensors"
     save_file(dict(msg.content.array_records["arrays"].to_torch_state_dict()), str(anchor))
     return AnchoredDistributionMatching.name, {**preset.method_settings("dm"), "model": preset.evaluation.model,
                                                "anchor": str(anchor), "anchor_noise": settings.anchor_noise,
-                                               **_UPLOADED_PARAM}
+                                               **_upload_settings(settings)}

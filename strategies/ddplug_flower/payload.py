@@ -11,7 +11,9 @@ run's range; FedAvg: example counts within the client's partition, weights withi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import io
 import math
@@ -22,6 +24,7 @@ from flwr.app import Array, ArrayRecord, RecordDict
 
 from ddplug.data import ImageDataset
 from ddplug.errors import DdplugError
+from ddplug.privacy import LeakageReport
 from ddplug.sets import SetLimits, SyntheticSet, decode_images, encode_images
 
 SET_KEYS = ("images", "labels", "lr")
@@ -102,6 +105,46 @@ def record_to_set(record: ArrayRecord, spec: SetSpec) -> SyntheticSet:
     if counts.max() > spec.ipc:
         raise PayloadError(f"{int(counts.max())} images of class {int(counts.argmax())}, over ipc {spec.ipc}")
     return synthetic
+
+
+UPLOAD_SIMILARITY_KEY = "upload-nn-similarity"
+REAL_SIMILARITY_KEY = "real-nn-similarity"
+ADVANTAGE_KEY = "membership-advantage"
+EPSILON_KEY = "epsilon"
+
+
+def leakage_to_metrics(report: LeakageReport, epsilon: float | None) -> dict[str, Any]:
+    """A client's leakage report (and, under DP, the epsilon of this upload) as reply metrics."""
+    metrics = {UPLOAD_SIMILARITY_KEY: report.upload_similarity.tolist(),
+               REAL_SIMILARITY_KEY: report.real_similarity.tolist(), ADVANTAGE_KEY: report.membership_advantage}
+    return metrics if epsilon is None else {**metrics, EPSILON_KEY: epsilon}
+
+
+def leakage_from_metrics(metrics: Mapping[str, Any], *, images: int, probes: int,
+                         private: bool) -> tuple[LeakageReport, float | None]:
+    """The leakage report in a reply's metrics, checked: one similarity in [-1, 1] per uploaded
+    image, at most ``probes`` real ones, an advantage in [0, 1], and with ``private`` a
+    finite epsilon >= 0."""
+    def similarities(key: str, count: int, exact: bool) -> torch.Tensor:
+        values = metrics.get(key)
+        if not (isinstance(values, list) and (len(values) == count if exact else len(values) <= count)
+                and all(_number(v) and -1 - 1e-6 <= v <= 1 + 1e-6 for v in values)):
+            amount = f"{count}" if exact else f"at most {count}"
+            raise PayloadError(f"{key} must list {amount} similarities within [-1, 1]")
+        return torch.tensor(values, dtype=torch.float64)
+
+    report = LeakageReport(similarities(UPLOAD_SIMILARITY_KEY, images, True),
+                           similarities(REAL_SIMILARITY_KEY, probes, False), metrics.get(ADVANTAGE_KEY))
+    if not (_number(report.membership_advantage) and 0 <= report.membership_advantage <= 1):
+        raise PayloadError(f"{ADVANTAGE_KEY} must be a number within [0, 1]")
+    epsilon = metrics.get(EPSILON_KEY)
+    if private and not (_number(epsilon) and epsilon >= 0):
+        raise PayloadError(f"a private run's upload must report its {EPSILON_KEY} (a finite number >= 0)")
+    return report, float(epsilon) if private else None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_layout(record: ArrayRecord, spec: SetSpec) -> None:

@@ -33,6 +33,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from ddplug.augment import DSA, DSAConfig
 from ddplug.errors import DdplugError
 from ddplug.evaluate.training import classification_accuracy, train_classifier
+from ddplug.privacy import LeakageReport
 from ddplug.seeding import make_generator
 from ddplug.sets import SyntheticSet
 from ddplug.storage import write_json
@@ -42,6 +43,7 @@ from ddplug_flower.payload import (
     SetSpec,
     check_model_reply,
     content_bytes,
+    leakage_from_metrics,
     model_bytes_limit,
     record_to_set,
 )
@@ -82,6 +84,8 @@ class History:
         self.initial_accuracy: float | None = None
         self.rounds: list[dict[str, Any]] = []
         self.current: dict[str, Any] = {}
+        self.leakage: list[LeakageReport] = []  # every accepted upload's report, all rounds
+        self.epsilon: dict[str, float] = {}  # per client: epsilon spent over the rounds so far
         self._round_began = 0.0
 
     def client(self, node_id: int) -> str:
@@ -93,6 +97,7 @@ class History:
         self.current = {
             "round": server_round, "sent": _ordered(self.client(m.metadata.dst_node_id) for m in messages),
             "participants": [], "failed": {}, "timed_out": [], "dropped": {}, "missing": [], "left_out": {},
+            "leakage": {},
             "bytes_down": sum(content_bytes(m.content) for m in messages), "bytes_up": 0,
         }
 
@@ -117,6 +122,16 @@ class History:
             self.current["participants"].append(self.client(reply.metadata.src_node_id))
         return passed
 
+    def leaked(self, node: int, report: LeakageReport, epsilon: float | None) -> None:
+        """Record a client's leakage report on its upload and, under DP, what it spent."""
+        name = self.client(node)
+        entry = report.summary()
+        if epsilon is not None:  # rounds compose: a client's epsilons add up
+            self.epsilon[name] = self.epsilon.get(name, 0.0) + epsilon
+            entry["epsilon"] = self.epsilon[name]
+        self.current["leakage"][name] = entry
+        self.leakage.append(report)
+
     def evaluated(self, server_round: int, accuracy: float) -> None:
         if server_round == 0:
             self.initial_accuracy = accuracy
@@ -140,6 +155,10 @@ class History:
             "bytes_down": sum(entry["bytes_down"] for entry in self.rounds),
             "seconds": time.perf_counter() - self.began,
             "connected": self.connected,
+            # Over every accepted upload of the run (all clients' images), and the largest
+            # attack advantage and per-client epsilon (None: no upload / not private).
+            **LeakageReport.combine(self.leakage).summary(),
+            "epsilon": max(self.epsilon.values(), default=None),
             "partitions": {self.client(node): {"examples": self.partitions[node]["num-examples"],
                                                "class_counts": self.partitions[node]["class-counts"]}
                            for node in sorted(self.partitions, key=lambda node: _order(self.client(node)))},
@@ -177,6 +196,8 @@ class DistilledSets(Strategy):
         self.spec = spec
         self.train = train
         self.history = history
+        self.probes = history.settings.leakage_probes  # the most real images a leakage report may list
+        self.private = bool(history.settings.dp_epsilon)  # uploads must say what epsilon they spent
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
         config[ROUND_KEY] = server_round
@@ -207,8 +228,11 @@ class DistilledSets(Strategy):
         if not (isinstance(left_out, list) and all(isinstance(c, int) and 0 <= c < self.spec.num_classes
                                                    for c in left_out) and len(left_out) <= self.spec.num_classes):
             raise PayloadError(f"{LEFT_OUT_KEY} must list class ids 0..{self.spec.num_classes - 1}")
+        report, epsilon = leakage_from_metrics(metrics or {}, images=len(synthetic), probes=self.probes,
+                                               private=self.private)
         if left_out:  # too few images to condense: the client kept them home rather than upload them raw
             self.history.current["left_out"][self.history.client(reply.metadata.src_node_id)] = left_out
+        self.history.leaked(reply.metadata.src_node_id, report, epsilon)
         return synthetic
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:

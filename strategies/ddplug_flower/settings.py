@@ -21,7 +21,8 @@ import torch
 
 from ddplug.data import DatasetSplits, ImageDataset, load_dataset
 from ddplug.devices import resolve_device
-from ddplug.distill import available_methods
+from ddplug.distill import available_methods, get_condenser
+from ddplug.distill.base import INITIALISATIONS
 from ddplug.errors import DdplugError
 from ddplug.models import create_model
 from ddplug.presets import Preset, convert_field, get_preset, parse_assignments
@@ -58,6 +59,11 @@ class FederatedSettings:
     preset: str = _setting("cpu")
     overrides: str = _setting("", "preset overrides, space-separated: 'eval.epochs=50 dm.iterations=200'")
     encoding: str = _setting("uint8", "how clients ship images: uint8, float16 or float32")
+    init: str = _setting("real", "distill: start each set from real images or noise (README: what leaks under each)")
+    dp_epsilon: float = _setting(0.0, "distill: > 0 = differentially private uploads, (epsilon, dp-delta) per client "
+                                      "over all rounds; needs init noise")
+    dp_delta: float = _setting(1e-5, "distill: the delta of dp-epsilon")
+    leakage_probes: int = _setting(100, "distill: real images per client probed for the upload's leakage report")
     anchor_noise: float = _setting(0.01, "multi-round: std of the noise around the global model's weights")
     local_epochs: int = _setting(1, "fedavg: epochs of local training per round")
     max_upload_bytes: int = _setting(0, "per client and round; 0 = the largest payload an honest client sends")
@@ -76,13 +82,13 @@ class FederatedSettings:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise DdplugError(f"{_key(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("rounds", "clients", "ipc", "classes_per_client", "local_epochs"):
+        for name in ("rounds", "clients", "ipc", "classes_per_client", "local_epochs", "leakage_probes"):
             if getattr(self, name) < 1:
                 raise DdplugError(f"{_key(name)} must be at least 1, got {getattr(self, name)}")
         for name in ("alpha", "round_timeout"):
             if getattr(self, name) <= 0:
                 raise DdplugError(f"{_key(name)} must be positive, got {getattr(self, name)}")
-        for name in ("anchor_noise", "max_upload_bytes", "node_wait", "max_examples"):
+        for name in ("anchor_noise", "max_upload_bytes", "node_wait", "max_examples", "dp_epsilon"):
             if getattr(self, name) < 0:
                 raise DdplugError(f"{_key(name)} cannot be negative, got {getattr(self, name)}")
         for setting in dataclasses.fields(self):
@@ -98,7 +104,23 @@ class FederatedSettings:
         if self.mode == "distill" and self.rounds > 1 and self.method != "dm":
             raise DdplugError(f"multi-round distillation matches distributions around the global model (DM); "
                               f"method {self.method!r} only works one-shot (rounds = 1)")
+        if self.init not in INITIALISATIONS:
+            raise DdplugError(f"init must be one of {', '.join(INITIALISATIONS)}, got {self.init!r}")
+        if self.dp_epsilon:
+            if not get_condenser(self.method).private:
+                raise DdplugError(f"method {self.method!r} cannot make differentially private uploads: use dm")
+            if self.init != "noise":
+                raise DdplugError("dp-epsilon needs init noise: a set started from real images would upload them")
+            if not 0 < self.dp_delta < 1:
+                raise DdplugError(f"dp-delta must be within (0, 1), got {self.dp_delta}")
         self.resolved_preset()  # bad overrides fail here, not in the middle of a round
+
+    def privacy_per_round(self) -> dict[str, float]:
+        """Each round's share of the (epsilon, delta) budget: rounds compose sequentially
+        (their epsilons and deltas add up), and each client distils once per round."""
+        if not self.dp_epsilon:
+            return {}
+        return {"dp_epsilon": self.dp_epsilon / self.rounds, "dp_delta": self.dp_delta / self.rounds}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> FederatedSettings:
