@@ -5,7 +5,7 @@ benchmarks and the adapters share (a whole dataset is condensed by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ def condense_classes(
     real images keeps them as they are, or with ``copy_small_classes=False`` (a set that
     leaves its owner: no real image may be in it) is left out, listed in the result's
     ``meta["left_out_classes"]``; ``meta["privacy"]`` is the distiller's DP report (None
-    without DP). The others are condensed together (all classes in one
+    without DP), and a set of condensed classes only keeps the distiller's code. The others are condensed together (all classes in one
     batched run), relabelled to their positions and back, so the result's labels are in
     ``real``'s class space (hard, or soft with ``real.num_classes`` columns).
     """
@@ -57,7 +57,7 @@ def condense_classes(
     kept_classes = small_classes if copy_small_classes else small_classes[:0]
     kept = torch.isin(real.labels, kept_classes)
     parts = [SyntheticSet(real.images[kept], real.labels[kept], real.num_classes, real.mean, real.std)]
-    privacy = None
+    privacy, made = None, None
     if len(condensed_classes):
         members = torch.isin(real.labels, condensed_classes)
         position = torch.full((real.num_classes,), -1, dtype=torch.long)
@@ -70,9 +70,13 @@ def condense_classes(
             len(made), real.num_classes).index_copy_(1, condensed_classes, made.labels)
         parts.append(SyntheticSet(made.images, labels, real.num_classes, real.mean, real.std, lr=made.lr))
         privacy = made.meta.get("privacy")
-    return SyntheticSet.concatenate(parts, meta={"method": method, "dataset": real.name, "ipc": ipc, "seed": seed,
+    union = SyntheticSet.concatenate(parts, meta={"method": method, "dataset": real.name, "ipc": ipc, "seed": seed,
                                      "privacy": privacy, "kept_real_classes": kept_classes.tolist(),
                                      "left_out_classes": [] if copy_small_classes else small_classes.tolist()})
+    if made is None or made.code is None or len(kept_classes):
+        return union
+    # Condensed classes only: the set keeps its code (class by class, ``meta["classes"]``), to be stored or sent as it.
+    return replace(union, code=made.code, param=made.param, meta={**union.meta, "classes": condensed_classes.tolist()})
 
 
 def save_outputs(condensed: Condensed, out_dir: str | Path) -> dict[str, str]:

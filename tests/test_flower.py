@@ -717,3 +717,58 @@ def test_a_private_client_reports_its_epsilon_and_a_leakage_report(task_identity
     assert len(metrics["real-nn-similarity"]) == 100 and 0 <= metrics["membership-advantage"] <= 1
     # Without DP there is no epsilon to report.
     assert "epsilon" not in _client_reply(data_root, init="noise")
+
+
+def _coded_upload(tmp_path: Path) -> tuple[SyntheticSet, SetSpec]:
+    """A multi:factor=2 set of classes 1, 4 and 6 of fake 28x28 data, as a client condenses it."""
+    from ddplug.data import load_dataset
+
+    train = load_dataset("fashion-mnist", str(write_fake_fashion_mnist(tmp_path, per_class=8))).train
+    part = train.subset(torch.nonzero(torch.isin(train.labels, torch.tensor([1, 4, 6]))).flatten())
+    preset = get_preset("cpu").override({"dm.model": TINY_MODEL, "dm.batch_real": "4"})
+    synthetic = condense_classes(part, "dm", ipc=2, preset=preset, copy_small_classes=False,
+                                 settings={"iterations": 2, "param": "multi:factor=2"})
+    spec = SetSpec.for_dataset(train, ipc=2, encoding="uint8", param="multi:factor=2")
+    return synthetic, spec
+
+
+def test_a_coded_upload_costs_the_budget_and_decodes_as_the_client_stored_it(tmp_path: Path) -> None:
+    from ddplug.sets import as_stored
+
+    synthetic, spec = _coded_upload(tmp_path)
+    assert synthetic.code is not None and len(synthetic) == 3 * 8  # 4 decoded images per stored one
+    record = set_to_record(synthetic, "uint8")
+    assert sorted(record) == ["classes", "code.images"]
+    payload = sum(array.numpy().nbytes for array in record.values())
+    assert payload == 3 * 2 * 28 * 28 + 3 * 8  # the bytes of 2 raw images for each of 3 classes, and their ids
+    back = record_to_set(record, spec)
+    assert torch.equal(back.images, as_stored(synthetic).images)
+    assert back.labels.tolist() == [c for c in (1, 4, 6) for _ in range(8)]
+    assert record.count_bytes() <= spec.max_bytes
+
+
+@pytest.mark.parametrize(("fault", "reason"), [
+    ("classes=[4, 1, 6]", "distinct class ids 0..9 in ascending order"),
+    ("classes=[1, 4, 60]", "distinct class ids 0..9 in ascending order"),
+    ("classes=[1, 4]", r"code.images should be uint8 \(4, 1, 28, 28\) \(multi:factor=2 for 2 classes\), got uint8 "
+                       r"\(6, 1, 28, 28\)"),
+    ("float16", r"code.images should be uint8 .* got float16"),
+    ("extra", "a multi:factor=2 upload holds classes, code.images"),
+    ("images", "a multi:factor=2 upload holds classes, code.images"),
+    ("bomb", r"declares uint8 \(6, 1, 28, 28\) but holds uint8 \(10000000000000,\)"),
+])
+def test_a_bad_coded_upload_is_refused_with_its_reason(tmp_path: Path, fault: str, reason: str) -> None:
+    synthetic, spec = _coded_upload(tmp_path)
+    record = set_to_record(synthetic, "uint8")
+    if fault.startswith("classes="):
+        record["classes"] = Array(np.array(json.loads(fault.partition("=")[2]), dtype=np.int64))
+    elif fault == "float16":
+        record["code.images"] = Array(record["code.images"].numpy().astype(np.float16))
+    elif fault == "extra":
+        record["code.bases"] = Array(np.zeros(3, np.float16))
+    elif fault == "images":
+        record = set_to_record(dataclasses.replace(synthetic, code=None), "uint8")  # decoded images, not the code
+    else:
+        record["code.images"] = _bomb(record["code.images"])
+    with pytest.raises(PayloadError, match=reason):
+        record_to_set(record, spec)

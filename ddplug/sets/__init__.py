@@ -4,11 +4,13 @@ from ddplug.sets.files import (
     IMAGE_ENCODINGS,
     SET_FILE,
     as_stored,
+    decode_code,
     decode_images,
     encode_images,
     load_set,
     payload_bytes,
     save_set,
+    stored_code,
 )
 from ddplug.sets.param import Layout, Parameterisation, available_params, create_param, register_param
 from ddplug.sets.grid import save_grid
@@ -16,6 +18,6 @@ from ddplug.sets.synthetic import SetLimits, SyntheticSet
 
 __all__ = [
     "IMAGE_ENCODINGS", "SET_FILE", "Layout", "Parameterisation", "SetLimits", "SyntheticSet", "as_stored", "available_params",
-    "create_param", "decode_images", "encode_images", "load_set", "payload_bytes", "register_param", "save_grid",
-    "save_set",
+    "create_param", "decode_code", "decode_images", "encode_images", "load_set", "payload_bytes", "register_param",
+    "save_grid", "save_set", "stored_code",
 ]

@@ -75,7 +75,7 @@ def save_set(synthetic: SyntheticSet, path: str | Path, *, encoding: str = "floa
         tensors = {"images": encode_images(synthetic, encoding), "labels": synthetic.labels.contiguous()}
         metadata["image_encoding"] = encoding
     else:
-        tensors = {f"{CODE_PREFIX}{name}": tensor for name, tensor in _stored_code(synthetic).items()}
+        tensors = {f"{CODE_PREFIX}{name}": tensor for name, tensor in stored_code(synthetic).items()}
         metadata.update(format_version=CODED_FORMAT_VERSION, param=synthetic.param,
                         image_shape=json.dumps(list(synthetic.images.shape[1:])))
         if _implied_labels(synthetic.labels, synthetic.num_classes) is None:
@@ -88,7 +88,7 @@ def save_set(synthetic: SyntheticSet, path: str | Path, *, encoding: str = "floa
 CODE_PREFIX = "code."
 
 
-def _stored_code(synthetic: SyntheticSet) -> dict[str, Tensor]:
+def stored_code(synthetic: SyntheticSet) -> dict[str, Tensor]:
     """The code as stored: uint8 entries on the pixel scale of the set's normalisation."""
     storage = create_param(synthetic.param).storage
     stored = {}
@@ -119,14 +119,15 @@ def as_stored(synthetic: SyntheticSet) -> SyntheticSet:
     if synthetic.code is None:
         return synthetic
     synthetic = synthetic.detach().to("cpu")
-    code, images = _decode(_stored_code(synthetic), synthetic.param, synthetic.mean, synthetic.std,
+    code, images = decode_code(stored_code(synthetic), synthetic.param, synthetic.mean, synthetic.std,
                            tuple(synthetic.images.shape[1:]))
     return replace(synthetic, images=images, code=code)
 
 
-def _decode(stored: dict[str, Tensor], spec: str, mean: Sequence[float], std: Sequence[float],
+def decode_code(stored: dict[str, Tensor], spec: str, mean: Sequence[float], std: Sequence[float],
             image_shape: tuple[int, ...]) -> tuple[dict[str, Tensor], Tensor]:
-    """The float code of a stored one (uint8 entries back to the normalised scale) and its images."""
+    """The float code of a stored one (uint8 entries back to the normalised scale) and the
+    images ``spec`` decodes it to."""
     code = {name: decode_images(tensor, mean, std) if tensor.dtype == torch.uint8 else tensor.float()
             for name, tensor in stored.items()}
     with torch.no_grad():
@@ -233,7 +234,7 @@ def _load_ddplug(path: Path) -> SyntheticSet:
                                 lr=lr, meta=meta)
         stored = {key[len(CODE_PREFIX):]: tensor for key, tensor in tensors.items() if key.startswith(CODE_PREFIX)}
         try:
-            code, images = _decode(stored, header["param"], mean, std, header["image_shape"])
+            code, images = decode_code(stored, header["param"], mean, std, header["image_shape"])
         except (RuntimeError, ValueError, KeyError, IndexError) as error:
             raise DdplugError(f"its code does not decode as {header['param']} ({error})") from None
         labels = tensors.get("labels")

@@ -42,6 +42,7 @@ from ddplug.pipeline import condense_classes
 from ddplug.privacy import leakage_report
 from ddplug.presets import Preset
 from ddplug.seeding import derive_seed, make_generator
+from ddplug.sets import as_stored
 from ddplug_flower.partitions import partition_indices
 from ddplug_flower.payload import leakage_to_metrics, set_to_record
 from ddplug_flower.settings import ROUND_KEY, FederatedSettings, cached_dataset
@@ -79,7 +80,8 @@ def distill(msg: Message, context: Context) -> Message:
                                      copy_small_classes=False)
     record = set_to_record(synthetic, settings.encoding)
     holdout = cached_dataset(settings.dataset, _data_root(settings, context.node_config)).test
-    report = leakage_report(synthetic.images, real, holdout, probes=settings.leakage_probes, seed=seed)
+    # On the images the server decodes from the upload (the code quantised to its storage dtypes).
+    report = leakage_report(as_stored(synthetic).images, real, holdout, probes=settings.leakage_probes, seed=seed)
     privacy = synthetic.meta.get("privacy")
     metrics = MetricRecord({"num-examples": len(real), "images": len(synthetic), "bytes": record.count_bytes(),
                             "seconds": time.perf_counter() - began, LEFT_OUT_KEY: synthetic.meta["left_out_classes"],
@@ -156,9 +158,9 @@ def _round(msg: Message) -> int:
 
 
 def _upload_settings(settings: FederatedSettings) -> dict[str, Any]:
-    """What every distilled upload is made with: plain pixels (uploads carry decoded images,
-    one per slot of the ipc budget), the run's initialisation, and its share of the DP budget."""
-    return {"param": "pixels", "init": settings.init, **settings.privacy_per_round()}
+    """What every distilled upload is made with: the run's parameterisation (the upload
+    carries its code) and initialisation, and its share of the DP budget."""
+    return {"param": settings.param, "init": settings.init, **settings.privacy_per_round()}
 
 
 def _method(msg: Message, settings: FederatedSettings, preset: Preset, folder: Path) -> tuple[str, dict[str, Any] | None]:

@@ -1,8 +1,12 @@
 """What travels between the server and the clients, and the server's checks on what comes back.
 
-A synthetic set travels as an ArrayRecord: ``images`` (uint8 pixels on the [0, 1] scale
-times 255, or float16/float32 normalised images), ``labels`` (int64 class ids or float32
-soft labels) and an optional ``lr`` (float32, one value). Nothing a client sends is
+A synthetic set travels as an ArrayRecord. Plain pixels: ``images`` (uint8 pixels on the
+[0, 1] scale times 255, or float16/float32 normalised images), ``labels`` (int64 class ids
+or float32 soft labels) and an optional ``lr`` (float32, one value). Another
+parameterisation (``multi:factor=2``, ...): its code at the storage dtypes (``code.NAME``,
+as in set files), ``classes`` (int64, the classes it holds, ascending: the decoded images
+are class by class), optional soft ``labels`` and ``lr``; the server decodes it, so the
+upload costs the run's budget of ``ipc`` raw uint8 images per class held. Nothing a client sends is
 trusted: every array's serialized header is checked against its declared dtype and shape
 before numpy allocates anything, and every value is bounded before the server uses it
 (:data:`UPLOAD_PIXEL_RANGE`, soft labels that are probabilities, a learned lr within the
@@ -11,6 +15,7 @@ run's range; FedAvg: example counts within the client's partition, weights withi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,9 +30,20 @@ from flwr.app import Array, ArrayRecord, RecordDict
 from ddplug.data import ImageDataset
 from ddplug.errors import DdplugError
 from ddplug.privacy import LeakageReport
-from ddplug.sets import SetLimits, SyntheticSet, decode_images, encode_images
+from ddplug.sets import (
+    Layout,
+    SetLimits,
+    SyntheticSet,
+    create_param,
+    decode_code,
+    decode_images,
+    encode_images,
+    stored_code,
+)
+from ddplug.sets.files import CODE_PREFIX
 
 SET_KEYS = ("images", "labels", "lr")
+CLASSES_KEY = "classes"
 _SLACK_BYTES = 4096  # numpy headers and key names on top of the raw array bytes
 # Float uploads may leave [0, 1] (learned images do) but not by more than the range's own
 # width on either side: anything further is no image, and would swamp the union's training.
@@ -53,16 +69,29 @@ class SetSpec:
     encoding: str
     max_bytes: int
     lr_range: tuple[float, float] = DEFAULT_LR_RANGE
+    param: str = "pixels"  # what the clients learn and send: pixels as images, anything else as its code
 
     @classmethod
     def for_dataset(cls, data: ImageDataset, *, ipc: int, encoding: str, max_bytes: int = 0,
-                    lr_range: tuple[float, float] = DEFAULT_LR_RANGE) -> SetSpec:
+                    lr_range: tuple[float, float] = DEFAULT_LR_RANGE, param: str = "pixels") -> SetSpec:
         """``max_bytes`` 0 allows the largest upload an honest client makes: ``ipc`` images of
-        every class in ``encoding``, with float32 soft labels and a learned lr."""
+        every class in ``encoding`` (or ``param``'s code of every class), with float32 soft
+        labels and a learned lr."""
+        spec = cls(data.in_channels, data.image_size, data.num_classes, data.mean, data.std, ipc, encoding, 0,
+                   lr_range, param)
         pixels = data.in_channels * data.image_size[0] * data.image_size[1]
-        largest = ipc * data.num_classes * (pixels * np.dtype(encoding).itemsize + data.num_classes * 4) + 4
-        return cls(data.in_channels, data.image_size, data.num_classes, data.mean, data.std, ipc, encoding,
-                   max_bytes or largest + _SLACK_BYTES, lr_range)
+        if param == "pixels":
+            images, per_class = ipc * data.num_classes * pixels * np.dtype(encoding).itemsize, ipc
+        else:
+            layout = spec.layout(data.num_classes)
+            images, per_class = layout.stored_bytes + data.num_classes * 8, layout.decoded_per_class
+        largest = images + per_class * data.num_classes ** 2 * 4 + 4
+        return dataclasses.replace(spec, max_bytes=max_bytes or largest + _SLACK_BYTES)
+
+    def layout(self, classes: int) -> Layout:
+        """The code of ``param`` for ``classes`` classes in the budget of ``ipc`` raw uint8 images each."""
+        shape = (self.channels, *self.image_size)
+        return create_param(self.param).layout(classes, shape, self.ipc * math.prod(shape))
 
     @property
     def limits(self) -> SetLimits:
@@ -70,10 +99,19 @@ class SetSpec:
 
 
 def set_to_record(synthetic: SyntheticSet, encoding: str) -> ArrayRecord:
-    """``synthetic`` as an ArrayRecord, its images encoded as ``encoding``."""
+    """``synthetic`` as an ArrayRecord: plain pixels as images encoded as ``encoding``,
+    another parameterisation as its code (see the module's docstring)."""
     synthetic = synthetic.detach().to("cpu")
     labels = synthetic.labels.float() if synthetic.soft_labels else synthetic.labels.long()
-    arrays = {"images": Array(encode_images(synthetic, encoding).numpy()), "labels": Array(labels.numpy())}
+    if synthetic.code is not None and synthetic.param != "pixels":
+        classes = torch.tensor(synthetic.meta["classes"]) if "classes" in synthetic.meta else \
+            synthetic.hard_labels.unique_consecutive()
+        arrays = {f"{CODE_PREFIX}{name}": Array(tensor.numpy()) for name, tensor in stored_code(synthetic).items()}
+        arrays[CLASSES_KEY] = Array(classes.long().numpy())
+        if synthetic.soft_labels:
+            arrays["labels"] = Array(labels.numpy())
+    else:
+        arrays = {"images": Array(encode_images(synthetic, encoding).numpy()), "labels": Array(labels.numpy())}
     if synthetic.lr is not None:
         arrays["lr"] = Array(synthetic.lr.reshape(1).float().numpy())
     return ArrayRecord(arrays)
@@ -84,6 +122,8 @@ def record_to_set(record: ArrayRecord, spec: SetSpec) -> SyntheticSet:
 
     The declared dtypes and shapes and the size are checked before anything is decoded.
     """
+    if spec.param != "pixels":
+        return _coded_set(record, spec)
     unknown = sorted(set(record) - set(SET_KEYS))
     if unknown:
         raise PayloadError(f"unexpected arrays {', '.join(unknown)}")
@@ -145,6 +185,55 @@ def leakage_from_metrics(metrics: Mapping[str, Any], *, images: int, probes: int
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _coded_set(record: ArrayRecord, spec: SetSpec) -> SyntheticSet:
+    """The set in an upload of ``spec.param``'s code: every array's dtype and shape held to
+    the layout of the classes it says it holds, then decoded and checked."""
+    storage = create_param(spec.param).storage
+    allowed = {f"{CODE_PREFIX}{name}" for name in storage} | {CLASSES_KEY, "labels", "lr"}
+    unknown = sorted(set(record) - allowed)
+    if unknown or CLASSES_KEY not in record:
+        raise PayloadError(f"a {spec.param} upload holds {', '.join(sorted(allowed - {'labels', 'lr'}))} "
+                           f"(and optionally labels, lr); got {', '.join(sorted(record))}")
+    size = record.count_bytes()
+    if size > spec.max_bytes:
+        raise PayloadError(f"{size} bytes, over the limit of {spec.max_bytes} per client")
+    declared = record[CLASSES_KEY]
+    if declared.dtype != "int64" or len(declared.shape) != 1 or not 1 <= declared.shape[0] <= spec.num_classes:
+        raise PayloadError(f"classes are {declared.dtype} {tuple(declared.shape)}, expected int64 (k,) with "
+                           f"1 <= k <= {spec.num_classes}")
+    classes = torch.from_numpy(_decode(record, CLASSES_KEY))
+    if not (bool((classes[1:] > classes[:-1]).all()) and 0 <= int(classes[0]) and int(classes[-1]) < spec.num_classes):
+        raise PayloadError(f"classes must be distinct class ids 0..{spec.num_classes - 1} in ascending order")
+    layout = spec.layout(len(classes))
+    stored = {}
+    for name, shape in layout.shapes.items():
+        key, dtype = f"{CODE_PREFIX}{name}", str(layout.dtypes[name]).removeprefix("torch.")
+        if key not in record or record[key].dtype != dtype or tuple(record[key].shape) != shape:
+            found = "nothing" if key not in record else f"{record[key].dtype} {tuple(record[key].shape)}"
+            raise PayloadError(f"{key} should be {dtype} {shape} ({spec.param} for {len(classes)} classes), "
+                               f"got {found}")
+        stored[name] = torch.from_numpy(_decode(record, key))
+    count = len(classes) * layout.decoded_per_class
+    labels = classes.repeat_interleave(layout.decoded_per_class)
+    if "labels" in record:
+        soft = record["labels"]
+        if soft.dtype != "float32" or tuple(soft.shape) != (count, spec.num_classes):
+            raise PayloadError(f"labels are {soft.dtype} {tuple(soft.shape)}; a coded upload's labels are "
+                               f"float32 ({count}, {spec.num_classes}) soft labels, or absent")
+        labels = torch.from_numpy(_decode(record, "labels"))
+    if "lr" in record and (record["lr"].dtype != "float32" or tuple(record["lr"].shape) != (1,)):
+        raise PayloadError(f"lr is {record['lr'].dtype} {tuple(record['lr'].shape)}, expected float32 (1,)")
+    lr = torch.from_numpy(_decode(record, "lr")).reshape(()) if "lr" in record else None
+    try:
+        code, images = decode_code(stored, spec.param, spec.mean, spec.std, (spec.channels, *spec.image_size))
+        synthetic = SyntheticSet(images, labels, spec.num_classes, spec.mean, spec.std, lr=lr, meta={"ipc": spec.ipc},
+                                 code=code, param=spec.param)
+        synthetic.check(spec.limits)
+    except DdplugError as error:
+        raise PayloadError(str(error)) from None
+    return synthetic
 
 
 def _check_layout(record: ArrayRecord, spec: SetSpec) -> None:

@@ -27,7 +27,7 @@ from ddplug.errors import DdplugError
 from ddplug.models import create_model
 from ddplug.presets import Preset, convert_field, get_preset, parse_assignments
 from ddplug.seeding import derive_seed
-from ddplug.sets import IMAGE_ENCODINGS
+from ddplug.sets import IMAGE_ENCODINGS, create_param
 from ddplug_flower.payload import DEFAULT_LR_RANGE
 
 MODES = ("distill", "fedavg")
@@ -58,7 +58,9 @@ class FederatedSettings:
     method: str = _setting("dm", "one-shot method: dm, or a selection (random, herding, kcenter)")
     preset: str = _setting("cpu")
     overrides: str = _setting("", "preset overrides, space-separated: 'eval.epochs=50 dm.iterations=200'")
-    encoding: str = _setting("uint8", "how clients ship images: uint8, float16 or float32")
+    encoding: str = _setting("uint8", "how clients ship plain-pixel sets' images: uint8, float16 or float32")
+    param: str = _setting("pixels", "distill: what clients learn and upload in the bytes of ipc raw images per class "
+                                    "(pixels, multi:factor=2, dct:keep=0.25, factor:bases=4); the server decodes it")
     init: str = _setting("real", "distill: start each set from real images or noise (README: what leaks under each)")
     dp_epsilon: float = _setting(0.0, "distill: > 0 = differentially private uploads, (epsilon, dp-delta) per client "
                                       "over all rounds; needs init noise")
@@ -104,6 +106,9 @@ class FederatedSettings:
         if self.mode == "distill" and self.rounds > 1 and self.method != "dm":
             raise DdplugError(f"multi-round distillation matches distributions around the global model (DM); "
                               f"method {self.method!r} only works one-shot (rounds = 1)")
+        create_param(self.param)  # an unknown parameterisation or option fails here
+        if self.param != "pixels" and get_condenser(self.method).config_class is None:
+            raise DdplugError(f"method {self.method!r} selects real images, which travel as pixels: drop param")
         if self.init not in INITIALISATIONS:
             raise DdplugError(f"init must be one of {', '.join(INITIALISATIONS)}, got {self.init!r}")
         if self.dp_epsilon:
