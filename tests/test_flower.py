@@ -665,7 +665,8 @@ def test_each_uploads_leakage_report_and_epsilon_are_checked_and_recorded(task_i
                              lambda union, server_round: ArrayRecord(), history)
     for server_round in (1, 2):
         messages = strategy.configure_train(server_round, ArrayRecord(), ConfigRecord(), _Grid([11, 12, 13]))
-        contents = {11: _upload(_set(), similarity=0.2, epsilon=2.0), 12: _upload(_set(), similarity=0.4, epsilon=1.5),
+        contents = {11: _upload(_set(), similarity=0.2, epsilon=2.0, seconds=12.5),
+                    12: _upload(_set(), similarity=0.4, epsilon=1.5, seconds=float("nan")),
                     13: _upload(_set(), **{"epsilon": 2.0, **fault})}
         if not fault:
             del contents[13].metric_records["metrics"]["epsilon"]
@@ -679,6 +680,7 @@ def test_each_uploads_leakage_report_and_epsilon_are_checked_and_recorded(task_i
                                      "real_nn_similarity_median": pytest.approx(0.7), "membership_advantage": 0.05,
                                      "near_copies": 0, "epsilon": pytest.approx(4.0)}
     assert entry["leakage"]["1"]["epsilon"] == pytest.approx(3.0)
+    assert entry["client_seconds"] == {"0": 12.5}  # a NaN claim is left out
     # The run: medians over every accepted upload's images (2 clients x 2 rounds x 6 images).
     assert summary["upload_nn_similarity_median"] == pytest.approx(0.2)  # the lower middle of 12 x 0.2, 12 x 0.4
     assert summary["real_nn_similarity_median"] == pytest.approx(0.7) and summary["epsilon"] == pytest.approx(4.0)

@@ -168,22 +168,22 @@ def leakage_from_metrics(metrics: Mapping[str, Any], *, images: int, probes: int
     def similarities(key: str, count: int, exact: bool) -> torch.Tensor:
         values = metrics.get(key)
         if not (isinstance(values, list) and (len(values) == count if exact else len(values) <= count)
-                and all(_number(v) and -1 - 1e-6 <= v <= 1 + 1e-6 for v in values)):
+                and all(is_finite_number(v) and -1 - 1e-6 <= v <= 1 + 1e-6 for v in values)):
             amount = f"{count}" if exact else f"at most {count}"
             raise PayloadError(f"{key} must list {amount} similarities within [-1, 1]")
         return torch.tensor(values, dtype=torch.float64)
 
     report = LeakageReport(similarities(UPLOAD_SIMILARITY_KEY, images, True),
                            similarities(REAL_SIMILARITY_KEY, probes, False), metrics.get(ADVANTAGE_KEY))
-    if not (_number(report.membership_advantage) and 0 <= report.membership_advantage <= 1):
+    if not (is_finite_number(report.membership_advantage) and 0 <= report.membership_advantage <= 1):
         raise PayloadError(f"{ADVANTAGE_KEY} must be a number within [0, 1]")
     epsilon = metrics.get(EPSILON_KEY)
-    if private and not (_number(epsilon) and epsilon >= 0):
+    if private and not (is_finite_number(epsilon) and epsilon >= 0):
         raise PayloadError(f"a private run's upload must report its {EPSILON_KEY} (a finite number >= 0)")
     return report, float(epsilon) if private else None
 
 
-def _number(value: Any) -> bool:
+def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

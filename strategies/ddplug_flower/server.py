@@ -43,6 +43,7 @@ from ddplug_flower.payload import (
     SetSpec,
     check_model_reply,
     content_bytes,
+    is_finite_number,
     leakage_from_metrics,
     model_bytes_limit,
     record_to_set,
@@ -97,7 +98,7 @@ class History:
         self.current = {
             "round": server_round, "sent": _ordered(self.client(m.metadata.dst_node_id) for m in messages),
             "participants": [], "failed": {}, "timed_out": [], "dropped": {}, "missing": [], "left_out": {},
-            "leakage": {},
+            "leakage": {}, "client_seconds": {},
             "bytes_down": sum(content_bytes(m.content) for m in messages), "bytes_up": 0,
         }
 
@@ -119,7 +120,12 @@ class History:
             except PayloadError as error:
                 self._note("dropped", reply, str(error))
                 continue
-            self.current["participants"].append(self.client(reply.metadata.src_node_id))
+            name = self.client(reply.metadata.src_node_id)
+            self.current["participants"].append(name)
+            metrics = reply.content.metric_records.get("metrics")
+            seconds = None if metrics is None else metrics.get("seconds")
+            if is_finite_number(seconds) and 0 <= seconds <= 1e7:  # what the client says its work took
+                self.current["client_seconds"][name] = round(float(seconds), 3)
         return passed
 
     def leaked(self, node: int, report: LeakageReport, epsilon: float | None) -> None:
