@@ -6,7 +6,8 @@ evaluated on the first ``--snapshot-models`` evaluation networks: the time to re
 final accuracy is the distillation time of the first snapshot within ``--tolerance``
 points of the final set's accuracy on those same networks. Finished rows and snapshot
 evaluations are kept in the output folder and skipped on a re-run (resume after a crash
-or Ctrl-C). Prints and saves a markdown table, JSON and a plot of accuracy over time.
+or Ctrl-C). Prints and saves a markdown table, JSON, a plot of accuracy over time and one
+of accuracy against the sets' bytes (with the published DM, IDC and DANCE numbers).
 
     python -m simulations.condensation_benchmark --preset cpu --ipc 1 10
     python -m simulations.condensation_benchmark --methods dm random --ipc 1
@@ -28,6 +29,7 @@ import torch
 from ddplug.allocator import tune_allocator
 from ddplug.distill import available_methods, get_condenser
 from ddplug.distill.condenser import SNAPSHOT_FOLDER
+from ddplug.evaluate.published import PUBLISHED_IPCS, published_result
 from ddplug.evaluate.report import format_table, percent, pyplot, save_figure
 from ddplug.storage import atomic_write, write_json
 
@@ -137,6 +139,35 @@ def save_curves(rows: list[dict], path: Path, title: str) -> Path:
     return save_figure(figure, path)
 
 
+PUBLISHED_BY_BYTES = ("dm", "idc", "dance")  # reference points of the bytes plot (paper protocol, GPU)
+
+
+def save_bytes_plot(rows: list[dict], path: Path, title: str) -> Path:
+    """Accuracy against the set's stored bytes (log), one line per method and parameterisation
+    over the budgets, with the published DM, IDC and DANCE numbers at their budgets' bytes."""
+    figure, axis = pyplot().subplots(figsize=(6.5, 4.2))
+    for label in dict.fromkeys(row["label"] for row in rows):
+        mine = sorted((row for row in rows if row["label"] == label and row.get("bytes")), key=lambda row: row["bytes"])
+        if mine:
+            axis.errorbar([row["bytes"] for row in mine], [100 * row["accuracy_mean"] for row in mine],
+                          yerr=[100 * row["accuracy_std"] for row in mine], marker="o", capsize=3, label=label)
+    dataset, per_image = rows[0]["dataset"], _raw_image_bytes(rows)
+    for method in PUBLISHED_BY_BYTES:
+        points = [(ipc, published_result(method, dataset, ipc)) for ipc in PUBLISHED_IPCS]
+        points = [(ipc * per_image, result.accuracy) for ipc, result in points if result is not None]
+        if points and per_image:
+            axis.plot(*zip(*points), linestyle=":", marker="x", label=f"{method} (published, paper protocol)")
+    axis.set_xscale("log")
+    axis.set(xlabel="stored bytes of the set (log)", ylabel="test accuracy (%)", title=title)
+    axis.legend(fontsize=7)
+    return save_figure(figure, path)
+
+
+def _raw_image_bytes(rows: list[dict]) -> int:
+    """Bytes of one raw uint8 image per class (a pixels row's bytes over its ipc), 0 if no row says."""
+    return next((row["bytes"] // row["ipc"] for row in rows if row.get("bytes") and row["label"] in METHODS), 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     tune_allocator()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -171,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write(out / "table.md", lambda tmp: tmp.write_text(header + "\n\n" + table + "\n"))
     write_json(out / "rows.json", {"command": command, "hardware": hardware, "rows": rows})
     save_curves(rows, out / "curves.png", f"{args.dataset}, preset {args.preset}: accuracy over distillation time")
+    save_bytes_plot(rows, out / "accuracy-vs-bytes.png", f"{args.dataset}, preset {args.preset}: accuracy per byte")
     return 0
 
 

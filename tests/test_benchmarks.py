@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from simulations.condensation_benchmark import first_at_final, main
+from simulations.condensation_benchmark import _raw_image_bytes, first_at_final, main
 
 from helpers import write_fake_fashion_mnist
 
@@ -18,6 +18,12 @@ def test_first_at_final_picks_the_first_point_within_tolerance():
              {"iterations": 30, "seconds": 3.0, "accuracy": 0.61}, {"iterations": 40, "seconds": 4.0, "accuracy": 0.60}]
     assert first_at_final(curve, tolerance=0.5)["iterations"] == 20
     assert first_at_final(curve, tolerance=0.0)["iterations"] == 30  # the end counts too, the best is not needed
+
+
+def test_the_bytes_plot_places_published_numbers_at_their_budgets_bytes():
+    rows = [{"label": "dm multi:factor=2", "ipc": 10, "bytes": 78400}, {"label": "dm", "ipc": 10, "bytes": 78400}]
+    assert _raw_image_bytes(rows) == 7840  # from the plain-pixels row: 10 classes x 784 bytes
+    assert _raw_image_bytes(rows[:1]) == 0  # a coded row alone says nothing of raw images
 
 
 def test_benchmark_rows_curves_and_resume(tmp_path, monkeypatch, capsys):
@@ -35,7 +41,7 @@ def test_benchmark_rows_curves_and_resume(tmp_path, monkeypatch, capsys):
     assert [point["iterations"] for point in dm["curve"]] == [3, 6]
     assert dm["curve"][-1]["accuracy"] == pytest.approx(dm["accuracies"][0])  # the same first eval network
     assert dm["iterations_to_final"] in (3, 6) and "curve" not in random
-    assert (out / "curves.png").stat().st_size > 0
+    assert (out / "curves.png").stat().st_size > 0 and (out / "accuracy-vs-bytes.png").stat().st_size > 0
     table = (out / "table.md").read_text()
     assert "| dm " in table and "| dm multi:factor=2 " in table and "| random " in table
     assert f"{dm['iterations_to_final']} its" in table
