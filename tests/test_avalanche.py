@@ -250,6 +250,14 @@ def test_a_total_memory_is_shared_by_the_classes_seen(tiny_runner, capsys, strat
     assert summary["memory_sizes"] == [[40, 40] if strategy == "condensed" else [10, 10]]  # decoded: 4 per stored
 
 
+def test_the_condensed_memorys_parameterisation_is_an_option(tiny_runner):
+    summary = continual.run_benchmark("split-fmnist", experiences=2, strategy="condensed", mem_per_class=1,
+                                      seeds=1, device="cpu", out=tiny_runner, param="pixels")
+    assert summary["label"] == "condensed-dm-pixels" and summary["condense_settings"]["param"] == "pixels"
+    assert summary["memory_sizes"] == [[5, 10]]  # one raw image per class seen (the preset's multi decodes 4)
+    assert summary["memory_bytes"] == [[5 * 784, 10 * 784]]
+
+
 def test_runner_accepts_a_ready_scenario_and_icarl(tiny_runner, capsys):
     summary = continual.run_benchmark(make_stream(), experiences=3, strategy="icarl", mem_per_class=2, seeds=1,
                                       device="cpu", out=tiny_runner)
@@ -265,6 +273,8 @@ def test_runner_accepts_a_ready_scenario_and_icarl(tiny_runner, capsys):
     (["--mem-size", "0"], "--mem-size must be at least 1"),
     (["--mem-size", "4", "--mem-per-class", "2"], "not both"),
     (["--experiences", "3"], "cannot be split into 3"),
+    (["--param", "nope"], "unknown parameterisation"),
+    (["--param", "pixels", "--strategy", "replay"], "drop --param"),
 ])
 def test_runner_rejects_bad_input_before_work(tiny_runner, capsys, argv, message):
     assert main(["cl", *argv, "--seeds", "1", "--device", "cpu", "--out", str(tiny_runner)]) == 2

@@ -43,12 +43,13 @@ from torch import Tensor, nn
 from ddplug.commands import Command
 from ddplug.devices import resolve_device
 from ddplug.data import ImageDataset, load_dataset
-from ddplug.distill import CONDENSERS, select_subset
+from ddplug.distill import CONDENSERS, get_condenser, select_subset
 from ddplug.errors import DdplugError
 from ddplug.evaluate.report import format_table, percent, pyplot, save_figure
 from ddplug.models import create_model
 from ddplug.presets import Preset, get_preset
 from ddplug.seeding import derive_seed
+from ddplug.sets import create_param
 from ddplug.storage import write_json
 
 STRATEGIES = ("condensed", "condensed-retrain", "replay", "gdumb", "icarl", "naive")
@@ -162,8 +163,10 @@ def build_stream(benchmark: Any, experiences: int, settings: StreamSettings, see
 
 
 def build_strategy(name: str, info: StreamInfo, *, method: str, memory: MemoryBudget, preset: Preset,
-                   settings: StreamSettings, device: torch.device, seed: int, evaluator: Any) -> Any:
-    """The strategy ``name`` with a fresh model (same initial weights for every strategy of a seed)."""
+                   settings: StreamSettings, device: torch.device, seed: int, evaluator: Any,
+                   param: str | None = None) -> Any:
+    """The strategy ``name`` with a fresh model (same initial weights for every strategy of a seed);
+    ``param`` replaces the condensation's parameterisation (default: the preset's)."""
     from avalanche.training.plugins import GDumbPlugin, ReplayPlugin
     from avalanche.training.storage_policy import ClassBalancedBuffer
     from avalanche.training.supervised import ICaRL, Naive
@@ -180,8 +183,8 @@ def build_strategy(name: str, info: StreamInfo, *, method: str, memory: MemoryBu
                   device=device, evaluator=evaluator)
     if name in CONDENSED:
         mode = "replay" if name == "condensed" else "retrain"
-        condensation = Condensation(method=method, preset=preset, settings=settings.condense, dataset=info.name,
-                                    mean=info.mean, std=info.std, seed=seed)
+        condensation = Condensation(method=method, preset=preset, settings=_condense_settings(settings, param),
+                                    dataset=info.name, mean=info.mean, std=info.std, seed=seed)
         return CondensedReplay(model=model, max_size=memory.total, mem_per_class=memory.per_class, mode=mode,
                                condensation=condensation, **common)
     if name == "icarl":
@@ -209,7 +212,7 @@ _ACCURACY = re.compile(r"^Top1_Acc_Exp/eval_phase/test_stream/(?:Task\d+/)?Exp(\
 
 
 def run_one(name: str, seed: int, *, benchmark: Any, experiences: int, method: str, memory: MemoryBudget,
-            preset: Preset, settings: StreamSettings, device: torch.device) -> dict[str, Any]:
+            preset: Preset, settings: StreamSettings, device: torch.device, param: str | None = None) -> dict[str, Any]:
     """Train ``name`` on the stream for one seed; its accuracy matrix, time and condensation costs."""
     from avalanche.evaluation.metrics import accuracy_metrics
     from avalanche.logging import TextLogger
@@ -220,7 +223,7 @@ def run_one(name: str, seed: int, *, benchmark: Any, experiences: int, method: s
     scenario, info = build_stream(benchmark, experiences, settings, seed)
     evaluator = EvaluationPlugin(accuracy_metrics(experience=True), loggers=[TextLogger(sys.stderr)])
     strategy = build_strategy(name, info, method=method, memory=memory, preset=preset,
-                              settings=settings, device=device, seed=seed, evaluator=evaluator)
+                              settings=settings, device=device, seed=seed, evaluator=evaluator, param=param)
     began = time.perf_counter()
     matrix, memory_sizes, memory_bytes = [], [], []
     pixels = info.in_channels * math.prod(info.image_size)
@@ -278,8 +281,14 @@ def _spread(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
 
-def _label(strategy: str, method: str) -> str:
-    return f"{strategy}-{method}" if strategy in CONDENSED else strategy
+def _label(strategy: str, method: str, param: str | None = None) -> str:
+    if strategy not in CONDENSED:
+        return strategy
+    return f"{strategy}-{method}" + ("" if param is None else f"-{param.replace(':', '-').replace('=', '')}")
+
+
+def _condense_settings(settings: StreamSettings, param: str | None) -> dict[str, Any]:
+    return settings.condense if param is None else {**settings.condense, "param": param}
 
 
 def _stream_key(benchmark: str, experiences: int, memory: MemoryBudget, preset: Preset,
@@ -346,19 +355,26 @@ def run_benchmark(
     epochs: int | None = None,
     out: str | Path | None = None,
     mem_size: int | None = None,
+    param: str | None = None,
 ) -> dict[str, Any]:
     """Run ``strategy`` for seeds 0..seeds-1 with a memory of ``mem_per_class`` images per class
     seen or (with ``mem_per_class=None``) ``mem_size`` images in all, print the table (and with
     ``json`` the summary as the last stdout line), save results and the plot into ``out``;
-    returns the summary.
+    returns the summary. ``param`` (condensed strategies) replaces the preset's parameterisation
+    of the condensed memory; it is part of the label, so the baselines' runs stay comparable.
 
     Runs on a ready Avalanche scenario are not cached (nothing identifies its data)."""
     _check(benchmark, experiences, strategy, method, seeds, epochs)
+    if param is not None:
+        if strategy not in CONDENSED or get_condenser(method).config_class is None:
+            raise DdplugError(f"--param applies to a distiller's condensed memory; {strategy} with {method} stores raw "
+                              "images: drop --param")
+        create_param(param)  # a bad spec fails before any work
     memory = MemoryBudget(mem_per_class, mem_size)
     chosen = get_preset(preset)
     settings = stream_settings(chosen, epochs)
     device = resolve_device(device) if isinstance(device, str) else device
-    label = _label(strategy, method)
+    label = _label(strategy, method, param)
     name = benchmark if isinstance(benchmark, str) else type(benchmark).__name__
     budget = f"mem{mem_per_class}" if mem_size is None else f"size{mem_size}"
     out = Path(out or f"results/continual-{name}-{preset}-{budget}-exp{experiences}")
@@ -370,13 +386,13 @@ def run_benchmark(
             runs.append(loads(path.read_text()))
             continue
         run = run_one(strategy, seed, benchmark=benchmark, experiences=experiences, method=method,
-                      memory=memory, preset=chosen, settings=settings, device=device)
+                      memory=memory, preset=chosen, settings=settings, device=device, param=param)
         run = {"label": label, "seed": seed, "stream": key, "device": str(device), **run}
         if isinstance(benchmark, str):
             write_json(path, run)
         runs.append(run)
     summary = summarise(runs, strategy=strategy, method=method if strategy in CONDENSED else None,
-                        key=key, settings=settings, device=device, out=out)
+                        key=key, settings=settings, device=device, out=out, param=param)
     summary["files"] = {"results": str(write_json(out / f"results-{label}.json", summary)),
                         "plot": str(save_plot(out, key)) if isinstance(benchmark, str) else None}
     print(table(summary))
@@ -386,7 +402,7 @@ def run_benchmark(
 
 
 def summarise(runs: list[dict[str, Any]], *, strategy: str, method: str | None, key: dict[str, Any],
-              settings: StreamSettings, device: torch.device, out: Path) -> dict[str, Any]:
+              settings: StreamSettings, device: torch.device, out: Path, param: str | None = None) -> dict[str, Any]:
     """Mean ± std over seeds of the final accuracy and forgetting, and the mean accuracy matrix."""
     matrices = [run["matrix"] for run in runs]
     accuracy, accuracy_std = _spread([final_accuracy(m) for m in matrices])
@@ -403,7 +419,7 @@ def summarise(runs: list[dict[str, Any]], *, strategy: str, method: str | None, 
         "benchmark": key["benchmark"],
         "preset": key["preset"], "seeds": len(runs), "model": settings.model, "epochs": settings.epochs,
         "memory_epochs": settings.memory_epochs, "batch_size": settings.batch_size,
-        "condense_settings": settings.condense if method else None,
+        "condense_settings": _condense_settings(settings, param) if method else None,
         "condensation_seconds": statistics.fmean(condensation) if peaks else None,
         "condensation_peak_memory_mb": max(peaks) if peaks else None,
         "accuracy_matrix": [[statistics.fmean(values) for values in zip(*rows)] for rows in zip(*matrices)],
@@ -450,6 +466,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(shares shrink as classes arrive)")
     parser.add_argument("--method", default="dm",
                         help="condensation method of the condensed strategies: dm, random, herding, ...")
+    parser.add_argument("--param", default=None,
+                        help="parameterisation of the condensed memory, e.g. pixels or multi:factor=2 (default: the "
+                             "preset's for the method; the cpu preset's DM: multi:factor=2)")
     parser.add_argument("--preset", default="cpu", help="cpu (minutes on 2 cores: data subsets, small model) or paper")
     parser.add_argument("--seeds", type=int, default=3, help="runs with seeds 0..N-1")
     parser.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
@@ -462,7 +481,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_from_args(args: argparse.Namespace) -> int:
     mem_per_class = 10 if args.mem_per_class is None and args.mem_size is None else args.mem_per_class
     run_benchmark(args.benchmark, args.experiences, args.strategy, mem_per_class, args.method, args.preset,
-                  args.seeds, args.device, args.json, args.epochs, args.out, mem_size=args.mem_size)
+                  args.seeds, args.device, args.json, args.epochs, args.out, mem_size=args.mem_size, param=args.param)
     return 0
 
 
