@@ -774,3 +774,26 @@ def test_a_bad_coded_upload_is_refused_with_its_reason(tmp_path: Path, fault: st
         record["code.images"] = _bomb(record["code.images"])
     with pytest.raises(PayloadError, match=reason):
         record_to_set(record, spec)
+
+
+def test_the_run_comparison_names_each_runs_settings_and_leakage(tmp_path: Path) -> None:
+    from ddplug_flower.simulation import compare_runs, history_table
+
+    def history(mode: str, rounds: int, **extra: Any) -> dict[str, Any]:
+        entries = [{"round": r + 1, "accuracy": 0.5 + 0.1 * r, "bytes_up": 1000, "bytes_down": 10, "seconds": 1.0,
+                    "participants": ["0"], "missing": []} for r in range(rounds)]
+        return {"mode": mode, "rounds": rounds, "partitioner": "dirichlet", "alpha": 0.1, "dataset": "fashion-mnist",
+                "clients": 2, "accuracy": entries[-1]["accuracy"], "bytes_up": 1000 * rounds,
+                "bytes_down": 10 * rounds, "seconds": 5.0, "history": entries, **extra}
+
+    runs = {"fedavg": history("fedavg", 3),  # an older history: no leakage keys
+            "private": history("distill", 1, settings={"param": "multi:factor=2", "init": "noise", "dp-epsilon": 4.0},
+                               upload_nn_similarity_median=0.41, real_nn_similarity_median=0.8,
+                               membership_advantage=0.051, near_copies=0, epsilon=3.99)}
+    for name, run in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "history.json").write_text(json.dumps(run))
+    table, plot = compare_runs(tmp_path)
+    assert "distilled one-shot (multi:factor=2, noise init, DP eps 4)" in table and "FedAvg (3 rounds)" in table
+    assert "| 0.410 " in table and "| 0.051 " in table and "| 3.99 " in table and plot.stat().st_size > 0
+    assert "near copies 0, membership-inference advantage 0.051, epsilon 3.99" in history_table(runs["private"])

@@ -161,14 +161,32 @@ def history_table(summary: dict[str, Any]) -> str:
              ", ".join(entry["missing"]) or "-")
             for entry in summary["history"]]
     title = (f"{summary['dataset']}, {summary['clients']} clients ({summary['partitioner']}, alpha {summary['alpha']}), "
-             f"mode {summary['mode']}: final accuracy {100 * summary['accuracy']:.2f}% in {summary['seconds']:.0f} s")
-    return title + "\n" + format_table(("round", "accuracy %", "MB up", "MB down", "seconds", "clients", "missing"), rows)
+             f"{run_label(summary)}: final accuracy {100 * summary['accuracy']:.2f}% in {summary['seconds']:.0f} s")
+    table = format_table(("round", "accuracy %", "MB up", "MB down", "seconds", "clients", "missing"), rows)
+    if summary["mode"] == "fedavg":
+        return title + "\n" + table
+    leakage = (f"leakage over every upload: nearest-real similarity median {_number(summary, 'upload_nn_similarity_median')}"
+               f" (real images to each other: {_number(summary, 'real_nn_similarity_median')}), near copies "
+               f"{summary.get('near_copies', '-')}, membership-inference advantage "
+               f"{_number(summary, 'membership_advantage')}, epsilon {_number(summary, 'epsilon', 2)}")
+    return title + "\n" + table + "\n" + leakage
+
+
+def _number(summary: dict[str, Any], key: str, digits: int = 3) -> str:
+    """A summary's number for a table: '-' where it is absent (older histories, no DP)."""
+    value = summary.get(key)
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def run_label(summary: dict[str, Any]) -> str:
     if summary["mode"] == "fedavg":
         return f"FedAvg ({summary['rounds']} rounds)"
-    return "distilled one-shot" if summary["rounds"] == 1 else f"distilled multi-round ({summary['rounds']} rounds)"
+    settings = summary.get("settings", {})
+    details = [settings.get("param", "pixels"), f"{settings.get('init', 'real')} init"]
+    if settings.get("dp-epsilon"):
+        details.append(f"DP eps {settings['dp-epsilon']:g}")
+    mode = "distilled one-shot" if summary["rounds"] == 1 else f"distilled multi-round ({summary['rounds']} rounds)"
+    return f"{mode} ({', '.join(details)})"
 
 
 def compare_runs(folder: Path) -> tuple[str, Path]:
@@ -182,8 +200,11 @@ def compare_runs(folder: Path) -> tuple[str, Path]:
         raise DdplugError(f"{folder} holds no finished run (no */{HISTORY_FILE} with a round in it)")
     runs.sort(key=lambda run: (run["partitioner"], run["alpha"], run["mode"] == "fedavg", run["rounds"]))
     rows = [(run["partitioner"], run["alpha"], run_label(run), f"{100 * run['accuracy']:.2f}",
-             f"{run['bytes_up'] / 1e6:.2f}", f"{run['bytes_down'] / 1e6:.2f}", f"{run['seconds']:.0f}") for run in runs]
-    table = format_table(("partitions", "alpha", "mode", "accuracy %", "MB up", "MB down", "seconds"), rows)
+             f"{run['bytes_up'] / 1e6:.3f}", f"{run['bytes_down'] / 1e6:.3f}", f"{run['seconds']:.0f}",
+             _number(run, "upload_nn_similarity_median"), _number(run, "membership_advantage"),
+             _number(run, "epsilon", 2)) for run in runs]
+    table = format_table(("partitions", "alpha", "mode", "accuracy %", "MB up", "MB down", "seconds",
+                          "upload NN sim", "MIA advantage", "epsilon"), rows)
     return table, _plot_accuracy_by_bytes(runs, folder / PLOT_FILE)
 
 
