@@ -288,23 +288,34 @@ def test_cli_reports_user_mistakes(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_cli_compares_runs_in_a_table_and_a_plot(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    def run(mode: str, rounds: int, accuracies: list[float], up: int, down: int) -> dict:
-        history = [{"round": r + 1, "accuracy": a, "bytes_up": up, "bytes_down": down} for r, a in enumerate(accuracies)]
+    from ddplug_flower.simulation import history_table
+
+    def run(mode: str, rounds: int, accuracies: list[float], up: int, down: int, **extra: Any) -> dict:
+        history = [{"round": r + 1, "accuracy": a, "bytes_up": up, "bytes_down": down, "seconds": 1.0,
+                    "participants": ["0"], "missing": []} for r, a in enumerate(accuracies)]
         return {"mode": mode, "rounds": rounds, "dataset": "fashion-mnist", "clients": 10, "partitioner": "dirichlet",
                 "alpha": 0.1, "accuracy": accuracies[-1], "bytes_up": up * rounds, "bytes_down": down * rounds,
-                "seconds": 12.0, "history": history}
+                "seconds": 12.0, "history": history, **extra}
 
-    for name, summary in {"one-shot": run("distill", 1, [0.6], 10**6, 0),
-                          "fedavg": run("fedavg", 3, [0.3, 0.5, 0.7], 4 * 10**6, 4 * 10**6)}.items():
+    runs = {"one-shot": run("distill", 1, [0.6], 10**6, 0),  # an older history: no settings, no leakage keys
+            "private": run("distill", 1, [0.55], 78_400, 0, settings={"param": "multi:factor=2", "init": "noise",
+                                                                      "dp-epsilon": 4.0},
+                           upload_nn_similarity_median=0.41, real_nn_similarity_median=0.8, membership_advantage=0.051,
+                           near_copies=0, epsilon=3.99),
+            "fedavg": run("fedavg", 3, [0.3, 0.5, 0.7], 4 * 10**6, 4 * 10**6)}
+    for name, summary in runs.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "history.json").write_text(json.dumps(summary))
     assert cli.main(["fl", "--plot", str(tmp_path), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    rows = result["table"].splitlines()[2:]
-    assert [row.split("|")[3].strip() for row in rows] == ["distilled one-shot", "FedAvg (3 rounds)"]
-    assert [row.split("|")[4:7] for row in rows] == [[" 60.00      ", " 1.00  ", " 0.00    "],
-                                                   [" 70.00      ", " 12.00 ", " 12.00   "]]
+    rows = [[cell.strip() for cell in row.split("|")[3:11]] for row in result["table"].splitlines()[2:]]
+    assert rows == [
+        ["distilled one-shot (pixels, real init)", "60.00", "1.000", "0.000", "12", "-", "-", "-"],
+        ["distilled one-shot (multi:factor=2, noise init, DP eps 4)", "55.00", "0.078", "0.000", "12", "0.410",
+         "0.051", "3.99"],
+        ["FedAvg (3 rounds)", "70.00", "12.000", "12.000", "12", "-", "-", "-"]]
     assert Path(result["plot"]).stat().st_size > 10_000
+    assert "near copies 0, membership-inference advantage 0.051, epsilon 3.99" in history_table(runs["private"])
     assert cli.main(["fl", "--plot", str(tmp_path / "one-shot")]) == cli.EXIT_USER_ERROR
     assert "holds no finished run" in capsys.readouterr().err
 
@@ -775,25 +786,3 @@ def test_a_bad_coded_upload_is_refused_with_its_reason(tmp_path: Path, fault: st
     with pytest.raises(PayloadError, match=reason):
         record_to_set(record, spec)
 
-
-def test_the_run_comparison_names_each_runs_settings_and_leakage(tmp_path: Path) -> None:
-    from ddplug_flower.simulation import compare_runs, history_table
-
-    def history(mode: str, rounds: int, **extra: Any) -> dict[str, Any]:
-        entries = [{"round": r + 1, "accuracy": 0.5 + 0.1 * r, "bytes_up": 1000, "bytes_down": 10, "seconds": 1.0,
-                    "participants": ["0"], "missing": []} for r in range(rounds)]
-        return {"mode": mode, "rounds": rounds, "partitioner": "dirichlet", "alpha": 0.1, "dataset": "fashion-mnist",
-                "clients": 2, "accuracy": entries[-1]["accuracy"], "bytes_up": 1000 * rounds,
-                "bytes_down": 10 * rounds, "seconds": 5.0, "history": entries, **extra}
-
-    runs = {"fedavg": history("fedavg", 3),  # an older history: no leakage keys
-            "private": history("distill", 1, settings={"param": "multi:factor=2", "init": "noise", "dp-epsilon": 4.0},
-                               upload_nn_similarity_median=0.41, real_nn_similarity_median=0.8,
-                               membership_advantage=0.051, near_copies=0, epsilon=3.99)}
-    for name, run in runs.items():
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "history.json").write_text(json.dumps(run))
-    table, plot = compare_runs(tmp_path)
-    assert "distilled one-shot (multi:factor=2, noise init, DP eps 4)" in table and "FedAvg (3 rounds)" in table
-    assert "| 0.410 " in table and "| 0.051 " in table and "| 3.99 " in table and plot.stat().st_size > 0
-    assert "near copies 0, membership-inference advantage 0.051, epsilon 3.99" in history_table(runs["private"])
