@@ -730,6 +730,9 @@ def test_a_private_client_reports_its_epsilon_and_a_leakage_report(task_identity
     assert len(metrics["real-nn-similarity"]) == 100 and 0 <= metrics["membership-advantage"] <= 1
     # Without DP there is no epsilon to report.
     assert "epsilon" not in _client_reply(data_root, init="noise")
+    # A client that uploads real images on purpose (a random selection): the report flags every one as a copy.
+    copies = _client_reply(data_root, method="random")
+    assert copies["upload-nn-similarity"] == pytest.approx([1.0] * copies["images"])
 
 
 def _coded_upload(tmp_path: Path) -> tuple[SyntheticSet, SetSpec]:
