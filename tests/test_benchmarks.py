@@ -73,3 +73,18 @@ def test_continual_bytes_table_gaps_and_plot(tmp_path, monkeypatch, capsys):
     table = (out / "table.md").read_text()
     assert "K=1: condensed - replay = " in table and "K=2: condensed - replay = " in table
     assert (out / "accuracy-vs-bytes.png").stat().st_size > 0
+
+
+def test_federated_scale_measures_clients_and_the_server_and_extrapolates(tmp_path, monkeypatch):
+    from simulations.federated_scale import main as scale
+
+    monkeypatch.setenv("DDPLUG_DATA", str(write_fake_fashion_mnist(tmp_path / "data", per_class=100)))
+    overrides = f"dm.model={SMALL} eval.model={SMALL} dm.iterations=2 dm.batch_real=4 eval.epochs=3"
+    assert scale(["--clients", "4", "--sample", "2", "--overhead", "10", "--alpha", "100", "--overrides", overrides,
+                  "--out", str(tmp_path / "scale")]) == 0
+    (row,) = json.loads((tmp_path / "scale" / "rows.json").read_text())["rows"]
+    assert row["sampled"] == 2 and len(row["client_seconds"]) == 2 and row["server_epochs"] == 3
+    # Near-even partitions (alpha 100): about 25 images of every class each, all condensed to ipc 10.
+    assert row["client_images"] == [100, 100] and row["union_images"] == 4 * 100
+    expected = row["client_seconds_mean"] * 4 / 2 + row["server_epoch_seconds"] * 3 + 10
+    assert row["estimated_wall_seconds"] == pytest.approx(expected)
