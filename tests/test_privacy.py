@@ -113,10 +113,19 @@ def test_private_dm_lowers_its_loss_and_reports_epsilon(digits):
     assert sum(result.losses[:10]) > sum(result.losses[-10:])
 
 
-def test_private_dm_is_reproducible_with_its_seed(digits):
-    first = run_distillation(private_dm(digits, iterations=5), progress=False).synthetic.images
-    again = run_distillation(private_dm(digits, iterations=5), progress=False).synthetic.images
-    assert torch.equal(first, again)
+def test_private_dms_noise_is_secret_yet_a_resumed_run_keeps_it(digits, tmp_path):
+    # The public seed must not give the noise away: two runs with it differ...
+    first = run_distillation(private_dm(digits, iterations=4), progress=False).synthetic.images
+    again = run_distillation(private_dm(digits, iterations=4), progress=False).synthetic.images
+    assert not torch.equal(first, again)
+    # ...while a run resumed from its checkpoint goes on with its own secret draws.
+    checkpoint = tmp_path / "checkpoint.pt"
+    first_half = private_dm(digits, iterations=2)
+    run_distillation(first_half, checkpoint=checkpoint, progress=False)
+    resumed = private_dm(digits, iterations=4)
+    assert resumed.secret_seed != first_half.secret_seed  # fresh from the OS...
+    run_distillation(resumed, checkpoint=checkpoint, progress=False)
+    assert resumed.secret_seed == first_half.secret_seed  # ...until the checkpoint restores the run's own
 
 
 @pytest.mark.parametrize(("method", "overrides", "message"), [

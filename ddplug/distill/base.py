@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import secrets
 import signal
 import sys
 import threading
@@ -148,6 +149,10 @@ class Distiller(ABC):
         self.privacy = None if not config.dp_epsilon else PrivateClassMeans.calibrate(
             real.class_counts(), batch_per_class=config.batch_real, steps=config.iterations,
             epsilon=config.dp_epsilon, delta=config.dp_delta, clip=config.dp_clip)
+        # Under DP the samples and the noise must be secret: from the public seed anyone could
+        # regenerate the noise and subtract it. They come from OS entropy instead (kept in
+        # checkpoints, so a resumed run goes on with the same secret), so runs differ.
+        self.secret_seed = secrets.randbits(62) if self.privacy is not None else None
         self.param = create_param(config.param)
         self.image_shape = (real.in_channels, *real.image_size)
         self.layout = config.layout(real)
@@ -221,6 +226,10 @@ class Distiller(ABC):
         """The generator for ``purpose`` at ``iteration``: resume replays the same draws."""
         return make_generator(self.config.seed, purpose, iteration, device=self.device)
 
+    def secret_generator(self, iteration: int, purpose: str) -> torch.Generator:
+        """Like :meth:`generator`, from the run's secret seed: the DP mechanism's draws."""
+        return make_generator(self.secret_seed, purpose, iteration, device=self.device)
+
     def sample_real(self, iteration: int, per_class: int | None = None) -> tuple[Tensor, Tensor]:
         """A class-balanced real batch (class-major order) and its labels."""
         index = self.sampler.sample(per_class or self.config.batch_real, self.generator(iteration, "real"))
@@ -292,6 +301,8 @@ class Distiller(ABC):
         """Everything a resumed run needs; methods with more state extend it."""
         state: dict[str, Any] = {name: tensor.detach().clone() for name, tensor in self.learnables().items()}
         state["optimizer"] = self.optimizer.state_dict()
+        if self.secret_seed is not None:
+            state["secret_seed"] = self.secret_seed
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -299,6 +310,8 @@ class Distiller(ABC):
             for name, tensor in self.learnables().items():
                 tensor.copy_(state[name])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.secret_seed is not None:
+            self.secret_seed = int(state["secret_seed"])
 
 
 def run_distillation(

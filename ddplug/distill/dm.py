@@ -78,12 +78,12 @@ class DistributionMatching(Distiller):
         sample, clipped embeddings, noisy sums. The synthetic embeddings are clipped alike,
         so both sides are means of the same statistic."""
         network = self.network(iteration)
-        index = self.privacy.sample(len(self.real_labels), self.generator(iteration, "real"), self.device)
+        index = self.privacy.sample(len(self.real_labels), self.secret_generator(iteration, "real"), self.device)
         real, real_labels = self.real_images[index], self.real_labels[index]
         real, syn = self.augment_pair(iteration, real, real_labels, self.images, self.labels)
         with torch.no_grad():
             real_mean = self.privacy.class_means(network.embed(real), real_labels, self.num_classes,
-                                                 self.generator(iteration, "dp-noise"))
+                                                 self.secret_generator(iteration, "dp-noise"))
         syn_mean = class_means(clip_rows(network.embed(syn), self.privacy.clip), self.num_classes)
         return (real_mean - syn_mean).square().sum()
 
