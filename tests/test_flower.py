@@ -270,6 +270,7 @@ def test_simulated_fedavg_tolerates_a_failing_and_a_silent_client(data_root: Pat
     summary = _simulate(data_root, tmp_path / "fedavg", {2: "raise", 3: "hang"}, clients=4, mode="fedavg",
                         partitioner="dirichlet", alpha=1.0, local_epochs=4, round_timeout=10.0)
     assert summary["mode"] == "fedavg" and len(summary["history"]) == 1
+    assert summary["membership_advantage"] is None and summary["upload_nn_similarity_median"] is None  # no sets
     model_bytes = summary["history"][0]["bytes_down"] / 4
     for entry in summary["history"]:
         assert entry["participants"] == ["0", "1"] and entry["missing"] == ["2", "3"]

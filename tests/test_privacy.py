@@ -7,6 +7,7 @@ from ddplug.data import ImageDataset
 from ddplug.distill import DMConfig, create_distiller, make_config, run_distillation
 from ddplug.errors import DdplugError
 from ddplug.privacy import (
+    LeakageReport,
     PrivateClassMeans,
     calibrate_noise,
     clip_rows,
@@ -45,6 +46,7 @@ def test_leakage_report_flags_uploaded_copies_of_real_images(digits):
     real = digits.train.subset(torch.arange(200))
     copies = leakage_report(real.images[:20], real, digits.test, probes=50)
     assert copies.near_copies == 20 and copies.summary()["upload_nn_similarity_median"] == pytest.approx(1.0)
+    assert tuple(copies.summary()) == LeakageReport.KEYS
     # Synthetic images unrelated to the data: no copy, and lower than the real images' scale.
     noise = leakage_report(torch.randn(20, 1, 8, 8, generator=torch.Generator().manual_seed(0)), real,
                            digits.test, probes=50)

@@ -17,7 +17,7 @@ and a different brightness score 1, a copy scores 1):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -65,6 +65,9 @@ def membership_advantage(member_scores: Tensor, non_member_scores: Tensor) -> fl
 
 @dataclass
 class LeakageReport:
+    KEYS: ClassVar[tuple[str, ...]] = ("upload_nn_similarity_median", "real_nn_similarity_median",
+                                       "membership_advantage", "near_copies")  # what summary() reports
+
     upload_similarity: Tensor  # (synthetic images,)
     real_similarity: Tensor  # (probed real images,)
     membership_advantage: float

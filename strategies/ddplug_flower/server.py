@@ -163,7 +163,7 @@ class History:
             "connected": self.connected,
             # Over every accepted upload of the run (all clients' images), and the largest
             # attack advantage and per-client epsilon (None: no upload / not private).
-            **LeakageReport.combine(self.leakage).summary(),
+            **(LeakageReport.combine(self.leakage).summary() if self.leakage else dict.fromkeys(LeakageReport.KEYS)),
             "epsilon": max(self.epsilon.values(), default=None),
             "partitions": {self.client(node): {"examples": self.partitions[node]["num-examples"],
                                                "class_counts": self.partitions[node]["class-counts"]}
