@@ -2,7 +2,7 @@
 
 A whole simulated one-shot run at 50 or 100 clients with the ``cpu`` preset's condensation
 on every client does not fit the 2 cores in reasonable time, so this measures its parts,
-one at a time: for each client count, the partitions are drawn as the run draws them, the
+one at a time (clients on one thread, as Ray's workers run them; the server on all): for each client count, the partitions are drawn as the run draws them, the
 first ``--sample`` clients condense theirs exactly as the ClientApp does (the run's method,
 parameterisation and init; the leakage report included), timed one by one; the union the
 server would train on is counted exactly from the partitions (every class with more than
@@ -48,6 +48,8 @@ def measure(settings: FederatedSettings, sample: int, workers: int, overhead: fl
                               classes_per_partition=settings.classes_per_client, seed=settings.seed)
     counts = [torch.bincount(data.train.labels[part], minlength=data.train.num_classes) for part in parts]
     seconds, images = [], []  # per sampled client: condensation + leakage report, and images uploaded
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a simulated client runs: Ray gives each worker one core
     for partition_id in range(min(sample, settings.clients)):
         real = data.train.subset(parts[partition_id])
         began = time.perf_counter()
@@ -57,6 +59,7 @@ def measure(settings: FederatedSettings, sample: int, workers: int, overhead: fl
         leakage_report(synthetic.images, real, data.test, probes=settings.leakage_probes)
         seconds.append(time.perf_counter() - began)
         images.append(len(synthetic))
+    torch.set_num_threads(threads)  # the server trains in the driver, on every core
     shape = (data.train.in_channels, *data.train.image_size)
     decoded = create_param(settings.param).layout(1, shape, settings.ipc * math.prod(shape)).decoded_per_class
     union = sum(int((count > settings.ipc).sum()) for count in counts) * decoded
