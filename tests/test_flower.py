@@ -286,6 +286,13 @@ def test_cli_reports_user_mistakes(capsys: pytest.CaptureFixture) -> None:
     assert "mode must be one of distill, fedavg, got 'fedsgd'" in capsys.readouterr().err
     assert cli.main(["fl", "--set", "eval.epochs"]) == cli.EXIT_USER_ERROR
     assert "KEY=VALUE" in capsys.readouterr().err
+    for argv, message in ((["--param", "nope"], "unknown parameterisation 'nope'"),
+                          (["--init", "zeros"], "init must be one of real, noise, herding"),
+                          (["--leakage-probes", "0"], "leakage-probes must be at least 1"),
+                          (["--init", "noise", "--dp-epsilon", "1", "--dp-delta", "2"], "dp-delta must be within"),
+                          (["--method", "random", "--param", "multi:factor=2"], "drop param")):
+        assert cli.main(["fl", *argv]) == cli.EXIT_USER_ERROR
+        assert message in capsys.readouterr().err, argv
 
 
 def test_cli_compares_runs_in_a_table_and_a_plot(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

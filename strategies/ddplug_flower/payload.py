@@ -291,8 +291,7 @@ def check_model_reply(content: RecordDict, reference: ArrayRecord, *, max_bytes:
     if set(content.array_records) != {"arrays"} or set(content.metric_records) != {"metrics"}:
         raise PayloadError(f"expected records arrays and metrics, got {', '.join(sorted(content)) or 'none'}")
     examples = content.metric_records["metrics"].get("num-examples")
-    if (not isinstance(examples, (int, float)) or isinstance(examples, bool) or not math.isfinite(examples)
-            or examples != int(examples) or not 1 <= examples <= max_examples):
+    if not is_finite_number(examples) or examples != int(examples) or not 1 <= examples <= max_examples:
         raise PayloadError(f"num-examples must be a whole number from 1 to {max_examples} (the client's partition), "
                            f"got {examples!r}")
     record = content.array_records["arrays"]
