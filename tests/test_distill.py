@@ -12,6 +12,7 @@ from ddplug.distill import (
     run_distillation,
     select_subset,
 )
+from ddplug.distill.dm import class_statistics
 from ddplug.distill.sampling import ClassBalancedSampler
 from ddplug.distill.selection import herding_indices, kcenter_indices
 from ddplug.errors import DdplugError
@@ -199,3 +200,28 @@ def test_pool_settings_are_checked(digits, tmp_path):
         dm(digits, pool_size=-1)
     with pytest.raises(DdplugError, match="max_online_steps must be at least 1"):
         dm(digits, pool_size=2, max_online_steps=0)
+
+
+def test_dm_class_statistics_are_means_then_variances():
+    features = torch.tensor([[1.0, 2.0], [3.0, 6.0], [0.0, 0.0], [2.0, -2.0]])  # classes 0, 0, 1, 1
+    assert torch.equal(class_statistics(features, 2, 1), torch.tensor([[2.0, 4.0], [1.0, -1.0]]))
+    assert torch.equal(class_statistics(features, 2, 2), torch.tensor([[2.0, 4.0, 1.0, 4.0], [1.0, -1.0, 1.0, 1.0]]))
+
+
+def test_dm_with_variances_matches_them_too(digits):
+    """Moments 2 adds the squared gap of the class variances to the mean loss, no more."""
+    means, both = dm(digits), dm(digits, moments=2)
+    network = means.network(0)
+    real, real_labels = means.sample_real(0)
+    real, syn = means.augment_pair(0, real, real_labels, means.images, means.labels)
+    with torch.no_grad():
+        real_embedding, syn_embedding = network.embed(real), network.embed(syn)
+        gap = (class_statistics(real_embedding, 10, 2) - class_statistics(syn_embedding, 10, 2)).square()
+        assert torch.allclose(means.loss(0), gap[:, :real_embedding.shape[1]].sum(), rtol=1e-5)
+        assert torch.allclose(both.loss(0), gap.sum(), rtol=1e-5)
+        assert both.loss(0) > means.loss(0)
+    with pytest.raises(DdplugError, match="moments must be 1"):
+        dm(digits, moments=3)
+    with pytest.raises(DdplugError, match="only class means are released under differential privacy"):
+        dm(digits, moments=2, dp_epsilon=1.0, init="noise")
+

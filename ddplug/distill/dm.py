@@ -5,7 +5,8 @@ class by class, their mean embedding matches the mean embedding of a real batch.
 All classes go through the network in one batched forward pass per side. With
 ``pool_size`` > 0 the network comes instead from a pool of networks that train on real
 batches between uses (IDM's partially trained networks), so later layers' features carry
-class information that fresh networks lack.
+class information that fresh networks lack. With ``moments`` 2 each class also matches
+its per-feature variance (a second statistic besides the mean, in the spirit of NCFM).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class DMConfig(DistillConfig, PoolSettings):
     iterations: int = 20000
     lr_images: float = 1.0
     pool_size: int = 0  # 0: a fresh random network each iteration (the original DM)
+    moments: int = 1  # statistics matched per class: 1 the mean embedding (DM), 2 also each feature's variance
 
     def validate(self, real: ImageDataset) -> None:
         super().validate(real)
@@ -37,6 +39,11 @@ class DMConfig(DistillConfig, PoolSettings):
         if self.dp_epsilon and self.pool_size:
             raise DdplugError("a pool of networks trains on the real data, outside differential privacy: drop "
                               "pool_size or dp_epsilon")
+        if self.moments not in (1, 2):
+            raise DdplugError(f"moments must be 1 (class means) or 2 (means and variances), got {self.moments}")
+        if self.dp_epsilon and self.moments != 1:
+            raise DdplugError("only class means are released under differential privacy: use moments=1 with "
+                              "dp_epsilon")
 
 
 @register_distiller
@@ -69,9 +76,9 @@ class DistributionMatching(Distiller):
         real, real_labels = self.sample_real(iteration)
         real, syn = self.augment_pair(iteration, real, real_labels, self.images, self.labels)
         with torch.no_grad():
-            real_mean = class_means(network.embed(real), self.num_classes)
-        syn_mean = class_means(network.embed(syn), self.num_classes)
-        return (real_mean - syn_mean).square().sum()
+            real_stats = class_statistics(network.embed(real), self.num_classes, self.config.moments)
+        syn_stats = class_statistics(network.embed(syn), self.num_classes, self.config.moments)
+        return (real_stats - syn_stats).square().sum()
 
     def private_loss(self, iteration: int) -> Tensor:
         """The loss with the real class means released by the Gaussian mechanism: a Poisson
@@ -106,3 +113,11 @@ class DistributionMatching(Distiller):
 def class_means(features: Tensor, num_classes: int) -> Tensor:
     """Mean feature of each class for class-major batches of equal class sizes."""
     return features.reshape(num_classes, -1, features.shape[-1]).mean(dim=1)
+
+
+def class_statistics(features: Tensor, num_classes: int, moments: int) -> Tensor:
+    """Each class's mean feature, followed (``moments`` 2) by each feature's variance."""
+    if moments == 1:
+        return class_means(features, num_classes)
+    variance, mean = torch.var_mean(features.reshape(num_classes, -1, features.shape[-1]), dim=1, correction=0)
+    return torch.cat([mean, variance], dim=1)
