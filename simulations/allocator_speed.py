@@ -3,11 +3,14 @@
 Every workload is one ``ddplug`` command in its own process, run once with the tuning
 (the default) and once with ``DDPLUG_MALLOC_TUNING=0``, in turns; the table gives the
 seconds per step the command reports, the process's system time and its peak RSS (from
-``wait4``), and checks that both runs wrote the same synthetic set. Run it alone on the
-machine: seconds measured beside another job are not results.
+``wait4``), and checks that both runs wrote the same synthetic set. With ``--repeats N``
+each workload runs N times each way, in turns, and the table gives the medians (peak RSS
+also its range: it varies from run to run with the order of allocations). Run it alone on
+the machine: seconds measured beside another job are not results.
 
     python -m simulations.allocator_speed                 # DM, MTT, KIP steps and one evaluation network
     python -m simulations.allocator_speed --dm-iterations 20 --workloads dm
+    python -m simulations.allocator_speed --workloads dm --dm-iterations 60 --repeats 5   # peak RSS over 5 runs each
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -77,33 +81,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mtt-iterations", type=int, default=3)
     parser.add_argument("--kip-iterations", type=int, default=20)
     parser.add_argument("--eval-models", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each workload each way, in turns (medians)")
     parser.add_argument("--out", default="results/allocator-speed")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     if "evaluate" in args.workloads and "dm" not in args.workloads:
         parser.error("the evaluate workload trains on the dm workload's set: keep dm in --workloads")
     rows, lines = [], []
     for workload, (command, key) in commands(args, out).items():
         if workload not in args.workloads:
             continue
-        runs = {}
-        for tuned in (True, False):
-            folder = out / f"{workload}-{'tuned' if tuned else 'default'}"
-            runs[tuned] = run_measured([*command, "--out", str(folder)], tuned)
-            runs[tuned]["folder"] = folder
-        identical = (same_set(runs[True]["folder"], runs[False]["folder"]) if workload != "evaluate"
-                     else runs[True]["accuracies"] == runs[False]["accuracies"])
-        for tuned, run in runs.items():
-            rows.append({"workload": workload, "tuned": tuned, "seconds_per_step": run[key],
-                         "user_seconds": run["user_seconds"], "system_seconds": run["system_seconds"],
-                         "peak_rss_mb": run["peak_rss_mb"], "identical": identical})
-            lines.append((workload, "on" if tuned else f"off ({ENV_VAR}=0)", f"{run[key]:.3f}",
-                          f"{run['system_seconds']:.1f}", f"{run['user_seconds']:.1f}", f"{run['peak_rss_mb']:.0f}",
+        runs: dict[bool, list[dict]] = {True: [], False: []}
+        for repeat in range(args.repeats):
+            for tuned in (True, False):
+                folder = out / f"{workload}-{'tuned' if tuned else 'default'}{f'-{repeat}' if repeat else ''}"
+                runs[tuned].append({**run_measured([*command, "--out", str(folder)], tuned), "folder": folder})
+        identical = all(
+            same_set(on["folder"], off["folder"]) if workload != "evaluate" else on["accuracies"] == off["accuracies"]
+            for on, off in zip(runs[True], runs[False]))
+        for tuned, measured in runs.items():
+            median = {name: statistics.median(run[name] for run in measured)
+                      for name in (key, "user_seconds", "system_seconds", "peak_rss_mb")}
+            peaks = [run["peak_rss_mb"] for run in measured]
+            rows.append({"workload": workload, "tuned": tuned, "repeats": args.repeats,
+                         "seconds_per_step": median[key], "user_seconds": median["user_seconds"],
+                         "system_seconds": median["system_seconds"], "peak_rss_mb": median["peak_rss_mb"],
+                         "peak_rss_mb_runs": peaks, "identical": identical})
+            peak = f"{median['peak_rss_mb']:.0f}" + ("" if len(peaks) == 1 else f" ({min(peaks):.0f}-{max(peaks):.0f})")
+            lines.append((workload, "on" if tuned else f"off ({ENV_VAR}=0)", f"{median[key]:.3f}",
+                          f"{median['system_seconds']:.1f}", f"{median['user_seconds']:.1f}", peak,
                           "yes" if identical else "NO"))
     table = format_table(("workload", "tuning", "s per step (eval: per network)", "system s", "user s", "peak RSS MB",
                           "same result"), lines)
     print(table)
-    header = f"{platform.machine()}, {os.cpu_count()} cores, `python -m simulations.allocator_speed`"
+    command = " ".join(["python -m simulations.allocator_speed", *(sys.argv[1:] if argv is None else argv)])
+    header = f"{platform.machine()}, {os.cpu_count()} cores, medians of {args.repeats} run(s) each way; `{command}`"
     atomic_write(out / "table.md", lambda path: path.write_text(f"{header}\n\n{table}\n"))
     write_json(out / "results.json", rows)
     return 0

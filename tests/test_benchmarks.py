@@ -88,3 +88,28 @@ def test_federated_scale_measures_clients_and_the_server_and_extrapolates(tmp_pa
     assert row["client_images"] == [100, 100] and row["union_images"] == 4 * 100
     expected = row["client_seconds_mean"] * 4 / 2 + row["server_epoch_seconds"] * 3 + 10
     assert row["estimated_wall_seconds"] == pytest.approx(expected)
+
+
+def test_allocator_benchmark_reports_medians_and_the_peak_range_of_its_repeats(tmp_path, monkeypatch):
+    from simulations import allocator_speed
+
+    peaks = iter([1400, 1300, 1500, 1330, 1420, 1310])  # tuned and untuned in turns
+    calls = []
+
+    def fake_run(command, tuned):
+        calls.append((command[command.index("--out") + 1], tuned))
+        return {"seconds_per_iteration": 0.2 if tuned else 0.4, "user_seconds": 50.0,
+                "system_seconds": 2.0 if tuned else 40.0, "peak_rss_mb": next(peaks)}
+
+    monkeypatch.setattr(allocator_speed, "run_measured", fake_run)
+    monkeypatch.setattr(allocator_speed, "same_set", lambda first, second: True)
+    out = tmp_path / "speed"
+    allocator_speed.main(["--workloads", "dm", "--repeats", "3", "--out", str(out)])
+    assert [tuned for _, tuned in calls] == [True, False] * 3
+    assert len({folder for folder, _ in calls}) == 6  # every run its own folder: none resumes another
+    rows = json.loads((out / "results.json").read_text())
+    assert [(row["tuned"], row["peak_rss_mb"], row["peak_rss_mb_runs"]) for row in rows] == [
+        (True, 1420, [1400, 1500, 1420]), (False, 1310, [1300, 1330, 1310])]
+    assert "| 1420 (1400-1500) |" in (out / "table.md").read_text().replace("  ", " ").replace("  ", " ")
+    with pytest.raises(SystemExit):
+        allocator_speed.main(["--workloads", "dm", "--repeats", "0", "--out", str(out)])
