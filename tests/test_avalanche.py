@@ -77,7 +77,8 @@ def held(buffer: CondensedBuffer) -> dict[int, int]:
     return {label: len(samples) for (_, label), samples in buffer.groups.items()}
 
 
-@pytest.mark.parametrize(("param", "decoded_per_stored"), [("pixels", 1), ("multi:factor=2", 4)])
+@pytest.mark.parametrize(("param", "decoded_per_stored"), [("pixels", 1), ("multi:factor=2", 4),
+                                                          ("pixels:bits=4", 2)])
 def test_buffer_budgets_in_bytes_hold_every_class_and_shrink_old_ones_to_a_prefix(param, decoded_per_stored):
     stream = make_stream()
     how = Condensation(settings={**FAST, "param": param}, progress=False)
@@ -100,6 +101,9 @@ def test_buffer_budgets_in_bytes_hold_every_class_and_shrink_old_ones_to_a_prefi
         before = total.groups[(0, 0)].clone()
     assert [cost.experience for cost in total.costs] == [0, 1, 2]
     assert all(cost.seconds > 0 and cost.images for cost in total.costs)
+    if param.endswith("bits=4"):  # the memory holds what its bytes store: pixels of 16 grey levels
+        levels = torch.cat(list(total.groups.values())) * 15
+        assert torch.allclose(levels, levels.round(), atol=1e-4) and len(levels.round().unique()) > 2
     total.resize(None, 6)
     assert set(held(total).values()) == {decoded_per_stored} and total.memory_bytes == 6 * image_bytes
 

@@ -743,16 +743,16 @@ def test_a_private_client_reports_its_epsilon_and_a_leakage_report(task_identity
     assert copies["upload-nn-similarity"] == pytest.approx([1.0] * copies["images"])
 
 
-def _coded_upload(tmp_path: Path) -> tuple[SyntheticSet, SetSpec]:
-    """A multi:factor=2 set of classes 1, 4 and 6 of fake 28x28 data, as a client condenses it."""
+def _coded_upload(tmp_path: Path, param: str = "multi:factor=2") -> tuple[SyntheticSet, SetSpec]:
+    """A ``param`` set of classes 1, 4 and 6 of fake 28x28 data, as a client condenses it."""
     from ddplug.data import load_dataset
 
     train = load_dataset("fashion-mnist", str(write_fake_fashion_mnist(tmp_path, per_class=8))).train
     part = train.subset(torch.nonzero(torch.isin(train.labels, torch.tensor([1, 4, 6]))).flatten())
     preset = get_preset("cpu").override({"dm.model": TINY_MODEL, "dm.batch_real": "4"})
     synthetic = condense_classes(part, "dm", ipc=2, preset=preset, copy_small_classes=False,
-                                 settings={"iterations": 2, "param": "multi:factor=2"})
-    spec = SetSpec.for_dataset(train, ipc=2, encoding="uint8", param="multi:factor=2")
+                                 settings={"iterations": 2, "param": param})
+    spec = SetSpec.for_dataset(train, ipc=2, encoding="uint8", param=param)
     return synthetic, spec
 
 
@@ -769,6 +769,21 @@ def test_a_coded_upload_costs_the_budget_and_decodes_as_the_client_stored_it(tmp
     assert torch.equal(back.images, as_stored(synthetic).images)
     assert back.labels.tolist() == [c for c in (1, 4, 6) for _ in range(8)]
     assert record.count_bytes() <= spec.max_bytes
+
+
+def test_a_packed_upload_of_4_bit_pixels_costs_the_budget_and_holds_twice_the_images(tmp_path: Path) -> None:
+    from ddplug.sets import as_stored
+
+    synthetic, spec = _coded_upload(tmp_path, "multi:factor=2,bits=4")
+    assert len(synthetic) == 3 * 16  # 2 raw images' bytes per class: 4 stored 4-bit mosaics of 4 images
+    record = set_to_record(synthetic, "uint8")
+    assert record["code.images"].dtype == "uint8" and tuple(record["code.images"].shape) == (3 * 2 * 28 * 28,)
+    assert sum(array.numpy().nbytes for array in record.values()) == 3 * 2 * 28 * 28 + 3 * 8
+    assert torch.equal(record_to_set(record, spec).images, as_stored(synthetic).images)
+    record["code.images"] = Array(record["code.images"].numpy()[:-1])  # one byte short of the layout
+    with pytest.raises(PayloadError, match=r"code.images should be uint8 \(4704,\) \(multi:factor=2,bits=4 for 3 "
+                                           r"classes\), got uint8 \(4703,\)"):
+        record_to_set(record, spec)
 
 
 @pytest.mark.parametrize(("fault", "reason"), [

@@ -30,6 +30,9 @@ def smooth_images(n: int, shape: tuple[int, int, int] = SHAPE, seed: int = 0) ->
     ("multi:factor=2", 12, 3 * CLASSES * 64),  # the same bytes hold 4x the images
     ("dct:keep=0.25", 6, 6 * CLASSES * 16 * 2),  # 16 fp16 coefficients = 32 bytes per image
     ("factor:bases=2", 41, 2 * 64 * 2 + 41 * CLASSES * 2 * 2),  # shared bases, then coefficient rows
+    ("pixels:bits=4", 6, 6 * CLASSES * 32),  # 4-bit pixels: two images in a raw image's bytes
+    ("multi:factor=2,bits=4", 24, 6 * CLASSES * 32),  # and each of those holds 4
+    ("pixels:bits=3", 8, math.ceil(8 * CLASSES * 64 * 3 / 8)),  # 8 images of 24 bytes in 192, packed end to end
 ])
 def test_each_layout_fills_the_budget_and_decodes_to_its_images(spec, decoded_per_class, stored_bytes):
     assert available_params() == ["pixels", "multi", "dct", "factor"]
@@ -77,6 +80,9 @@ def test_multi_formation_tiles_are_the_stored_quarters():
     ("dct:keep=2", 64, "keep must be a fraction"),
     ("dct:keep=1", 64, "too small for one image of dct:keep=1.0"),
     ("pixels", 63, "a budget of 63 bytes per class is too small"),
+    ("pixels:bits=0", 64, "bits must be a whole number from 1 to 8"),
+    ("multi:factor=2,bits=9", 64, "bits must be a whole number from 1 to 8"),
+    ("pixels:bits=4", 31, "too small for one image of pixels:bits=4 \\(32 bytes per class\\)"),
 ])
 def test_bad_specs_and_budgets_are_one_clear_error(spec, budget, message):
     with pytest.raises(DdplugError, match=message):
@@ -84,7 +90,8 @@ def test_bad_specs_and_budgets_are_one_clear_error(spec, budget, message):
 
 
 @pytest.mark.parametrize("method", ["dm", "dc", "dsa", "kip", "frepo"])
-@pytest.mark.parametrize("spec", ["pixels", "multi:factor=2", "dct:keep=0.25", "factor:bases=2"])
+@pytest.mark.parametrize("spec", ["pixels", "multi:factor=2", "dct:keep=0.25", "factor:bases=2",
+                                  "multi:factor=2,bits=4"])
 def test_every_distiller_learns_every_parameterisation(digits, method, spec, tmp_path):
     settings = {"ipc": 1, "iterations": 2, "model": TINY_MODEL, "batch_real": 8, "param": spec,
                 **({"pool_size": 2} if method == "frepo" else {}), **({"num_networks": 1} if method == "kip" else {}),
@@ -135,17 +142,35 @@ def test_decoded_slots_beyond_a_small_class_start_from_noise(digits):
         make_config("dm", {"ipc": ipc, "param": "multi:factor=2", "init": "herding"}).validate(digits.train)
 
 
-@pytest.mark.parametrize("spec", ["pixels", "multi:factor=2"])
-def test_a_saved_pixel_code_is_exactly_its_budget_and_round_trips(digits, spec, tmp_path):
-    config = make_config("dm", {"ipc": 2, "iterations": 1, "model": TINY_MODEL, "batch_real": 8, "param": spec})
+@pytest.mark.parametrize(("spec", "levels"), [("pixels", 255), ("multi:factor=2", 255), ("pixels:bits=4", 15),
+                                             ("multi:factor=2,bits=2", 3)])
+def test_a_saved_pixel_code_is_exactly_its_budget_and_round_trips(digits, spec, levels, tmp_path):
+    config = make_config("dm", {"ipc": 2, "iterations": 1, "model": TINY_MODEL, "batch_real": 8, "param": spec,
+                                "init": "noise"})
     synthetic = create_distiller("dm", digits.train, config).synthetic_set()
     path = save_set(synthetic, tmp_path / "set.safetensors")
     assert payload_bytes(path) == 2 * 10 * 64  # the bytes of 2 raw uint8 images per class, nothing else
     loaded = load_set(path)
+    assert len(loaded) == len(synthetic)
     assert torch.equal(loaded.images, load_set(save_set(loaded, tmp_path / "again.safetensors")).images)
-    # uint8 storage: at most half a grey level from the learned values, on the pixel scale
-    error = (loaded.images - synthetic.images).abs().max() * digits.train.std[0]
-    assert error <= 0.5 / 255 + 1e-6
+    # at most half a grey level (of 2**bits) from the learned code, on the pixel scale
+    pixels = {name: (code * digits.train.std[0] + digits.train.mean[0]).clamp(0, 1) for name, code in
+              {"learned": synthetic.code["images"], "stored": loaded.code["images"]}.items()}
+    error = (pixels["stored"] - pixels["learned"]).abs().max()
+    assert error <= 0.5 / levels + 1e-6
+    assert len(torch.unique((pixels["stored"] * levels).round())) <= levels + 1  # on 2**bits grey levels
+
+
+def test_packed_levels_round_trip_and_refuse_a_wrong_length():
+    from ddplug.sets.param import pack_levels, unpack_levels
+
+    levels = torch.randint(0, 8, (5, 1, 3, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    packed = pack_levels(levels, 3)
+    assert packed.dtype == torch.uint8 and packed.shape == (math.ceil(45 * 3 / 8),)
+    assert torch.equal(unpack_levels(packed, 3, (5, 1, 3, 3)), levels)
+    assert pack_levels(torch.tensor([1, 2, 3, 15], dtype=torch.uint8), 4).tolist() == [0x12, 0x3F]
+    with pytest.raises(ValueError, match="do not hold 36 values of 3 bits"):
+        unpack_levels(packed, 3, (4, 1, 3, 3))
 
 
 def test_a_diverging_code_stops_with_a_clear_error(digits):

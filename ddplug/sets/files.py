@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ddplug.errors import DdplugError
-from ddplug.sets.param import create_param
+from ddplug.sets.param import create_param, pack_levels, unpack_levels
 from ddplug.sets.synthetic import SyntheticSet
 from ddplug.storage import atomic_write
 
@@ -89,14 +89,18 @@ CODE_PREFIX = "code."
 
 
 def stored_code(synthetic: SyntheticSet) -> dict[str, Tensor]:
-    """The code as stored: uint8 entries on the pixel scale of the set's normalisation."""
-    storage = create_param(synthetic.param).storage
+    """The code as stored: uint8 entries on the pixel scale of the set's normalisation (at
+    ``2**bits`` levels, packed, for a parameterisation with fewer than 8 bits per pixel)."""
+    param = create_param(synthetic.param)
     stored = {}
     for name, tensor in synthetic.code.items():
-        dtype = torch.float32 if synthetic.zca_epsilon is not None else storage[name]
-        if dtype == torch.uint8:
-            tensor = (_denormalise(tensor, synthetic.mean, synthetic.std).clamp(0, 1) * 255).round()
-        stored[name] = tensor.to(dtype).contiguous()
+        dtype = torch.float32 if synthetic.zca_epsilon is not None else param.storage[name]
+        if dtype != torch.uint8:
+            stored[name] = tensor.to(dtype).contiguous()
+            continue
+        levels = (_denormalise(tensor, synthetic.mean, synthetic.std).clamp(0, 1) * (2**param.bits - 1)).round()
+        levels = levels.to(torch.uint8).contiguous()
+        stored[name] = levels if param.bits == 8 else pack_levels(levels, param.bits)
     return stored
 
 
@@ -125,13 +129,18 @@ def as_stored(synthetic: SyntheticSet) -> SyntheticSet:
 
 
 def decode_code(stored: dict[str, Tensor], spec: str, mean: Sequence[float], std: Sequence[float],
-            image_shape: tuple[int, ...]) -> tuple[dict[str, Tensor], Tensor]:
-    """The float code of a stored one (uint8 entries back to the normalised scale) and the
-    images ``spec`` decodes it to."""
-    code = {name: decode_images(tensor, mean, std) if tensor.dtype == torch.uint8 else tensor.float()
-            for name, tensor in stored.items()}
+                image_shape: tuple[int, ...]) -> tuple[dict[str, Tensor], Tensor]:
+    """The float code of a stored one (uint8 pixels, packed ones unpacked into images of
+    ``image_shape``, back to the normalised scale) and the images ``spec`` decodes it to."""
+    param = create_param(spec)
+    code = {}
+    for name, tensor in stored.items():
+        if tensor.dtype == torch.uint8 and param.bits < 8:
+            whole_images = len(tensor) * 8 // param.bits // math.prod(image_shape) if tensor.ndim == 1 else 0
+            tensor = unpack_levels(tensor, param.bits, (whole_images, *image_shape))
+        code[name] = decode_images(tensor, mean, std, levels=2**param.bits - 1)
     with torch.no_grad():
-        return code, create_param(spec).decode(code, image_shape)
+        return code, param.decode(code, image_shape)
 
 
 def payload_bytes(path: str | Path) -> int:
@@ -199,11 +208,12 @@ def encode_images(synthetic: SyntheticSet, encoding: str) -> Tensor:
     return synthetic.images.to(getattr(torch, encoding)).contiguous()
 
 
-def decode_images(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """Normalised float32 images from :func:`encode_images`'s output (uint8 pixels are normalised)."""
+def decode_images(images: Tensor, mean: Sequence[float], std: Sequence[float], levels: int = 255) -> Tensor:
+    """Normalised float32 images from :func:`encode_images`'s output (uint8 pixels, 0 to
+    ``levels``, are normalised)."""
     if images.dtype != torch.uint8:
         return images.float()
-    return (images.float() / 255 - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    return (images.float() / levels - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
 
 
 def _load_ddplug(path: Path) -> SyntheticSet:

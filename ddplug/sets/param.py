@@ -8,13 +8,16 @@ Specs read like model specs: ``pixels``, ``multi:factor=2``, ``dct:keep=0.25``,
 - ``pixels``: one stored image per image (uint8 when saved).
 - ``multi`` (IDC's multi-formation): each stored image of the original size holds
   ``factor x factor`` images at ``1/factor`` resolution, upsampled bilinearly to train on.
+
+Both store pixels; ``bits=B`` (1 to 8, default 8) stores each at ``2**B`` grey levels, packed,
+so ``pixels:bits=4`` holds 2 images in one raw image's bytes and ``multi:factor=2,bits=4`` 8.
 - ``dct`` (frequency domain, FreD-style): the lowest-frequency ``keep`` fraction of each
   image's orthonormal 2-D DCT coefficients (zig-zag order), fp16 when saved.
 - ``factor`` (factorised, HaBa / low-rank style): ``bases`` basis images shared by all
   classes and per-image coefficients, fp16 when saved.
 
 The byte accounting is exact for the saved code: ``stored_bytes`` of the layout counts
-every value at its storage dtype. Hard labels are implied by the class-ordered layout and
+every value at its storage dtype (pixels at their ``bits``). Hard labels are implied by the class-ordered layout and
 cost nothing; learned soft labels cost ``decoded images x classes x 4`` bytes more.
 """
 
@@ -45,10 +48,17 @@ class Layout:
     shapes: dict[str, tuple[int, ...]]
     dtypes: dict[str, torch.dtype]  # storage dtype of each code tensor
     decoded_per_class: int
+    bits: int = 8  # bits per stored pixel (the uint8 tensors); below 8 they are packed
+
+    def stored_shape(self, name: str) -> tuple[int, ...]:
+        """The shape the tensor ``name`` is stored in: packed pixels are one flat run of bytes."""
+        if self.dtypes[name] == torch.uint8 and self.bits < 8:
+            return (packed_length(math.prod(self.shapes[name]), self.bits),)
+        return self.shapes[name]
 
     @property
     def stored_bytes(self) -> int:
-        return sum(math.prod(shape) * _itemsize(self.dtypes[name]) for name, shape in self.shapes.items())
+        return sum(math.prod(self.stored_shape(name)) * _itemsize(self.dtypes[name]) for name in self.shapes)
 
 
 def _itemsize(dtype: torch.dtype) -> int:
@@ -61,6 +71,7 @@ class Parameterisation(ABC):
     name: ClassVar[str]
     storage: ClassVar[dict[str, torch.dtype]]  # each code tensor's dtype in files (uint8: pixel-scale images)
     options: dict[str, Any]
+    bits: int = 8  # grey levels of the stored pixels (uint8 tensors): 2**bits
 
     def __init__(self, **options: Any) -> None:
         self.options = options
@@ -127,22 +138,38 @@ def _too_small(spec: str, budget: int, needed: int) -> DdplugError:
                        f"({needed} bytes per class): raise --ipc or choose another --param")
 
 
+def _bits(options: dict[str, Any], spec: str) -> dict[str, int]:
+    """The ``bits`` option of a pixel code, kept in the spec only when it is not the default 8."""
+    bits = _option(options, "bits", int, 8, spec, lambda b: 1 <= b <= 8, "a whole number from 1 to 8")
+    return {} if bits == 8 else {"bits": bits}
+
+
+def _stored_images(spec: str, budget_per_class: int, image_shape: tuple[int, int, int], bits: int) -> int:
+    """Whole images of ``bits``-bit pixels that fit the budget per class (an error if none)."""
+    per_image_bits = math.prod(image_shape) * bits
+    stored = budget_per_class * 8 // per_image_bits
+    if stored < 1:
+        raise _too_small(spec, budget_per_class, math.ceil(per_image_bits / 8))
+    return stored
+
+
 @register_param
 class Pixels(Parameterisation):
-    """One stored uint8 image per image."""
+    """One stored image per image: uint8, or ``bits`` per pixel packed."""
 
     name = "pixels"
     storage = {"images": torch.uint8}
 
     def __init__(self, **options: Any) -> None:
-        _no_more(self.name, dict(options))
-        super().__init__()
+        rest = dict(options)
+        bits = _bits(rest, "pixels")
+        _no_more(self.name, rest)
+        super().__init__(**bits)
+        self.bits = bits.get("bits", 8)
 
     def layout(self, num_classes: int, image_shape: tuple[int, int, int], budget_per_class: int) -> Layout:
-        per_class = budget_per_class // math.prod(image_shape)
-        if per_class < 1:
-            raise _too_small(self.spec, budget_per_class, math.prod(image_shape))
-        return Layout({"images": (num_classes * per_class, *image_shape)}, self.storage, per_class)
+        per_class = _stored_images(self.spec, budget_per_class, image_shape, self.bits)
+        return Layout({"images": (num_classes * per_class, *image_shape)}, self.storage, per_class, self.bits)
 
     def decode(self, code: Code, image_shape: tuple[int, int, int]) -> Tensor:
         return code["images"]
@@ -162,18 +189,19 @@ class MultiFormation(Parameterisation):
     def __init__(self, **options: Any) -> None:
         rest = dict(options)
         factor = _option(rest, "factor", int, 2, "multi", lambda f: 1 <= f <= 8, "a whole number from 1 to 8")
+        bits = _bits(rest, "multi")
         _no_more(self.name, rest)
-        super().__init__(factor=factor)
+        super().__init__(factor=factor, **bits)
         self.factor = factor
+        self.bits = bits.get("bits", 8)
 
     def layout(self, num_classes: int, image_shape: tuple[int, int, int], budget_per_class: int) -> Layout:
         _, height, width = image_shape
         if height % self.factor or width % self.factor:
             raise DdplugError(f"{self.spec}: factor {self.factor} does not divide the image size {height}x{width}")
-        stored = budget_per_class // math.prod(image_shape)
-        if stored < 1:
-            raise _too_small(self.spec, budget_per_class, math.prod(image_shape))
-        return Layout({"images": (num_classes * stored, *image_shape)}, self.storage, stored * self.factor**2)
+        stored = _stored_images(self.spec, budget_per_class, image_shape, self.bits)
+        return Layout({"images": (num_classes * stored, *image_shape)}, self.storage, stored * self.factor**2,
+                      self.bits)
 
     def decode(self, code: Code, image_shape: tuple[int, int, int]) -> Tensor:
         stored = code["images"]
@@ -288,6 +316,27 @@ class Factorised(Parameterisation):
         bases = right[: self.bases] * singular[: self.bases, None].sqrt()
         coefficients = torch.linalg.lstsq(bases.T, flat.T).solution.T
         return {"bases": bases.reshape(self.bases, *images.shape[1:]).contiguous(), "coefficients": coefficients}
+
+
+def packed_length(count: int, bits: int) -> int:
+    """Bytes that ``count`` values of ``bits`` bits take packed."""
+    return -(-count * bits // 8)
+
+
+def pack_levels(levels: Tensor, bits: int) -> Tensor:
+    """Integer levels in ``[0, 2**bits)`` (uint8) as one flat run of bytes, ``bits`` each, big-endian."""
+    planes = np.unpackbits(levels.reshape(-1, 1).cpu().numpy(), axis=1)[:, 8 - bits:]
+    return torch.from_numpy(np.packbits(planes.reshape(-1)))
+
+
+def unpack_levels(packed: Tensor, bits: int, shape: tuple[int, ...]) -> Tensor:
+    """The uint8 levels of :func:`pack_levels`, in ``shape``; ValueError if the bytes do not fit it."""
+    count = math.prod(shape)
+    if packed.ndim != 1 or len(packed) != packed_length(count, bits):
+        raise ValueError(f"{tuple(packed.shape)} bytes do not hold {count} values of {bits} bits")
+    planes = np.unpackbits(packed.cpu().numpy())[: count * bits].reshape(count, bits)
+    whole = np.pad(planes, ((0, 0), (8 - bits, 0)))
+    return torch.from_numpy(np.packbits(whole, axis=1)).reshape(shape)
 
 
 def available_params() -> list[str]:

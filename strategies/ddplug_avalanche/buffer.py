@@ -46,6 +46,7 @@ from ddplug.errors import DdplugError
 from ddplug.pipeline import condense_classes
 from ddplug.presets import Preset, get_preset
 from ddplug.seeding import derive_seed
+from ddplug.sets import as_stored
 
 MODES = ("replay", "retrain")
 
@@ -176,6 +177,7 @@ class CondensedBuffer(ExemplarsBuffer):
             condensed = condense_classes(real, how.method, ipc=share, preset=how.preset,
                                          seed=derive_seed(how.seed, "condense", exp.current_experience, task),
                                          settings=dict(how.settings), device=device, progress=how.progress)
+            condensed = as_stored(condensed)  # the memory holds what its bytes store: the code quantised, decoded
             classes = condensed.hard_labels
             kept_raw = set(condensed.meta["kept_real_classes"])
             for label in classes.unique().tolist():

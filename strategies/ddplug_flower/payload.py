@@ -208,8 +208,9 @@ def _coded_set(record: ArrayRecord, spec: SetSpec) -> SyntheticSet:
         raise PayloadError(f"classes must be distinct class ids 0..{spec.num_classes - 1} in ascending order")
     layout = spec.layout(len(classes))
     stored = {}
-    for name, shape in layout.shapes.items():
+    for name in layout.shapes:
         key, dtype = f"{CODE_PREFIX}{name}", str(layout.dtypes[name]).removeprefix("torch.")
+        shape = layout.stored_shape(name)
         if key not in record or record[key].dtype != dtype or tuple(record[key].shape) != shape:
             found = "nothing" if key not in record else f"{record[key].dtype} {tuple(record[key].shape)}"
             raise PayloadError(f"{key} should be {dtype} {shape} ({spec.param} for {len(classes)} classes), "

@@ -60,7 +60,8 @@ class FederatedSettings:
     overrides: str = _setting("", "preset overrides, space-separated: 'eval.epochs=50 dm.iterations=200'")
     encoding: str = _setting("uint8", "how clients ship plain-pixel sets' images: uint8, float16 or float32")
     param: str = _setting("pixels", "distill: what clients learn and upload in the bytes of ipc raw images per class "
-                                    "(pixels, multi:factor=2, dct:keep=0.25, factor:bases=4); the server decodes it")
+                                    "(pixels, multi:factor=2, multi:factor=2,bits=4, dct:keep=0.25, factor:bases=4); "
+                                    "the server decodes it")
     init: str = _setting("real", "distill: start each set from real images or noise (README: what leaks under each)")
     dp_epsilon: float = _setting(0.0, "distill: > 0 = differentially private uploads, (epsilon, dp-delta) per client "
                                       "over all rounds; needs init noise")
