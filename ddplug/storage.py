@@ -56,3 +56,8 @@ def writable_folder(path: str | Path) -> Path:
 def write_json(path: str | Path, payload: Any) -> Path:
     """Atomically write ``payload`` as indented JSON."""
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2) + "\n"))
+
+
+def path_part(spec: str) -> str:
+    """A spec such as ``multi:factor=2,bits=4`` as part of a file or folder name: ``multi-factor2-bits4``."""
+    return spec.replace(":", "-").replace("=", "").replace(",", "-")

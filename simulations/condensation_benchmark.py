@@ -31,7 +31,7 @@ from ddplug.distill import available_methods, get_condenser
 from ddplug.distill.condenser import SNAPSHOT_FOLDER
 from ddplug.evaluate.published import PUBLISHED_IPCS, published_result
 from ddplug.evaluate.report import format_table, percent, pyplot, save_figure
-from ddplug.storage import atomic_write, write_json
+from ddplug.storage import atomic_write, path_part, write_json
 
 METHODS = ("dm", "dc", "dsa", "mtt", "kip", "frepo", "random", "herding")
 
@@ -47,7 +47,7 @@ def _ddplug_json(command: list[str], what: str) -> dict:
 
 
 def run_row(method: str, ipc: int, param: str, args: argparse.Namespace) -> dict:
-    out = Path(args.out) / f"{args.dataset}-{method}-ipc{ipc}{'' if param == 'pixels' else '-' + _path_part(param)}"
+    out = Path(args.out) / f"{args.dataset}-{method}-ipc{ipc}{'' if param == 'pixels' else '-' + path_part(param)}"
     summary_file = out / "evaluation.json"
     iterative = get_condenser(method).config_class is not None
     if summary_file.is_file():
@@ -85,10 +85,6 @@ def accuracy_curve(row: dict, out: Path, args: argparse.Namespace) -> list[dict]
     final = statistics.fmean(row["accuracies"][: args.snapshot_models])
     curve.append({"iterations": row["iterations"], "seconds": row["distill_seconds"], "accuracy": final})
     return curve
-
-
-def _path_part(spec: str) -> str:
-    return spec.replace(":", "-").replace("=", "").replace(",", "-")
 
 
 def first_at_final(curve: list[dict], tolerance: float) -> dict:

@@ -260,6 +260,11 @@ def test_the_condensed_memorys_parameterisation_is_an_option(tiny_runner):
     assert summary["label"] == "condensed-dm-pixels" and summary["condense_settings"]["param"] == "pixels"
     assert summary["memory_sizes"] == [[5, 10]]  # one raw image per class seen (the preset's multi decodes 4)
     assert summary["memory_bytes"] == [[5 * 784, 10 * 784]]
+    packed = continual.run_benchmark("split-fmnist", experiences=2, strategy="condensed", mem_per_class=1,
+                                     seeds=1, device="cpu", out=tiny_runner, param="multi:factor=2,bits=4")
+    assert packed["label"] == "condensed-dm-multi-factor2-bits4"  # a file name without ':', '=' or ','
+    assert packed["memory_sizes"] == [[40, 80]]  # 8 decoded images in one raw image's bytes, per class seen
+    assert packed["memory_bytes"] == [[5 * 784, 10 * 784]]
 
 
 def test_runner_accepts_a_ready_scenario_and_icarl(tiny_runner, capsys):

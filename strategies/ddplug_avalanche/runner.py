@@ -50,7 +50,7 @@ from ddplug.models import create_model
 from ddplug.presets import Preset, get_preset
 from ddplug.seeding import derive_seed
 from ddplug.sets import create_param
-from ddplug.storage import write_json
+from ddplug.storage import path_part, write_json
 
 STRATEGIES = ("condensed", "condensed-retrain", "replay", "gdumb", "icarl", "naive")
 CONDENSED = ("condensed", "condensed-retrain")
@@ -284,7 +284,7 @@ def _spread(values: list[float]) -> tuple[float, float]:
 def _label(strategy: str, method: str, param: str | None = None) -> str:
     if strategy not in CONDENSED:
         return strategy
-    return f"{strategy}-{method}" + ("" if param is None else f"-{param.replace(':', '-').replace('=', '')}")
+    return f"{strategy}-{method}" + ("" if param is None else f"-{path_part(param)}")
 
 
 def _condense_settings(settings: StreamSettings, param: str | None) -> dict[str, Any]:
