@@ -5,8 +5,8 @@ runs ``ddplug cl`` (``ddplug_avalanche.runner.run_benchmark``, seeds 0..N-1, res
 in ``OUT/memK/`` so a re-run resumes), then prints and saves a table (final accuracy,
 forgetting, memory bytes, seconds, condensation seconds) and a plot of final accuracy
 against memory bytes. Avalanche's buffers hold K raw images per class; the condensed memory
-holds its parameterisation's codes in the same bytes (the ``cpu`` preset's DM:
-``multi:factor=2``, four half-resolution images per stored one).
+holds its parameterisation's codes in the same bytes (the ``cpu`` stream's DM:
+``multi:factor=2,bits=4``, eight 4-bit half-resolution images in each raw image's bytes).
 
     python -m simulations.continual_bytes --mem-per-class 1 10 20 --seeds 3
 """

@@ -73,10 +73,13 @@ class StreamSettings:
 
 # How each preset runs a stream; the model defaults to the preset's evaluation model and
 # condensation matches with the stream's model. ``cpu`` fits a condensed Split-FMNIST run in
-# minutes on 2 CPU cores; ``paper`` uses whole splits and the full-size model (a GPU).
+# minutes on 2 CPU cores; ``paper`` uses whole splits and the full-size model (a GPU). The
+# ``cpu`` memory stores 4-bit mosaics: at 10 images' bytes per class they beat 8-bit ones by
+# 1.2 points of final accuracy for 1.4x the time per run (README, class-incremental learning).
 STREAMS: dict[str, dict[str, Any]] = {
     "cpu": {"model": "convnet:width=16", "epochs": 2, "memory_epochs": 30, "batch_size": 64,
-            "condense": {"iterations": 200, "batch_real": 32}, "train_per_class": 1000, "test_per_class": 300},
+            "condense": {"iterations": 200, "batch_real": 32, "param": "multi:factor=2,bits=4"},
+            "train_per_class": 1000, "test_per_class": 300},
     "paper": {"epochs": 5, "memory_epochs": 200, "batch_size": 128, "condense": {"iterations": 1000},
               "train_per_class": None, "test_per_class": None},
 }
@@ -468,7 +471,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="condensation method of the condensed strategies: dm, random, herding, ...")
     parser.add_argument("--param", default=None,
                         help="parameterisation of the condensed memory, e.g. pixels or multi:factor=2 (default: the "
-                             "preset's for the method; the cpu preset's DM: multi:factor=2)")
+                             "stream's: multi:factor=2,bits=4 with the cpu preset)")
     parser.add_argument("--preset", default="cpu", help="cpu (minutes on 2 cores: data subsets, small model) or paper")
     parser.add_argument("--seeds", type=int, default=3, help="runs with seeds 0..N-1")
     parser.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
