@@ -197,3 +197,17 @@ def test_a_coded_file_with_a_bad_header_is_one_clear_error(digits, tmp_path, fie
     save_file(load_file(str(path)), str(path), metadata={**metadata, field: value})
     with pytest.raises(DdplugError, match=message):
         load_set(path)
+
+
+def test_a_packed_file_that_does_not_fill_its_layout_is_one_clear_error(digits, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    config = make_config("dm", {"ipc": 1, "iterations": 1, "model": TINY_MODEL, "param": "pixels:bits=4"})
+    path = save_set(create_distiller("dm", digits.train, config).synthetic_set(), tmp_path / "set.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(str(path))
+    save_file({**tensors, "code.images": tensors["code.images"][:-1].clone()}, str(path), metadata=metadata)
+    with pytest.raises(DdplugError, match="does not decode as pixels:bits=4 .*bytes do not hold"):
+        load_set(path)

@@ -8,17 +8,19 @@ Specs read like model specs: ``pixels``, ``multi:factor=2``, ``dct:keep=0.25``,
 - ``pixels``: one stored image per image (uint8 when saved).
 - ``multi`` (IDC's multi-formation): each stored image of the original size holds
   ``factor x factor`` images at ``1/factor`` resolution, upsampled bilinearly to train on.
-
-Both store pixels; ``bits=B`` (1 to 8, default 8) stores each at ``2**B`` grey levels, packed,
-so ``pixels:bits=4`` holds 2 images in one raw image's bytes and ``multi:factor=2,bits=4`` 8.
 - ``dct`` (frequency domain, FreD-style): the lowest-frequency ``keep`` fraction of each
   image's orthonormal 2-D DCT coefficients (zig-zag order), fp16 when saved.
 - ``factor`` (factorised, HaBa / low-rank style): ``bases`` basis images shared by all
   classes and per-image coefficients, fp16 when saved.
 
+``pixels`` and ``multi`` store pixels; ``bits=B`` (1 to 8, default 8) stores each at ``2**B``
+grey levels, packed, so ``pixels:bits=4`` holds 2 images in one raw image's bytes and
+``multi:factor=2,bits=4`` 8.
+
 The byte accounting is exact for the saved code: ``stored_bytes`` of the layout counts
-every value at its storage dtype (pixels at their ``bits``). Hard labels are implied by the class-ordered layout and
-cost nothing; learned soft labels cost ``decoded images x classes x 4`` bytes more.
+every value at its storage dtype (pixels at their ``bits``). Hard labels are implied by the
+class-ordered layout and cost nothing; learned soft labels cost ``decoded images x classes
+x 4`` bytes more.
 """
 
 from __future__ import annotations
