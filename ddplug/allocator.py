@@ -25,11 +25,15 @@ ENV_VAR = "DDPLUG_MALLOC_TUNING"
 # mallopt(3) parameter numbers (malloc.h); values are C ints, so at most 2 GiB - 1.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-# Blocks up to 2 GiB come from the heap and stay there when freed; the heap's free top is
-# returned only past 256 MiB. Measured (simulations/allocator_speed.py): a higher trim
-# threshold or a top pad gains no speed and adds 10-20 % peak memory; this one keeps the
-# peak at or below the untuned one.
-SETTINGS = ((_M_MMAP_THRESHOLD, 2**31 - 1), (_M_TRIM_THRESHOLD, 256 * 2**20))
+# Blocks up to 128 MiB (a step's activation buffers on the cpu presets: 61 MiB for DM's
+# 640 real images at width 32) come from the heap and stay there when freed, and the heap's
+# free top is returned only past 1 GiB, above a step's ~300 MB of buffers, so no step
+# page-faults them in again. Larger blocks (whole datasets, one-off arrays) are mapped and
+# returned when freed: kept in the heap, they left holes the steps' buffers could not fill
+# (peak memory +10 % over the untuned one with a 2 GiB mmap threshold). Measured with
+# simulations/allocator_speed.py.
+_MMAP_THRESHOLD, _TRIM_THRESHOLD = 128 * 2**20, 2**30
+SETTINGS = ((_M_MMAP_THRESHOLD, _MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ def tune_allocator() -> AllocatorTuning:
     if failed:
         _state = AllocatorTuning(False, f"glibc refused mallopt parameters {failed}")
     else:
-        _state = AllocatorTuning(True, f"glibc mmap threshold 2 GiB, trim threshold 256 MiB; {ENV_VAR}=0 turns it off")
+        _state = AllocatorTuning(True, f"glibc mmap threshold 128 MiB, trim threshold 1 GiB; {ENV_VAR}=0 turns it off")
     return _state
 
 

@@ -1,8 +1,9 @@
 """The allocator tuning: applied by the entry points, never by an import, and harmless to results.
 
-Each case runs in a fresh Python process and probes glibc directly: a 64 MiB block is
-malloc'ed, touched and freed; untuned glibc serves it with mmap and returns it to the OS
-on free (resident memory drops), tuned glibc keeps it in the heap.
+Each case runs in a fresh Python process and probes glibc directly: a 64 MiB block (the
+size of a step's buffers) is malloc'ed, touched and freed; untuned glibc serves it with
+mmap and returns it to the OS on free (resident memory drops), tuned glibc keeps it in the
+heap.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ PROBE = textwrap.dedent("""
     libc.free.argtypes = [ctypes.c_void_p]
     def resident():
         return int(open("/proc/self/statm").read().split()[1]) * 4096
-    size = 64 << 20
+    size = SIZE
     block = libc.malloc(size)
     ctypes.memset(block, 1, size)
     before = resident()
@@ -40,12 +41,12 @@ PROBE = textwrap.dedent("""
 """)
 
 
-def probe_after(setup: str, tuning: str | None = None) -> str:
-    """KEPT or RETURNED: what a fresh process does with a freed 64 MiB block after ``setup``."""
+def probe_after(setup: str, tuning: str | None = None, size: int = 64 << 20) -> str:
+    """KEPT or RETURNED: what a fresh process does with a freed block of ``size`` bytes after ``setup``."""
     env = {key: value for key, value in os.environ.items() if key != "DDPLUG_MALLOC_TUNING"}
     if tuning is not None:
         env["DDPLUG_MALLOC_TUNING"] = tuning
-    completed = subprocess.run([sys.executable, "-c", textwrap.dedent(setup) + PROBE], capture_output=True, text=True,
+    completed = subprocess.run([sys.executable, "-c", textwrap.dedent(setup) + PROBE.replace("SIZE", str(size))], capture_output=True, text=True,
                                env=env, cwd=Path(__file__).resolve().parents[1], timeout=300)
     assert completed.returncode == 0, completed.stderr
     return completed.stdout.strip().splitlines()[-1]
@@ -64,6 +65,13 @@ def test_the_ddplug_command_tunes_its_process_and_the_variable_turns_it_off() ->
     """
     assert probe_after(run_list) == "KEPT"
     assert probe_after(run_list, tuning="0") == "RETURNED"
+
+
+def test_blocks_larger_than_a_step_buffer_still_go_back_to_the_os() -> None:
+    # Whole datasets and one-off arrays: kept in the heap they strand memory (issue 13's peak).
+    tuned = "from ddplug import tune_allocator; assert tune_allocator().applied"
+    assert probe_after(tuned, size=100 << 20) == "KEPT"
+    assert probe_after(tuned, size=256 << 20) == "RETURNED"
 
 
 def test_version_and_list_say_whether_it_is_on() -> None:
