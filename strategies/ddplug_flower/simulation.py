@@ -229,8 +229,8 @@ def _plot_accuracy_by_bytes(runs: list[dict[str, Any]], path: Path) -> Path:
         axis.set_xlabel("cumulative MB (up + down)")
         axis.set_title(f"{runs[0]['dataset']}, {runs[0]['clients']} clients, {partitioner} alpha={alpha}", fontsize=9)
         axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)  # each panel its own: the runs differ from panel to panel
     axes[0][0].set_ylabel("test accuracy (%)")
-    axes[0][-1].legend(fontsize=8)
     figure.tight_layout()
 
     def write(tmp: Path) -> None:
