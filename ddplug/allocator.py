@@ -71,7 +71,8 @@ def tune_allocator() -> AllocatorTuning:
     if failed:
         _state = AllocatorTuning(False, f"glibc refused mallopt parameters {failed}")
     else:
-        _state = AllocatorTuning(True, f"glibc mmap threshold 128 MiB, trim threshold 1 GiB; {ENV_VAR}=0 turns it off")
+        _state = AllocatorTuning(True, f"glibc mmap threshold {_MMAP_THRESHOLD >> 20} MiB, trim threshold "
+                                       f"{_TRIM_THRESHOLD >> 30} GiB; {ENV_VAR}=0 turns it off")
     return _state
 
 

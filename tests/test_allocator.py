@@ -46,8 +46,9 @@ def probe_after(setup: str, tuning: str | None = None, size: int = 64 << 20) -> 
     env = {key: value for key, value in os.environ.items() if key != "DDPLUG_MALLOC_TUNING"}
     if tuning is not None:
         env["DDPLUG_MALLOC_TUNING"] = tuning
-    completed = subprocess.run([sys.executable, "-c", textwrap.dedent(setup) + PROBE.replace("SIZE", str(size))], capture_output=True, text=True,
-                               env=env, cwd=Path(__file__).resolve().parents[1], timeout=300)
+    script = textwrap.dedent(setup) + PROBE.replace("SIZE", str(size))
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                               cwd=Path(__file__).resolve().parents[1], timeout=300)
     assert completed.returncode == 0, completed.stderr
     return completed.stdout.strip().splitlines()[-1]
 
