@@ -49,7 +49,7 @@ def _ddplug_json(command: list[str], what: str) -> dict:
 def run_row(method: str, ipc: int, param: str, args: argparse.Namespace) -> dict:
     out = Path(args.out) / f"{args.dataset}-{method}-ipc{ipc}{'' if param == 'pixels' else '-' + path_part(param)}"
     summary_file = out / "evaluation.json"
-    iterative = get_condenser(method).config_class is not None
+    iterative = get_condenser(method).learns
     if summary_file.is_file():
         row = json.loads(summary_file.read_text())
     else:
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out = args.out or f"results/condensation-{args.dataset}-{args.preset}"
     rows = [run_row(method, ipc, param, args) for ipc in args.ipc for method in args.methods
-            for param in (args.params if get_condenser(method).config_class is not None else ["pixels"])]
+            for param in (args.params if get_condenser(method).learns else ["pixels"])]
     device = rows[0]["device"]
     hardware = (torch.cuda.get_device_name(0) if device.startswith("cuda")
                 else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")

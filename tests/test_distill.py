@@ -106,6 +106,9 @@ def test_bad_settings_fail_before_work(digits):
     config = make_config("dm", {"iterations": "7", "augment": "false"})
     assert config.iterations == 7 and config.augment is False
     assert isinstance(create_distiller("dm", digits.train, config), DistributionMatching)
+    # Only the methods that learn a code are distillers; a selection picks real images.
+    with pytest.raises(DdplugError, match="herding is not a distillation method; distillers: dc, dsa, dm"):
+        create_distiller("herding", digits.train)
 
 
 def test_herding_and_kcenter_on_known_points():

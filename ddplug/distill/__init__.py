@@ -37,9 +37,9 @@ def create_distiller(method: str, real: ImageDataset, config: DistillConfig | No
                      device: torch.device | str = "cpu") -> Distiller:
     """A distiller of ``method`` for ``real`` (default config if none is given)."""
     condenser = get_condenser(method)
-    if not isinstance(condenser, Distillation):
+    if not condenser.learns:
         raise DdplugError(f"{method} is not a distillation method; distillers: "
-                          f"{', '.join(name for name, c in CONDENSERS.items() if isinstance(c, Distillation))}")
+                          f"{', '.join(name for name, c in CONDENSERS.items() if c.learns)}")
     config = config if config is not None else condenser.make_config()
     if not isinstance(config, condenser.config_class):
         raise DdplugError(f"{method} needs a {condenser.config_class.__name__}, got {type(config).__name__}")

@@ -53,6 +53,7 @@ class Condenser(ABC):
     baseline: ClassVar[bool] = False  # a reference point rather than a method to tune
     per_class: ClassVar[bool] = True  # makes ipc images per class (False: its size is its own)
     private: ClassVar[bool] = False  # can make its set differentially private (settings dp_epsilon, dp_delta)
+    learns: ClassVar[bool] = False  # learns a parameterisation's code (a distiller); False: it picks real images
 
     @abstractmethod
     def condense(
@@ -113,6 +114,7 @@ class Distillation(Condenser):
     ``settings``; with ``out_dir`` a checkpoint there is resumed and kept up to date."""
 
     distiller_class: ClassVar[type]
+    learns = True
 
     def condense(self, real: ImageDataset, *, ipc: int, preset: Preset, seed: int = 0,
                  settings: dict[str, Any] | None = None, device: torch.device | str = "cpu",

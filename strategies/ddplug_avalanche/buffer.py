@@ -177,7 +177,7 @@ class CondensedBuffer(ExemplarsBuffer):
             condensed = condense_classes(real, how.method, ipc=share, preset=how.preset,
                                          seed=derive_seed(how.seed, "condense", exp.current_experience, task),
                                          settings=dict(how.settings), device=device, progress=how.progress)
-            if CONDENSERS[how.method].config_class is not None:  # a distiller's code, quantised as stored, decoded
+            if CONDENSERS[how.method].learns:  # a distiller's code, quantised as stored, decoded
                 condensed = as_stored(condensed)
             classes = condensed.hard_labels
             kept_raw = set(condensed.meta["kept_real_classes"])

@@ -369,7 +369,7 @@ def run_benchmark(
     Runs on a ready Avalanche scenario are not cached (nothing identifies its data)."""
     _check(benchmark, experiences, strategy, method, seeds, epochs)
     if param is not None:
-        if strategy not in CONDENSED or get_condenser(method).config_class is None:
+        if strategy not in CONDENSED or not get_condenser(method).learns:
             raise DdplugError(f"--param applies to a distiller's condensed memory; {strategy} with {method} stores raw "
                               "images: drop --param")
         create_param(param)  # a bad spec fails before any work

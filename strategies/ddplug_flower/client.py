@@ -166,7 +166,7 @@ def _upload_settings(settings: FederatedSettings) -> dict[str, Any]:
 def _method(msg: Message, settings: FederatedSettings, preset: Preset, folder: Path) -> tuple[str, dict[str, Any] | None]:
     """The distiller and its settings: the configured method, or DM anchored at the received global model."""
     if "arrays" not in msg.content.array_records:
-        return settings.method, _upload_settings(settings) if get_condenser(settings.method).config_class else None
+        return settings.method, _upload_settings(settings) if get_condenser(settings.method).learns else None
     anchor = folder / "anchor.safetensors"
     save_file(dict(msg.content.array_records["arrays"].to_torch_state_dict()), str(anchor))
     return AnchoredDistributionMatching.name, {**preset.method_settings("dm"), "model": preset.evaluation.model,

@@ -109,7 +109,7 @@ class FederatedSettings:
                               f"method {self.method!r} only works one-shot (rounds = 1)")
         if self.param:
             create_param(self.param)  # an unknown parameterisation or option fails here
-        if self.param not in ("", "pixels") and get_condenser(self.method).config_class is None:
+        if self.param not in ("", "pixels") and not get_condenser(self.method).learns:
             raise DdplugError(f"method {self.method!r} selects real images, which travel as pixels: drop param")
         if self.init not in INITIALISATIONS:
             raise DdplugError(f"init must be one of {', '.join(INITIALISATIONS)}, got {self.init!r}")
@@ -128,7 +128,7 @@ class FederatedSettings:
         condenser = get_condenser(self.method)
         if self.param:
             return self.param
-        if condenser.config_class is None:
+        if not condenser.learns:
             return "pixels"
         return condenser.make_config(self.resolved_preset().method_settings(self.method)).param
 
