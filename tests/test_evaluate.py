@@ -34,6 +34,18 @@ def test_training_learns_the_digits(digits):
                      generator=torch.Generator().manual_seed(0))
     trained = classification_accuracy(network, digits.test.images, digits.test.labels)
     assert untrained < 0.3 and trained > 0.85
+    assert classification_accuracy(network, digits.test.images, digits.test.labels, batch_size=7) == trained
+
+
+def test_the_evaluator_tests_in_its_protocols_batch_size(digits, tiny_preset, monkeypatch):
+    import ddplug.evaluate.evaluator as evaluator_module
+
+    sizes = []
+    monkeypatch.setattr(evaluator_module, "classification_accuracy",
+                        lambda model, images, labels, batch_size: sizes.append(batch_size) or 0.5)
+    protocol = dataclasses.replace(tiny_preset.evaluation, batch_size=48)
+    Evaluator(digits, protocol, progress=False).evaluate(select_subset("random", digits.train, 2, seed=0))
+    assert sizes == [48] * protocol.num_models
 
 
 def test_soft_labels_and_learned_lr_are_used(digits, tiny_preset):

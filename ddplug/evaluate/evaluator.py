@@ -111,7 +111,7 @@ class Evaluator:
             ).to(self.device)
             generator = make_generator(seed, "eval-train", index)
             train_classifier(network, images, labels, settings, lr=lr, augment=self.augment, generator=generator)
-            accuracies.append(classification_accuracy(network, test_images, self.test_labels))
+            accuracies.append(classification_accuracy(network, test_images, self.test_labels, settings.batch_size))
             models.set_postfix(acc=f"{100 * statistics.fmean(accuracies):.2f}%")
         seconds = (time.perf_counter() - began) / max(len(accuracies), 1)
         return EvalResult(accuracies, self.protocol.model, settings.epochs, seconds)

@@ -84,12 +84,13 @@ def train_classifier(
 
 
 @torch.no_grad()
-def classification_accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 256) -> float:
+def classification_accuracy(model: nn.Module, images: Tensor, labels: Tensor,
+                            batch_size: int = TrainSettings.batch_size) -> float:
     """Top-1 accuracy (a fraction) of ``model`` in eval mode; one host sync at the end.
 
-    Batches of the training batch's size: no slower on a CPU than 2048, and their buffers
-    fit the ones training just freed, so a tuned heap reuses them instead of growing (at 2048
-    a width-32 layer on 28x28 images needs 205 MB)."""
+    Callers after training pass its batch size: no slower on a CPU than 2048, and the
+    buffers fit the ones training just freed, so a tuned heap reuses them instead of growing
+    (at 2048 a width-32 layer on 28x28 images needs 205 MB)."""
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=images.device)
     for x, y in zip(images.split(batch_size), labels.split(batch_size)):

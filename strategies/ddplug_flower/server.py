@@ -305,7 +305,7 @@ def run_federation(grid: Grid, settings: FederatedSettings) -> dict[str, Any]:
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         judge.load_state_dict(arrays.to_torch_state_dict())
-        accuracy = classification_accuracy(judge, test_images, test_labels)
+        accuracy = classification_accuracy(judge, test_images, test_labels, protocol.batch_size)
         history.evaluated(server_round, accuracy)
         return MetricRecord({"accuracy": accuracy})
 
