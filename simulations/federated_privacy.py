@@ -66,7 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epsilons", type=float, nargs="*", default=[1.0, 4.0, 10.0])
     parser.add_argument("--runs", nargs="*", default=None, metavar="NAME", help="only these runs of the grid")
     parser.add_argument("--overrides", default="", help="preset overrides, e.g. 'eval.epochs=100'")
-    parser.add_argument("--param", default="", help="what clients upload (ddplug fl --param; '' = the preset's)")
     parser.add_argument("--out", default="results/federated-privacy")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, extra in grid.items():
         if args.runs is None or name in args.runs:
             settings = FederatedSettings(clients=args.clients, alpha=args.alpha, ipc=args.ipc, overrides=args.overrides,
-                                         param=args.param, out=str(out / name), **extra)
+                                         out=str(out / name), **extra)
             summaries[name] = run(name, settings)
     command = "python -m simulations.federated_privacy " + " ".join(sys.argv[1:] if argv is None else argv)
     header = (f"Fashion-MNIST, {args.clients} clients, Dirichlet alpha {args.alpha}, one-shot DM uploads of "

@@ -55,13 +55,13 @@ def measure(settings: FederatedSettings, sample: int, workers: int, overhead: fl
         began = time.perf_counter()
         synthetic = condense_classes(real, settings.method, ipc=settings.ipc, preset=preset, copy_small_classes=False,
                                      seed=derive_seed(settings.seed, "client", partition_id, 1),
-                                     settings={"param": settings.upload_param(), "init": settings.init})
+                                     settings={"param": settings.param, "init": settings.init})
         leakage_report(synthetic.images, real, data.test, probes=settings.leakage_probes)
         seconds.append(time.perf_counter() - began)
         images.append(len(synthetic))
     torch.set_num_threads(threads)  # the server trains in the driver, on every core
     shape = (data.train.in_channels, *data.train.image_size)
-    decoded = create_param(settings.upload_param()).layout(1, shape, settings.ipc * math.prod(shape)).decoded_per_class
+    decoded = create_param(settings.param).layout(1, shape, settings.ipc * math.prod(shape)).decoded_per_class
     union = sum(int((count > settings.ipc).sum()) for count in counts) * decoded
     model = settings.global_model(data.train)
     protocol = preset.evaluation
@@ -87,13 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overhead", type=float, nargs="+", default=[30.0, 32.8],
                         help="Flower/Ray seconds of a trivial run per client count (ddplug fl --benchmark)")
     parser.add_argument("--overrides", default="", help="preset overrides, e.g. 'eval.epochs=100'")
-    parser.add_argument("--param", default="", help="what clients upload (ddplug fl --param; '' = the preset's)")
     parser.add_argument("--out", default="results/federated-scale")
     args = parser.parse_args(argv)
     if len(args.overhead) != len(args.clients):
         parser.error("give one --overhead per --clients value")
-    rows = [measure(FederatedSettings(clients=count, alpha=args.alpha, init="noise", overrides=args.overrides,
-                                      param=args.param),
+    rows = [measure(FederatedSettings(clients=count, alpha=args.alpha, init="noise", overrides=args.overrides),
                     args.sample, args.workers, overhead) for count, overhead in zip(args.clients, args.overhead)]
     command = "python -m simulations.federated_scale " + " ".join(sys.argv[1:] if argv is None else argv)
     table = format_table(("clients", "sampled", "client s (mean)", "union images", "server s/epoch", "server epochs",

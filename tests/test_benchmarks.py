@@ -84,9 +84,8 @@ def test_federated_scale_measures_clients_and_the_server_and_extrapolates(tmp_pa
                   "--out", str(tmp_path / "scale")]) == 0
     (row,) = json.loads((tmp_path / "scale" / "rows.json").read_text())["rows"]
     assert row["sampled"] == 2 and len(row["client_seconds"]) == 2 and row["server_epochs"] == 3
-    # Near-even partitions (alpha 100): about 25 images of every class each, all condensed to ipc 10
-    # stored images of the cpu DM's multi:factor=2 code, 4 decoded images each.
-    assert row["client_images"] == [400, 400] and row["union_images"] == 4 * 400
+    # Near-even partitions (alpha 100): about 25 images of every class each, all condensed to ipc 10.
+    assert row["client_images"] == [100, 100] and row["union_images"] == 4 * 100
     expected = row["client_seconds_mean"] * 4 / 2 + row["server_epoch_seconds"] * 3 + 10
     assert row["estimated_wall_seconds"] == pytest.approx(expected)
 

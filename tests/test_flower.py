@@ -237,7 +237,7 @@ def _simulate(data_root: Path, out: Path, faults: dict[int, str], **settings: An
 def test_simulated_multi_round_distillation_survives_failing_and_bad_clients(data_root: Path, tmp_path: Path) -> None:
     faults = {1: "raise", 2: "nan", 3: "shape", 4: "label", 5: "dtype", 6: "oversize"}
     summary = _simulate(data_root, tmp_path / "run", faults, clients=7, partitioner="iid", rounds=2,
-                        encoding="float16", param="pixels")
+                        encoding="float16")
     assert summary == json.loads((tmp_path / "run" / "history.json").read_text()) | {
         "peak_memory_mb": summary["peak_memory_mb"]}
     assert summary["mode"] == "distill" and summary["clients"] == 7 and summary["rounds"] == 2
@@ -391,9 +391,7 @@ def test_deployment_engine_runs_a_round_through_a_superlink_and_two_supernodes(
         assert history.is_file(), run.stdout[-3000:]
         summary = json.loads(history.read_text())
         assert summary["connected"] == 2 and summary["history"][0]["participants"] == ["0", "1"]
-        # the cpu preset's multi:factor=2 codes: 2 stored images per class, 4 decoded from each
-        assert summary["settings"]["param"] == "multi:factor=2"
-        assert summary["history"][0]["images"] == 160 and summary["bytes_up"] > 40 * 28 * 28
+        assert summary["history"][0]["images"] == 40 and summary["bytes_up"] > 40 * 28 * 28
     finally:
         assert not _stop(processes)
 
@@ -707,18 +705,6 @@ def test_each_uploads_leakage_report_and_epsilon_are_checked_and_recorded(task_i
     assert summary["real_nn_similarity_median"] == pytest.approx(0.7) and summary["epsilon"] == pytest.approx(4.0)
 
 
-def test_uploads_default_to_the_presets_parameterisation_of_the_method() -> None:
-    assert FederatedSettings().upload_param() == "multi:factor=2"  # the cpu preset's DM
-    assert FederatedSettings(rounds=3).upload_param() == "multi:factor=2"
-    assert FederatedSettings(preset="paper").upload_param() == "pixels"  # the original DM
-    assert FederatedSettings(overrides="dm.param=dct:keep=0.25").upload_param() == "dct:keep=0.25"
-    assert FederatedSettings(param="multi:factor=2,bits=4").upload_param() == "multi:factor=2,bits=4"
-    assert FederatedSettings(param="pixels").upload_param() == "pixels"
-    assert FederatedSettings(method="herding").upload_param() == "pixels"  # a selection uploads real images
-    with pytest.raises(DdplugError, match="drop param"):
-        FederatedSettings(method="herding", param="multi:factor=2")
-
-
 def test_private_uploads_need_a_private_method_and_noise_init() -> None:
     with pytest.raises(DdplugError, match="dp-epsilon needs init noise"):
         FederatedSettings(dp_epsilon=1.0)
@@ -747,7 +733,7 @@ def _client_reply(data_root: Path, **settings: Any) -> Any:
 def test_a_private_client_reports_its_epsilon_and_a_leakage_report(task_identity: None, data_root: Path) -> None:
     metrics = _client_reply(data_root, init="noise", dp_epsilon=2.0, rounds=2)
     assert metrics["epsilon"] == pytest.approx(1.0, rel=0.02)  # its round's half of the budget
-    assert len(metrics["upload-nn-similarity"]) == metrics["images"] == 80  # 2 x 4 multi:factor=2 images per class
+    assert len(metrics["upload-nn-similarity"]) == metrics["images"] == 20
     assert max(metrics["upload-nn-similarity"]) < 0.99  # from noise: no near copy of a real image
     assert len(metrics["real-nn-similarity"]) == 100 and 0 <= metrics["membership-advantage"] <= 1
     # Without DP there is no epsilon to report.

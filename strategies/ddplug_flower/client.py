@@ -160,7 +160,7 @@ def _round(msg: Message) -> int:
 def _upload_settings(settings: FederatedSettings) -> dict[str, Any]:
     """What every distilled upload is made with: the run's parameterisation (the upload
     carries its code) and initialisation, and its share of the DP budget."""
-    return {"param": settings.upload_param(), "init": settings.init, **settings.privacy_per_round()}
+    return {"param": settings.param, "init": settings.init, **settings.privacy_per_round()}
 
 
 def _method(msg: Message, settings: FederatedSettings, preset: Preset, folder: Path) -> tuple[str, dict[str, Any] | None]:

@@ -169,7 +169,7 @@ class History:
                                                "class_counts": self.partitions[node]["class-counts"]}
                            for node in sorted(self.partitions, key=lambda node: _order(self.client(node)))},
             "history": self.rounds,
-            "settings": {**settings.to_config(), "param": settings.upload_param()},  # what the uploads carried
+            "settings": settings.to_config(),
         }
 
     def _note(self, kind: str, reply: Message, reason: str) -> None:
@@ -322,7 +322,7 @@ def run_federation(grid: Grid, settings: FederatedSettings) -> dict[str, Any]:
     else:
         spec = SetSpec.for_dataset(data.train, ipc=settings.ipc, encoding=settings.encoding,
                                    max_bytes=settings.max_upload_bytes, lr_range=(settings.lr_min, settings.lr_max),
-                                   param=settings.upload_param())
+                                   param=settings.param)
         strategy = DistilledSets(spec, train, history)
     strategy.start(grid, ArrayRecord(model.state_dict()), num_rounds=settings.rounds, timeout=settings.round_timeout,
                    train_config=config_record(settings), evaluate_fn=evaluate)

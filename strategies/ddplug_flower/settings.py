@@ -59,9 +59,9 @@ class FederatedSettings:
     preset: str = _setting("cpu")
     overrides: str = _setting("", "preset overrides, space-separated: 'eval.epochs=50 dm.iterations=200'")
     encoding: str = _setting("uint8", "how clients ship plain-pixel sets' images: uint8, float16 or float32")
-    param: str = _setting("", "distill: what clients learn and upload in the bytes of ipc raw images per class "
-                              "(pixels, multi:factor=2, multi:factor=2,bits=4, dct:keep=0.25, factor:bases=4), decoded "
-                              "by the server; '' = the preset's for the method (cpu DM: multi:factor=2)")
+    param: str = _setting("pixels", "distill: what clients learn and upload in the bytes of ipc raw images per class "
+                                    "(pixels, multi:factor=2, multi:factor=2,bits=4, dct:keep=0.25, factor:bases=4); "
+                                    "the server decodes it")
     init: str = _setting("real", "distill: start each set from real images or noise (README: what leaks under each)")
     dp_epsilon: float = _setting(0.0, "distill: > 0 = differentially private uploads, (epsilon, dp-delta) per client "
                                       "over all rounds; needs init noise")
@@ -107,9 +107,8 @@ class FederatedSettings:
         if self.mode == "distill" and self.rounds > 1 and self.method != "dm":
             raise DdplugError(f"multi-round distillation matches distributions around the global model (DM); "
                               f"method {self.method!r} only works one-shot (rounds = 1)")
-        if self.param:
-            create_param(self.param)  # an unknown parameterisation or option fails here
-        if self.param not in ("", "pixels") and not get_condenser(self.method).learns:
+        create_param(self.param)  # an unknown parameterisation or option fails here
+        if self.param != "pixels" and not get_condenser(self.method).learns:
             raise DdplugError(f"method {self.method!r} selects real images, which travel as pixels: drop param")
         if self.init not in INITIALISATIONS:
             raise DdplugError(f"init must be one of {', '.join(INITIALISATIONS)}, got {self.init!r}")
@@ -121,16 +120,6 @@ class FederatedSettings:
             if not 0 < self.dp_delta < 1:
                 raise DdplugError(f"dp-delta must be within (0, 1), got {self.dp_delta}")
         self.resolved_preset()  # bad overrides fail here, not in the middle of a round
-
-    def upload_param(self) -> str:
-        """The parameterisation of every upload: ``param``, or where it is '' the one the preset
-        gives the method (multi-round runs are DM's); a selection uploads real pixels."""
-        condenser = get_condenser(self.method)
-        if self.param:
-            return self.param
-        if not condenser.learns:
-            return "pixels"
-        return condenser.make_config(self.resolved_preset().method_settings(self.method)).param
 
     def privacy_per_round(self) -> dict[str, float]:
         """Each round's share of the (epsilon, delta) budget: rounds compose sequentially
