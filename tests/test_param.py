@@ -169,6 +169,12 @@ def test_packed_levels_round_trip_and_refuse_a_wrong_length():
     assert packed.dtype == torch.uint8 and packed.shape == (math.ceil(45 * 3 / 8),)
     assert torch.equal(unpack_levels(packed, 3, (5, 1, 3, 3)), levels)
     assert pack_levels(torch.tensor([1, 2, 3, 15], dtype=torch.uint8), 4).tolist() == [0x12, 0x3F]
+    assert pack_levels(torch.tensor([1, 0, 1, 1, 0, 0, 0, 0, 1], dtype=torch.uint8), 1).tolist() == [0xB0, 0x80]
+    assert pack_levels(torch.tensor([3, 1, 2], dtype=torch.uint8), 2).tolist() == [0b11011000]
+    for bits in range(1, 9):  # every depth round-trips; 8 bits are the bytes themselves
+        values = torch.randint(0, 2**bits, (37,), dtype=torch.uint8, generator=torch.Generator().manual_seed(bits))
+        assert torch.equal(unpack_levels(pack_levels(values, bits), bits, (37,)), values)
+    assert torch.equal(pack_levels(values, 8), values)
     with pytest.raises(ValueError, match="do not hold 36 values of 3 bits"):
         unpack_levels(packed, 3, (4, 1, 3, 3))
 

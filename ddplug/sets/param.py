@@ -325,10 +325,23 @@ def packed_length(count: int, bits: int) -> int:
     return -(-count * bits // 8)
 
 
+def _bit_planes(values: Tensor, width: int) -> Tensor:
+    """The lowest ``width`` bits of each integer in ``values``, most significant first: (N, width)."""
+    shifts = torch.arange(width - 1, -1, -1, device=values.device)
+    return (values.reshape(-1, 1).to(torch.int32) >> shifts) & 1
+
+
+def _from_bit_planes(planes: Tensor) -> Tensor:
+    """The uint8 integers whose bits, most significant first, are the rows of ``planes``."""
+    shifts = torch.arange(planes.shape[1] - 1, -1, -1, device=planes.device)
+    return (planes << shifts).sum(dim=1).to(torch.uint8)
+
+
 def pack_levels(levels: Tensor, bits: int) -> Tensor:
-    """Integer levels in ``[0, 2**bits)`` (uint8) as one flat run of bytes, ``bits`` each, big-endian."""
-    planes = np.unpackbits(levels.reshape(-1, 1).cpu().numpy(), axis=1)[:, 8 - bits:]
-    return torch.from_numpy(np.packbits(planes.reshape(-1)))
+    """Integer levels in ``[0, 2**bits)`` (uint8) as one flat run of bytes, ``bits`` each,
+    big-endian (numpy's ``packbits`` order), on ``levels``' device."""
+    flat = _bit_planes(levels, bits).reshape(-1)
+    return _from_bit_planes(F.pad(flat, (0, -len(flat) % 8)).reshape(-1, 8))
 
 
 def unpack_levels(packed: Tensor, bits: int, shape: tuple[int, ...]) -> Tensor:
@@ -336,9 +349,8 @@ def unpack_levels(packed: Tensor, bits: int, shape: tuple[int, ...]) -> Tensor:
     count = math.prod(shape)
     if packed.ndim != 1 or len(packed) != packed_length(count, bits):
         raise ValueError(f"{tuple(packed.shape)} bytes do not hold {count} values of {bits} bits")
-    planes = np.unpackbits(packed.cpu().numpy())[: count * bits].reshape(count, bits)
-    whole = np.pad(planes, ((0, 0), (8 - bits, 0)))
-    return torch.from_numpy(np.packbits(whole, axis=1)).reshape(shape)
+    planes = _bit_planes(packed, 8).reshape(-1)[: count * bits].reshape(count, bits)
+    return _from_bit_planes(planes).reshape(shape)
 
 
 def available_params() -> list[str]:
