@@ -215,6 +215,7 @@ def _plot_accuracy_by_bytes(runs: list[dict[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     panels = sorted({(run["partitioner"], run["alpha"]) for run in runs})
+    colours = {label: f"C{index}" for index, label in enumerate(dict.fromkeys(map(run_label, runs)))}  # same in every panel
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False, sharey=True)
     for axis, (partitioner, alpha) in zip(axes[0], panels):
         for run in runs:
@@ -224,7 +225,7 @@ def _plot_accuracy_by_bytes(runs: list[dict[str, Any]], path: Path) -> Path:
             accuracy = [100 * entry["accuracy"] for entry in run["history"]]
             # A one-shot run is one point, which the first round of a multi-round run would hide.
             style = {"marker": "*", "markersize": 14, "zorder": 3} if len(traffic) == 1 else {"marker": "o", "markersize": 3}
-            axis.plot(traffic, accuracy, label=run_label(run), **style)
+            axis.plot(traffic, accuracy, label=run_label(run), color=colours[run_label(run)], **style)
         axis.set_xscale("log")
         axis.set_xlabel("cumulative MB (up + down)")
         axis.set_title(f"{runs[0]['dataset']}, {runs[0]['clients']} clients, {partitioner} alpha={alpha}", fontsize=9)
