@@ -215,7 +215,8 @@ def _plot_accuracy_by_bytes(runs: list[dict[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     panels = sorted({(run["partitioner"], run["alpha"]) for run in runs})
-    colours = {label: f"C{index}" for index, label in enumerate(dict.fromkeys(map(run_label, runs)))}  # same in every panel
+    # One colour per run label, the same in every panel.
+    colours = {label: f"C{index}" for index, label in enumerate(dict.fromkeys(map(run_label, runs)))}
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False, sharey=True)
     for axis, (partitioner, alpha) in zip(axes[0], panels):
         for run in runs:
