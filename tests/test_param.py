@@ -181,7 +181,8 @@ def test_packed_levels_round_trip_and_refuse_a_wrong_length():
 
 def test_a_diverging_code_stops_with_a_clear_error(digits):
     config = make_config("kip", {"ipc": 1, "iterations": 20, "model": TINY_MODEL, "batch_real": 8,
-                                 "num_networks": 1, "param": "factor:bases=2", "lr_images": 1e6})
+                                 "num_networks": 1, "param": "factor:bases=2", "lr_images": 1e6,
+                                 "ridge": 1e-6})  # the papers' ridge: steep gradients
     with pytest.raises(DdplugError, match="diverged by iteration .* lower --lr-images"):
         run_distillation(create_distiller("kip", digits.train, config), progress=False)
 
