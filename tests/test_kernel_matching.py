@@ -259,8 +259,9 @@ def test_default_ridge_keeps_krr_sane_when_the_set_nears_the_feature_count(digit
         with torch.no_grad():
             return torch.stack([distiller.loss(i) for i in range(1000, 1004)]).mean().item()
 
-    assert len(build(digits, ipc=3).images) == 30
-    assert probe_loss(build(digits, ipc=3)) < 0.35
+    distiller = build(digits, ipc=3)
+    assert len(distiller.images) == 30
+    assert probe_loss(distiller) < 0.35
     assert probe_loss(build(digits, ipc=3, ridge=1e-6)) > 1.0
 
 
