@@ -49,18 +49,18 @@ def _ddplug_json(command: list[str], what: str) -> dict:
 def run_row(method: str, ipc: int, param: str, args: argparse.Namespace) -> dict:
     out = Path(args.out) / f"{args.dataset}-{method}-ipc{ipc}{'' if param == 'pixels' else '-' + path_part(param)}"
     summary_file = out / "evaluation.json"
-    iterative = get_condenser(method).learns
+    learns = get_condenser(method).learns
     if summary_file.is_file():
         row = json.loads(summary_file.read_text())
     else:
-        snapshots = ["--snapshots", str(args.snapshots)] if iterative else []
-        coded = ["--param", param] if iterative else []
+        snapshots = ["--snapshots", str(args.snapshots)] if learns else []
+        coded = ["--param", param] if learns else []
         row = _ddplug_json(["distill", "--dataset", args.dataset, "--method", method, "--ipc", str(ipc),
                             "--preset", args.preset, "--seed", str(args.seed), "--baselines", "", "--out", str(out),
                             "--device", args.device, *snapshots, *coded, *sum((["--set", s] for s in args.set), [])],
                            f"row {method} {param} ipc {ipc}")
     row["label"] = method if param == "pixels" else f"{method} {param}"
-    if iterative:
+    if learns:
         row["curve"] = accuracy_curve(row, out, args)
         reached = first_at_final(row["curve"], args.tolerance)
         row["iterations_to_final"], row["seconds_to_final"] = reached["iterations"], reached["seconds"]

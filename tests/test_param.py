@@ -216,6 +216,6 @@ def test_a_packed_file_that_does_not_fill_its_layout_is_one_clear_error(digits, 
         metadata = handle.metadata()
     tensors = load_file(str(path))
     save_file({**tensors, "code.images": tensors["code.images"][:-1].clone()}, str(path), metadata=metadata)
-    with pytest.raises(DdplugError, match=r"does not decode as pixels:bits=4 \(images holds \(639,\) bytes; "
-                                          r"19 whole \(1, 8, 8\) images at 4 bits take 608: the code was cut"):
+    with pytest.raises(DdplugError, match=r"does not decode as pixels:bits=4 \(\(639,\) bytes do not hold 1216 "
+                                          r"values of 4 bits \(608 bytes\): the code was cut or padded"):
         load_set(path)

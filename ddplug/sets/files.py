@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ddplug.errors import DdplugError
-from ddplug.sets.param import create_param, pack_levels, packed_length, unpack_levels
+from ddplug.sets.param import create_param, pack_levels, unpack_levels
 from ddplug.sets.synthetic import SyntheticSet
 from ddplug.storage import atomic_write
 
@@ -136,11 +136,7 @@ def decode_code(stored: dict[str, Tensor], spec: str, mean: Sequence[float], std
     code = {}
     for name, tensor in stored.items():
         if tensor.dtype == torch.uint8 and param.bits < 8:
-            whole_images = len(tensor) * 8 // param.bits // math.prod(image_shape) if tensor.ndim == 1 else 0
-            expected = packed_length(whole_images * math.prod(image_shape), param.bits)
-            if tensor.ndim != 1 or len(tensor) != expected:
-                raise ValueError(f"{name} holds {tuple(tensor.shape)} bytes; {whole_images} whole {tuple(image_shape)} "
-                                 f"images at {param.bits} bits take {expected}: the code was cut or padded")
+            whole_images = tensor.numel() * 8 // param.bits // math.prod(image_shape)
             tensor = unpack_levels(tensor, param.bits, (whole_images, *image_shape))
         code[name] = decode_images(tensor, mean, std, levels=2**param.bits - 1)
     with torch.no_grad():

@@ -348,7 +348,8 @@ def unpack_levels(packed: Tensor, bits: int, shape: tuple[int, ...]) -> Tensor:
     """The uint8 levels of :func:`pack_levels`, in ``shape``; ValueError if the bytes do not fit it."""
     count = math.prod(shape)
     if packed.ndim != 1 or len(packed) != packed_length(count, bits):
-        raise ValueError(f"{tuple(packed.shape)} bytes do not hold {count} values of {bits} bits")
+        raise ValueError(f"{tuple(packed.shape)} bytes do not hold {count} values of {bits} bits "
+                         f"({packed_length(count, bits)} bytes): the code was cut or padded")
     planes = _bit_planes(packed, 8).reshape(-1)[: count * bits].reshape(count, bits)
     return _from_bit_planes(planes).reshape(shape)
 
