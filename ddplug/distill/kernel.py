@@ -90,7 +90,9 @@ class KernelConfig(DistillConfig):
     # near-ridgeless KRR predicts wildly (the interpolation peak) and the set diverges: FRePo's
     # 30.5 % there became 82.0 % at 0.1 (README, "Kernel methods' ridge").
     ridge: float = 0.1
-    augment: bool = False  # neither paper augments while distilling
+    # Neither paper augments while distilling; FRePo at 10 images per class gains 0.7 points
+    # from DSA at 600 steps, 0.2 at 300 (README, "85 % at the bytes of 10").
+    augment: bool = False
 
     def validate(self, real: ImageDataset) -> None:
         super().validate(real)
