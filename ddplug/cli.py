@@ -80,12 +80,18 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from ddplug.data import load_dataset
     from ddplug.distill import available_methods, get_condenser
     from ddplug.pipeline import judge, save_outputs, write_judgement
-    from ddplug.sets import load_set, payload_bytes
+    from ddplug.sets import load_set, payload_bytes, raw_images_per_class
 
     if args.method not in available_methods():
         raise DdplugError(f"unknown method {args.method!r}; choose one of {', '.join(available_methods())}")
-    if args.ipc < 1:
+    if args.ipc is not None and args.bytes is not None:
+        raise DdplugError("--ipc and --bytes both set the budget: give one")
+    if args.bytes is not None and not get_condenser(args.method).learns:
+        raise DdplugError(f"--bytes is a budget for a learned code; {args.method} picks whole raw images: use --ipc")
+    if args.ipc is not None and args.ipc < 1:
         raise DdplugError(f"--ipc must be at least 1, got {args.ipc}")
+    if args.bytes is not None and args.bytes < 1:
+        raise DdplugError(f"--bytes must be at least 1, got {args.bytes}")
     preset = _preset(args)
     device = resolve_device(args.device)
     baselines = _baselines(args.baselines)
@@ -93,8 +99,16 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if args.snapshots < 0:
         raise DdplugError(f"--snapshots must be 0 or more, got {args.snapshots}")
     data = load_dataset(args.dataset, args.data_root)
-    out_dir = writable_folder(args.out or f"runs/{data.train.name}-{args.method}-ipc{args.ipc}-seed{args.seed}")
-    condensed = get_condenser(args.method).condense(data.train, ipc=args.ipc, preset=preset, seed=args.seed,
+    if args.bytes is None:
+        ipc = 10 if args.ipc is None else args.ipc
+        budget = f"ipc{ipc}"
+    else:  # the config checks that these bytes hold a raw image per class, before any work
+        settings["budget_bytes"] = args.bytes
+        ipc = max(1, raw_images_per_class(args.bytes, data.train.num_classes,
+                                          (data.train.in_channels, *data.train.image_size)))
+        budget = f"{args.bytes}bytes"
+    out_dir = writable_folder(args.out or f"runs/{data.train.name}-{args.method}-{budget}-seed{args.seed}")
+    condensed = get_condenser(args.method).condense(data.train, ipc=ipc, preset=preset, seed=args.seed,
                                                     settings=settings,
                          device=device, out_dir=out_dir, progress=not args.quiet, snapshots=args.snapshots)
     files = save_outputs(condensed, out_dir) if get_condenser(args.method).per_class else {}
@@ -118,7 +132,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
               "(run the same command again to resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
     if args.no_eval:
-        summary = {"method": args.method, "dataset": data.train.name, "ipc": args.ipc, **extra}
+        summary = {"method": args.method, "dataset": data.train.name, "ipc": ipc, **extra}
         _emit(summary, f"saved {files.get('set', '(nothing)')}", args.json)
         return 0
     judgement = judge(synthetic, data, preset, method=args.method, baselines=baselines,
@@ -129,7 +143,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 # Settings with a flag of their own in `ddplug distill`, or fixed by other flags.
-_GENERAL_FLAGS = ("ipc", "iterations", "model", "init", "seed")
+_GENERAL_FLAGS = ("ipc", "budget_bytes", "iterations", "model", "init", "seed")
 _SETTING_PREFIX = "setting_"
 
 
@@ -282,8 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     distill = commands.add_parser("distill", help="distill a dataset and evaluate the result")
     distill.add_argument("--dataset", default="fashion-mnist")
     distill.add_argument("--method", default="dm", help="dm, dc, dsa, mtt, kip, frepo, or a baseline: random, herding, kcenter, full")
-    distill.add_argument("--ipc", type=int, default=10,
-                         help="budget: the bytes of IPC raw uint8 images per class (--param fills it with its code)")
+    distill.add_argument("--ipc", type=int, default=None,
+                         help="budget: the bytes of IPC raw uint8 images per class (--param fills it with its "
+                              "code; default 10)")
+    distill.add_argument("--bytes", type=int, default=None,
+                         help="budget: the code's bytes for the whole set, instead of --ipc (baselines get the "
+                              "whole raw images per class that fit)")
     distill.add_argument("--iterations", type=int, default=None, help="distillation iterations (default: the preset's)")
     distill.add_argument("--model", default=None, help="network spec used for matching (default: the preset's)")
     distill.add_argument("--init", default=None, help="real, noise or herding")

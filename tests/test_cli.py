@@ -97,6 +97,11 @@ def test_evaluate_foreign_dc_file_needs_dataset(capsys, data_root, tmp_path):
         (["distill", "--eval-epochs", "0"], "evaluation setting epochs must be at least 1, got 0"),
         (["distill", "--set", "eval.lr=-1"], "evaluation setting lr must be a positive finite number, got -1.0"),
         (["distill", "--set", "eval.momentum=1.5"], "evaluation setting momentum must be within [0, 1)"),
+        (["distill", "--ipc", "1", "--bytes", "7840"], "--ipc and --bytes both set the budget: give one"),
+        (["distill", "--method", "random", "--bytes", "7840"], "random picks whole raw images: use --ipc"),
+        (["distill", "--bytes", "0"], "--bytes must be at least 1, got 0"),
+        (["distill", "--bytes", "7839"], "a budget of 7839 bytes holds no raw image per class of fashion-mnist "
+                                         "(one each takes 7840 bytes)"),
     ],
 )
 def test_user_errors_are_one_clear_line(capsys, data_root, argv, message):
@@ -363,3 +368,22 @@ def test_a_coded_set_is_judged_against_baselines_of_its_bytes(capsys, data_root,
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert code == 0 and summary["decoded_per_class"] == 4
     assert summary["ipc"] == 1 and asked == [("random", 1), ("herding", 1)]  # 1 raw image per class: the same bytes
+
+
+def test_a_byte_budget_fills_its_bytes_and_baselines_get_the_raw_images_that_fit(capsys, data_root, tmp_path,
+                                                                                  monkeypatch):
+    from ddplug.distill.selection import Selection
+
+    asked = []
+    condense = Selection.condense
+    monkeypatch.setattr(Selection, "condense", lambda self, real, *, ipc, **kw: asked.append((self.name, ipc))
+                        or condense(self, real, ipc=ipc, **kw))
+    # 20 000 bytes: 2 000 per class, 10 images of 2 bits (196 bytes each), or 2 raw 784-byte images
+    argv = [arg for arg in fast("--bytes", "20000", "--param", "pixels:bits=2", "--out", str(tmp_path / "b"),
+                                "--baselines", "random", "--json") if arg not in ("--ipc", "1")]
+    code, stdout, _ = run(capsys, "distill", *argv)
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert code == 0
+    assert (summary["decoded_per_class"], summary["bytes"], summary["ipc"]) == (10, 10 * 10 * 196, 2)
+    assert asked == [("random", 2)]
+

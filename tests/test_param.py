@@ -89,6 +89,27 @@ def test_bad_specs_and_budgets_are_one_clear_error(spec, budget, message):
         create_param(spec).layout(CLASSES, SHAPE, budget)
 
 
+@pytest.mark.parametrize(("budget_bytes", "ipc", "message"), [
+    (639, 1, "a budget of 639 bytes holds no raw image per class of digits \\(one each takes 640 bytes\\)"),
+    (1500, 1, "ipc 1 does not match budget_bytes 1500, which hold 2 raw images per class: set ipc=2"),
+])
+def test_a_byte_budget_must_hold_its_ipc_of_raw_images(digits, budget_bytes, ipc, message):
+    config = make_config("dm", {"ipc": ipc, "budget_bytes": budget_bytes, "model": TINY_MODEL})
+    with pytest.raises(DdplugError, match=message):
+        create_distiller("dm", digits.train, config)
+
+
+def test_a_byte_budget_is_shared_by_the_classes_and_filled(digits, tmp_path):
+    # 1900 bytes: 190 per class, two raw 64-byte images (the baselines' ipc), or five 4-bit
+    # images of 32 bytes (ipc 2's bytes would hold four)
+    config = make_config("dm", {"ipc": 2, "budget_bytes": 1900, "param": "pixels:bits=4", "model": TINY_MODEL})
+    distiller = create_distiller("dm", digits.train, config)
+    assert distiller.per_class == 5
+    path = save_set(distiller.synthetic_set(), tmp_path / "set.safetensors")
+    assert payload_bytes(path) == 10 * 5 * 32 <= 1900
+    assert load_set(path).budget_ipc == 2
+
+
 @pytest.mark.parametrize("method", ["dm", "dc", "dsa", "kip", "frepo"])
 @pytest.mark.parametrize("spec", ["pixels", "multi:factor=2", "dct:keep=0.25", "factor:bases=2",
                                   "multi:factor=2,bits=4"])

@@ -35,7 +35,7 @@ from ddplug.models import create_model
 from ddplug.privacy import PrivateClassMeans
 from ddplug.seeding import derive_seed, make_generator
 from ddplug.sets import SyntheticSet
-from ddplug.sets.param import Layout, create_param
+from ddplug.sets.param import Layout, create_param, raw_images_per_class
 from ddplug.storage import atomic_write
 
 INITIALISATIONS = ("real", "noise", "herding")
@@ -47,6 +47,7 @@ class DistillConfig:
     """Settings every method has; methods subclass it with their own fields and defaults."""
 
     ipc: int = 10
+    budget_bytes: int = 0  # > 0: the code's bytes for the whole set, in place of ipc raw images per class
     iterations: int = 1000
     model: str = "convnet"  # spec of the network(s) used for matching
     init: str = "real"  # random "real" images of each class, Gaussian "noise", or the "herding" selection
@@ -69,9 +70,11 @@ class DistillConfig:
     seed: int = 0
 
     def layout(self, real: ImageDataset) -> Layout:
-        """How ``param`` fills the budget: ``ipc`` raw uint8 images' bytes per class."""
+        """How ``param`` fills the budget: ``budget_bytes`` shared by the classes, or else
+        ``ipc`` raw uint8 images' bytes per class."""
         shape = (real.in_channels, *real.image_size)
-        return create_param(self.param).layout(real.num_classes, shape, self.ipc * math.prod(shape))
+        per_class = self.budget_bytes // real.num_classes if self.budget_bytes else self.ipc * math.prod(shape)
+        return create_param(self.param).layout(real.num_classes, shape, per_class)
 
     def validate(self, real: ImageDataset) -> None:
         """Fail early, before any long work, on settings that cannot work."""
@@ -83,6 +86,17 @@ class DistillConfig:
                 raise DdplugError(f"{setting.name} must be a finite number, 0 or more, got {value}")
         if not self.momentum < 1:
             raise DdplugError(f"momentum must be within [0, 1), got {self.momentum}")
+        if self.budget_bytes:
+            # ipc stays the budget's measure in raw images (baselines, DC's loops): it must agree.
+            held = raw_images_per_class(self.budget_bytes, real.num_classes, (real.in_channels, *real.image_size))
+            if held < 1:
+                one_each = real.num_classes * real.in_channels * math.prod(real.image_size)
+                raise DdplugError(f"a budget of {self.budget_bytes} bytes holds no raw image per class of {real.name} "
+                                  f"(one each takes {one_each} bytes), so no baseline can match it: "
+                                  f"give at least {one_each} bytes")
+            if self.ipc != held:
+                raise DdplugError(f"ipc {self.ipc} does not match budget_bytes {self.budget_bytes}, which hold {held} "
+                                  f"raw images per class: set ipc={held}")
         if self.ipc < 1:
             raise DdplugError(f"ipc must be at least 1, got {self.ipc}")
         per_class = self.layout(real).decoded_per_class

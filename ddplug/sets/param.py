@@ -146,6 +146,12 @@ def _bits(options: dict[str, Any], spec: str) -> dict[str, int]:
     return {} if bits == 8 else {"bits": bits}
 
 
+def raw_images_per_class(total_bytes: int, num_classes: int, image_shape: tuple[int, int, int]) -> int:
+    """Whole raw uint8 images per class that a budget of ``total_bytes`` for the whole set
+    holds: its ``ipc``, at which the random / herding / k-center baselines take no more bytes."""
+    return total_bytes // (num_classes * math.prod(image_shape))
+
+
 def _stored_images(spec: str, budget_per_class: int, image_shape: tuple[int, int, int], bits: int) -> int:
     """Whole images of ``bits``-bit pixels that fit the budget per class (an error if none)."""
     per_image_bits = math.prod(image_shape) * bits
