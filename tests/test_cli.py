@@ -386,4 +386,3 @@ def test_a_byte_budget_fills_its_bytes_and_baselines_get_the_raw_images_that_fit
     assert code == 0
     assert (summary["decoded_per_class"], summary["bytes"], summary["ipc"]) == (10, 10 * 10 * 196, 2)
     assert asked == [("random", 2)]
-
