@@ -20,6 +20,7 @@ from ddplug.errors import DdplugError
 from ddplug.seeding import derive_seed
 
 POOL_MOMENTUM = 0.9  # the pool trains as the evaluator's networks do (SGD, momentum 0.9)
+MAX_POOL_SIZE = 1000  # the papers use 10
 
 
 @dataclass
@@ -34,6 +35,8 @@ class PoolSettings:
         for name, minimum in (("pool_size", minimum_size), ("max_online_steps", 1), ("online_steps", 1)):
             if getattr(self, name) < minimum:
                 raise DdplugError(f"{name} must be at least {minimum}, got {getattr(self, name)}")
+        if self.pool_size > MAX_POOL_SIZE:  # every pool network lives in memory at once
+            raise DdplugError(f"pool_size {self.pool_size} is over {MAX_POOL_SIZE} networks: choose a smaller pool")
 
 
 class NetworkPool:

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ddplug.errors import DdplugError
+from ddplug.memory import check_decoded_size, check_image_shape
 from ddplug.sets.param import create_param, pack_levels, unpack_levels
 from ddplug.sets.synthetic import SyntheticSet
 from ddplug.storage import atomic_write
@@ -133,11 +134,20 @@ def decode_code(stored: dict[str, Tensor], spec: str, mean: Sequence[float], std
     """The float code of a stored one (uint8 pixels, packed ones unpacked into images of
     ``image_shape``, back to the normalised scale) and the images ``spec`` decodes it to."""
     param = create_param(spec)
+    check_image_shape(image_shape)
+    packed = {name for name, tensor in stored.items() if tensor.dtype == torch.uint8 and param.bits < 8}
+    shapes = {name: (tensor.numel() * 8 // param.bits // math.prod(image_shape), *image_shape) if name in packed
+              else tuple(tensor.shape) for name, tensor in stored.items()}
+    try:
+        count = param.decoded_count(shapes)
+    except (KeyError, IndexError):
+        raise DdplugError(f"its code holds {', '.join(sorted(stored)) or 'nothing'}, not a {spec} code") from None
+    check_decoded_size(count, image_shape, f"a {spec} code of {', '.join(f'{n} {tuple(s)}' for n, s in shapes.items())}",
+                       "it is not a set this machine can train on; refuse the file or use one of fewer images")
     code = {}
     for name, tensor in stored.items():
-        if tensor.dtype == torch.uint8 and param.bits < 8:
-            whole_images = tensor.numel() * 8 // param.bits // math.prod(image_shape)
-            tensor = unpack_levels(tensor, param.bits, (whole_images, *image_shape))
+        if name in packed:
+            tensor = unpack_levels(tensor, param.bits, shapes[name])
         code[name] = decode_images(tensor, mean, std, levels=2**param.bits - 1)
     with torch.no_grad():
         return code, param.decode(code, image_shape)
@@ -260,8 +270,8 @@ def _parsed_metadata(metadata: dict[str, str]) -> dict[str, Any]:
     mean, std = json.loads(metadata["mean"]), json.loads(metadata["std"])
     if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) and 0 < len(mean) <= 16
             and all(isinstance(v, (int, float)) and math.isfinite(v) for v in mean + std) and min(std) > 0):
-        raise ValueError(f"mean {metadata['mean']} and std {metadata['std']} should be equal-length lists of "
-                         "finite numbers, std positive")
+        raise ValueError(f"mean and std ({metadata['mean'][:80]}, {metadata['std'][:80]}) should be equal-length "
+                         "lists of at most 16 finite numbers, std positive")
     num_classes = int(metadata["num_classes"])
     if not 1 <= num_classes <= 100_000:
         raise ValueError(f"num_classes {num_classes} is not within 1..100000")
@@ -271,8 +281,10 @@ def _parsed_metadata(metadata: dict[str, str]) -> dict[str, Any]:
     header = {"mean": tuple(mean), "std": tuple(std), "num_classes": num_classes, "meta": meta}
     if metadata["format_version"] == CODED_FORMAT_VERSION:
         image_shape = tuple(json.loads(metadata["image_shape"]))
-        if len(image_shape) != 3 or not all(isinstance(n, int) and 0 < n <= 4096 for n in image_shape):
-            raise ValueError(f"image_shape {image_shape} is not (C, H, W) of positive sizes")
+        try:
+            check_image_shape(image_shape, "image_shape")
+        except DdplugError as error:
+            raise ValueError(str(error)) from None
         header.update(param=metadata["param"], image_shape=image_shape)
     return header
 

@@ -95,6 +95,11 @@ class Parameterisation(ABC):
         """A code of ``layout`` whose decoding approximates ``images`` (``decoded_per_class``
         images of each class, class by class)."""
 
+    @abstractmethod
+    def decoded_count(self, shapes: dict[str, tuple[int, ...]]) -> int:
+        """How many images a code whose tensors have ``shapes`` decodes to, known before
+        anything is decoded (what a file declares is bounded by it)."""
+
 
 PARAMETERISATIONS: dict[str, Callable[..., Parameterisation]] = {}
 
@@ -185,6 +190,9 @@ class Pixels(Parameterisation):
     def encode(self, images: Tensor, layout: Layout) -> Code:
         return {"images": images.clone()}
 
+    def decoded_count(self, shapes: dict[str, tuple[int, ...]]) -> int:
+        return shapes["images"][0]
+
 
 @register_param
 class MultiFormation(Parameterisation):
@@ -225,6 +233,9 @@ class MultiFormation(Parameterisation):
         mosaic = small.reshape(n // (f * f), f, f, c, h // f, w // f).permute(0, 3, 1, 4, 2, 5).reshape(n // (f * f), c, h, w)
         return {"images": mosaic.contiguous()}
 
+    def decoded_count(self, shapes: dict[str, tuple[int, ...]]) -> int:
+        return shapes["images"][0] * self.factor**2
+
 
 def _dct_matrix(size: int) -> Tensor:
     """The orthonormal DCT-II matrix (scipy's), so that ``D @ x`` is the DCT of ``x``."""
@@ -240,8 +251,10 @@ def _dct_basis(height: int, width: int, count: int, device: torch.device) -> tup
 
 def _zigzag(height: int, width: int, count: int) -> Tensor:
     """Flat indices of the ``count`` lowest-frequency coefficients (by ``u + v``, then ``u``)."""
-    order = sorted(((u + v, u, v) for u in range(height) for v in range(width)))
-    return torch.tensor([u * width + v for _, u, v in order[:count]], dtype=torch.long)
+    u = torch.arange(height).view(-1, 1)
+    v = torch.arange(width).view(1, -1)
+    order = torch.argsort(((u + v) * height + u).flatten(), stable=True)  # ties of (u + v, u) are none
+    return order[:count].clone()
 
 
 @register_param
@@ -286,6 +299,9 @@ class FrequencyDomain(Parameterisation):
         spectrum = (rows @ images @ cols.T).reshape(n, c, h * w)
         return {"coefficients": spectrum[:, :, kept].contiguous()}
 
+    def decoded_count(self, shapes: dict[str, tuple[int, ...]]) -> int:
+        return shapes["coefficients"][0]
+
 
 @register_param
 class Factorised(Parameterisation):
@@ -324,6 +340,9 @@ class Factorised(Parameterisation):
         bases = right[: self.bases] * singular[: self.bases, None].sqrt()
         coefficients = torch.linalg.lstsq(bases.T, flat.T).solution.T
         return {"bases": bases.reshape(self.bases, *images.shape[1:]).contiguous(), "coefficients": coefficients}
+
+    def decoded_count(self, shapes: dict[str, tuple[int, ...]]) -> int:
+        return shapes["coefficients"][0]
 
 
 def packed_length(count: int, bits: int) -> int:
