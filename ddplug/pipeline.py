@@ -46,24 +46,14 @@ def condense_classes(
     ``real``'s class space (hard, or soft with ``real.num_classes`` columns).
     """
     condenser = get_condenser(method)
-    if condenser.config_class and condenser.make_config({**preset.method_settings(method), **(settings or {})}).zca:
-        # The kept real images and the data the consumers (replay, federated clients) train
-        # on are not whitened, so a whitened set would not fit in with them.
-        raise DdplugError("zca is for benchmark distillation, not for condensing part of a dataset: drop zca")
-    counts = real.class_counts()
-    present = torch.nonzero(counts).flatten()
-    condensed_classes = present[counts[present] > ipc]
-    small_classes = present[counts[present] <= ipc]
+    condensed_classes, small_classes = _split_classes(real, ipc)
+    check_condensation(real, method, ipc=ipc, preset=preset, settings=settings)
     kept_classes = small_classes if copy_small_classes else small_classes[:0]
     kept = torch.isin(real.labels, kept_classes)
     parts = [SyntheticSet(real.images[kept], real.labels[kept], real.num_classes, real.mean, real.std)]
     privacy, made = None, None
     if len(condensed_classes):
-        members = torch.isin(real.labels, condensed_classes)
-        position = torch.full((real.num_classes,), -1, dtype=torch.long)
-        position[condensed_classes] = torch.arange(len(condensed_classes))
-        local = ImageDataset(real.images[members], position[real.labels[members]], len(condensed_classes),
-                             real.mean, real.std, real.name)
+        local = _local_classes(real, condensed_classes)
         made = condenser.condense(local, ipc=ipc, preset=preset, seed=seed, settings=settings, device=device,
                         progress=progress).synthetic.to("cpu")
         labels = condensed_classes[made.labels] if not made.soft_labels else torch.zeros(
@@ -77,6 +67,42 @@ def condense_classes(
         return union
     # Condensed classes only: the set keeps its code (class by class, ``meta["classes"]``), to be stored or sent as it.
     return replace(union, code=made.code, param=made.param, meta={**union.meta, "classes": condensed_classes.tolist()})
+
+
+def check_condensation(real: ImageDataset, method: str, *, ipc: int, preset: Preset,
+                       settings: dict[str, Any] | None = None) -> None:
+    """Raise :class:`DdplugError` now if :func:`condense_classes` with these arguments would
+    fail on ``real`` for its settings (cheap: nothing is condensed)."""
+    condenser = get_condenser(method)
+    config = condenser.make_config({**preset.method_settings(method), **(settings or {}), "ipc": ipc}
+                                   if condenser.config_class else settings)
+    if config is None:
+        return
+    if config.zca:
+        # The kept real images and the data the consumers (replay, federated clients) train
+        # on are not whitened, so a whitened set would not fit in with them.
+        raise DdplugError("zca is for benchmark distillation, not for condensing part of a dataset: drop zca")
+    condensed_classes, _ = _split_classes(real, ipc)
+    if len(condensed_classes):
+        config.validate(_local_classes(real, condensed_classes))
+    else:
+        config.check()
+
+
+def _split_classes(real: ImageDataset, ipc: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classes present in ``real`` with more than ``ipc`` images (condensed), and the others."""
+    counts = real.class_counts()
+    present = torch.nonzero(counts).flatten()
+    return present[counts[present] > ipc], present[counts[present] <= ipc]
+
+
+def _local_classes(real: ImageDataset, classes: torch.Tensor) -> ImageDataset:
+    """The images of ``classes``, relabelled to their positions in ``classes``."""
+    members = torch.isin(real.labels, classes)
+    position = torch.full((real.num_classes,), -1, dtype=torch.long)
+    position[classes] = torch.arange(len(classes))
+    return ImageDataset(real.images[members], position[real.labels[members]], len(classes), real.mean, real.std,
+                        real.name)
 
 
 def save_outputs(condensed: Condensed, out_dir: str | Path) -> dict[str, str]:

@@ -20,6 +20,7 @@ from avalanche.training.supervised import Naive  # noqa: E402
 
 import ddplug_avalanche.runner as continual  # noqa: E402
 from ddplug.cli import main  # noqa: E402
+from ddplug.data import pixel_scale  # noqa: E402
 from ddplug.errors import DdplugError  # noqa: E402
 from ddplug.models import create_model  # noqa: E402
 from ddplug_avalanche import Condensation, CondensedBuffer, CondensedReplay, CondensedReplayPlugin  # noqa: E402
@@ -102,7 +103,9 @@ def test_buffer_budgets_in_bytes_hold_every_class_and_shrink_old_ones_to_a_prefi
     assert [cost.experience for cost in total.costs] == [0, 1, 2]
     assert all(cost.seconds > 0 and cost.images for cost in total.costs)
     if param.endswith("bits=4"):  # the memory holds what its bytes store: pixels of 16 grey levels
-        levels = torch.cat(list(total.groups.values())) * 15
+        images = torch.cat([stream.train_stream[i].dataset.eval()[j][0][None] for i in range(3) for j in range(24)])
+        (mean,), (std,) = pixel_scale(images[:24])  # the scale of the first experience, as the buffer found it
+        levels = (total.groups[(0, 0)] * std + mean) * 15
         assert torch.allclose(levels, levels.round(), atol=1e-4) and len(levels.round().unique()) > 2
     total.resize(None, 6)
     assert set(held(total).values()) == {decoded_per_stored} and total.memory_bytes == 6 * image_bytes
@@ -215,6 +218,116 @@ def test_bad_settings_raise_clear_errors():
     buffer.post_adapt(AGENT, make_stream().train_stream[0])
     with pytest.raises(DdplugError, match="cannot hold 4 classes"):
         buffer.post_adapt(AGENT, make_stream().train_stream[1])
+
+
+def delivered(experience) -> tuple[torch.Tensor, torch.Tensor]:
+    """An experience's images and labels as the benchmark delivers them for evaluation."""
+    loader = torch.utils.data.DataLoader(experience.dataset.eval(), batch_size=1000)
+    images, labels = zip(*((x, y) for x, y, *_ in loader))
+    return torch.cat(images), torch.cat(labels)
+
+
+def assert_memory_fits_the_data(buffer: CondensedBuffer, images: torch.Tensor, labels: torch.Tensor,
+                                level: float, mean_tolerance: float, bounds: tuple | None = None) -> None:
+    """The memory stays within ``bounds`` per channel (default: the delivered data's range;
+    up to one stored level) and reaches the data's darkest values (nothing clipped), and
+    keeps each class's channel means."""
+    low, high = images.amin(dim=(0, 2, 3)), images.amax(dim=(0, 2, 3))
+    floor, ceiling = (low, high) if bounds is None else bounds
+    memory = torch.cat(list(buffer.groups.values()))
+    assert (memory.amin(dim=(0, 2, 3)) >= floor - level).all()
+    assert (memory.amax(dim=(0, 2, 3)) <= ceiling + level).all()
+    assert (memory.amin(dim=(0, 2, 3)) <= low + 0.2 * (high - low)).all()
+    for (_, label), samples in buffer.groups.items():
+        assert torch.allclose(samples.mean(dim=(0, 2, 3)), images[labels == label].mean(dim=(0, 2, 3)),
+                              atol=mean_tolerance)
+
+
+def test_memory_of_avalanches_normalised_split_fmnist_keeps_its_range_and_class_means(tmp_path):
+    from avalanche.benchmarks.classic import SplitFMNIST
+
+    write_fake_fashion_mnist(tmp_path, per_class=20, test_per_class=2, torchvision_layout=True)
+    stream = SplitFMNIST(n_experiences=5, seed=0, dataset_root=tmp_path, fixed_class_order=list(range(10)))
+    images, labels = delivered(stream.train_stream[0])
+    assert images.min() < -0.7  # delivered normalised with (0.2860, 0.3530): background near -0.81
+    budget = 2 * 28 * 28
+    for param in ("multi:factor=2", "multi:factor=2,bits=4"):
+        buffer = CondensedBuffer(mem_per_class=2, condensation=Condensation(settings={**FAST, "param": param},
+                                                                            progress=False))
+        buffer.post_adapt(AGENT, stream.train_stream[0])
+        assert buffer.memory_bytes == 2 * budget  # two classes, each its budget's bytes, with the new scale
+        step = 1 / 255 if param.endswith("=2") else 1 / 15
+        assert_memory_fits_the_data(buffer, images, labels, level=step / 0.353, mean_tolerance=0.1)
+
+
+def test_memory_of_a_three_channel_stream_with_other_statistics(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    mean, std = torch.tensor([0.49, 0.48, 0.45]).view(1, 3, 1, 1), torch.tensor([0.25, 0.24, 0.26]).view(1, 3, 1, 1)
+    labels = torch.arange(4).repeat_interleave(20)
+    pixels = torch.rand(len(labels), 3, 8, 8, generator=generator) * 0.5
+    pixels[torch.arange(len(labels)), labels % 3] += 0.5  # each class brighter in one channel
+    stream = nc_benchmark(torch.utils.data.TensorDataset((pixels - mean) / std, labels),
+                          torch.utils.data.TensorDataset((pixels[::10] - mean) / std, labels[::10]),
+                          n_experiences=2, task_labels=False, seed=0, fixed_class_order=[0, 1, 2, 3])
+    images, labels = delivered(stream.train_stream[0])
+    pixel_sets = {**FAST, "param": "pixels"}
+    pixel_range = ((0 - mean) / std).flatten(), ((1 - mean) / std).flatten()
+    for how, bounds in ((Condensation(settings=pixel_sets, progress=False), None),  # the scale found in the data
+                        (Condensation(settings=pixel_sets, mean=mean.flatten().tolist(), std=std.flatten().tolist(),
+                                      progress=False), pixel_range)):  # the scale given: its pixels' range
+        buffer = CondensedBuffer(mem_per_class=3, condensation=how)
+        buffer.post_adapt(AGENT, stream.train_stream[0])
+        assert_memory_fits_the_data(buffer, images, labels, level=1 / 255 / 0.24, mean_tolerance=0.15, bounds=bounds)
+
+
+def test_a_normalisation_that_does_not_fit_the_stream_fails_before_it_trains():
+    recorder = Recorder()
+    model = tiny_model()
+    plugin = CondensedReplayPlugin(mem_per_class=2, condensation=Condensation(settings=FAST, mean=(0.0,), std=(1.0,),
+                                                                              progress=False))
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), train_mb_size=8,
+                     plugins=[plugin, recorder], device="cpu", evaluator=None)
+    with pytest.raises(DdplugError, match=r"channel 0 spans pixels \[.*outside \[0, 1\]"):
+        strategy.train(make_stream().train_stream[0])
+    assert recorder.labels in ([], [[]])  # not one minibatch trained
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: Condensation(settings={"param": "bogus"}), "unknown parameterisation"),
+    (lambda: Condensation(settings={"iterations": -5}), "iterations must be"),
+    (lambda: Condensation(settings={"lr_images": float("nan")}), "lr_images must be a finite"),
+    (lambda: Condensation(settings={"init": "bogus"}), "unknown init"),
+    (lambda: Condensation(settings={"model": "nonet"}), "unknown model 'nonet'"),
+    (lambda: Condensation(settings={"model": "convnet:wdth=3"}), "has no option"),
+    (lambda: Condensation(settings="iterations=3"), "settings must be a mapping"),
+    (lambda: Condensation(preset="bogus"), "unknown preset"),
+    (lambda: Condensation(mean=(0.5,), std=(0.0,)), "std finite and positive"),
+    (lambda: Condensation(mean=(0.5,)), "both mean and std"),
+    (lambda: Condensation(mean=(0.5, 0.5), std=(0.2,)), "one value per channel"),
+    (lambda: Condensation(method="random", settings={"iterations": 3}), "takes no settings"),
+    (lambda: Condensation(seed=-1), "seed must be"),
+    (lambda: CondensedReplayPlugin(mem_per_class=1.5), "mem_per_class must be a whole number"),
+    (lambda: CondensedReplayPlugin(mem_per_class=float("nan")), "mem_per_class must be a whole number"),
+    (lambda: CondensedReplayPlugin(mem_per_class=True), "mem_per_class must be a whole number"),
+    (lambda: CondensedReplayPlugin(max_size=0), "max_size must be a whole number"),
+    (lambda: CondensedReplayPlugin(mem_per_class=2, batch_size_mem=-3), "batch_size_mem must be a whole number"),
+    (lambda: CondensedReplayPlugin(mem_per_class=2, condensation={"method": "dm"}), "must be a Condensation"),
+])
+def test_a_bad_condensation_fails_when_it_is_made(make, message):
+    with pytest.raises(DdplugError, match=message):
+        make()
+
+
+def test_a_parameterisation_that_does_not_fit_the_images_fails_before_the_first_experience_trains():
+    recorder = Recorder()
+    model = tiny_model()
+    plugin = CondensedReplayPlugin(mem_per_class=2, condensation=Condensation(
+        settings={**FAST, "param": "multi:factor=3"}, progress=False))
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), train_mb_size=8,
+                     plugins=[plugin, recorder], device="cpu", evaluator=None)
+    with pytest.raises(DdplugError, match="factor"):
+        strategy.train(make_stream().train_stream[0])
+    assert recorder.labels in ([], [[]])
 
 
 @pytest.fixture()

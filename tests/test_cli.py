@@ -100,6 +100,10 @@ def test_evaluate_foreign_dc_file_needs_dataset(capsys, data_root, tmp_path):
         (["distill", "--ipc", "1", "--bytes", "7840"], "--ipc and --bytes both set the budget: give one"),
         (["distill", "--method", "random", "--bytes", "7840"], "random picks whole raw images: use --ipc"),
         (["distill", "--bytes", "0"], "--bytes must be at least 1, got 0"),
+        (["distill", "--ipc", "1000000", "--init", "noise"], "would decode to 40000000 images of 1x28x28"),
+        (["distill", "--bytes", "100000000000000", "--init", "noise"], "would decode to"),
+        (["distill", "--method", "frepo", "--pool-size", "1000000000"], "pool_size 1000000000 is over 1000 networks"),
+        (["distill", "--method", "dm", "--set", "dm.pool_size=1000000000"], "pool_size 1000000000 is over 1000"),
         (["distill", "--bytes", "7839"], "a budget of 7839 bytes holds no raw image per class of fashion-mnist "
                                          "(one each takes 7840 bytes)"),
     ],

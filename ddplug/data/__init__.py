@@ -8,11 +8,13 @@ from ddplug.data.datasets import (
     DatasetSplits,
     ImageDataset,
     available_datasets,
+    check_pixel_scale,
     default_data_root,
     download_dataset,
     from_tensors,
     from_torch_dataset,
     load_dataset,
+    pixel_scale,
 )
 from ddplug.data.zca import ZCA
 
@@ -22,9 +24,11 @@ __all__ = [
     "DatasetSplits",
     "ImageDataset",
     "available_datasets",
+    "check_pixel_scale",
     "default_data_root",
     "download_dataset",
     "from_tensors",
     "from_torch_dataset",
     "load_dataset",
+    "pixel_scale",
 ]

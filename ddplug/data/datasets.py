@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -431,6 +432,52 @@ def _channel_stats(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...]
     # A constant channel would divide by zero; leave it unscaled instead.
     std = torch.where(std > 0, std, torch.ones_like(std))
     return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def pixel_scale(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The normalisation ``(mean, std)`` under which ``images`` (already normalised by
+    someone else, e.g. a benchmark's transforms) are pixels: each channel's darkest value
+    maps to 0 and its brightest to 1 (``pixel = x * std + mean``).
+
+    Exact for data whose darkest and brightest pixels occur (Fashion-MNIST normalised with
+    (0.2860, 0.3530) gives back those constants); for data that never reaches a pixel's
+    extremes, the codes are stored on the narrower range the data does span, which loses
+    nothing of it. A constant channel is left unscaled.
+
+    Examples:
+        >>> x = (torch.tensor([0.0, 0.5, 1.0]).view(3, 1, 1, 1) - 0.25) / 0.5
+        >>> mean, std = pixel_scale(x)
+        >>> round(mean[0], 4), round(std[0], 4)
+        (0.25, 0.5)
+    """
+    low = torch.full((images.shape[1],), math.inf, dtype=torch.float64)
+    high = torch.full_like(low, -math.inf)
+    for part in images.split(chunk):
+        part = part.detach().to("cpu", torch.float64).transpose(0, 1).flatten(1)
+        low = torch.minimum(low, part.min(dim=1).values)
+        high = torch.maximum(high, part.max(dim=1).values)
+    if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
+        raise DdplugError("the images hold NaN or infinite values (or none at all): there is no pixel scale to store them on")
+    span = high - low
+    std = torch.where(span > 0, 1 / span.clamp_min(1e-30), torch.ones_like(span))
+    mean = torch.where(span > 0, -low * std, -low)
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def check_pixel_scale(images: Tensor, mean: Sequence[float], std: Sequence[float], what: str = "the images") -> None:
+    """Raise :class:`DdplugError` unless ``mean``/``std`` map ``images`` into the [0, 1] pixel
+    scale on which codes are stored (up to half a uint8 level): a normalisation that does
+    not fit the data would clip it when stored."""
+    found_mean, found_std = pixel_scale(images)
+    # x = (pixel - found_mean) / found_std spans pixels 0..1; under (mean, std) those are:
+    for channel, (m, s, fm, fs) in enumerate(zip(mean, std, found_mean, found_std)):
+        low, high = (0 - fm) / fs * s + m, (1 - fm) / fs * s + m
+        if low < -0.5 / 255 or high > 1 + 0.5 / 255:
+            raise DdplugError(
+                f"{what} do not fit the normalisation mean={tuple(mean)}, std={tuple(std)}: channel {channel} "
+                f"spans pixels [{low:.3g}, {high:.3g}] under it, outside [0, 1], so storing would clip it; "
+                "give the normalisation the data was made with, or none to take it from the data's range"
+            )
 
 
 def _normalise_(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> None:

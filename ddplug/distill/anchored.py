@@ -32,8 +32,8 @@ class AnchoredDMConfig(DMConfig):
     anchor: str = ""  # safetensors file holding the anchor model's state_dict (the matching model's)
     anchor_noise: float = 0.01  # std of the Gaussian noise added to every feature weight, per iteration
 
-    def validate(self, real: ImageDataset) -> None:
-        super().validate(real)
+    def check(self) -> None:
+        super().check()
         if not self.anchor:
             raise DdplugError("anchored-dm needs an anchor (--anchor PATH): a safetensors file of the anchor model's state_dict")
         if self.anchor_noise < 0:

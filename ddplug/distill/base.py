@@ -31,7 +31,8 @@ from ddplug.distill.condenser import Condensed
 from ddplug.distill.sampling import ClassBalancedSampler
 from ddplug.distill.selection import select_subset
 from ddplug.errors import DdplugError
-from ddplug.models import create_model
+from ddplug.memory import check_decoded_size
+from ddplug.models import check_model_spec, create_model
 from ddplug.privacy import PrivateClassMeans
 from ddplug.seeding import derive_seed, make_generator
 from ddplug.sets import SyntheticSet
@@ -76,8 +77,9 @@ class DistillConfig:
         per_class = self.budget_bytes // real.num_classes if self.budget_bytes else self.ipc * math.prod(shape)
         return create_param(self.param).layout(real.num_classes, shape, per_class)
 
-    def validate(self, real: ImageDataset) -> None:
-        """Fail early, before any long work, on settings that cannot work."""
+    def check(self) -> None:
+        """Fail at once on settings that cannot work whatever the data (values, choices, specs);
+        methods add their own rules. :meth:`validate` adds the rules that need the data."""
         for setting in dataclasses.fields(self):
             value = getattr(self, setting.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -86,30 +88,8 @@ class DistillConfig:
                 raise DdplugError(f"{setting.name} must be a finite number, 0 or more, got {value}")
         if not self.momentum < 1:
             raise DdplugError(f"momentum must be within [0, 1), got {self.momentum}")
-        if self.budget_bytes:
-            # ipc stays the budget's measure in raw images (baselines, DC's loops): it must agree.
-            held = raw_images_per_class(self.budget_bytes, real.num_classes, (real.in_channels, *real.image_size))
-            if held < 1:
-                one_each = real.num_classes * real.in_channels * math.prod(real.image_size)
-                raise DdplugError(f"a budget of {self.budget_bytes} bytes holds no raw image per class of {real.name} "
-                                  f"(one each takes {one_each} bytes), so no baseline can match it: "
-                                  f"give at least {one_each} bytes")
-            if self.ipc != held:
-                raise DdplugError(f"ipc {self.ipc} does not match budget_bytes {self.budget_bytes}, which hold {held} "
-                                  f"raw images per class: set ipc={held}")
         if self.ipc < 1:
             raise DdplugError(f"ipc must be at least 1, got {self.ipc}")
-        per_class = self.layout(real).decoded_per_class
-        smallest = int(real.class_counts().min())
-        # A parameterisation may decode more images than a class has (real init then starts
-        # the extra ones from noise), but a budget beyond the class is better spent on the
-        # real images themselves, and herding cannot pick more than there are.
-        starts = self.ipc if self.init == "real" else per_class
-        if self.init in ("real", "herding") and starts > smallest:
-            raise DdplugError(
-                f"the set starts from {starts} real images per class ({self.param} in the bytes of {self.ipc}), "
-                f"more than the smallest class of {real.name} ({smallest} images): lower --ipc or use --init noise"
-            )
         if self.init not in INITIALISATIONS:
             raise DdplugError(f"unknown init {self.init!r}; choose one of {', '.join(INITIALISATIONS)}")
         for name in ("iterations", "batch_real"):
@@ -127,6 +107,37 @@ class DistillConfig:
             if not 0 < self.dp_delta < 1 or self.dp_clip <= 0:
                 raise DdplugError(f"differential privacy needs 0 < dp_delta < 1 and dp_clip > 0, got "
                                   f"{self.dp_delta} and {self.dp_clip}")
+        check_model_spec(self.model)
+        create_param(self.param)
+
+    def validate(self, real: ImageDataset) -> None:
+        """Fail early, before any long work, on settings that cannot work on ``real``."""
+        self.check()
+        if self.budget_bytes:
+            # ipc stays the budget's measure in raw images (baselines, DC's loops): it must agree.
+            held = raw_images_per_class(self.budget_bytes, real.num_classes, (real.in_channels, *real.image_size))
+            if held < 1:
+                one_each = real.num_classes * real.in_channels * math.prod(real.image_size)
+                raise DdplugError(f"a budget of {self.budget_bytes} bytes holds no raw image per class of {real.name} "
+                                  f"(one each takes {one_each} bytes), so no baseline can match it: "
+                                  f"give at least {one_each} bytes")
+            if self.ipc != held:
+                raise DdplugError(f"ipc {self.ipc} does not match budget_bytes {self.budget_bytes}, which hold {held} "
+                                  f"raw images per class: set ipc={held}")
+        per_class = self.layout(real).decoded_per_class
+        shape = (real.in_channels, *real.image_size)
+        check_decoded_size(per_class * real.num_classes, shape, f"a set of {self.param} in the bytes of {self.ipc} raw "
+                           "images per class", "lower --ipc or --bytes")
+        smallest = int(real.class_counts().min())
+        # A parameterisation may decode more images than a class has (real init then starts
+        # the extra ones from noise), but a budget beyond the class is better spent on the
+        # real images themselves, and herding cannot pick more than there are.
+        starts = self.ipc if self.init == "real" else per_class
+        if self.init in ("real", "herding") and starts > smallest:
+            raise DdplugError(
+                f"the set starts from {starts} real images per class ({self.param} in the bytes of {self.ipc}), "
+                f"more than the smallest class of {real.name} ({smallest} images): lower --ipc or use --init noise"
+            )
 
 
 class Distiller(ABC):

@@ -33,8 +33,8 @@ class DMConfig(DistillConfig, PoolSettings):
     pool_size: int = 0  # 0: a fresh random network each iteration (the original DM)
     moments: int = 1  # statistics matched per class: 1 the mean embedding (DM), 2 also each feature's variance
 
-    def validate(self, real: ImageDataset) -> None:
-        super().validate(real)
+    def check(self) -> None:
+        super().check()
         self.validate_pool(minimum_size=0)
         if self.dp_epsilon and self.pool_size:
             raise DdplugError("a pool of networks trains on the real data, outside differential privacy: drop "

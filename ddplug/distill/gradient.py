@@ -110,8 +110,8 @@ class GradientMatchingConfig(DistillConfig):
     outer_loop: int | None = None  # None: by ipc as the original (see default_loops)
     inner_loop: int | None = None  # epochs on the synthetic set between rounds; None: by ipc
 
-    def validate(self, real: ImageDataset) -> None:
-        super().validate(real)
+    def check(self) -> None:
+        super().check()
         if self.distance not in DISTANCES:
             raise DdplugError(f"unknown distance {self.distance!r}; choose one of {', '.join(DISTANCES)}")
         if self.outer_loop is not None and self.outer_loop < 1:

@@ -94,8 +94,8 @@ class KernelConfig(DistillConfig):
     # from DSA at 600 steps, 0.2 at 300 (README, "85 % at the bytes of 10").
     augment: bool = False
 
-    def validate(self, real: ImageDataset) -> None:
-        super().validate(real)
+    def check(self) -> None:
+        super().check()
         if self.ridge <= 0:
             raise DdplugError(f"ridge must be positive (KRR needs a regulariser), got {self.ridge}")
 
@@ -137,8 +137,8 @@ class KIPConfig(KernelConfig):
     lr_labels: float = 10.0
     batch_real: int = 10
 
-    def validate(self, real: ImageDataset) -> None:
-        super().validate(real)
+    def check(self) -> None:
+        super().check()
         if self.kernel not in KIP_KERNELS:
             raise DdplugError(f"unknown kernel {self.kernel!r}; choose one of {', '.join(KIP_KERNELS)}")
         for name in ("num_networks", "fc_depth"):
@@ -240,8 +240,8 @@ class FRePoConfig(KernelConfig, PoolSettings):
     lr_labels: float = 10.0
     batch_real: int = 100
 
-    def validate(self, real: ImageDataset) -> None:
-        super().validate(real)
+    def check(self) -> None:
+        super().check()
         self.validate_pool()
 
 

@@ -69,8 +69,8 @@ class MTTConfig(DistillConfig):
         """The last expert epoch a student can be matched to."""
         return self.max_start_epoch - 1 + self.expert_epochs
 
-    def validate(self, real: ImageDataset) -> None:
-        super().validate(real)
+    def check(self) -> None:
+        super().check()
         for name in ("syn_steps", "expert_epochs", "max_start_epoch", "num_experts"):
             if getattr(self, name) < 1:
                 raise DdplugError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -11,6 +11,7 @@ from ddplug.models import zoo as _zoo  # noqa: F401  (registers the cross-archit
 from ddplug.models.convnet import ACTIVATIONS, NORMS, POOLS, ImageClassifier
 from ddplug.models.registry import (
     available_models,
+    check_model_spec,
     create_model,
     format_model_spec,
     parse_model_spec,
@@ -23,6 +24,7 @@ __all__ = [
     "POOLS",
     "ImageClassifier",
     "available_models",
+    "check_model_spec",
     "create_model",
     "format_model_spec",
     "parse_model_spec",

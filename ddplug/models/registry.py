@@ -131,6 +131,15 @@ def create_model(
     return model
 
 
+def check_model_spec(spec: str) -> None:
+    """Raise :class:`DdplugError` unless ``spec`` names a registered model with options it has
+    (the checks :func:`create_model` makes before it needs the data's shape)."""
+    if not isinstance(spec, str):
+        raise DdplugError(f"a model spec is a string such as 'convnet:width=32', got {type(spec).__name__}")
+    name, options = parse_model_spec(spec)
+    _reject_unknown_options(name, options, _lookup(name).defaults)
+
+
 def _lookup(name: str) -> _Entry:
     if name not in _REGISTRY:
         raise DdplugError(f"unknown model {name!r}; available models: {', '.join(available_models())}")

@@ -14,17 +14,19 @@ strategy with the plugin attached::
 
 Data: the images are condensed as the benchmark delivers them for evaluation
 (``exp.dataset.eval()``, no train-time augmentation), so already normalised by its
-transforms, and nothing is re-normalised: ``mean``/``std`` only record that normalisation
-(default 0 and 1, "as delivered") as the synthetic set's metadata. DSA during distillation
-and DM's noise initialisation assume zero-centred pixels of about unit scale (DSA's zero
-padding and cutout then fill with the mean colour), which Avalanche's normalised benchmarks
-deliver. ``dataset`` names the data for DSA's choice of transforms: ``"mnist"`` and
-``"svhn"`` digits are never flipped.
+transforms, and the memory replays them on that scale. The codes are stored (quantised) on
+the pixel scale of that normalisation: ``mean``/``std`` name it (Avalanche's ``SplitFMNIST``:
+``(0.2860,)``, ``(0.3530,)``); left out, it is taken from each experience's data (its darkest
+value per channel is pixel 0, its brightest pixel 1: :func:`ddplug.data.pixel_scale`), which
+stores any delivered range without clipping it. A normalisation that does not fit the data
+is refused before the experience trains. ``dataset`` names the data for DSA's choice of
+transforms: ``"mnist"`` and ``"svhn"`` digits are never flipped.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import resource
 import time
 from collections.abc import Mapping, Sequence
@@ -40,10 +42,10 @@ from avalanche.training.storage_policy import ExemplarsBuffer
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from ddplug.data import ImageDataset
+from ddplug.data import ImageDataset, check_pixel_scale, pixel_scale
 from ddplug.distill import CONDENSERS
 from ddplug.errors import DdplugError
-from ddplug.pipeline import condense_classes
+from ddplug.pipeline import check_condensation, condense_classes
 from ddplug.presets import Preset, get_preset
 from ddplug.seeding import derive_seed
 from ddplug.sets import as_stored
@@ -70,7 +72,10 @@ class Condensation:
     ``method`` is any ddplug method (a distiller, or the ``random``/``herding``/``kcenter``
     selections); ``preset`` and ``settings`` choose its settings as for ``ddplug distill``
     (e.g. ``settings={"iterations": 200}``); ``dataset`` names the data for DSA's choice of
-    transforms; ``mean``/``std`` record the normalisation the benchmark applied.
+    transforms; ``mean``/``std`` name the normalisation the benchmark applied (None: taken
+    from the data's range). Every setting is checked here, so a bad one fails when the
+    object is made; what needs the data (a parameterisation that does not fit the image
+    size, a normalisation that does not fit the data) fails before the first experience trains.
     """
 
     method: str = "dm"
@@ -88,9 +93,44 @@ class Condensation:
             raise DdplugError(f"unknown condensation method {self.method!r}; choose one of {', '.join(methods)}")
         if isinstance(self.preset, str):
             object.__setattr__(self, "preset", get_preset(self.preset))
+        if not isinstance(self.settings, Mapping):
+            raise DdplugError(f"settings must be a mapping of {self.method}'s settings such as {{'iterations': 200}}, "
+                              f"got the {type(self.settings).__name__} {self.settings!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise DdplugError(f"seed must be an integer, 0 or more, got {self.seed!r}")
+        self._check_normalisation()
         condenser = CONDENSERS[self.method]
-        if condenser.config_class:  # a bad setting fails now, not after the first experience
-            condenser.make_config({**self.preset.method_settings(self.method), **self.settings})
+        config = condenser.make_config({**self.preset.method_settings(self.method), **self.settings}
+                                       if condenser.config_class else dict(self.settings))
+        if config is not None:
+            config.check()
+
+    def _check_normalisation(self) -> None:
+        if (self.mean is None) != (self.std is None):
+            raise DdplugError("give both mean and std (the benchmark's normalisation), or neither to take it from the data")
+        if self.mean is None:
+            return
+        try:
+            mean, std = (tuple(float(value) for value in values) for values in (self.mean, self.std))
+        except (TypeError, ValueError):
+            raise DdplugError(f"mean and std must be sequences of numbers, got {self.mean!r} and {self.std!r}") from None
+        if not mean or len(mean) != len(std):
+            raise DdplugError(f"mean and std need one value per channel each, got {mean} and {std}")
+        if not all(math.isfinite(value) for value in mean + std) or min(std) <= 0:
+            raise DdplugError(f"mean must be finite and std finite and positive, got {mean} and {std}")
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
+
+    def normalisation(self, images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The normalisation of ``images`` as delivered: ``mean``/``std`` if given (refused if
+        they do not fit the images), else their pixel scale."""
+        if self.mean is None:
+            return pixel_scale(images)
+        if len(self.mean) != images.shape[1]:
+            raise DdplugError(f"mean and std have {len(self.mean)} values but the stream's images have "
+                              f"{images.shape[1]} channels")
+        check_pixel_scale(images, self.mean, self.std, "the stream's images")
+        return self.mean, self.std
 
 
 class CondensedBuffer(ExemplarsBuffer):
@@ -134,8 +174,10 @@ class CondensedBuffer(ExemplarsBuffer):
             raise DdplugError("give the memory budget as mem_per_class (images per class) or as max_size "
                               "(images in all), exactly one of them")
         for name, value in (("max_size", max_size), ("mem_per_class", mem_per_class)):
-            if value is not None and value < 1:
-                raise DdplugError(f"{name} must be at least 1, got {value}")
+            if value is not None:
+                _check_count(name, value)
+        if not isinstance(condensation, Condensation):
+            raise DdplugError(f"condensation must be a Condensation(...), got {type(condensation).__name__}")
         # Per class, the budget in force is mem_per_class x the classes held (0 while empty).
         super().__init__(0 if max_size is None else max_size)
         self.mem_per_class = mem_per_class
@@ -146,6 +188,7 @@ class CondensedBuffer(ExemplarsBuffer):
         self.sample_cost: dict[tuple[int, int], float] = {}
         self.pixels_per_image = 0  # C x H x W of the stream's images: a raw uint8 image's bytes
         self.costs: list[CondensationCost] = []
+        self._prepared: tuple[Any, list[tuple[int, ImageDataset]], int] | None = None
 
     def share(self, num_groups: int) -> int:
         """Samples each of ``num_groups`` classes may keep."""
@@ -156,12 +199,30 @@ class CondensedBuffer(ExemplarsBuffer):
                               f"give max_size >= {num_groups} or a budget per class (mem_per_class)")
         return self.max_size // num_groups
 
-    def post_adapt(self, agent_state: Any, exp: Any) -> None:
-        """Condense ``exp``'s data into the memory, after shrinking old classes to the new share."""
+    def prepare(self, exp: Any) -> None:
+        """Read ``exp``'s data and check that it can be condensed as asked (its normalisation,
+        the method's settings on its classes and image size), before anything trains on it."""
+        if self._prepared is not None and self._prepared[0] is exp:
+            return
         images, labels, tasks = _tensors(exp.dataset.eval())
         self.pixels_per_image = images[0].numel()
         arriving = {(int(task), int(label)) for task, label in zip(tasks.tolist(), labels.tolist())}
         share = self.share(len(self.groups.keys() | arriving))
+        how = self.condensation
+        mean, std = how.normalisation(images)
+        parts = []
+        for task in tasks.unique().tolist():
+            mine = tasks == task
+            real = ImageDataset(images[mine], labels[mine], int(labels.max()) + 1, mean, std, how.dataset)
+            check_condensation(real, how.method, ipc=share, preset=how.preset, settings=dict(how.settings))
+            parts.append((task, real))
+        self._prepared = (exp, parts, share)
+
+    def post_adapt(self, agent_state: Any, exp: Any) -> None:
+        """Condense ``exp``'s data into the memory, after shrinking old classes to the new share."""
+        self.prepare(exp)
+        _, parts, share = self._prepared
+        self._prepared = None
         self._shrink(share)
         device = torch.device(agent_state.device)
         if device.type == "cuda":
@@ -169,11 +230,7 @@ class CondensedBuffer(ExemplarsBuffer):
         began = time.perf_counter()
         made = 0
         how = self.condensation
-        for task in tasks.unique().tolist():
-            mine = tasks == task
-            real = ImageDataset(images[mine], labels[mine], int(labels.max()) + 1,
-                                tuple(how.mean or (0.0,) * images.shape[1]), tuple(how.std or (1.0,) * images.shape[1]),
-                                how.dataset)
+        for task, real in parts:
             condensed = condense_classes(real, how.method, ipc=share, preset=how.preset,
                                          seed=derive_seed(how.seed, "condense", exp.current_experience, task),
                                          settings=dict(how.settings), device=device, progress=how.progress)
@@ -222,6 +279,11 @@ class CondensedBuffer(ExemplarsBuffer):
             torch.cat([self.groups[key] for key in keys]), labels, task_labels=tasks)
         if self.mem_per_class is not None:
             self.max_size = self.mem_per_class * len(keys)
+
+
+def _check_count(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DdplugError(f"{name} must be a whole number, 1 or more, got {value!r}")
 
 
 def _tensors(dataset: Any) -> tuple[Tensor, Tensor, Tensor]:
@@ -275,6 +337,9 @@ class CondensedReplayPlugin(ReplayPlugin):
     ) -> None:
         if mode not in MODES:
             raise DdplugError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        for name, value in (("batch_size", batch_size), ("batch_size_mem", batch_size_mem)):
+            if value is not None:
+                _check_count(name, value)
         buffer = CondensedBuffer(max_size, mem_per_class=mem_per_class, condensation=condensation)
         super().__init__(mem_size=buffer.max_size, batch_size=batch_size, batch_size_mem=batch_size_mem,
                          task_balanced_dataloader=task_balanced_dataloader, storage_policy=buffer)
@@ -296,6 +361,7 @@ class CondensedReplayPlugin(ReplayPlugin):
             strategy.adapted_dataset = self.storage_policy.buffer
 
     def before_training_exp(self, strategy: SupervisedTemplate, **kwargs: Any) -> None:
+        self.storage_policy.prepare(strategy.experience)  # a setting that cannot work fails before training
         if self.mode == "replay":
             super().before_training_exp(strategy, **kwargs)
 

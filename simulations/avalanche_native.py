@@ -1,0 +1,177 @@
+"""The Avalanche plug-in as its users run it: Avalanche's own ``SplitFMNIST`` (its default
+normalising transforms), Avalanche's models and strategies, the condensed memory beside them
+against Avalanche's ``ReplayPlugin`` / ``GDumbPlugin`` holding the same bytes.
+
+Every cell is one (model, strategy, memory, K, seed) run over the 5 experiences of the full
+stream (60 000 training images); rows are cached as JSON in ``OUT`` so a re-run resumes, and
+the table is printed at the end.
+
+    python -m simulations.avalanche_native --models mlp --strategies lwf --memories condensed replay --mem-per-class 10
+
+Memories: ``condensed`` (``CondensedReplayPlugin``, replay mode, the README's arguments),
+``condensed-retrain`` (retrain mode), ``replay`` (``ReplayPlugin`` with a class-balanced
+buffer of K raw images per class), ``gdumb`` (``GDumbPlugin`` of K x 10 raw images),
+``none``. The retrain memories train ``--memory-epochs`` epochs on the memory at each
+experience, the others ``--epochs`` on the experience's data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddplug.allocator import tune_allocator
+from ddplug.evaluate.report import format_table, percent
+from ddplug.storage import write_json
+
+MODELS = ("mlp", "cnn")
+STRATEGIES = ("naive", "lwf", "ewc")
+MEMORIES = ("condensed", "condensed-retrain", "replay", "gdumb", "none")
+RETRAIN = ("condensed-retrain", "gdumb")
+_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+
+
+def torchvision_root(root: Path) -> Path:
+    """``root`` holding torchvision's ``FashionMNIST/raw`` files, unpacked there from Debian's
+    ``dataset-fashion-mnist`` when missing (``SplitFMNIST`` would otherwise download)."""
+    raw = root / "FashionMNIST" / "raw"
+    for packed in sorted(_DEBIAN.glob("*-ubyte.gz")):
+        target = raw / packed.name.removesuffix(".gz")
+        if not target.exists():
+            raw.mkdir(parents=True, exist_ok=True)
+            with gzip.open(packed) as source, open(target, "wb") as sink:
+                shutil.copyfileobj(source, sink)
+    return root
+
+
+class _Grey3(torch.nn.Module):
+    """Avalanche's ``SimpleCNN`` takes 3 channels: Fashion-MNIST's one, repeated."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.expand(-1, 3, -1, -1))
+
+
+def make_model(name: str, seed: int) -> torch.nn.Module:
+    from avalanche.models import SimpleCNN, SimpleMLP
+
+    torch.manual_seed(seed)
+    return SimpleMLP(num_classes=10) if name == "mlp" else _Grey3(SimpleCNN(num_classes=10))
+
+
+def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int, args: argparse.Namespace) -> dict:
+    from avalanche.benchmarks.classic import SplitFMNIST
+    from avalanche.training.plugins import GDumbPlugin, ReplayPlugin
+    from avalanche.training.storage_policy import ClassBalancedBuffer
+    from avalanche.training.supervised import EWC, LwF, Naive
+
+    from ddplug_avalanche import Condensation, CondensedReplayPlugin
+
+    benchmark = SplitFMNIST(n_experiences=5, seed=seed, dataset_root=torchvision_root(args.data_root))
+    model = make_model(model_name, seed)
+    plugins: list[Any] = []
+    condensed = None
+    if memory in ("condensed", "condensed-retrain"):
+        condensed = CondensedReplayPlugin(mem_per_class=k, mode="replay" if memory == "condensed" else "retrain",
+                                          condensation=Condensation(method="dm", dataset="fashion-mnist",
+                                                                    progress=False, seed=seed))
+        plugins.append(condensed)
+    elif memory == "replay":
+        plugins.append(ReplayPlugin(mem_size=10 * k, storage_policy=ClassBalancedBuffer(
+            10 * k, adaptive_size=False, total_num_classes=10)))
+    elif memory == "gdumb":
+        plugins.append(GDumbPlugin(mem_size=10 * k))
+    epochs = args.memory_epochs if memory in RETRAIN else args.epochs
+    common = dict(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9),
+                  criterion=torch.nn.CrossEntropyLoss(), train_mb_size=args.batch_size, train_epochs=epochs,
+                  eval_mb_size=1000, plugins=plugins, device="cpu", evaluator=None)
+    if strategy_name == "lwf":
+        strategy = LwF(alpha=1.0, temperature=2.0, **common)
+    elif strategy_name == "ewc":
+        strategy = EWC(ewc_lambda=0.4, **common)
+    else:
+        strategy = Naive(**common)
+    began = time.perf_counter()
+    for experience in benchmark.train_stream:
+        strategy.train(experience)
+    seconds = time.perf_counter() - began
+    accuracy = _accuracy(strategy.model, benchmark.test_stream)
+    costs = condensed.storage_policy.costs if condensed else []
+    return {"model": model_name, "strategy": strategy_name, "memory": memory, "mem_per_class": k, "seed": seed,
+            "final_accuracy": accuracy, "seconds": seconds,
+            "condensation_seconds": sum(cost.seconds for cost in costs) if condensed else None,
+            "memory_images": len(condensed.storage_policy.buffer) if condensed else None}
+
+
+def _accuracy(model: torch.nn.Module, stream: Any) -> float:
+    """Accuracy on the whole test stream (every experience's test data)."""
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for experience in stream:
+            loader = torch.utils.data.DataLoader(experience.dataset.eval(), batch_size=1000)
+            for x, y, *_ in loader:
+                correct += int((model(x).argmax(1) == y).sum())
+                total += len(y)
+    return correct / total
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=["mlp"])
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=["lwf"])
+    parser.add_argument("--memories", nargs="+", choices=MEMORIES, default=["condensed", "replay"])
+    parser.add_argument("--mem-per-class", nargs="+", type=int, default=[10])
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--memory-epochs", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--data-root", type=Path, default=Path.home() / ".avalanche" / "data")
+    parser.add_argument("--out", type=Path, default=Path("results/avalanche-native"))
+    args = parser.parse_args(argv)
+    tune_allocator()
+    rows = []
+    for model in args.models:
+        for strategy in args.strategies:
+            for memory in args.memories:
+                for k in args.mem_per_class:
+                    for seed in range(args.seeds):
+                        path = args.out / f"{model}-{strategy}-{memory}-k{k}-seed{seed}.json"
+                        if not path.exists():
+                            print(f"running {path.stem}", file=sys.stderr, flush=True)
+                            write_json(path, run_cell(model, strategy, memory, k, seed, args))
+                        rows.append(json.loads(path.read_text()))
+    print(format_table(("model", "strategy", "memory", "K", "final accuracy %", "s per run", "condensation s"),
+                       _summary(rows)))
+    return 0
+
+
+def _summary(rows: list[dict]) -> list[tuple]:
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["strategy"], row["memory"], row["mem_per_class"]), []).append(row)
+    lines = []
+    for key, runs in groups.items():
+        accuracies = [run["final_accuracy"] for run in runs]
+        std = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+        condensing = [run["condensation_seconds"] for run in runs if run["condensation_seconds"] is not None]
+        lines.append((*key, percent(statistics.mean(accuracies), std), f"{statistics.mean(r['seconds'] for r in runs):.0f}",
+                      f"{statistics.mean(condensing):.0f}" if condensing else "-"))
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())
