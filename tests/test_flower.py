@@ -604,7 +604,9 @@ def test_fedavg_drops_a_reply_that_would_dominate_or_crash_the_average(task_iden
 
     def update(shift: float, examples: Any = 50) -> RecordDict:
         state = {key: value + shift for key, value in model.state_dict().items()}
-        return RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord({"num-examples": examples})})
+        arrays = ArrayRecord(state)
+        return RecordDict({"arrays": arrays, "metrics": MetricRecord(
+            {"num-examples": examples, "bytes": arrays.count_bytes(), "seconds": 1.5})})
 
     contents = {11: update(1.0), 12: update(3.0, examples=100)}
     kind, _, value = fault.partition("=")
@@ -640,11 +642,13 @@ def test_a_partition_size_claimed_beyond_the_dataset_is_not_believed(task_identi
                 {"partition-id": node - 11, "num-examples": claims[node], "class-counts": [4] * 10})})
                 for node in claims})
 
-    partitions = discover(QueryGrid(list(claims)), list(claims), FederatedSettings(), largest=60_000)
+    partitions = discover(QueryGrid(list(claims)), list(claims), FederatedSettings(), largest=60_000, num_classes=10)
     assert list(partitions) == [11] and partitions[11]["num-examples"] == 40
 
 
-@pytest.mark.parametrize(("left_out", "outcome"), [([3, 5], "recorded"), ([99], "dropped"), ([-1], "dropped")])
+@pytest.mark.parametrize(("left_out", "outcome"), [
+    ([4, 5], "recorded"), ([99], "must list distinct class ids 0..9"), ([-1], "must list distinct class ids 0..9"),
+    ([4, 4], "must list distinct class ids 0..9"), ([3, 5], r"names classes \[3\], which the upload holds")])
 def test_classes_a_client_left_out_are_recorded(task_identity: None, tmp_path: Path, left_out: list,
                                                 outcome: str) -> None:
     from flwr.app import ConfigRecord
@@ -660,9 +664,9 @@ def test_classes_a_client_left_out_are_recorded(task_identity: None, tmp_path: P
     history.evaluated(1, 0.5)
     entry = json.loads((tmp_path / "history.json").read_text())["history"][0]
     if outcome == "recorded":
-        assert entry["left_out"] == {"1": [3, 5]} and entry["participants"] == ["0", "1"]
+        assert entry["left_out"] == {"1": [4, 5]} and entry["participants"] == ["0", "1"]
     else:
-        assert "left-out-classes must list class ids 0..9" in entry["dropped"]["1"] and entry["left_out"] == {}
+        assert re.search(outcome, entry["dropped"]["1"]) and entry["left_out"] == {}
 
 
 @pytest.mark.parametrize(("fault", "reason"), [
@@ -743,16 +747,17 @@ def test_a_private_client_reports_its_epsilon_and_a_leakage_report(task_identity
     assert copies["upload-nn-similarity"] == pytest.approx([1.0] * copies["images"])
 
 
-def _coded_upload(tmp_path: Path, param: str = "multi:factor=2") -> tuple[SyntheticSet, SetSpec]:
+def _coded_upload(tmp_path: Path, param: str = "multi:factor=2", ipc: int = 2,
+                  **settings: Any) -> tuple[SyntheticSet, SetSpec]:
     """A ``param`` set of classes 1, 4 and 6 of fake 28x28 data, as a client condenses it."""
     from ddplug.data import load_dataset
 
-    train = load_dataset("fashion-mnist", str(write_fake_fashion_mnist(tmp_path, per_class=8))).train
+    train = load_dataset("fashion-mnist", str(write_fake_fashion_mnist(tmp_path, per_class=4 * ipc))).train
     part = train.subset(torch.nonzero(torch.isin(train.labels, torch.tensor([1, 4, 6]))).flatten())
     preset = get_preset("cpu").override({"dm.model": TINY_MODEL, "dm.batch_real": "4"})
-    synthetic = condense_classes(part, "dm", ipc=2, preset=preset, copy_small_classes=False,
-                                 settings={"iterations": 2, "param": param})
-    spec = SetSpec.for_dataset(train, ipc=2, encoding="uint8", param=param)
+    synthetic = condense_classes(part, "dm", ipc=ipc, preset=preset, copy_small_classes=False,
+                                 settings={"iterations": 2, "param": param, **settings})
+    spec = SetSpec.for_dataset(train, ipc=ipc, encoding="uint8", param=param)
     return synthetic, spec
 
 

@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from ddplug.data import ImageDataset
 from ddplug.errors import DdplugError
@@ -50,6 +50,7 @@ _SLACK_BYTES = 4096  # numpy headers and key names on top of the raw array bytes
 UPLOAD_PIXEL_RANGE = (-1.0, 2.0)
 # Learned lrs a client may declare (the run's lr-min/lr-max default): honest MTT sets learn ~0.01.
 DEFAULT_LR_RANGE = (1e-5, 1.0)
+FEDAVG_METRICS = ("num-examples", "bytes", "seconds")  # what a FedAvg client's reply reports
 
 
 class PayloadError(DdplugError):
@@ -87,6 +88,13 @@ class SetSpec:
             images, per_class = layout.stored_bytes + data.num_classes * 8, layout.decoded_per_class
         largest = images + per_class * data.num_classes ** 2 * 4 + 4
         return dataclasses.replace(spec, max_bytes=max_bytes or largest + _SLACK_BYTES)
+
+    @property
+    def max_images(self) -> int:
+        """The most images an upload of every class decodes to."""
+        if self.param == "pixels":
+            return self.ipc * self.num_classes
+        return self.layout(self.num_classes).decoded_per_class * self.num_classes
 
     def layout(self, classes: int) -> Layout:
         """The code of ``param`` for ``classes`` classes in the budget of ``ipc`` raw uint8 images each."""
@@ -206,7 +214,10 @@ def _coded_set(record: ArrayRecord, spec: SetSpec) -> SyntheticSet:
     classes = torch.from_numpy(_decode(record, CLASSES_KEY))
     if not (bool((classes[1:] > classes[:-1]).all()) and 0 <= int(classes[0]) and int(classes[-1]) < spec.num_classes):
         raise PayloadError(f"classes must be distinct class ids 0..{spec.num_classes - 1} in ascending order")
-    layout = spec.layout(len(classes))
+    try:
+        layout = spec.layout(len(classes))
+    except DdplugError as error:
+        raise PayloadError(f"{len(classes)} classes cannot hold a {spec.param} code: {error}") from None
     stored = {}
     for name in layout.shapes:
         key, dtype = f"{CODE_PREFIX}{name}", str(layout.dtypes[name]).removeprefix("torch.")
@@ -234,6 +245,13 @@ def _coded_set(record: ArrayRecord, spec: SetSpec) -> SyntheticSet:
         synthetic.check(spec.limits)
     except DdplugError as error:
         raise PayloadError(str(error)) from None
+    counts = torch.bincount(synthetic.hard_labels, minlength=spec.num_classes)
+    strays = sorted(set(torch.nonzero(counts).flatten().tolist()) - set(classes.tolist()))
+    if strays:
+        raise PayloadError(f"soft labels put images into classes {strays}, which the upload does not declare")
+    if counts.max() > layout.decoded_per_class:
+        raise PayloadError(f"soft labels put {int(counts.max())} images into class {int(counts.argmax())}, over the "
+                           f"{layout.decoded_per_class} a class's code decodes to")
     return synthetic
 
 
@@ -291,6 +309,10 @@ def check_model_reply(content: RecordDict, reference: ArrayRecord, *, max_bytes:
     (it weighs the client's update in the average)."""
     if set(content.array_records) != {"arrays"} or set(content.metric_records) != {"metrics"}:
         raise PayloadError(f"expected records arrays and metrics, got {', '.join(sorted(content)) or 'none'}")
+    # Exactly the metrics every honest client sends: FedAvg averages them, and replies whose
+    # metrics differ in keys or kinds would end the round (flwr's InconsistentMessageReplies).
+    check_metrics(content.metric_records["metrics"], {"bytes": (0, 1e12), "seconds": (0, 1e7)},
+                  elsewhere=("num-examples",), required=FEDAVG_METRICS)
     examples = content.metric_records["metrics"].get("num-examples")
     if not is_finite_number(examples) or examples != int(examples) or not 1 <= examples <= max_examples:
         raise PayloadError(f"num-examples must be a whole number from 1 to {max_examples} (the client's partition), "
@@ -319,6 +341,81 @@ def model_bytes_limit(reference: ArrayRecord, max_bytes: int) -> int:
 
 
 def content_bytes(content: RecordDict) -> int:
-    """Bytes of every record in a message's content (arrays, configs, metrics)."""
+    """Bytes of every record in a message's content (arrays, configs, metrics). A config
+    record holding empty strings, which flwr 1.41's ``count_bytes`` refuses, counts as the
+    record without them (as ddplug sends its own)."""
     records = [*content.array_records.values(), *content.config_records.values(), *content.metric_records.values()]
-    return sum(record.count_bytes() for record in records)
+    return sum(_record_bytes(record) for record in records)
+
+
+def _record_bytes(record: Any) -> int:
+    try:
+        return record.count_bytes()
+    except (ValueError, TypeError):
+        if not isinstance(record, ConfigRecord):
+            raise
+        kept = {key: [item for item in value if item != ""] if isinstance(value, list) else value
+                for key, value in record.items() if value != ""}
+        return ConfigRecord(kept).count_bytes()
+
+
+def check_envelope(content: RecordDict, *, arrays: tuple[str, ...] = (), metrics: tuple[str, ...] = (),
+                   max_bytes: int | None = None) -> None:
+    """A reply holds no records but the named array and metric records (no config record),
+    and (unless None) at most ``max_bytes`` in all: what else a client sends is refused
+    before it is read."""
+    expected = {"array": set(arrays), "metric": set(metrics), "config": set()}
+    found = {"array": set(content.array_records), "metric": set(content.metric_records),
+             "config": set(content.config_records)}
+    extra = [f"{kind} record {name!r}" for kind in found for name in sorted(found[kind] - expected[kind])]
+    if extra:
+        allowed = ", ".join([*(f"array record {name!r}" for name in arrays), *(f"metric record {name!r}" for name in metrics)])
+        raise PayloadError(f"the reply holds {', '.join(extra)}; a reply holds only {allowed}")
+    if max_bytes is not None:
+        check_reply_size(content, max_bytes)
+
+
+def check_reply_size(content: RecordDict, max_bytes: int) -> None:
+    """At most ``max_bytes`` in all the reply's records."""
+    size = content_bytes(content)
+    if size > max_bytes:
+        raise PayloadError(f"the reply holds {size} bytes, over the limit of {max_bytes} per client")
+
+
+def check_metrics(metrics: Mapping[str, Any], bounds: Mapping[str, tuple[float, float]], *,
+                  elsewhere: tuple[str, ...] = (), required: tuple[str, ...] = ()) -> None:
+    """A reply's metrics: only keys of ``bounds`` and ``elsewhere`` (with every ``required``
+    one), each of ``bounds`` a finite number within its bounds (``elsewhere``: checked where
+    they are read)."""
+    unknown = sorted(set(metrics) - set(bounds) - set(elsewhere))
+    if unknown:
+        raise PayloadError(f"unexpected metrics {', '.join(unknown)}; a reply's metrics are "
+                           f"{', '.join([*bounds, *elsewhere])}")
+    missing = [key for key in required if key not in metrics]
+    if missing:
+        raise PayloadError(f"the reply's metrics lack {', '.join(missing)}")
+    for key, (low, high) in bounds.items():
+        if key in metrics and not (is_finite_number(metrics[key]) and low <= metrics[key] <= high):
+            raise PayloadError(f"metric {key} must be a finite number within [{low:g}, {high:g}], got {metrics[key]!r}")
+
+
+def check_partition_info(info: Mapping[str, Any], *, num_classes: int, largest: int) -> str:
+    """Why a node's answer to the query cannot be believed ('' when it can): a partition id,
+    a size of 1..``largest`` examples, and ``num_classes`` whole class counts summing to it."""
+    kinds = {"partition-id": int, "num-examples": int, "class-counts": list}
+    if set(info) != set(kinds) or not all(isinstance(info[key], kind) and not isinstance(info[key], bool)
+                                          for key, kind in kinds.items()):
+        return "its partition info must hold exactly an int partition-id, an int num-examples and a list class-counts"
+    if not 0 <= info["partition-id"] <= MAX_PARTITION_ID:
+        return f"partition-id {info['partition-id']} is outside 0..{MAX_PARTITION_ID}"
+    if not 1 <= info["num-examples"] <= largest:
+        return f"it claims {info['num-examples']} examples, outside 1..{largest}"
+    counts = info["class-counts"]
+    if len(counts) != num_classes or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+        return f"class-counts must list {num_classes} whole numbers >= 0"
+    if sum(counts) != info["num-examples"]:
+        return f"class-counts sum to {sum(counts)}, not to its {info['num-examples']} examples"
+    return ""
+
+
+MAX_PARTITION_ID = 10**6

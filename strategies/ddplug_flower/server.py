@@ -39,9 +39,17 @@ from ddplug.sets import SyntheticSet
 from ddplug.storage import write_json
 from ddplug_flower.client import FEDAVG_ACTION, LEFT_OUT_KEY, tuned_allocator
 from ddplug_flower.payload import (
+    ADVANTAGE_KEY,
+    EPSILON_KEY,
+    REAL_SIMILARITY_KEY,
+    UPLOAD_SIMILARITY_KEY,
     PayloadError,
     SetSpec,
+    check_envelope,
+    check_metrics,
+    check_reply_size,
     check_model_reply,
+    check_partition_info,
     content_bytes,
     is_finite_number,
     leakage_from_metrics,
@@ -104,7 +112,7 @@ class History:
 
     def screen(self, replies: Iterable[Message], check: Callable[[Message], Checked]) -> list[Checked]:
         """``check(reply)`` of every reply that passes it. Silent nodes, error replies and
-        replies whose check raises :class:`PayloadError` are recorded, with the reason."""
+        replies whose check raises :class:`DdplugError` are recorded, with the reason."""
         # In partition order, not arrival order: the union (and FedAvg's sums) come out the same every run.
         replies = sorted(replies, key=lambda reply: _order(self.client(reply.metadata.src_node_id)))
         answered = {self.client(reply.metadata.src_node_id) for reply in replies}
@@ -117,7 +125,7 @@ class History:
             self.current["bytes_up"] += content_bytes(reply.content)
             try:
                 passed.append(check(reply))
-            except PayloadError as error:
+            except DdplugError as error:
                 self._note("dropped", reply, str(error))
                 continue
             name = self.client(reply.metadata.src_node_id)
@@ -226,16 +234,26 @@ class DistilledSets(Strategy):
         return self.train(union, server_round), MetricRecord({"images": len(union)})
 
     def uploaded_set(self, reply: Message) -> SyntheticSet:
+        spec = self.spec
+        check_envelope(reply.content, arrays=("set",), metrics=("metrics",))
         if "set" not in reply.content.array_records:
             raise PayloadError("the reply holds no 'set' array record")
-        synthetic = record_to_set(reply.content.array_records["set"], self.spec)
-        metrics = reply.content.metric_records.get("metrics")
-        left_out = [] if metrics is None else metrics.get(LEFT_OUT_KEY, [])
-        if not (isinstance(left_out, list) and all(isinstance(c, int) and 0 <= c < self.spec.num_classes
-                                                   for c in left_out) and len(left_out) <= self.spec.num_classes):
-            raise PayloadError(f"{LEFT_OUT_KEY} must list class ids 0..{self.spec.num_classes - 1}")
-        report, epsilon = leakage_from_metrics(metrics or {}, images=len(synthetic), probes=self.probes,
+        metrics = reply.content.metric_records.get("metrics", {})
+        check_metrics(metrics, {"num-examples": (0, 1e9), "images": (0, spec.max_images), "bytes": (0, 1e12)},
+                      elsewhere=(UPLOAD_SIMILARITY_KEY, REAL_SIMILARITY_KEY, ADVANTAGE_KEY, EPSILON_KEY, LEFT_OUT_KEY,
+                                 "seconds"))
+        synthetic = record_to_set(reply.content.array_records["set"], spec)
+        left_out = metrics.get(LEFT_OUT_KEY, [])
+        if not (isinstance(left_out, list) and all(isinstance(c, int) and 0 <= c < spec.num_classes for c in left_out)
+                and len(set(left_out)) == len(left_out)):
+            raise PayloadError(f"{LEFT_OUT_KEY} must list distinct class ids 0..{spec.num_classes - 1}")
+        uploaded = set(synthetic.hard_labels.unique().tolist())
+        if uploaded & set(left_out):
+            raise PayloadError(f"{LEFT_OUT_KEY} names classes {sorted(uploaded & set(left_out))}, which the upload holds")
+        report, epsilon = leakage_from_metrics(metrics, images=len(synthetic), probes=self.probes,
                                                private=self.private)
+        # The leakage report lists a float per decoded image and per probed real image.
+        check_reply_size(reply.content, spec.max_bytes + 16 * (spec.max_images + self.probes + spec.num_classes) + 4096)
         if left_out:  # too few images to condense: the client kept them home rather than upload them raw
             self.history.current["left_out"][self.history.client(reply.metadata.src_node_id)] = left_out
         self.history.leaked(reply.metadata.src_node_id, report, epsilon)
@@ -274,8 +292,9 @@ class CheckedFedAvg(FedAvg):
         return super().aggregate_train(server_round, self.history.screen(replies, self.checked_update))
 
     def checked_update(self, reply: Message) -> Message:
-        check_model_reply(reply.content, self.reference,
-                          max_bytes=model_bytes_limit(self.reference, self.settings.max_upload_bytes),
+        limit = model_bytes_limit(self.reference, self.settings.max_upload_bytes)
+        check_envelope(reply.content, arrays=("arrays",), metrics=("metrics",), max_bytes=limit + 4096)
+        check_model_reply(reply.content, self.reference, max_bytes=limit,
                           max_examples=self.max_examples(reply.metadata.src_node_id),
                           max_weight=self.settings.max_weight)
         return reply
@@ -298,7 +317,7 @@ def run_federation(grid: Grid, settings: FederatedSettings) -> dict[str, Any]:
     # A partition is at most the whole training set (or the configured cap): what a client
     # says here later bounds the weight of its FedAvg updates.
     largest = settings.max_examples or len(data.train)
-    history = History(settings, discover(grid, nodes, settings, largest), len(nodes), began)
+    history = History(settings, discover(grid, nodes, settings, largest, data.train.num_classes), len(nodes), began)
     model = settings.global_model(data.train).to(device)
     judge = settings.global_model(data.train).to(device)
     test_images, test_labels = data.test.images.to(device), data.test.labels.to(device)
@@ -349,23 +368,27 @@ def wait_for_nodes(grid: Grid, expected: int, patience: float) -> list[int]:
     return nodes
 
 
-def discover(grid: Grid, nodes: list[int], settings: FederatedSettings, largest: int) -> dict[int, dict[str, Any]]:
+def discover(grid: Grid, nodes: list[int], settings: FederatedSettings, largest: int,
+             num_classes: int) -> dict[int, dict[str, Any]]:
     """Each node's answer to the query message: partition id, size (at most ``largest``) and
-    class counts; a node whose answer is malformed is left undescribed, with a warning."""
+    its ``num_classes`` class counts; a node whose answer is malformed is left undescribed,
+    with a warning."""
     content = RecordDict({"config": config_record(settings)})
     messages = [Message(content, dst_node_id=node, message_type=MessageType.QUERY) for node in nodes]
     partitions = {}
     for reply in grid.send_and_receive(messages, timeout=settings.node_wait):
-        info = None if reply.has_error() else reply.content.metric_records.get("info")
-        kinds = {"partition-id": int, "num-examples": int, "class-counts": list}
-        if info is None or not all(isinstance(info.get(key), kind) for key, kind in kinds.items()):
-            reason = _last_line(reply.error.reason) if reply.has_error() else "no partition info in its reply"
-        elif not 1 <= info["num-examples"] <= largest:
-            reason = f"it claims {info['num-examples']} examples, outside 1..{largest}"
+        if reply.has_error():
+            reason = _last_line(reply.error.reason)
         else:
-            reason = ""
+            try:
+                check_envelope(reply.content, metrics=("info",), max_bytes=16 * num_classes + 4096)
+                info = reply.content.metric_records.get("info")
+                reason = "no partition info in its reply" if info is None else check_partition_info(
+                    info, num_classes=num_classes, largest=largest)
+            except PayloadError as error:
+                reason = str(error)
         if reason:
             log(WARNING, "node %s did not describe its partition: %s", reply.metadata.src_node_id, reason)
             continue
-        partitions[reply.metadata.src_node_id] = dict(info)
+        partitions[reply.metadata.src_node_id] = dict(reply.content.metric_records["info"])
     return partitions
