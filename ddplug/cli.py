@@ -79,7 +79,7 @@ def _emit(summary: dict[str, Any], table: str, as_json: bool) -> None:
 def cmd_distill(args: argparse.Namespace) -> int:
     from ddplug.data import load_dataset
     from ddplug.distill import available_methods, get_condenser
-    from ddplug.pipeline import judge, save_outputs, write_judgement
+    from ddplug.pipeline import DISTILL_FILES, judge, save_outputs, write_judgement
     from ddplug.sets import load_set, payload_bytes, raw_images_per_class
 
     if args.method not in available_methods():
@@ -107,7 +107,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
         ipc = max(1, raw_images_per_class(args.bytes, data.train.num_classes,
                                           (data.train.in_channels, *data.train.image_size)))
         budget = f"{args.bytes}bytes"
-    out_dir = writable_folder(args.out or f"runs/{data.train.name}-{args.method}-{budget}-seed{args.seed}")
+    out_dir = writable_folder(args.out or f"runs/{data.train.name}-{args.method}-{budget}-seed{args.seed}",
+                              files=DISTILL_FILES)
     condensed = get_condenser(args.method).condense(data.train, ipc=ipc, preset=preset, seed=args.seed,
                                                     settings=settings,
                          device=device, out_dir=out_dir, progress=not args.quiet, snapshots=args.snapshots)
@@ -213,7 +214,8 @@ def cmd_experts(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ddplug.data import load_dataset
-    from ddplug.pipeline import judge, write_judgement
+    from ddplug.distill import CONDENSERS
+    from ddplug.pipeline import JUDGEMENT_FILES, judge, write_judgement
     from ddplug.sets import load_set
 
     path = Path(args.path)
@@ -232,7 +234,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         data = load_dataset(args.dataset, args.data_root)
         synthetic = load_set(path, dataset=data.train, experiment=args.experiment)
     method = synthetic.meta.get("method", "unknown")
-    out_dir = writable_folder(Path(args.out) if args.out else (path if path.is_dir() else path.parent) / "evaluation")
+    if method in CONDENSERS and not CONDENSERS[method].per_class:
+        raise DdplugError(f"{path} says it is method {method!r}, the whole dataset, which no set file is: "
+                          "it cannot be judged as one")
+    out_dir = writable_folder(Path(args.out) if args.out else (path if path.is_dir() else path.parent) / "evaluation",
+                              files=JUDGEMENT_FILES)
     judgement = judge(synthetic, data, preset, method=method, baselines=baselines, seed=args.seed, device=device,
                       progress=not args.quiet)
     summary = write_judgement(judgement, out_dir, {"iterations": synthetic.meta.get("iterations"),

@@ -13,6 +13,7 @@ import torch
 
 from ddplug.data import ZCA, DatasetSplits, ImageDataset
 from ddplug.distill import CONDENSERS, Condensed, get_condenser
+from ddplug.distill.condenser import CHECKPOINT_FILE
 from ddplug.errors import DdplugError
 from ddplug.evaluate.evaluator import EvalResult, Evaluator
 from ddplug.evaluate.published import published_result
@@ -105,11 +106,16 @@ def _local_classes(real: ImageDataset, classes: torch.Tensor) -> ImageDataset:
                         real.name)
 
 
+GRID_FILE = "synthetic.png"
+JUDGEMENT_FILES = ("evaluation.json", "accuracy.png")
+DISTILL_FILES = (SET_FILE, GRID_FILE, CHECKPOINT_FILE, *JUDGEMENT_FILES)  # what `ddplug distill` writes
+
+
 def save_outputs(condensed: Condensed, out_dir: str | Path) -> dict[str, str]:
     """Write the set and its picture into ``out_dir``; returns their paths."""
     out_dir = Path(out_dir)
     files = {"set": str(save_set(condensed.synthetic, out_dir / SET_FILE))}
-    files["grid"] = str(save_grid(condensed.synthetic, out_dir / "synthetic.png", zca=condensed.zca))
+    files["grid"] = str(save_grid(condensed.synthetic, out_dir / GRID_FILE, zca=condensed.zca))
     return files
 
 
@@ -221,8 +227,9 @@ def judge(
 def write_judgement(judgement: Judgement, out_dir: str | Path, extra: dict[str, Any]) -> dict[str, Any]:
     """Save ``evaluation.json`` and ``accuracy.png``; returns the summary written."""
     out_dir = Path(out_dir)
-    files = {"evaluation": str(out_dir / "evaluation.json"), "plot": str(judgement.plot(out_dir / "accuracy.png"))}
+    evaluation, plot = (out_dir / name for name in JUDGEMENT_FILES)
+    files = {"evaluation": str(evaluation), "plot": str(judgement.plot(plot))}
     summary = {**judgement.summary(), **extra}
     summary["files"] = {**summary.get("files", {}), **files}
-    write_json(out_dir / "evaluation.json", summary)
+    write_json(evaluation, summary)
     return summary

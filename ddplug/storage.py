@@ -38,18 +38,28 @@ def _umask() -> int:
     return mask
 
 
-def writable_folder(path: str | Path) -> Path:
-    """``path``, once it is clear that this process can make it (or write in it): one clear
-    :class:`DdplugError` if not, so a run fails before its work rather than at its first
-    save. Nothing is created: a run refused later for other reasons leaves no folder."""
+def writable_folder(path: str | Path, files: tuple[str, ...] = ()) -> Path:
+    """``path``, once it is clear that this process can make it (or write in it) and write
+    ``files`` there: one clear :class:`DdplugError` if not, so a run fails before its work
+    rather than at its first save. Nothing is left behind: a run refused later for other
+    reasons leaves no folder."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise DdplugError(f"output folder {path} is a symlink to nothing ({os.readlink(path)}): choose another --out")
     if path.exists() and not path.is_dir():
         raise DdplugError(f"output folder {path} is an existing file: choose another --out")
     existing = next(folder for folder in (path, *path.parents) if folder.exists())
     if not existing.is_dir():
         raise DdplugError(f"cannot write in output folder {path} ({existing} is a file): choose another --out")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise DdplugError(f"cannot write in output folder {path} ({existing} is not writable): choose another --out")
+    try:  # access() says yes to root everywhere; only a real file says whether writing works
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise DdplugError(f"cannot write in output folder {path} ({existing}: {error.strerror}): choose another --out"
+                          ) from None
+    for name in files:
+        if (path / name).is_dir():
+            raise DdplugError(f"{path / name} is a folder where the run writes a file: move it or choose another --out")
     return path
 
 

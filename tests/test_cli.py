@@ -104,6 +104,8 @@ def test_evaluate_foreign_dc_file_needs_dataset(capsys, data_root, tmp_path):
         (["distill", "--bytes", "100000000000000", "--init", "noise"], "would decode to"),
         (["distill", "--method", "frepo", "--pool-size", "1000000000"], "pool_size 1000000000 is over 1000 networks"),
         (["distill", "--method", "dm", "--set", "dm.pool_size=1000000000"], "pool_size 1000000000 is over 1000"),
+        (["distill", "--ipc", "1", "--init", "noise", "--dp-epsilon", "1", "--dp-delta", "1e-300"],
+         "no noise level spends at most epsilon 1 at delta 1e-300"),
         (["distill", "--bytes", "7839"], "a budget of 7839 bytes holds no raw image per class of fashion-mnist "
                                          "(one each takes 7840 bytes)"),
     ],

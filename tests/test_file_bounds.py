@@ -66,3 +66,10 @@ def test_the_zigzag_order_is_by_frequency_then_row(height, width):
     expected = [u * width + v for _, u, v in sorted((u + v, u, v) for u in range(height) for v in range(width))]
     assert _zigzag(height, width, height * width).tolist() == expected
     assert _zigzag(height, width, 2).tolist() == expected[:2]
+
+
+def test_a_code_stored_at_another_dtype_than_its_parameterisation_is_refused(tmp_path):
+    path = _coded_file(tmp_path / "int64.safetensors", "multi:factor=2", (1, 8, 8),
+                       {"images": torch.full((10, 1, 8, 8), 10**12, dtype=torch.int64)})
+    with pytest.raises(DdplugError, match="its code.images is int64, where multi:factor=2 stores uint8"):
+        load_set(path)

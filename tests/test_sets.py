@@ -181,6 +181,16 @@ def _rewritten(tmp_path, tensors=None, metadata=None, drop=(), name="bad.safeten
     ({"metadata": {"meta": "{broken"}}, "metadata is missing or broken .*JSONDecodeError"),
     ({"metadata": {"std": "[0.0]"}}, "metadata is missing or broken .*std positive"),
     ({"metadata": {"num_classes": "three"}}, "metadata is missing or broken .*ValueError"),
+    ({"metadata": {"meta": '{"dataset": ["fake"]}'}}, r"its metadata dataset is \['fake'\], not a str"),
+    ({"metadata": {"meta": '{"method": ["dm"]}'}}, r"its metadata method is \['dm'\], not a str"),
+    ({"metadata": {"meta": '{"ipc": "ten"}'}}, "its metadata ipc is 'ten', not a int"),
+    ({"metadata": {"meta": '{"ipc": 0}'}}, "its metadata ipc is 0, out of range"),
+    ({"metadata": {"meta": '{"zca_epsilon": "abc"}'}}, "its metadata zca_epsilon is 'abc', not a int or float"),
+    ({"metadata": {"meta": '{"zca_epsilon": -1}'}}, "its metadata zca_epsilon is -1, out of range"),
+    ({"tensors": {"images": torch.full((6, 1, 8, 8), 1e30)}}, r"pixels range over 2\.5e\+29\.\.2\.5e\+29"),
+    ({"tensors": {"images": torch.full((6, 1, 8, 8), 65504.0, dtype=torch.float16)},
+      "metadata": {"image_encoding": "float16"}}, "pixels range over 1\\.638e\\+04"),
+    ({"tensors": {"lr": torch.tensor([1e30])}}, r"learned lr 1e\+30 is not within \(0, 1\]"),
 ])
 def test_sets_that_cannot_be_trained_on_are_refused_on_load(tmp_path, change, reason):
     path = _rewritten(tmp_path, **change)
@@ -188,6 +198,29 @@ def test_sets_that_cannot_be_trained_on_are_refused_on_load(tmp_path, change, re
         load_set(path)
     assert str(refused.value).startswith(str(path))
     assert len(str(refused.value).splitlines()) == 1
+
+
+def test_labels_of_another_integer_width_load_as_class_ids(tmp_path):
+    path = _rewritten(tmp_path, tensors={"labels": torch.tensor([0, 0, 1, 1, 2, 2], dtype=torch.int32)})
+    assert load_set(path).labels.dtype == torch.int64
+    with pytest.raises(DdplugError, match="hard labels must be int64"):
+        SyntheticSet(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1], dtype=torch.int32), 3, (0.5,), (0.25,)).check()
+
+
+def test_a_set_that_claims_to_be_the_whole_dataset_is_not_judged_as_one(tmp_path, capsys):
+    from ddplug import cli
+
+    path = _rewritten(tmp_path, metadata={"meta": '{"method": "full", "dataset": "fashion-mnist"}'})
+    assert cli.main(["evaluate", str(path), "--quiet"]) == cli.EXIT_USER_ERROR
+    assert "says it is method 'full', the whole dataset" in capsys.readouterr().err
+
+
+def test_an_mtt_lr_file_of_two_values_is_refused(tmp_path):
+    torch.save(torch.randn(4, 1, 8, 8), tmp_path / "images_best.pt")
+    torch.save(torch.tensor([0, 1, 2, 0]), tmp_path / "labels_best.pt")
+    torch.save(torch.tensor([0.01, 0.02]), tmp_path / "lr_best.pt")
+    with pytest.raises(DdplugError, match=r"lr_best.pt should hold one learned learning rate, got \(2,\)"):
+        load_set(tmp_path / "images_best.pt", dataset=FakeDataset)
 
 
 def test_evaluate_refuses_a_nan_set_before_training(tmp_path, capsys):

@@ -197,7 +197,7 @@ def download_dataset(name: str, root: str | Path | None = None) -> Path:
         raise DdplugError("image folders cannot be downloaded: put the images on disk and load imagefolder:PATH")
     canonical = _canonical_name(name)
     source = _SOURCES[canonical]
-    data_root = _resolve_root(root)
+    data_root = _resolve_root(root, must_exist=False)
     target = data_root / source.download_folder
     try:
         data_root.mkdir(parents=True, exist_ok=True)
@@ -272,8 +272,17 @@ def _canonical_name(name: str) -> str:
     return _ALIASES[key]
 
 
-def _resolve_root(root: str | Path | None) -> Path:
-    return default_data_root() if root is None else Path(root).expanduser()
+def _resolve_root(root: str | Path | None, *, must_exist: bool = True) -> Path:
+    """The data root; one given explicitly to read from must be a folder (else the system's
+    copies would be read in its place without a word)."""
+    if root is None:
+        return default_data_root()
+    path = Path(root).expanduser()
+    if must_exist and not path.is_dir():
+        raise DdplugError(f"data root {path} {'is a file' if path.exists() else 'does not exist'}: give the folder "
+                          f"holding the datasets (--data-root DIR), or fetch one into it with `ddplug download NAME "
+                          f"--data-root {path}`")
+    return path
 
 
 def _find(name: str, source: _Source, root: Path) -> Path:
@@ -345,6 +354,9 @@ def _build_splits(
     all_labels = torch.cat([train_labels, test_labels])
     if num_classes is None:
         num_classes = int(all_labels.max()) + 1
+    if len(train_labels.unique()) < 2:  # a classifier of one class is right on every image: it measures nothing
+        raise DdplugError(f"{name}: the train split holds images of {len(train_labels.unique())} class; "
+                          "classification needs at least 2")
     if int(all_labels.min()) < 0 or int(all_labels.max()) >= num_classes:
         raise DdplugError(
             f"{name}: labels must lie in [0, {num_classes}), found {int(all_labels.min())}..{int(all_labels.max())}"

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ddplug.errors import DdplugError
+from ddplug.memory import MAX_SIDE, check_decoded_size, check_image_shape
 
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -145,8 +146,12 @@ def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     batch = _unpickle(path)
     if "data" not in batch or label_key not in batch:
         raise _corrupt(path, f"no 'data' or '{label_key}' entry")
-    images = np.asarray(batch["data"], dtype=np.uint8)
-    labels = np.asarray(batch[label_key], dtype=np.int64).reshape(-1)
+    images, labels = np.asarray(batch["data"]), np.asarray(batch[label_key])
+    if images.dtype != np.uint8:  # a cast would wrap NaN, negative or large values into pixels without a word
+        raise _corrupt(path, f"its images are {images.dtype}, where CIFAR stores uint8 pixels")
+    if labels.dtype.kind not in "iu":
+        raise _corrupt(path, f"its labels are {labels.dtype}, not whole class ids")
+    labels = labels.astype(np.int64).reshape(-1)
     if images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or len(images) != len(labels):
         raise _corrupt(path, f"expected N rows of 3072 bytes and N labels, found {images.shape} and {labels.shape}")
     # Each row is the red, then green, then blue 32x32 plane.
@@ -285,9 +290,14 @@ def _tiny_imagenet_val(annotations: Path, class_ids: dict[str, int]) -> tuple[li
 
 def read_image_files(paths: list[Path]) -> np.ndarray:
     """Images of one size, greyscale if every one is ("L"), else RGB, as uint8 (N, C, H, W)."""
-    # First pass reads headers only, so a size mismatch is reported before the slow decoding.
+    # First pass reads headers only, so a size mismatch (or a size no machine holds) is
+    # reported before the slow decoding.
     headers = [_header(path) for path in paths]
     width, height = headers[0][1]
+    channels = 1 if all(image_mode == "L" for image_mode, _ in headers) else 3
+    check_image_shape((channels, height, width), f"the images of {paths[0].parent.parent}")
+    check_decoded_size(len(paths), (channels, height, width), f"{len(paths)} image files",
+                       "use fewer or smaller images")
     for path, (_, size) in zip(paths, headers):
         if size != (width, height):
             raise DdplugError(
@@ -300,17 +310,20 @@ def read_image_files(paths: list[Path]) -> np.ndarray:
         try:
             with Image.open(path) as image:
                 pixels[i] = pil_to_chw(image, mode)
-        except (OSError, ValueError) as err:
-            raise _corrupt(path, str(err)) from err
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            raise _corrupt(path, str(err)) from None
     return pixels
 
 
 def _header(path: Path) -> tuple[str, tuple[int, int]]:
     try:
         with Image.open(path) as image:
-            return image.mode, image.size
-    except (OSError, ValueError) as err:
-        raise _corrupt(path, str(err)) from err
+            mode, size = image.mode, image.size
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise _corrupt(path, str(err)) from None
+    if max(size) > MAX_SIDE:  # before any pixel is decoded
+        raise _corrupt(path, f"it is {size[0]}x{size[1]} pixels, over the {MAX_SIDE} a side ddplug reads")
+    return mode, size
 
 
 def pil_to_chw(image: Image.Image, mode: str) -> np.ndarray:

@@ -36,11 +36,13 @@ from ddplug.models import check_model_spec, create_model
 from ddplug.privacy import PrivateClassMeans
 from ddplug.seeding import derive_seed, make_generator
 from ddplug.sets import SyntheticSet
+from ddplug.sets.files import unpickling_cause
 from ddplug.sets.param import Layout, create_param, raw_images_per_class
 from ddplug.storage import atomic_write
 
 INITIALISATIONS = ("real", "noise", "herding")
 MIN_STUDENT_LR = 1e-6
+MAX_ITERATIONS = 10**9  # a checkpoint recording more is not one ddplug wrote
 
 
 @dataclass
@@ -100,13 +102,14 @@ class DistillConfig:
                 raise DdplugError(f"{name} must be positive, got {getattr(self, name)}")
         if self.zca_epsilon <= 0:
             raise DdplugError(f"zca_epsilon must be positive, got {self.zca_epsilon}: use e.g. --zca-epsilon 0.1")
+        if self.dp_clip <= 0:
+            raise DdplugError(f"dp_clip must be positive (a bound on each embedding's norm), got {self.dp_clip}")
         if self.dp_epsilon:
             if self.init != "noise":
                 raise DdplugError(f"differential privacy needs --init noise: an initialisation from {self.init} "
                                   "images would put real images into the set, outside the privacy guarantee")
-            if not 0 < self.dp_delta < 1 or self.dp_clip <= 0:
-                raise DdplugError(f"differential privacy needs 0 < dp_delta < 1 and dp_clip > 0, got "
-                                  f"{self.dp_delta} and {self.dp_clip}")
+            if not 0 < self.dp_delta < 1:
+                raise DdplugError(f"differential privacy needs 0 < dp_delta < 1, got {self.dp_delta}")
         check_model_spec(self.model)
         create_param(self.param)
 
@@ -432,7 +435,15 @@ class _StopRequest:
 def _checkpoint_identity(distiller: Distiller) -> dict[str, Any]:
     config = dataclasses.asdict(distiller.config)
     config.pop("iterations")  # a run may be extended: more iterations continue the same trajectory
-    return {"method": distiller.name, "dataset": distiller.real.name, "config": config}
+    return {"method": distiller.name, "dataset": distiller.real.name, "data": _data_fingerprint(distiller.real),
+            "config": config}
+
+
+def _data_fingerprint(real: ImageDataset) -> dict[str, Any]:
+    """Enough of the data to tell another copy (another --data-root) from this one, cheaply."""
+    sample = real.images[torch.linspace(0, len(real) - 1, min(64, len(real))).long()]
+    return {"examples": len(real), "class_counts": real.class_counts().tolist(),
+            "sample_sum": round(float(sample.double().sum()), 3)}
 
 
 def _save_checkpoint(distiller: Distiller, path: str | Path, iteration: int, losses: list[float], seconds: float) -> None:
@@ -442,18 +453,44 @@ def _save_checkpoint(distiller: Distiller, path: str | Path, iteration: int, los
 
 
 def _load_checkpoint(distiller: Distiller, path: str | Path) -> tuple[int, list[float], float]:
+    def refuse(why: str) -> DdplugError:
+        return DdplugError(f"checkpoint {path} {why}; delete it to start afresh")
+
     try:
         saved = torch.load(path, map_location=distiller.device, weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable checkpoint means the same to the user
-        raise DdplugError(f"checkpoint {path} is unreadable ({error}); delete it to start afresh") from None
+        raise refuse(f"is unreadable ({unpickling_cause(error)})") from None
+    if not isinstance(saved, dict):
+        raise refuse(f"holds a {type(saved).__name__}, not a ddplug checkpoint")
     identity = _checkpoint_identity(distiller)
     if saved.get("identity") != identity:
         raise DdplugError(
             f"checkpoint {path} was made by a different run ({_differences(saved.get('identity'), identity)}); "
             "use another output folder, or delete the checkpoint to start afresh"
         )
-    distiller.load_state_dict(saved["state"])
-    return int(saved["iteration"]), list(saved["losses"]), float(saved.get("seconds", 0.0))
+    iteration, losses, seconds = saved.get("iteration"), saved.get("losses"), saved.get("seconds", 0.0)
+    if isinstance(iteration, bool) or not isinstance(iteration, int) or not 0 <= iteration <= MAX_ITERATIONS:
+        raise refuse(f"records iteration {iteration!r}, not a whole number within 0..{MAX_ITERATIONS}")
+    if not (isinstance(losses, list) and len(losses) <= iteration
+            and all(isinstance(loss, float) and math.isfinite(loss) for loss in losses)):
+        raise refuse(f"records no list of at most {iteration} finite losses")
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0):
+        raise refuse(f"records {seconds!r} seconds")
+    state = saved.get("state")
+    if not isinstance(state, dict):
+        raise refuse("holds no state")
+    for name, tensor in distiller.learnables().items():
+        found = state.get(name)
+        if not isinstance(found, Tensor) or found.shape != tensor.shape or not found.is_floating_point():
+            got = f"{tuple(found.shape)}" if isinstance(found, Tensor) else type(found).__name__
+            raise refuse(f"holds {name} as {got}, where this run's is {tuple(tensor.shape)}")
+        if not torch.isfinite(found).all():
+            raise refuse(f"holds NaN or infinite values in {name}")
+    try:
+        distiller.load_state_dict(state)
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as error:
+        raise refuse(f"holds a state this run cannot take up ({type(error).__name__}: {str(error)[:200]})") from None
+    return iteration, losses, float(seconds)
 
 
 def _differences(saved: Any, current: dict[str, Any]) -> str:

@@ -54,10 +54,16 @@ def calibrate_noise(epsilon: float, delta: float, sample_rate: float, steps: int
     """The smallest noise multiplier whose ``steps`` steps at ``sample_rate`` spend at most
     (``epsilon``, ``delta``)."""
     from dp_accounting import calibrate_dp_mechanism
+    from dp_accounting.mechanism_calibration import NoBracketIntervalFoundError
 
     if not epsilon > 0 or not 0 < delta < 1:
         raise DdplugError(f"differential privacy needs epsilon > 0 and 0 < delta < 1, got {epsilon} and {delta}")
-    return float(calibrate_dp_mechanism(_accountant, lambda sigma: _event(sigma, sample_rate, steps), epsilon, delta))
+    try:
+        return float(calibrate_dp_mechanism(_accountant, lambda sigma: _event(sigma, sample_rate, steps), epsilon,
+                                            delta))
+    except (NoBracketIntervalFoundError, ValueError, ArithmeticError) as error:
+        raise DdplugError(f"no noise level spends at most epsilon {epsilon:g} at delta {delta:g} over {steps} steps "
+                          f"({type(error).__name__}): raise the delta (1e-5 is usual) or the epsilon") from None
 
 
 def clip_rows(features: Tensor, bound: float) -> Tensor:

@@ -28,7 +28,7 @@ from torch import Tensor
 from ddplug.errors import DdplugError
 from ddplug.memory import check_decoded_size, check_image_shape
 from ddplug.sets.param import create_param, pack_levels, unpack_levels
-from ddplug.sets.synthetic import SyntheticSet
+from ddplug.sets.synthetic import SetLimits, SyntheticSet
 from ddplug.storage import atomic_write
 
 FORMAT = "ddplug.synthetic-set"
@@ -36,6 +36,9 @@ FORMAT_VERSION = "1"  # decoded images
 CODED_FORMAT_VERSION = "2"  # a parameterisation's code, decoded on load
 IMAGE_ENCODINGS = ("float32", "float16", "uint8")
 SET_FILE = "synthetic.safetensors"
+# What a set file may hold: learned codes leave [0, 1] (dct and factor codes by several
+# times its width), never by orders of magnitude; learned lrs of SGD here are far below 1.
+FILE_LIMITS = SetLimits(pixel_range=(-15.0, 16.0), lr_range=(0.0, 1.0))
 
 
 class DatasetInfo(Protocol):
@@ -144,6 +147,10 @@ def decode_code(stored: dict[str, Tensor], spec: str, mean: Sequence[float], std
         raise DdplugError(f"its code holds {', '.join(sorted(stored)) or 'nothing'}, not a {spec} code") from None
     check_decoded_size(count, image_shape, f"a {spec} code of {', '.join(f'{n} {tuple(s)}' for n, s in shapes.items())}",
                        "it is not a set this machine can train on; refuse the file or use one of fewer images")
+    for name, tensor in stored.items():
+        if name in param.storage and tensor.dtype not in (param.storage[name], torch.float32):
+            raise DdplugError(f"its code.{name} is {str(tensor.dtype).removeprefix('torch.')}, where {spec} stores "
+                              f"{str(param.storage[name]).removeprefix('torch.')}")
     code = {}
     for name, tensor in stored.items():
         if name in packed:
@@ -181,6 +188,8 @@ def load_set(path: str | Path, *, dataset: DatasetInfo | None = None, experiment
         raise DdplugError(f"{path} does not exist: give the path of a synthetic set file or of the folder holding it")
     if path.is_dir():
         path = _set_file_in(path)
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise DdplugError(f"{path} is not a regular file: give the path of a synthetic set file")
     if path.suffix == ".safetensors":
         synthetic = _load_ddplug(path)
     else:
@@ -195,7 +204,7 @@ def load_set(path: str | Path, *, dataset: DatasetInfo | None = None, experiment
                 "(a dict with 'data': [[images, labels], ...]) or MTT's images_best.pt (an (N, C, H, W) tensor)"
             )
     try:
-        synthetic.check()
+        synthetic.check(FILE_LIMITS)
     except DdplugError as error:
         raise DdplugError(f"{path} cannot be trained on: {error}") from None
     return synthetic
@@ -244,6 +253,8 @@ def _load_ddplug(path: Path) -> SyntheticSet:
         raise DdplugError(f"{path}: its metadata is missing or broken ({type(error).__name__}: {error}); "
                           "it is not a complete ddplug set file") from None
     mean, std, num_classes, meta = header["mean"], header["std"], header["num_classes"], header["meta"]
+    if "labels" in tensors and tensors["labels"].dtype in (torch.int32, torch.int16, torch.uint8, torch.int8):
+        tensors["labels"] = tensors["labels"].long()  # class ids of any integer width: no value changes
     lr = tensors["lr"].reshape(-1) if "lr" in tensors else None
     lr = lr.reshape(()) if lr is not None and lr.numel() == 1 else lr  # check() names any other size
     try:
@@ -307,17 +318,17 @@ def _load_weights_only(path: Path) -> object:
         blocked = re.findall(r"GLOBAL ([\w.]+)", str(error))
         if not blocked:  # not a pickle that asks for code: random or damaged bytes
             raise DdplugError(f"cannot read {path}: not a torch file, or truncated or corrupt "
-                              f"({_cause(error)})") from None
+                              f"({unpickling_cause(error)})") from None
         raise DdplugError(
             f"refused to load {path}: it holds Python objects ({', '.join(dict.fromkeys(blocked))}) other than "
             "tensors, plain containers and numpy data, and unpickling them could run code. "
             "Re-save the set with only tensors, lists and dicts."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise DdplugError(f"cannot read {path}: not a torch file, or truncated or corrupt ({_cause(error)})") from None
+        raise DdplugError(f"cannot read {path}: not a torch file, or truncated or corrupt ({unpickling_cause(error)})") from None
 
 
-def _cause(error: Exception) -> str:
+def unpickling_cause(error: Exception) -> str:
     """The line of torch's error text that says what went wrong, without terminal escape codes."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
     found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
@@ -368,7 +379,11 @@ def _from_mtt(images: Tensor, path: Path, dataset: DatasetInfo) -> SyntheticSet:
     lr_path = path.with_name(path.name.replace("images", "lr", 1))
     lr = None
     if lr_path.is_file():
-        lr = torch.as_tensor(_load_weights_only(lr_path), dtype=torch.float32).reshape(())
+        lr = _load_weights_only(lr_path)
+        if not isinstance(lr, (Tensor, float, int)) or isinstance(lr, bool) or torch.as_tensor(lr).numel() != 1:
+            raise DdplugError(f"{lr_path} should hold one learned learning rate, got "
+                              f"{tuple(lr.shape) if isinstance(lr, Tensor) else type(lr).__name__}")
+        lr = torch.as_tensor(lr, dtype=torch.float32).reshape(())
     if not isinstance(labels, Tensor):
         raise DdplugError(f"{labels_path} should hold a label tensor")
     return _foreign_set(images, labels, dataset, lr, "mtt-format", path)

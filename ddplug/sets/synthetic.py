@@ -89,6 +89,7 @@ class SyntheticSet:
                 raise DdplugError(f"its pixels range over {low:.4g}..{high:.4g} on the [0, 1] scale, outside the "
                                   f"allowed {allowed_low:g}..{allowed_high:g}")
         self._check_labels(limits)
+        self._check_meta()
         if self.lr is not None:
             if self.lr.numel() != 1:
                 raise DdplugError(f"its learned lr should be one number, got shape {tuple(self.lr.shape)}")
@@ -97,11 +98,30 @@ class SyntheticSet:
             if not (math.isfinite(lr) and max(low, 0.0) < lr <= high):
                 raise DdplugError(f"its learned lr {lr:g} is not within ({max(low, 0.0):g}, {high:g}]")
 
+    def _check_meta(self) -> None:
+        """The metadata ddplug reads back (what a consumer acts on) must have its types."""
+        kinds: dict[str, tuple[type, ...]] = {"method": (str,), "dataset": (str,), "ipc": (int,), "param": (str,),
+                                              "zca_epsilon": (int, float), "iterations": (int,), "seed": (int,),
+                                              "distill_seconds": (int, float)}
+        for key, allowed in kinds.items():
+            value = self.meta.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, allowed) or (
+                    isinstance(value, float) and not math.isfinite(value)):
+                raise DdplugError(f"its metadata {key} is {value!r}, not a {' or '.join(k.__name__ for k in allowed)}")
+            if isinstance(value, str) and len(value) > 200:
+                raise DdplugError(f"its metadata {key} is a string of {len(value)} characters")
+        for key in ("ipc", "iterations", "seed", "zca_epsilon", "distill_seconds"):
+            value = self.meta.get(key)
+            if value is not None and (value < 0 or (key in ("ipc", "zca_epsilon") and value <= 0)):
+                raise DdplugError(f"its metadata {key} is {value!r}, out of range")
+
     def _check_labels(self, limits: SetLimits) -> None:
         labels = self.labels.detach()
         if not self.soft_labels:
-            if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-                raise DdplugError(f"its labels are {labels.dtype} class ids; hard labels must be integers "
+            if labels.dtype != torch.int64:
+                raise DdplugError(f"its labels are {labels.dtype} class ids; hard labels must be int64 "
                                   "(or give soft labels as an (N, classes) float tensor)")
             low, high = int(labels.min()), int(labels.max())
             if low < 0 or high >= self.num_classes:
@@ -144,7 +164,7 @@ class SyntheticSet:
         holds. A set coded by a parameterisation records it (``meta["ipc"]``, which the
         decoded images may exceed: ``multi:factor=2`` decodes 40 per class in the bytes of
         10); for a set of plain pixels it is :attr:`ipc`."""
-        if self.param != "pixels" and "ipc" in self.meta:
+        if self.param != "pixels" and self.meta.get("ipc") is not None:
             return int(self.meta["ipc"])
         return self.ipc
 

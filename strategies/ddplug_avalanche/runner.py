@@ -50,7 +50,7 @@ from ddplug.models import create_model
 from ddplug.presets import Preset, get_preset
 from ddplug.seeding import derive_seed
 from ddplug.sets import create_param
-from ddplug.storage import path_part, write_json
+from ddplug.storage import path_part, writable_folder, write_json
 
 STRATEGIES = ("condensed", "condensed-retrain", "replay", "gdumb", "icarl", "naive")
 CONDENSED = ("condensed", "condensed-retrain")
@@ -380,7 +380,7 @@ def run_benchmark(
     label = _label(strategy, method, param)
     name = benchmark if isinstance(benchmark, str) else type(benchmark).__name__
     budget = f"mem{mem_per_class}" if mem_size is None else f"size{mem_size}"
-    out = Path(out or f"results/continual-{name}-{preset}-{budget}-exp{experiences}")
+    out = writable_folder(out or f"results/continual-{name}-{preset}-{budget}-exp{experiences}")
     key = _stream_key(name, experiences, memory, chosen, settings)
     runs = []
     for seed in range(seeds):

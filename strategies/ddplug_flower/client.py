@@ -157,18 +157,12 @@ def _round(msg: Message) -> int:
     return int(msg.content.config_records["config"].get(ROUND_KEY, 1))
 
 
-def _upload_settings(settings: FederatedSettings) -> dict[str, Any]:
-    """What every distilled upload is made with: the run's parameterisation (the upload
-    carries its code) and initialisation, and its share of the DP budget."""
-    return {"param": settings.param, "init": settings.init, **settings.privacy_per_round()}
-
-
 def _method(msg: Message, settings: FederatedSettings, preset: Preset, folder: Path) -> tuple[str, dict[str, Any] | None]:
     """The distiller and its settings: the configured method, or DM anchored at the received global model."""
     if "arrays" not in msg.content.array_records:
-        return settings.method, _upload_settings(settings) if get_condenser(settings.method).learns else None
+        return settings.method, settings.upload_settings() if get_condenser(settings.method).learns else None
     anchor = folder / "anchor.safetensors"
     save_file(dict(msg.content.array_records["arrays"].to_torch_state_dict()), str(anchor))
     return AnchoredDistributionMatching.name, {**preset.method_settings("dm"), "model": preset.evaluation.model,
                                                "anchor": str(anchor), "anchor_noise": settings.anchor_noise,
-                                               **_upload_settings(settings)}
+                                               **settings.upload_settings()}

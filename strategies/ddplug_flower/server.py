@@ -31,12 +31,13 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from ddplug.augment import DSA, DSAConfig
+from ddplug.data import DatasetSplits
 from ddplug.errors import DdplugError
 from ddplug.evaluate.training import classification_accuracy, train_classifier
 from ddplug.privacy import LeakageReport
 from ddplug.seeding import make_generator
 from ddplug.sets import SyntheticSet
-from ddplug.storage import write_json
+from ddplug.storage import writable_folder, write_json
 from ddplug_flower.client import FEDAVG_ACTION, LEFT_OUT_KEY, tuned_allocator
 from ddplug_flower.payload import (
     ADVANTAGE_KEY,
@@ -307,10 +308,19 @@ class CheckedFedAvg(FedAvg):
         return int(self.history.partitions.get(node, {}).get("num-examples", 0))
 
 
+def check_before_start(settings: FederatedSettings) -> DatasetSplits:
+    """Everything about ``settings`` that can fail, checked before any node is asked for
+    anything: the data, what the clients will distil from it, the output folder. Returns the data."""
+    data = cached_dataset(settings.dataset, settings.data_root)
+    settings.check_for(data)
+    writable_folder(settings.out, files=(HISTORY_FILE,))
+    return data
+
+
 def run_federation(grid: Grid, settings: FederatedSettings) -> dict[str, Any]:
     """Run ``settings`` over the nodes of ``grid``; returns the summary written to history.json."""
     began = time.perf_counter()
-    data = cached_dataset(settings.dataset, settings.data_root)
+    data = check_before_start(settings)
     protocol = settings.resolved_preset().evaluation
     device = settings.torch_device()
     nodes = wait_for_nodes(grid, settings.clients, settings.node_wait)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ddplug.data import DatasetSplits, ImageDataset, load_dataset
-from ddplug.devices import resolve_device
+from ddplug.devices import check_device_name, resolve_device
 from ddplug.distill import available_methods, get_condenser
 from ddplug.distill.base import INITIALISATIONS
 from ddplug.errors import DdplugError
@@ -28,7 +28,8 @@ from ddplug.models import create_model
 from ddplug.presets import Preset, convert_field, get_preset, parse_assignments
 from ddplug.seeding import derive_seed
 from ddplug.sets import IMAGE_ENCODINGS, create_param
-from ddplug_flower.payload import DEFAULT_LR_RANGE
+from ddplug.privacy import calibrate_noise
+from ddplug_flower.payload import DEFAULT_LR_RANGE, SetSpec
 
 MODES = ("distill", "fedavg")
 PARTITIONERS = ("iid", "dirichlet", "pathological")
@@ -120,6 +121,38 @@ class FederatedSettings:
             if not 0 < self.dp_delta < 1:
                 raise DdplugError(f"dp-delta must be within (0, 1), got {self.dp_delta}")
         self.resolved_preset()  # bad overrides fail here, not in the middle of a round
+        check_device_name(self.device)
+        # What each client will distil with, checked here by the core's own rules, so that a
+        # setting no client can run fails on the server before any process starts.
+        config = self.client_config()
+        if config is not None:
+            config.check()
+            if self.dp_epsilon:  # the worst case: a class no larger than its batch (every step sees it all)
+                per_round = self.privacy_per_round()
+                calibrate_noise(per_round["dp_epsilon"], per_round["dp_delta"], 1.0, config.iterations)
+
+    def upload_settings(self) -> dict[str, Any]:
+        """What every distilled upload is made with: the run's parameterisation (the upload
+        carries its code) and initialisation, and its share of the DP budget."""
+        return {"param": self.param, "init": self.init, **self.privacy_per_round()}
+
+    def client_config(self) -> Any:
+        """The config of the clients' method (None for a selection), as the clients build it."""
+        condenser = get_condenser(self.method)
+        if not condenser.learns or self.mode != "distill":
+            return None
+        return condenser.make_config({**self.resolved_preset().method_settings(self.method), **self.upload_settings(),
+                                      "ipc": self.ipc})
+
+    def check_for(self, data: DatasetSplits) -> None:
+        """Fail now on what only the data shows: an upload code that does not fit its images,
+        a set that would not fit in memory."""
+        if self.mode != "distill":
+            return
+        SetSpec.for_dataset(data.train, ipc=self.ipc, encoding=self.encoding, param=self.param)
+        config = self.client_config()
+        if config is not None:
+            config.validate(data.train)
 
     def privacy_per_round(self) -> dict[str, float]:
         """Each round's share of the (epsilon, delta) budget: rounds compose sequentially

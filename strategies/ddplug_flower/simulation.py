@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import threading
 import time
@@ -41,6 +42,7 @@ from ddplug.errors import DdplugError
 from ddplug.evaluate.report import format_table
 from ddplug.storage import atomic_write
 
+from ddplug_flower.server import check_before_start
 from ddplug_flower.settings import FederatedSettings, add_setting_flags, settings_from_flags
 
 if TYPE_CHECKING:
@@ -59,6 +61,9 @@ def simulate(settings: FederatedSettings, *, client_cpus: float = 1.0, client_ap
     from ddplug_flower import HISTORY_FILE, make_server_app
     from ddplug_flower import client_app as default_client_app
 
+    if not (math.isfinite(client_cpus) and client_cpus > 0):
+        raise DdplugError(f"--client-cpus must be a positive number, got {client_cpus}")
+    check_before_start(settings)
     history = Path(settings.out) / HISTORY_FILE
     history.unlink(missing_ok=True)  # never report an earlier run's results as this one's
     with _ProcessWatch() as watch:
@@ -194,7 +199,7 @@ def compare_runs(folder: Path) -> tuple[str, Path]:
     cumulative bytes (up + down), one panel per partitioning; returns the table and the plot's path."""
     from ddplug_flower import HISTORY_FILE
 
-    runs = [json.loads(path.read_text()) for path in sorted(folder.glob(f"*/{HISTORY_FILE}"))]
+    runs = [read_history(path) for path in sorted(folder.glob(f"*/{HISTORY_FILE}"))]
     runs = [run for run in runs if run["history"]]
     if not runs:
         raise DdplugError(f"{folder} holds no finished run (no */{HISTORY_FILE} with a round in it)")
@@ -206,6 +211,44 @@ def compare_runs(folder: Path) -> tuple[str, Path]:
     table = format_table(("partitions", "alpha", "mode", "accuracy %", "MB up", "MB down", "seconds",
                           "upload NN sim", "MIA advantage", "epsilon"), rows)
     return table, _plot_accuracy_by_bytes(runs, folder / PLOT_FILE)
+
+
+_NUMBER = (int, float)
+# What the table and the plot read of a history, and of each of its rounds.
+_HISTORY_KEYS = {"mode": (str,), "partitioner": (str,), "dataset": (str,), "alpha": _NUMBER, "clients": (int,),
+                 "rounds": (int,), "accuracy": _NUMBER, "bytes_up": _NUMBER, "bytes_down": _NUMBER,
+                 "seconds": _NUMBER, "history": (list,)}
+_ROUND_KEYS = {"accuracy": _NUMBER, "bytes_up": _NUMBER, "bytes_down": _NUMBER}
+_OPTIONAL_NUMBERS = ("upload_nn_similarity_median", "membership_advantage", "epsilon")
+
+
+def read_history(path: Path) -> dict[str, Any]:
+    """A run's ``history.json``, checked for what the table and the plot read: one clear
+    error naming the file if it is not a finished ddplug history."""
+    def refuse(why: str) -> DdplugError:
+        return DdplugError(f"{path} is not a ddplug federated history ({why}): move it out of {path.parent.parent}")
+
+    try:
+        run = json.loads(path.read_text(), parse_constant=lambda constant: float("nan"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise refuse(f"{type(error).__name__}: {str(error)[:120]}") from None
+    if not isinstance(run, dict):
+        raise refuse(f"it holds a JSON {type(run).__name__}, not an object")
+    rounds = run["history"] if isinstance(run.get("history"), list) else []
+    for entries, keys, where in ((run, _HISTORY_KEYS, ""),
+                                 *((entry, _ROUND_KEYS, f"round {i + 1}: ") for i, entry in enumerate(rounds))):
+        if not isinstance(entries, dict):
+            raise refuse(f"{where}not an object")
+        for key, kinds in keys.items():
+            value = entries.get(key)
+            if isinstance(value, bool) or not isinstance(value, kinds) or (
+                    isinstance(value, float) and not math.isfinite(value)):
+                raise refuse(f"{where}{key} is {value!r}")
+    for key in _OPTIONAL_NUMBERS:
+        value = run.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, _NUMBER)):
+            raise refuse(f"{key} is {value!r}")
+    return run
 
 
 def _plot_accuracy_by_bytes(runs: list[dict[str, Any]], path: Path) -> Path:
