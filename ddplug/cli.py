@@ -19,7 +19,7 @@ from ddplug.allocator import tune_allocator
 from ddplug.commands import add_commands, discover_commands
 from ddplug.devices import resolve_device
 from ddplug.errors import DdplugError
-from ddplug.presets import parse_assignments
+from ddplug.settings import parse_assignments
 from ddplug.storage import writable_folder
 
 EXIT_USER_ERROR = 2

@@ -7,13 +7,13 @@ field can be overridden by name (``eval.epochs=100``, ``dm.iterations=500``).
 from __future__ import annotations
 
 import dataclasses
-import math
-import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from ddplug.distill import CONDENSERS
 from ddplug.errors import DdplugError
 from ddplug.evaluate.protocol import EvalProtocol
+from ddplug.settings import convert_field
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,6 @@ class Preset:
         Values are strings (as typed on the command line), converted to the field's type and
         checked here: an unknown section, setting or value is an error before any work.
         """
-        from ddplug.distill import CONDENSERS
-
         configurable = sorted(name for name, condenser in CONDENSERS.items() if condenser.config_class is not None)
         evaluation = self.evaluation
         methods = {name: dict(values) for name, values in self.methods.items()}
@@ -57,50 +55,6 @@ class Preset:
         return dataclasses.replace(self, evaluation=evaluation, methods=methods)
 
 
-def parse_assignments(items: list[str]) -> dict[str, str]:
-    """``["eval.epochs=100", ...]`` (``--set`` values) as ``{"eval.epochs": "100", ...}``."""
-    assignments = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise DdplugError(f"--set expects KEY=VALUE (e.g. eval.epochs=100 or dm.iterations=200), got {item!r}")
-        assignments[key.strip()] = value.strip()
-    return assignments
-
-
-def convert_field(cls: type, name: str, value: Any) -> Any:
-    """``value`` converted to the type of dataclass field ``cls.name`` (strings from a CLI).
-
-    The type comes from the field's resolved type hint: ``int``, ``float``, ``bool``,
-    ``str`` or one of those ``| None`` (where ``none`` means None)."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    if name not in fields:
-        raise DdplugError(f"{cls.__name__} has no setting {name!r}; settings: {', '.join(sorted(fields))}")
-    if not isinstance(value, str):
-        return value
-    hint = typing.get_type_hints(cls)[name]
-    kinds = [kind for kind in typing.get_args(hint) or (hint,) if kind is not type(None)]
-    optional = type(None) in typing.get_args(hint)
-    if optional and value.lower() == "none":
-        return None
-    kind = kinds[0]
-    try:
-        if kind is bool:
-            if value.lower() not in _BOOLEANS:
-                raise ValueError(value)
-            return _BOOLEANS[value.lower()]
-        converted = kind(value)
-        if kind is float and not math.isfinite(converted):
-            raise DdplugError(f"setting {name} must be a finite number, got {value!r}")
-        return converted
-    except ValueError:
-        raise DdplugError(f"setting {name} expects {kind.__name__}{' or none' if optional else ''}, "
-                          f"got {value!r}") from None
-
-
-_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-
-
 CPU_MODEL = "convnet:width=32"
 
 PRESETS: dict[str, Preset] = {
@@ -110,7 +64,7 @@ PRESETS: dict[str, Preset] = {
         evaluation=EvalProtocol(),
         # Only where a method's paper differs from its config's defaults (which are the paper's).
         methods={
-            # KIP/FRePo paper settings are not yet run (no GPU so far); KIP needs ~2.4-6.8 GB at IPC 1-50.
+            # KIP needs ~2.4-6.8 GB at IPC 1-50.
             # Both papers' KRR ridge: their width-128 features outnumber the set (the default 0.1 is for
             # sets near the feature count, kernel.py).
             "kip": {"num_networks": 4, "batch_real": 100, "iterations": 5000, "max_kernel_memory_gb": 16,
@@ -127,10 +81,10 @@ PRESETS: dict[str, Preset] = {
         methods={
             "*": {"model": CPU_MODEL},
             # Multi-formation (IDC): 4 half-resolution images in each stored image's bytes. At the
-            # bytes of 10 images per class it reaches in 250 steps (105 s here) what 1000 steps of
-            # plain pixels did not (README, "Parameterisations"); the paper preset keeps the original DM.
+            # bytes of 10 images per class 250 steps reach what 1000 steps of plain pixels did not
+            # (docs/results.md, "Parameterisations"); the paper preset keeps the original DM.
             "dm": {"iterations": 250, "batch_real": 64, "param": "multi:factor=2"},
-            # DC/DSA cpu budgets are a first guess, not yet measured on Fashion-MNIST.
+            # DC/DSA: 100 outer iterations of 10 inner steps (docs/results.md, the benchmark table).
             "dc": {"iterations": 100, "batch_real": 64, "inner_loop": 10},
             "dsa": {"iterations": 100, "batch_real": 64, "inner_loop": 10},
             "kip": {"batch_real": 10, "iterations": 300},

@@ -4,7 +4,8 @@ against Avalanche's ``ReplayPlugin`` / ``GDumbPlugin`` holding the same bytes.
 
 Every cell is one (model, strategy, memory, K, seed) run over the 5 experiences of the full
 stream (60 000 training images); rows are cached as JSON in ``OUT`` so a re-run resumes, and
-the table is printed at the end.
+the table is printed at the end (the rows of the published tables are committed in
+``benchmarks/avalanche-native/``).
 
     python -m simulations.avalanche_native --models mlp --strategies lwf --memories condensed replay --mem-per-class 10
 
@@ -20,8 +21,10 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -110,9 +113,19 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
     accuracy = _accuracy(strategy.model, benchmark.test_stream)
     costs = condensed.storage_policy.costs if condensed else []
     return {"model": model_name, "strategy": strategy_name, "memory": memory, "mem_per_class": k, "seed": seed,
-            "final_accuracy": accuracy, "seconds": seconds,
+            "final_accuracy": accuracy, "seconds": seconds, "commit": _commit(), "torch": torch.__version__,
+            "cpus": os.cpu_count(), "command": "python -m simulations.avalanche_native " + " ".join(sys.argv[1:]),
             "condensation_seconds": sum(cost.seconds for cost in costs) if condensed else None,
             "memory_images": len(condensed.storage_policy.buffer) if condensed else None}
+
+
+def _commit() -> str | None:
+    """The checkout's commit, as the rows' provenance (None outside a git checkout)."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+    except OSError:
+        return None
+    return done.stdout.strip() or None
 
 
 def _accuracy(model: torch.nn.Module, stream: Any) -> float:
@@ -140,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--data-root", type=Path, default=Path.home() / ".avalanche" / "data")
-    parser.add_argument("--out", type=Path, default=Path("results/avalanche-native"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/avalanche-native"))
     args = parser.parse_args(argv)
     tune_allocator()
     rows = []

@@ -16,7 +16,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ddplug.data import formats
+import ddplug.data.formats as formats
 from ddplug.errors import DdplugError
 
 NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {

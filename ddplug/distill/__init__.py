@@ -6,16 +6,14 @@ from __future__ import annotations
 import torch
 
 from ddplug.data import ImageDataset
-from ddplug.distill.base import DistillConfig, Distiller, run_distillation
+from ddplug.distill.base import DistillConfig, Distillation, Distiller, register_distiller, run_distillation
 from ddplug.distill.condenser import (
     CONDENSERS,
     Condensed,
     Condenser,
-    Distillation,
     available_methods,
     get_condenser,
     register_condenser,
-    register_distiller,
 )
 
 # Imported for their registrations, in the order `ddplug list` shows them.

@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +27,14 @@ from tqdm.auto import tqdm
 from ddplug.version import __version__
 from ddplug.augment import DSA, DSAConfig
 from ddplug.data import ZCA, ImageDataset
-from ddplug.distill.condenser import Condensed
+from ddplug.distill.condenser import (
+    CHECKPOINT_FILE,
+    C,
+    Condensed,
+    Condenser,
+    register_condenser,
+    snapshot_path,
+)
 from ddplug.distill.sampling import ClassBalancedSampler
 from ddplug.distill.selection import select_subset
 from ddplug.errors import DdplugError
@@ -35,10 +42,13 @@ from ddplug.memory import check_decoded_size
 from ddplug.models import check_model_spec, create_model
 from ddplug.privacy import PrivateClassMeans
 from ddplug.seeding import derive_seed, make_generator
-from ddplug.sets import SyntheticSet
+from ddplug.sets import SyntheticSet, save_set
 from ddplug.sets.files import unpickling_cause
 from ddplug.sets.param import Layout, create_param, raw_images_per_class
 from ddplug.storage import atomic_write
+
+if TYPE_CHECKING:
+    from ddplug.presets import Preset
 
 INITIALISATIONS = ("real", "noise", "herding")
 MIN_STUDENT_LR = 1e-6
@@ -509,3 +519,33 @@ def _resume(distiller: Distiller, checkpoint: str | Path | None) -> tuple[int, l
     if checkpoint is None or not Path(checkpoint).exists():
         return 0, [], 0.0
     return _load_checkpoint(distiller, checkpoint)
+
+
+class Distillation(Condenser):
+    """A :class:`~ddplug.distill.base.Distiller` class as a condenser: preset settings, then
+    ``settings``; with ``out_dir`` a checkpoint there is resumed and kept up to date."""
+
+    distiller_class: ClassVar[type]
+    learns = True
+
+    def condense(self, real: ImageDataset, *, ipc: int, preset: Preset, seed: int = 0,
+                 settings: dict[str, Any] | None = None, device: torch.device | str = "cpu",
+                 out_dir: str | Path | None = None, progress: bool = True, snapshots: int = 0) -> Condensed:
+        config = self.make_config({**preset.method_settings(self.name), **(settings or {}), "ipc": ipc, "seed": seed})
+        distiller = self.distiller_class(real, config, device)
+        checkpoint = None if out_dir is None else Path(out_dir) / CHECKPOINT_FILE
+        snapshot_every = None
+        if snapshots > 0:
+            if out_dir is None:
+                raise DdplugError("snapshots need an output folder to be saved in")
+            snapshot_every = max(1, config.iterations // (snapshots + 1))
+        return run_distillation(distiller, checkpoint=checkpoint, progress=progress, snapshot_every=snapshot_every,
+                                on_snapshot=lambda synthetic: save_set(synthetic, snapshot_path(out_dir, synthetic)))
+
+
+def register_distiller(distiller_class: C) -> C:
+    """Class decorator for :class:`~ddplug.distill.base.Distiller` subclasses."""
+    register_condenser(type(f"{distiller_class.__name__}Condenser", (Distillation,),
+                            {"name": distiller_class.name, "distiller_class": distiller_class,
+                             "config_class": distiller_class.config_class, "private": distiller_class.private}))
+    return distiller_class

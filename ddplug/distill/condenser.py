@@ -19,14 +19,17 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 
 from ddplug.data import ZCA, ImageDataset
 from ddplug.errors import DdplugError
-from ddplug.presets import Preset, convert_field
-from ddplug.sets import SyntheticSet, save_set
+from ddplug.sets import SyntheticSet
+from ddplug.settings import convert_field
+
+if TYPE_CHECKING:  # presets name methods, so they import this module, not the other way round
+    from ddplug.presets import Preset
 
 CHECKPOINT_FILE = "checkpoint.pt"
 SNAPSHOT_FOLDER = "snapshots"
@@ -107,38 +110,6 @@ def available_methods() -> list[str]:
     """Every name ``ddplug distill --method`` accepts: methods, then baselines, each in
     registration order."""
     return sorted(CONDENSERS, key=lambda name: CONDENSERS[name].baseline)
-
-
-class Distillation(Condenser):
-    """A :class:`~ddplug.distill.base.Distiller` class as a condenser: preset settings, then
-    ``settings``; with ``out_dir`` a checkpoint there is resumed and kept up to date."""
-
-    distiller_class: ClassVar[type]
-    learns = True
-
-    def condense(self, real: ImageDataset, *, ipc: int, preset: Preset, seed: int = 0,
-                 settings: dict[str, Any] | None = None, device: torch.device | str = "cpu",
-                 out_dir: str | Path | None = None, progress: bool = True, snapshots: int = 0) -> Condensed:
-        from ddplug.distill.base import run_distillation
-
-        config = self.make_config({**preset.method_settings(self.name), **(settings or {}), "ipc": ipc, "seed": seed})
-        distiller = self.distiller_class(real, config, device)
-        checkpoint = None if out_dir is None else Path(out_dir) / CHECKPOINT_FILE
-        snapshot_every = None
-        if snapshots > 0:
-            if out_dir is None:
-                raise DdplugError("snapshots need an output folder to be saved in")
-            snapshot_every = max(1, config.iterations // (snapshots + 1))
-        return run_distillation(distiller, checkpoint=checkpoint, progress=progress, snapshot_every=snapshot_every,
-                                on_snapshot=lambda synthetic: save_set(synthetic, snapshot_path(out_dir, synthetic)))
-
-
-def register_distiller(distiller_class: C) -> C:
-    """Class decorator for :class:`~ddplug.distill.base.Distiller` subclasses."""
-    register_condenser(type(f"{distiller_class.__name__}Condenser", (Distillation,),
-                            {"name": distiller_class.name, "distiller_class": distiller_class,
-                             "config_class": distiller_class.config_class, "private": distiller_class.private}))
-    return distiller_class
 
 
 def snapshot_path(out_dir: str | Path, synthetic: SyntheticSet) -> Path:

@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddplug.data import ImageDataset
-from ddplug.distill.base import DistillConfig, Distiller
-from ddplug.distill.condenser import register_distiller
+from ddplug.distill.base import DistillConfig, Distiller, register_distiller
 from ddplug.distill.pool import NetworkPool, PoolSettings
 from ddplug.distill.kernels import nngp_features, ntk_features, relu_fc_kernel
 from ddplug.errors import DdplugError

@@ -8,7 +8,7 @@ briefly trained on the real data, as in the DC paper's baselines.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -20,9 +20,11 @@ from ddplug.distill.condenser import Condensed, Condenser, register_condenser, t
 from ddplug.errors import DdplugError
 from ddplug.evaluate.training import train_classifier
 from ddplug.models import create_model
-from ddplug.presets import Preset
 from ddplug.seeding import derive_seed, make_generator
 from ddplug.sets import SyntheticSet
+
+if TYPE_CHECKING:
+    from ddplug.presets import Preset
 
 SELECTIONS = ("random", "herding", "kcenter", "full")
 

@@ -37,8 +37,7 @@ from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ddplug.data import ImageDataset
-from ddplug.distill.base import DistillConfig, Distiller
-from ddplug.distill.condenser import register_distiller
+from ddplug.distill.base import DistillConfig, Distiller, register_distiller
 from ddplug.distill.experts import ExpertSet, ExpertTraining, ensure_experts, load_experts
 from ddplug.errors import DdplugError
 from ddplug.seeding import make_generator

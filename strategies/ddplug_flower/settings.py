@@ -25,7 +25,8 @@ from ddplug.distill import available_methods, get_condenser
 from ddplug.distill.base import INITIALISATIONS
 from ddplug.errors import DdplugError
 from ddplug.models import create_model
-from ddplug.presets import Preset, convert_field, get_preset, parse_assignments
+from ddplug.presets import Preset, get_preset
+from ddplug.settings import convert_field, parse_assignments
 from ddplug.seeding import derive_seed
 from ddplug.sets import IMAGE_ENCODINGS, create_param
 from ddplug.privacy import calibrate_noise
