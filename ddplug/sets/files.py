@@ -37,8 +37,9 @@ CODED_FORMAT_VERSION = "2"  # a parameterisation's code, decoded on load
 IMAGE_ENCODINGS = ("float32", "float16", "uint8")
 SET_FILE = "synthetic.safetensors"
 # What a set file may hold: learned codes leave [0, 1] (dct and factor codes by several
-# times its width), never by orders of magnitude; learned lrs of SGD here are far below 1.
-FILE_LIMITS = SetLimits(pixel_range=(-15.0, 16.0), lr_range=(0.0, 1.0))
+# times its width, more as they diverge) but a value a thousand widths out is no image;
+# learned lrs of SGD here are far below 1.
+FILE_LIMITS = SetLimits(pixel_range=(-1000.0, 1001.0), lr_range=(0.0, 1.0))
 
 
 class DatasetInfo(Protocol):
