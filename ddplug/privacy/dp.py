@@ -15,6 +15,7 @@ batch size: in the federated app each client tells the server its class counts a
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,7 @@ def epsilon_spent(noise_multiplier: float, sample_rate: float, steps: int, delta
     return float(accountant.get_epsilon(delta))
 
 
+@functools.lru_cache(maxsize=64)  # a federated run checks the same budget for every client message
 def calibrate_noise(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
     """The smallest noise multiplier whose ``steps`` steps at ``sample_rate`` spend at most
     (``epsilon``, ``delta``)."""
