@@ -32,7 +32,7 @@ setup_venv() {
     if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ]; then
         echo "dev.sh: installing ddplug and its dependencies into $VENV (first time: a few minutes)" >&2
         "$VENV/bin/python" -m pip install --quiet --upgrade pip
-        "$VENV/bin/python" -m pip install --quiet -e ".[avalanche,flower,test]"
+        "$VENV/bin/python" -m pip install --quiet -e ".[avalanche,flower,test,docs]"
         echo "$want" >"$STAMP"
     fi
 }

@@ -9,65 +9,34 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from ddplug.allocator import tune_allocator
+from ddplug.api import print_warnings_as_lines
 from ddplug.commands import add_commands, discover_commands
 from ddplug.devices import resolve_device
 from ddplug.errors import DdplugError
-from ddplug.settings import parse_assignments
-from ddplug.storage import writable_folder
+from ddplug.settings import add_setting_flags, given_settings, parse_assignments
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-def _preset(args: argparse.Namespace):
-    from ddplug.presets import get_preset
-
+def _overrides(args: argparse.Namespace) -> dict[str, str]:
+    """``--set`` assignments with the evaluation flags folded in."""
     overrides = parse_assignments(args.set)
-    if args.eval_model is not None:
-        overrides["eval.model"] = args.eval_model
-    if args.eval_epochs is not None:
-        overrides["eval.epochs"] = str(args.eval_epochs)
-    if args.eval_models is not None:
-        overrides["eval.num_models"] = str(args.eval_models)
-    preset = get_preset(args.preset).override(overrides)
-    method = getattr(args, "method", None)
-    for key, value in overrides.items():
-        scope = key.partition(".")[0]
-        if method is not None and scope not in ("eval", method):
-            print(f"ddplug: warning: --set {key}={value} is a setting of {scope}, not of {method}, which this run uses: "
-                  "it has no effect", file=sys.stderr)
-    from ddplug.models import create_model
-
-    # Fail on a bad evaluation model now, not after a long distillation.
-    create_model(preset.evaluation.model, in_channels=1, num_classes=2, image_size=(28, 28))
-    return preset
+    for flag, key in (("eval_model", "eval.model"), ("eval_epochs", "eval.epochs"), ("eval_models", "eval.num_models")):
+        if getattr(args, flag) is not None:
+            overrides[key] = str(getattr(args, flag))
+    return overrides
 
 
 def _baselines(text: str) -> tuple[str, ...]:
-    from ddplug.distill import CONDENSERS
-
-    allowed = [name for name, condenser in CONDENSERS.items() if condenser.baseline and condenser.per_class]
-    names = tuple(name for name in text.split(",") if name)
-    for name in names:
-        if name not in allowed:
-            raise DdplugError(f"unknown baseline {name!r}; choose from {', '.join(allowed)} (comma-separated) or ''")
-    return names
-
-
-def _peak_memory(device: torch.device) -> dict[str, Any]:
-    """Peak memory of this process: CUDA allocations on a GPU, resident set size on CPU."""
-    if device.type == "cuda":
-        return {"peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20, "peak_memory_kind": "cuda-allocated"}
-    import resource
-
-    return {"peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_memory_kind": "process-max-rss"}
+    return tuple(name for name in text.split(",") if name)
 
 
 def _emit(summary: dict[str, Any], table: str, as_json: bool) -> None:
@@ -77,69 +46,20 @@ def _emit(summary: dict[str, Any], table: str, as_json: bool) -> None:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from ddplug.data import load_dataset
-    from ddplug.distill import available_methods, get_condenser
-    from ddplug.pipeline import DISTILL_FILES, judge, save_outputs, write_judgement
-    from ddplug.sets import load_set, payload_bytes, raw_images_per_class
+    from ddplug.api import RUN_FOLDER, distill
 
-    if args.method not in available_methods():
-        raise DdplugError(f"unknown method {args.method!r}; choose one of {', '.join(available_methods())}")
-    if args.ipc is not None and args.bytes is not None:
-        raise DdplugError("--ipc and --bytes both set the budget: give one")
-    if args.bytes is not None and not get_condenser(args.method).learns:
-        raise DdplugError(f"--bytes is a budget for a learned code; {args.method} picks whole raw images: use --ipc")
-    if args.ipc is not None and args.ipc < 1:
-        raise DdplugError(f"--ipc must be at least 1, got {args.ipc}")
-    if args.bytes is not None and args.bytes < 1:
-        raise DdplugError(f"--bytes must be at least 1, got {args.bytes}")
-    preset = _preset(args)
-    device = resolve_device(args.device)
-    baselines = _baselines(args.baselines)
-    settings = _method_settings(args)
-    if args.snapshots < 0:
-        raise DdplugError(f"--snapshots must be 0 or more, got {args.snapshots}")
-    data = load_dataset(args.dataset, args.data_root)
-    if args.bytes is None:
-        ipc = 10 if args.ipc is None else args.ipc
-        budget = f"ipc{ipc}"
-    else:  # the config checks that these bytes hold a raw image per class, before any work
-        settings["budget_bytes"] = args.bytes
-        ipc = max(1, raw_images_per_class(args.bytes, data.train.num_classes,
-                                          (data.train.in_channels, *data.train.image_size)))
-        budget = f"{args.bytes}bytes"
-    out_dir = writable_folder(args.out or f"runs/{data.train.name}-{args.method}-{budget}-seed{args.seed}",
-                              files=DISTILL_FILES)
-    condensed = get_condenser(args.method).condense(data.train, ipc=ipc, preset=preset, seed=args.seed,
-                                                    settings=settings,
-                         device=device, out_dir=out_dir, progress=not args.quiet, snapshots=args.snapshots)
-    files = save_outputs(condensed, out_dir) if get_condenser(args.method).per_class else {}
-    # What was stored is what is judged: the code at its storage dtypes, decoded.
-    synthetic = load_set(files["set"]) if files else condensed.synthetic
-    extra = {
-        "param": synthetic.param,
-        "decoded_per_class": synthetic.meta.get("decoded_per_class"),
-        "bytes": payload_bytes(files["set"]) if files else None,  # the file's tensors: code, labels, lr
-        "iterations": condensed.iterations,
-        "distill_seconds": condensed.seconds,
-        "seconds_per_iteration": condensed.seconds / condensed.iterations if condensed.iterations else None,
-        "interrupted": condensed.interrupted,
-        "final_loss": condensed.losses[-1] if condensed.losses else None,
-        "device": str(device),
-        "out_dir": str(out_dir),
-        "files": files,
-    }
-    if condensed.interrupted:
-        print(f"interrupted after {condensed.iterations} iterations; the set so far is in {out_dir} "
+    run = distill(args.dataset, args.method, ipc=args.ipc, budget_bytes=args.bytes, preset=args.preset,
+                  overrides=_overrides(args), seed=args.seed, device=args.device, out=args.out or RUN_FOLDER,
+                  baselines=_baselines(args.baselines), evaluate=not args.no_eval, snapshots=args.snapshots,
+                  data_root=args.data_root, progress=not args.quiet, **_method_settings(args))
+    if run.condensed.interrupted:
+        print(f"interrupted after {run.condensed.iterations} iterations; the set so far is in {run.out_dir} "
               "(run the same command again to resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if args.no_eval:
-        summary = {"method": args.method, "dataset": data.train.name, "ipc": ipc, **extra}
-        _emit(summary, f"saved {files.get('set', '(nothing)')}", args.json)
+    if run.judgement is None:
+        _emit(run.summary, f"saved {run.summary['files'].get('set', '(nothing)')}", args.json)
         return 0
-    judgement = judge(synthetic, data, preset, method=args.method, baselines=baselines,
-                      seed=args.seed, device=device, progress=not args.quiet, zca=condensed.zca)
-    summary = write_judgement(judgement, out_dir, {**extra, **_peak_memory(device)})
-    _emit(summary, judgement.table() + f"\nwritten to {out_dir}/", args.json)
+    _emit(run.summary, run.table() + f"\nwritten to {run.out_dir}/", args.json)
     return 0
 
 
@@ -150,7 +70,7 @@ _SETTING_PREFIX = "setting_"
 
 def _method_setting_fields() -> dict[str, list[str]]:
     """Every method setting without a flag of its own, and the methods that have it."""
-    from ddplug.distill import CONDENSERS
+    from ddplug.methods import CONDENSERS
 
     owners: dict[str, list[str]] = {}
     for method, condenser in CONDENSERS.items():
@@ -161,41 +81,25 @@ def _method_setting_fields() -> dict[str, list[str]]:
 
 
 def _add_method_flags(parser: argparse.ArgumentParser) -> None:
-    from ddplug.distill import CONDENSERS
+    from ddplug.methods import CONDENSERS
 
     group = parser.add_argument_group("method settings", "each overrides the preset's value for the chosen method")
     owners = _method_setting_fields()
     every = sum(1 for condenser in CONDENSERS.values() if condenser.config_class is not None)
-    for name, methods in sorted(owners.items()):
-        which = "all methods" if len(methods) == every else ", ".join(methods)
-        group.add_argument(f"--{name.replace('_', '-')}", dest=_SETTING_PREFIX + name, default=None, metavar="VALUE",
-                           help=f"({which})")
+    add_setting_flags(group, {name: f"({'all methods' if len(methods) == every else ', '.join(methods)})"
+                              for name, methods in sorted(owners.items())}, _SETTING_PREFIX)
 
 
 def _method_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The distillation settings given as flags; a flag the chosen method lacks is an error."""
-    from ddplug.distill import get_condenser
-
-    settings = {key: value for key, value in (("iterations", args.iterations), ("model", args.model),
-                                              ("init", args.init)) if value is not None}
-    given = {key[len(_SETTING_PREFIX):]: value for key, value in vars(args).items()
-             if key.startswith(_SETTING_PREFIX) and value is not None}
-    fields = get_condenser(args.method).setting_names()
-    if given and not fields:
-        flags = ", ".join(f"--{name.replace('_', '-')}" for name in given)
-        raise DdplugError(f"{flags}: {args.method} takes no settings, so it has no such setting")
-    owners = _method_setting_fields()
-    for name in given:
-        if name not in fields:
-            raise DdplugError(f"--{name.replace('_', '-')} is not a setting of {args.method} "
-                              f"(it is one of {', '.join(owners[name])}); drop it or pick such a method")
-    return {**settings, **given}
+    """The distillation settings given as flags (the method checks them)."""
+    return {**given_settings(args, ("iterations", "model", "init")),
+            **given_settings(args, _method_setting_fields(), _SETTING_PREFIX)}
 
 
 def cmd_experts(args: argparse.Namespace) -> int:
     from ddplug.data import load_dataset
-    from ddplug.distill import make_config
-    from ddplug.distill.experts import ExpertTraining, default_expert_folder, train_experts
+    from ddplug.methods import make_config
+    from ddplug.methods.experts import ExpertTraining, default_expert_folder, train_experts
     from ddplug.presets import get_preset
 
     model = args.model or make_config("mtt", get_preset(args.preset).method_settings("mtt")).model
@@ -213,38 +117,14 @@ def cmd_experts(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ddplug.data import load_dataset
-    from ddplug.distill import CONDENSERS
-    from ddplug.pipeline import JUDGEMENT_FILES, judge, write_judgement
-    from ddplug.sets import load_set
+    from ddplug.api import evaluate
 
     path = Path(args.path)
-    preset = _preset(args)
-    device = resolve_device(args.device)
-    baselines = _baselines(args.baselines)
-    if args.dataset is None:
-        if not path.exists():
-            raise DdplugError(f"{path} does not exist: give the path of a synthetic set file or of the folder holding it")
-        synthetic = load_set(path)  # only ddplug's own files name their dataset
-        dataset = synthetic.meta.get("dataset")
-        if not dataset:
-            raise DdplugError(f"{path} does not say which dataset it distils: name it with --dataset NAME")
-        data = load_dataset(dataset, args.data_root)
-    else:
-        data = load_dataset(args.dataset, args.data_root)
-        synthetic = load_set(path, dataset=data.train, experiment=args.experiment)
-    method = synthetic.meta.get("method", "unknown")
-    if method in CONDENSERS and not CONDENSERS[method].per_class:
-        raise DdplugError(f"{path} says it is method {method!r}, the whole dataset, which no set file is: "
-                          "it cannot be judged as one")
-    out_dir = writable_folder(Path(args.out) if args.out else (path if path.is_dir() else path.parent) / "evaluation",
-                              files=JUDGEMENT_FILES)
-    judgement = judge(synthetic, data, preset, method=method, baselines=baselines, seed=args.seed, device=device,
-                      progress=not args.quiet)
-    summary = write_judgement(judgement, out_dir, {"iterations": synthetic.meta.get("iterations"),
-                                                   "distill_seconds": synthetic.meta.get("distill_seconds"),
-                                                   "source": str(path), "device": str(device), "out_dir": str(out_dir)})
-    _emit(summary, judgement.table() + f"\nwritten to {out_dir}/", args.json)
+    out = Path(args.out) if args.out else (path if path.is_dir() else path.parent) / "evaluation"
+    judgement = evaluate(path, args.dataset, preset=args.preset, overrides=_overrides(args),
+                         baselines=_baselines(args.baselines), seed=args.seed, device=args.device, out=out,
+                         experiment=args.experiment, data_root=args.data_root, progress=not args.quiet)
+    _emit(judgement.summary(), judgement.table() + f"\nwritten to {out}/", args.json)
     return 0
 
 
@@ -265,7 +145,7 @@ def _version_line() -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from ddplug.data import available_datasets
-    from ddplug.distill import available_methods
+    from ddplug.methods import available_methods
     from ddplug.models import available_models
     from ddplug.presets import PRESETS
 
@@ -274,11 +154,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("datasets: " + ", ".join(available_datasets()))
     for preset in PRESETS.values():
         print(f"preset {preset.name}: {preset.description}")
+        for recipe in preset.recipes:
+            budget = "any other budget" if recipe.max_ipc is None else f"up to {recipe.max_ipc} image(s) per class"
+            print(f"  recipe for {budget}: {recipe.command()}\n    chosen by: {recipe.evidence}")
     print(_version_line())
     return 0
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    from ddplug.api import baseline_names
+
     parser.add_argument("--preset", default="cpu", help="cpu (minutes on a laptop) or paper (the field's protocol, GPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-root", default=None, help="where datasets are (default: $DDPLUG_DATA or ~/.cache/ddplug/data)")
@@ -286,7 +171,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-model", default=None, help="evaluation network spec, e.g. convnet:width=128 or resnet18")
     parser.add_argument("--eval-epochs", type=int, default=None)
     parser.add_argument("--eval-models", type=int, default=None, help="how many fresh networks to train")
-    parser.add_argument("--baselines", default="random", help="comma-separated subsets to compare: random,herding,kcenter")
+    parser.add_argument("--baselines", default="random",
+                        help=f"comma-separated subsets to compare: {','.join(baseline_names())}, or ''")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any preset field: eval.epochs=100, dm.iterations=500, dm.batch_real=128, ...")
     parser.add_argument("--out", default=None, help="output folder")
@@ -295,13 +181,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ddplug.methods import available_methods
+
     parser = argparse.ArgumentParser(prog="ddplug", description="Dataset distillation: distill, evaluate, compare.")
     parser.add_argument("--version", action="version", version=_version_line())
     commands = parser.add_subparsers(dest="command", required=True)
 
     distill = commands.add_parser("distill", help="distill a dataset and evaluate the result")
     distill.add_argument("--dataset", default="fashion-mnist")
-    distill.add_argument("--method", default="dm", help="dm, dc, dsa, mtt, kip, frepo, or a baseline: random, herding, kcenter, full")
+    distill.add_argument("--method", default=None,
+                         help=f"one of {', '.join(available_methods())} (default: the preset's recipe for the budget, "
+                              "see ddplug list)")
     distill.add_argument("--ipc", type=int, default=None,
                          help="budget: the bytes of IPC raw uint8 images per class (--param fills it with its "
                               "code; default 10)")
@@ -362,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown and not getattr(args, "takes_any_arguments", False):  # a stub command's own options are unknown here
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    warnings.showwarning = print_warnings_as_lines
     try:
         return args.run(args)
     except DdplugError as error:

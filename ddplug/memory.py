@@ -8,8 +8,14 @@ exists, so a small file or a typo costs one line, not the machine's memory.
 from __future__ import annotations
 
 import math
+import resource
+import weakref
+from collections.abc import Callable
 
 import psutil
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ddplug.errors import DdplugError
 
@@ -45,3 +51,64 @@ def check_decoded_size(images: int, shape: tuple[int, ...], what: str, fix: str)
         raise DdplugError(f"{what} would decode to {images} images of {'x'.join(map(str, shape))} "
                           f"({needed / 2**30:.3g} GiB as float32), over the {allowed / 2**30:.3g} GiB this machine "
                           f"can spare now: {fix}")
+
+
+def peak_memory(device: torch.device | str) -> tuple[float, str]:
+    """This process's peak memory so far in MiB, and what was measured: the CUDA caching
+    allocator's peak on a GPU (``"cuda-allocated"``), the resident set's high-water mark on
+    the CPU (``"process-max-rss"``), which covers the whole process, not one step of it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda-allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process-max-rss"
+
+
+def peak_memory_bytes(fn: Callable[[], object], device: torch.device | str) -> int:
+    """Peak bytes ``fn`` allocates on ``device`` beyond what was allocated before it ran.
+
+    On CUDA, the caching allocator's own peak. On the CPU, whose allocator keeps no
+    statistics, the peak of the tensor storage that ``fn``'s ops create and keep alive
+    (including what the autograd graph holds), counted op by op.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    with _LiveTensorBytes() as counter:
+        fn()
+    return counter.peak
+
+
+class _LiveTensorBytes(TorchDispatchMode):
+    """Counts the bytes of the tensor storages that ops create while they are alive, and the peak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self.tracked: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
+        output = func(*args, **(kwargs or {}))
+        for tensor in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(tensor, Tensor):
+                self._track(tensor.untyped_storage())
+        self.peak = max(self.peak, self.live)
+        return output
+
+    def _track(self, storage: torch.UntypedStorage) -> None:
+        key, size = storage._cdata, storage.nbytes()
+        if key in self.tracked:  # a view or an in-place result: no new memory
+            return
+        self.tracked.add(key)
+        self.live += size
+        # Storage objects live exactly as long as their memory, so this runs when it is freed.
+        weakref.finalize(storage, self._free, key, size)
+
+    def _free(self, key: int, size: int) -> None:
+        self.tracked.discard(key)
+        self.live -= size

@@ -5,19 +5,19 @@ benchmarks and the adapters share (a whole dataset is condensed by
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ddplug.data import ZCA, DatasetSplits, ImageDataset
-from ddplug.distill import CONDENSERS, Condensed, get_condenser
-from ddplug.distill.condenser import CHECKPOINT_FILE
+from ddplug.methods import CONDENSERS, Condensed, get_condenser
+from ddplug.methods.condenser import CHECKPOINT_FILE
 from ddplug.errors import DdplugError
-from ddplug.evaluate.evaluator import EvalResult, Evaluator
-from ddplug.evaluate.published import published_result
-from ddplug.evaluate.report import format_table, percent, save_accuracy_plot
+from ddplug.evaluation.evaluator import EvalResult, Evaluator
+from ddplug.evaluation.published import published_result
+from ddplug.evaluation.report import format_table, percent, save_accuracy_plot
 from ddplug.presets import Preset
 from ddplug.sets import SET_FILE, SyntheticSet, save_grid, save_set
 from ddplug.storage import write_json
@@ -131,8 +131,25 @@ class Judgement:
     preset: str
     seed: int
     zca_epsilon: float | None = None  # the set and the baselines were trained and tested whitened
+    extra: dict[str, Any] = field(default_factory=dict)  # how the set was made, where its files are: in summary()
+
+    @property
+    def mean(self) -> float:
+        """The set's mean test accuracy (a fraction)."""
+        return self.result.mean
+
+    @property
+    def std(self) -> float:
+        return self.result.std
+
+    @property
+    def accuracies(self) -> list[float]:
+        """One test accuracy per fresh network trained on the set."""
+        return self.result.accuracies
 
     def summary(self) -> dict[str, Any]:
+        """What ``evaluation.json`` and ``--json`` hold: the accuracies, the baselines, the
+        published numbers at this budget, and :attr:`extra`."""
         published = published_result(self.method, self.dataset, self.ipc)
         published_random = published_result("random", self.dataset, self.ipc)
         random = self.baselines.get("random")
@@ -160,7 +177,7 @@ class Judgement:
             if name != "random":
                 summary[f"{name}_baseline_mean"] = baseline.mean
                 summary[f"{name}_baseline_std"] = baseline.std
-        return summary
+        return {**summary, **self.extra}
 
     def rows(self) -> list[tuple[str, str, str]]:
         rows = [(f"{self.method} (this set)", percent(self.result.mean, self.result.std), f"{self.preset} preset, {self.result.model}")]
@@ -224,12 +241,13 @@ def judge(
     return Judgement(method, data.train.name, ipc, result, baseline_results, preset.name, seed, epsilon)
 
 
-def write_judgement(judgement: Judgement, out_dir: str | Path, extra: dict[str, Any]) -> dict[str, Any]:
-    """Save ``evaluation.json`` and ``accuracy.png``; returns the summary written."""
+def write_judgement(judgement: Judgement, out_dir: str | Path) -> dict[str, Any]:
+    """Save ``evaluation.json`` and ``accuracy.png`` (their paths join ``judgement.extra``);
+    returns the summary written."""
     out_dir = Path(out_dir)
     evaluation, plot = (out_dir / name for name in JUDGEMENT_FILES)
     files = {"evaluation": str(evaluation), "plot": str(judgement.plot(plot))}
-    summary = {**judgement.summary(), **extra}
-    summary["files"] = {**summary.get("files", {}), **files}
+    judgement.extra["files"] = {**judgement.extra.get("files", {}), **files}
+    summary = judgement.summary()
     write_json(evaluation, summary)
     return summary

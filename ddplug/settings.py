@@ -11,8 +11,62 @@ from typing import Any
 from ddplug.errors import DdplugError
 
 
+def parse_spec(spec: str, what: str, example: str) -> tuple[str, dict[str, str]]:
+    """Split a ``name:key=value,...`` spec (a model, a parameterisation) into its name and
+    options, values as written; one rule for all: a name, ``key=value`` items, no key twice.
+
+    Examples:
+        >>> parse_spec("multi:factor=2, bits=4", "parameterisation", "multi:factor=2")
+        ('multi', {'factor': '2', 'bits': '4'})
+        >>> parse_spec("convnet:width=8,width=16", "model spec", "convnet:width=64")
+        Traceback (most recent call last):
+        ...
+        ddplug.errors.DdplugError: model spec 'convnet:width=8,width=16': option 'width' is given twice
+    """
+    name, _, option_text = spec.strip().partition(":")
+    name = name.strip()
+    if not name:
+        raise DdplugError(f"{what} {spec!r} has no name; write e.g. {example!r}")
+    options: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in option_text.split(","))):
+        key, equals, value = (text.strip() for text in item.partition("="))
+        if not equals or not key or not value:
+            raise DdplugError(f"{what} {spec!r}: option {item!r} should look like KEY=VALUE (e.g. {example})")
+        if key in options:
+            raise DdplugError(f"{what} {spec!r}: option {key!r} is given twice")
+        options[key] = value
+    return name, options
+
+
+def kebab(name: str) -> str:
+    """A setting's name as a flag or run-config key: ``lr_images`` -> ``lr-images``."""
+    return name.replace("_", "-")
+
+
+def add_setting_flags(group: Any, helps: dict[str, str], dest_prefix: str = "") -> None:
+    """One ``--kebab-name VALUE`` flag per setting of ``helps`` (name -> help) on an argparse
+    group, default None (the setting's own default); :func:`given_settings` reads them back."""
+    for name, help_text in helps.items():
+        group.add_argument(f"--{kebab(name)}", dest=dest_prefix + name, default=None, metavar="VALUE", help=help_text)
+
+
+def given_settings(args: Any, names: Any, dest_prefix: str = "") -> dict[str, Any]:
+    """The settings among ``names`` whose flags (:func:`add_setting_flags`) were given."""
+    return {name: getattr(args, dest_prefix + name) for name in names
+            if getattr(args, dest_prefix + name, None) is not None}
+
+
 def parse_assignments(items: list[str]) -> dict[str, str]:
-    """``["eval.epochs=100", ...]`` (``--set`` values) as ``{"eval.epochs": "100", ...}``."""
+    """``["eval.epochs=100", ...]`` (``--set`` values) as ``{"eval.epochs": "100", ...}``.
+
+    Examples:
+        >>> parse_assignments(["eval.epochs=100", "dm.iterations = 50"])
+        {'eval.epochs': '100', 'dm.iterations': '50'}
+        >>> parse_assignments(["eval.epochs"])
+        Traceback (most recent call last):
+        ...
+        ddplug.errors.DdplugError: --set expects KEY=VALUE (e.g. eval.epochs=100 or dm.iterations=200), got 'eval.epochs'
+    """
     assignments = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -26,7 +80,13 @@ def convert_field(cls: type, name: str, value: Any) -> Any:
     """``value`` converted to the type of dataclass field ``cls.name`` (strings from a CLI).
 
     The type comes from the field's resolved type hint: ``int``, ``float``, ``bool``,
-    ``str`` or one of those ``| None`` (where ``none`` means None)."""
+    ``str`` or one of those ``| None`` (where ``none`` means None).
+
+    Examples:
+        >>> from ddplug.methods import DMConfig
+        >>> convert_field(DMConfig, "iterations", "250"), convert_field(DMConfig, "lr_images", "0.5")
+        (250, 0.5)
+    """
     fields = {f.name for f in dataclasses.fields(cls)}
     if name not in fields:
         raise DdplugError(f"{cls.__name__} has no setting {name!r}; settings: {', '.join(sorted(fields))}")

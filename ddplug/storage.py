@@ -69,5 +69,10 @@ def write_json(path: str | Path, payload: Any) -> Path:
 
 
 def path_part(spec: str) -> str:
-    """A spec such as ``multi:factor=2,bits=4`` as part of a file or folder name: ``multi-factor2-bits4``."""
+    """A spec such as ``multi:factor=2,bits=4`` as part of a file or folder name.
+
+    Examples:
+        >>> path_part("multi:factor=2,bits=4")
+        'multi-factor2-bits4'
+    """
     return spec.replace(":", "-").replace("=", "").replace(",", "-")

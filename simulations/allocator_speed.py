@@ -28,7 +28,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from ddplug.allocator import ENV_VAR, tune_allocator
-from ddplug.evaluate.report import format_table
+from ddplug.evaluation.report import format_table
 from ddplug.storage import atomic_write, write_json
 
 WORKLOADS = ("dm", "mtt", "kip", "evaluate")

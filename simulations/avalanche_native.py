@@ -10,7 +10,8 @@ the table is printed at the end (the rows of the published tables are committed 
     python -m simulations.avalanche_native --models mlp --strategies lwf --memories condensed replay --mem-per-class 10
 
 Memories: ``condensed`` (``CondensedReplayPlugin``, replay mode, the README's arguments),
-``condensed-retrain`` (retrain mode), ``replay`` (``ReplayPlugin`` with a class-balanced
+``condensed-retrain`` (retrain mode), ``condensed-strategy`` and ``condensed-strategy-retrain``
+(the same, matching with fresh copies of the strategy's own model: ``Condensation(model="strategy")``), ``replay`` (``ReplayPlugin`` with a class-balanced
 buffer of K raw images per class), ``gdumb`` (``GDumbPlugin`` of K x 10 raw images),
 ``none``. The retrain memories train ``--memory-epochs`` epochs on the memory at each
 experience, the others ``--epochs`` on the experience's data.
@@ -33,13 +34,14 @@ from typing import Any
 import torch
 
 from ddplug.allocator import tune_allocator
-from ddplug.evaluate.report import format_table, percent
+from ddplug.evaluation.report import format_table, percent
 from ddplug.storage import write_json
 
 MODELS = ("mlp", "cnn")
 STRATEGIES = ("naive", "lwf", "ewc")
-MEMORIES = ("condensed", "condensed-retrain", "replay", "gdumb", "none")
-RETRAIN = ("condensed-retrain", "gdumb")
+MEMORIES = ("condensed", "condensed-retrain", "condensed-strategy", "condensed-strategy-retrain", "replay", "gdumb",
+            "none")
+RETRAIN = ("condensed-retrain", "condensed-strategy-retrain", "gdumb")
 _DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -86,9 +88,10 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
     model = make_model(model_name, seed)
     plugins: list[Any] = []
     condensed = None
-    if memory in ("condensed", "condensed-retrain"):
-        condensed = CondensedReplayPlugin(mem_per_class=k, mode="replay" if memory == "condensed" else "retrain",
-                                          condensation=Condensation(method="dm", dataset="fashion-mnist",
+    if memory.startswith("condensed"):
+        matching = "strategy" if memory.startswith("condensed-strategy") else None
+        condensed = CondensedReplayPlugin(mem_per_class=k, mode="retrain" if memory in RETRAIN else "replay",
+                                          condensation=Condensation(method="dm", dataset="fashion-mnist", model=matching,
                                                                     progress=False, seed=seed))
         plugins.append(condensed)
     elif memory == "replay":

@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 
 from ddplug.allocator import tune_allocator
-from ddplug.distill import available_methods, get_condenser
-from ddplug.distill.condenser import SNAPSHOT_FOLDER
-from ddplug.evaluate.published import PUBLISHED_IPCS, published_result
-from ddplug.evaluate.report import format_table, percent, pyplot, save_figure
+from ddplug.methods import available_methods, get_condenser
+from ddplug.methods.condenser import SNAPSHOT_FOLDER
+from ddplug.evaluation.published import PUBLISHED_IPCS, published_result
+from ddplug.evaluation.report import format_table, percent, pyplot, save_figure
 from ddplug.storage import atomic_write, path_part, write_json
 
 METHODS = ("dm", "dc", "dsa", "mtt", "kip", "frepo", "random", "herding")

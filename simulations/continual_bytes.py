@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from ddplug.allocator import tune_allocator
-from ddplug.evaluate.report import format_table, percent, pyplot, save_figure
+from ddplug.evaluation.report import format_table, percent, pyplot, save_figure
 from ddplug.storage import atomic_write, write_json
 from ddplug_avalanche.runner import STRATEGIES, run_benchmark
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ddplug.allocator import tune_allocator
-from ddplug.evaluate.report import format_table
+from ddplug.evaluation.report import format_table
 from ddplug.storage import atomic_write, write_json
 from ddplug_flower import HISTORY_FILE, FederatedSettings
 from ddplug_flower.simulation import simulate

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from ddplug.allocator import tune_allocator
-from ddplug.evaluate.report import format_table
-from ddplug.evaluate.training import train_classifier
+from ddplug.evaluation.report import format_table
+from ddplug.evaluation.training import train_classifier
 from ddplug.pipeline import condense_classes
 from ddplug.privacy import leakage_report
 from ddplug.seeding import derive_seed, make_generator

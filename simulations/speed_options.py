@@ -26,9 +26,9 @@ from ddplug.allocator import tune_allocator
 from ddplug.augment import DSA, DSAConfig
 from ddplug.data import load_dataset
 from ddplug.devices import resolve_device
-from ddplug.distill import create_distiller, make_config
-from ddplug.evaluate.report import format_table
-from ddplug.evaluate.training import TrainSettings, train_classifier
+from ddplug.methods import create_distiller, make_config
+from ddplug.evaluation.report import format_table
+from ddplug.evaluation.training import TrainSettings, train_classifier
 from ddplug.models import create_model
 from ddplug.storage import atomic_write, write_json
 

@@ -24,8 +24,9 @@ import torch
 from ddplug.allocator import tune_allocator
 from ddplug.data import ImageDataset, load_dataset
 from ddplug.devices import resolve_device
-from ddplug.distill.trajectory import MEMORY_MODES, StudentRun, matching_gradients, peak_memory_bytes
-from ddplug.evaluate.report import format_table
+from ddplug.memory import peak_memory_bytes
+from ddplug.methods.trajectory import MEMORY_MODES, StudentRun, matching_gradients
+from ddplug.evaluation.report import format_table
 from ddplug.models import create_model
 from ddplug.storage import atomic_write, write_json
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ddplug.allocator import tune_allocator
-from ddplug.data import DatasetSplits, from_tensors
-from ddplug.evaluate import EvalProtocol
+from ddplug.data import DatasetSplits, load_dataset
+from ddplug.evaluation import EvalProtocol
 from ddplug.presets import PRESETS, Preset
 
 from helpers import TINY_MODEL
@@ -24,14 +24,7 @@ tune_allocator()  # like every ddplug entry point (tests of the tuning itself us
 @pytest.fixture(scope="session")
 def digits() -> DatasetSplits:
     """The 1797 8x8 digits of scikit-learn, split 1400/397: real data with no download."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = torch.tensor(bunch.images, dtype=torch.float32) / 16.0
-    y = torch.tensor(bunch.target, dtype=torch.long)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    x, y = x[order], y[order]
-    return from_tensors(x[:1400, None], y[:1400], x[1400:, None], y[1400:], name="digits", num_classes=10)
+    return load_dataset("digits")
 
 
 @pytest.fixture()

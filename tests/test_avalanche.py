@@ -155,6 +155,41 @@ def test_plugin_replays_memory_with_naive_and_another_plugin(other):
     assert metrics["Condensation_Seconds/Exp002"] == plugin.storage_policy.costs[-1].seconds
 
 
+class FlatNet(torch.nn.Module):
+    """A user's own network, unlike any ddplug model: an MLP on the flattened image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU())
+        self.classifier = torch.nn.Linear(16, CLASSES)
+
+    def forward(self, x):
+        return self.classifier(self.body(x))
+
+
+def test_the_memory_can_be_condensed_by_matching_the_strategys_own_model(monkeypatch):
+    import ddplug.methods.base as base
+
+    built = []
+    real_create = base.create_model
+    monkeypatch.setattr(base, "create_model", lambda spec, **kw: built.append(spec) or real_create(spec, **kw))
+    stream = make_stream()
+    model = FlatNet()
+    before = [p.detach().clone() for p in model.parameters()]
+    how = Condensation(settings={"iterations": 3, "batch_real": 4}, model="strategy", progress=False)
+    plugin = CondensedReplayPlugin(mem_per_class=2, condensation=how)
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), criterion=torch.nn.CrossEntropyLoss(),
+                     train_mb_size=8, device="cpu", plugins=[plugin])
+    strategy.train(stream.train_stream[0])
+    assert built and all(spec.startswith("template-") for spec in built)  # every draw: a copy of FlatNet
+    assert len(plugin.storage_policy.buffer) == 2 * 2 * 4
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the user's model is untouched
+    with_convnet = CondensedBuffer(mem_per_class=2, condensation=Condensation(settings=FAST, progress=False))
+    built.clear()
+    with_convnet.post_adapt(strategy, stream.train_stream[0])
+    assert built and all(spec.startswith("convnet") for spec in built)
+
+
 def test_class_with_a_single_sample_is_kept_as_it_is():
     stream = make_stream(drop_to_one=1)
     buffer = CondensedBuffer(mem_per_class=3, condensation=QUICK)
@@ -306,6 +341,9 @@ def test_a_normalisation_that_does_not_fit_the_stream_fails_before_it_trains():
     (lambda: Condensation(mean=(0.5, 0.5), std=(0.2,)), "one value per channel"),
     (lambda: Condensation(method="random", settings={"iterations": 3}), "takes no settings"),
     (lambda: Condensation(seed=-1), "seed must be"),
+    (lambda: Condensation(model="nonet"), "unknown model 'nonet'"),
+    (lambda: Condensation(method="herding", model="strategy"), "herding picks real images: drop model"),
+    (lambda: Condensation(model="strategy", settings={"model": TINY}), "give the matching network once"),
     (lambda: CondensedReplayPlugin(mem_per_class=1.5), "mem_per_class must be a whole number"),
     (lambda: CondensedReplayPlugin(mem_per_class=float("nan")), "mem_per_class must be a whole number"),
     (lambda: CondensedReplayPlugin(mem_per_class=True), "mem_per_class must be a whole number"),

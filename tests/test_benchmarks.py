@@ -113,3 +113,26 @@ def test_allocator_benchmark_reports_medians_and_the_peak_range_of_its_repeats(t
     assert "| 1420 (1400-1500) |" in (out / "table.md").read_text().replace("  ", " ").replace("  ", " ")
     with pytest.raises(SystemExit):
         allocator_speed.main(["--workloads", "dm", "--repeats", "0", "--out", str(out)])
+
+
+def test_the_committed_tables_are_what_their_rows_give():
+    from simulations.tables import stale_pages
+
+    assert stale_pages() == []
+
+
+def test_a_changed_row_makes_its_table_stale(tmp_path):
+    import shutil
+
+    from simulations.tables import PAGES, ROOT, render, stale_pages
+
+    shutil.copytree(ROOT / "benchmarks", tmp_path / "benchmarks")
+    for page in PAGES:
+        (tmp_path / page).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / page, tmp_path / page)
+    assert stale_pages(tmp_path) == []
+    row_file = tmp_path / "benchmarks" / "avalanche-native" / "mlp-lwf-condensed-k10-seed0.json"
+    row = json.loads(row_file.read_text())
+    row_file.write_text(json.dumps({**row, "final_accuracy": row["final_accuracy"] - 0.05}))
+    assert "docs/results.md" in stale_pages(tmp_path)
+    assert "67.66 ± 2.80" in render((tmp_path / "docs/results.md").read_text(), tmp_path / "benchmarks")

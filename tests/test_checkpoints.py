@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ddplug.data import DatasetSplits
-from ddplug.distill import DMConfig, create_distiller, run_distillation
+from ddplug.methods import DMConfig, create_distiller, run_distillation
 from ddplug.errors import DdplugError
 
 from helpers import TINY_MODEL

@@ -20,7 +20,8 @@ def data_root(tmp_path, monkeypatch):
 
 
 def fast(*extra):
-    return ["--ipc", "1", "--iterations", "3", "--model", SMALL, "--eval-model", SMALL, "--eval-epochs", "2",
+    """Small settings for DM unless ``extra`` names another method (the last --method wins)."""
+    return ["--method", "dm", "--ipc", "1", "--iterations", "3", "--model", SMALL, "--eval-model", SMALL, "--eval-epochs", "2",
             "--eval-models", "2", "--quiet", "--device", "cpu", *extra]
 
 
@@ -55,8 +56,10 @@ def test_distill_writes_set_grid_and_evaluation(capsys, data_root, tmp_path):
 
 @pytest.mark.parametrize("method", ["random", "herding", "kcenter"])
 def test_baseline_methods(capsys, data_root, tmp_path, method):
-    code, stdout, _ = run(capsys, "distill", "--method", method, *fast("--out", str(tmp_path / method), "--json",
-                                                                     "--set", "eval.feature_epochs=1"))
+    # A selection takes no distillation settings: --iterations and --model would be refused.
+    code, stdout, _ = run(capsys, "distill", "--method", method, "--ipc", "1", "--eval-model", SMALL, "--eval-epochs",
+                          "2", "--eval-models", "2", "--quiet", "--device", "cpu", "--out", str(tmp_path / method),
+                          "--json", "--set", "eval.feature_epochs=1")
     assert code == 0
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["method"] == method and summary["iterations"] == 0
@@ -104,7 +107,7 @@ def test_evaluate_foreign_dc_file_needs_dataset(capsys, data_root, tmp_path):
         (["distill", "--bytes", "100000000000000", "--init", "noise"], "would decode to"),
         (["distill", "--method", "frepo", "--pool-size", "1000000000"], "pool_size 1000000000 is over 1000 networks"),
         (["distill", "--method", "dm", "--set", "dm.pool_size=1000000000"], "pool_size 1000000000 is over 1000"),
-        (["distill", "--ipc", "1", "--init", "noise", "--dp-epsilon", "1", "--dp-delta", "1e-300"],
+        (["distill", "--method", "dm", "--ipc", "1", "--init", "noise", "--dp-epsilon", "1", "--dp-delta", "1e-300"],
          "no noise level spends at most epsilon 1 at delta 1e-300"),
         (["distill", "--bytes", "7839"], "a budget of 7839 bytes holds no raw image per class of fashion-mnist "
                                          "(one each takes 7840 bytes)"),
@@ -145,7 +148,7 @@ def test_an_error_loses_nothing_already_written(capsys, data_root, tmp_path):
 
 
 def test_rerun_resumes_instead_of_redoing(capsys, data_root, tmp_path, monkeypatch):
-    from ddplug.distill import DistributionMatching
+    from ddplug.methods import DistributionMatching
 
     out = tmp_path / "run"
     run(capsys, "distill", *fast("--out", str(out), "--no-eval"))
@@ -200,6 +203,7 @@ def test_experts_command_makes_the_folder_mtt_reads(capsys, data_root, tmp_path)
 @pytest.mark.parametrize(("argv", "message"), [
     (("--method", "dm", "--syn-steps", "2"), "--syn-steps is not a setting of dm (it is one of mtt)"),
     (("--method", "random", "--kernel", "ntk"), "random takes no settings"),
+    (("--method", "random",), "--iterations, --model: random takes no settings"),
     (("--method", "mtt", "--syn-steps", "0"), "syn_steps must be at least 1"),
     (("--method", "mtt", "--syn-steps", "two"), "setting syn_steps expects int"),
     (("--method", "kip", "--kernel", "rbf"), "rbf"),
@@ -280,7 +284,7 @@ def test_an_override_for_another_method_is_a_warning(capsys, data_root, tmp_path
 
 @pytest.mark.parametrize("where", ["file", "under a file"])
 def test_an_unusable_output_folder_fails_before_any_work(capsys, data_root, tmp_path, monkeypatch, where):
-    from ddplug.distill import DistributionMatching
+    from ddplug.methods import DistributionMatching
 
     taken = tmp_path / "taken"
     taken.write_text("keep me")
@@ -318,7 +322,7 @@ def test_a_checkpoint_of_other_settings_names_what_differs(capsys, data_root, tm
 
 
 def test_a_resumed_run_reports_the_whole_distillation_time(capsys, data_root, tmp_path, monkeypatch):
-    from ddplug.distill import base
+    from ddplug.methods import base
     from ddplug.sets import load_set
 
     out = tmp_path / "run"
@@ -362,7 +366,7 @@ def test_sigterm_saves_the_set_and_exits_like_ctrl_c(data_root, tmp_path):
 
 
 def test_a_coded_set_is_judged_against_baselines_of_its_bytes(capsys, data_root, tmp_path, monkeypatch):
-    from ddplug.distill.selection import Selection
+    from ddplug.methods.selection import Selection
 
     asked = []
     condense = Selection.condense
@@ -378,7 +382,7 @@ def test_a_coded_set_is_judged_against_baselines_of_its_bytes(capsys, data_root,
 
 def test_a_byte_budget_fills_its_bytes_and_baselines_get_the_raw_images_that_fit(capsys, data_root, tmp_path,
                                                                                   monkeypatch):
-    from ddplug.distill.selection import Selection
+    from ddplug.methods.selection import Selection
 
     asked = []
     condense = Selection.condense
@@ -392,3 +396,45 @@ def test_a_byte_budget_fills_its_bytes_and_baselines_get_the_raw_images_that_fit
     assert code == 0
     assert (summary["decoded_per_class"], summary["bytes"], summary["ipc"]) == (10, 10 * 10 * 196, 2)
     assert asked == [("random", 2)]
+
+
+def test_without_a_method_each_budget_gets_its_recipe(capsys, data_root, tmp_path):
+    from ddplug.presets import get_preset
+
+    recipes = get_preset("cpu")
+    small = ["--iterations", "2", "--model", SMALL, "--quiet", "--device", "cpu", "--no-eval", "--json"]
+    code, stdout, _ = run(capsys, "distill", "--ipc", "1", "--out", str(tmp_path / "one"), *small)
+    one = json.loads(stdout.strip().splitlines()[-1])
+    assert code == 0 and one["method"] == "frepo" and one["param"] == "multi:factor=2,bits=2"
+    assert one["recipe"] == recipes.recipe_for(1).command() and one["iterations"] == 2  # a flag beats the recipe
+    from ddplug.sets import load_set
+
+    assert load_set(tmp_path / "one").meta["config"]["augment"] is True  # the recipe's own setting
+    code, stdout, _ = run(capsys, "distill", "--ipc", "2", "--out", str(tmp_path / "two"), *small[2:],
+                          "--set", "frepo.iterations=3")
+    two = json.loads(stdout.strip().splitlines()[-1])
+    assert code == 0 and (two["method"], two["param"], two["iterations"]) == ("frepo", "pixels:bits=2", 3)
+    code, stdout, _ = run(capsys, "distill", "--method", "frepo", "--ipc", "1", "--out", str(tmp_path / "own"), *small)
+    own = json.loads(stdout.strip().splitlines()[-1])
+    assert code == 0 and own["recipe"] is None and own["param"] == "pixels"  # a named method keeps its defaults
+    code, stdout, _ = run(capsys, "list")
+    assert code == 0 and recipes.recipe_for(10).command() in stdout and "85.42" in stdout
+
+
+def test_the_python_call_is_what_the_command_runs(capsys, tmp_path):
+    import ddplug
+
+    tiny = {"model": SMALL, "iterations": "3"}
+    evaluation = {"eval.model": SMALL, "eval.epochs": "2", "eval.num_models": "2"}
+    code, stdout, _ = run(capsys, "distill", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--model", SMALL,
+                          "--iterations", "3", "--eval-model", SMALL, "--eval-epochs", "2", "--eval-models", "2",
+                          "--quiet", "--device", "cpu", "--json", "--out", str(tmp_path / "cli"))
+    assert code == 0
+    from_cli = json.loads(stdout.strip().splitlines()[-1])
+    run_ = ddplug.distill("digits", "dm", ipc=1, overrides=evaluation, device="cpu", progress=False, **tiny)
+    assert run_.judgement.accuracies == from_cli["accuracies"]
+    assert run_.summary["random_baseline_mean"] == from_cli["random_baseline_mean"]
+    assert run_.summary["bytes"] == from_cli["bytes"] and run_.out_dir is None
+    judged = ddplug.evaluate(tmp_path / "cli", overrides=evaluation, device="cpu", progress=False)
+    assert judged.accuracies == from_cli["accuracies"] and judged.baselines["random"].mean == run_.summary[
+        "random_baseline_mean"]

@@ -504,7 +504,7 @@ def test_missing_cifar_points_to_download(tmp_path: Path) -> None:
 def test_unknown_name_lists_valid_names() -> None:
     with pytest.raises(DdplugError, match="unknown dataset 'imagenet-1k'; available: fashion-mnist, mnist, cifar10"):
         load_dataset("imagenet-1k")
-    assert available_datasets() == ["fashion-mnist", "mnist", "cifar10", "cifar100", "svhn", "imagefolder:PATH"]
+    assert available_datasets() == ["fashion-mnist", "mnist", "cifar10", "cifar100", "svhn", "digits", "imagefolder:PATH"]
 
 
 @pytest.mark.parametrize("alias", ["FashionMNIST", "fmnist", "Fashion_MNIST", "fashion-mnist"])

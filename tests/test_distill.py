@@ -4,7 +4,7 @@ import signal
 import pytest
 import torch
 
-from ddplug.distill import (
+from ddplug.methods import (
     DistributionMatching,
     DMConfig,
     create_distiller,
@@ -12,9 +12,9 @@ from ddplug.distill import (
     run_distillation,
     select_subset,
 )
-from ddplug.distill.dm import class_statistics
-from ddplug.distill.sampling import ClassBalancedSampler
-from ddplug.distill.selection import herding_indices, kcenter_indices
+from ddplug.methods.dm import class_statistics
+from ddplug.methods.sampling import ClassBalancedSampler
+from ddplug.methods.selection import herding_indices, kcenter_indices
 from ddplug.errors import DdplugError
 
 from helpers import TINY_MODEL

@@ -3,13 +3,13 @@ import dataclasses
 import pytest
 import torch
 
-from ddplug.distill import select_subset
+from ddplug.methods import select_subset
 from ddplug.errors import DdplugError
-from ddplug.evaluate.evaluator import Evaluator
-from ddplug.evaluate.published import published_result
-from ddplug.evaluate.training import TrainSettings, classification_accuracy, train_classifier
+from ddplug.evaluation.evaluator import Evaluator
+from ddplug.evaluation.published import published_result
+from ddplug.evaluation.training import TrainSettings, classification_accuracy, train_classifier
 from ddplug.models import create_model
-from ddplug.distill import get_condenser
+from ddplug.methods import get_condenser
 from ddplug.pipeline import judge, write_judgement
 from ddplug.presets import get_preset
 from ddplug.sets import SyntheticSet
@@ -38,7 +38,7 @@ def test_training_learns_the_digits(digits):
 
 
 def test_the_evaluator_tests_in_its_protocols_batch_size(digits, tiny_preset, monkeypatch):
-    import ddplug.evaluate.evaluator as evaluator_module
+    import ddplug.evaluation.evaluator as evaluator_module
 
     sizes = []
     monkeypatch.setattr(evaluator_module, "classification_accuracy",
@@ -96,7 +96,9 @@ def test_dm_beats_random_on_digits_at_one_image_per_class(digits, tiny_preset, t
     condensed = get_condenser("dm").condense(digits.train, ipc=1, preset=preset, seed=0, out_dir=tmp_path,
                                              progress=False)
     judgement = judge(condensed.synthetic, digits, preset, method="dm", seed=0, progress=False)
-    summary = write_judgement(judgement, tmp_path, {"iterations": condensed.iterations})
+    judgement.extra["iterations"] = condensed.iterations
+    summary = write_judgement(judgement, tmp_path)
+    assert summary["iterations"] == condensed.iterations
     assert summary["accuracy_mean"] > summary["random_baseline_mean"]
     assert (tmp_path / "evaluation.json").is_file() and (tmp_path / "accuracy.png").is_file()
     assert (tmp_path / "checkpoint.pt").is_file()

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from helpers import TINY_MODEL, write_fake_fashion_mnist
 from ddplug import cli
-from ddplug.distill.anchored import AnchoredDistributionMatching, AnchoredDMConfig
+from ddplug.methods.anchored import AnchoredDistributionMatching, AnchoredDMConfig
 from ddplug.errors import DdplugError
 from ddplug.models import create_model
 from ddplug.pipeline import condense_classes
@@ -287,9 +287,9 @@ def test_cli_reports_user_mistakes(capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["fl", "--set", "eval.epochs"]) == cli.EXIT_USER_ERROR
     assert "KEY=VALUE" in capsys.readouterr().err
     for argv, message in ((["--param", "nope"], "unknown parameterisation 'nope'"),
-                          (["--init", "zeros"], "init must be one of real, noise, herding"),
+                          (["--init", "zeros"], "unknown init 'zeros'; choose one of real, noise, herding"),
                           (["--leakage-probes", "0"], "leakage-probes must be at least 1"),
-                          (["--init", "noise", "--dp-epsilon", "1", "--dp-delta", "2"], "dp-delta must be within"),
+                          (["--init", "noise", "--dp-epsilon", "1", "--dp-delta", "2"], "differential privacy needs 0 < dp_delta < 1"),
                           (["--method", "random", "--param", "multi:factor=2"], "drop param")):
         assert cli.main(["fl", *argv]) == cli.EXIT_USER_ERROR
         assert message in capsys.readouterr().err, argv
@@ -710,10 +710,15 @@ def test_each_uploads_leakage_report_and_epsilon_are_checked_and_recorded(task_i
 
 
 def test_private_uploads_need_a_private_method_and_noise_init() -> None:
-    with pytest.raises(DdplugError, match="dp-epsilon needs init noise"):
+    # The core's rules, written once in DistillConfig and the method registry.
+    with pytest.raises(DdplugError, match="differential privacy needs --init noise"):
         FederatedSettings(dp_epsilon=1.0)
-    with pytest.raises(DdplugError, match="cannot make differentially private uploads"):
+    with pytest.raises(DdplugError, match="frepo cannot be made differentially private"):
+        FederatedSettings(dp_epsilon=1.0, init="noise", method="frepo")
+    with pytest.raises(DdplugError, match="method random uploads no distilled set"):
         FederatedSettings(dp_epsilon=1.0, init="noise", method="random")
+    with pytest.raises(DdplugError, match="mode fedavg with method dm uploads no distilled set"):
+        FederatedSettings(dp_epsilon=1.0, init="noise", mode="fedavg")
     settings = FederatedSettings(dp_epsilon=4.0, dp_delta=1e-5, init="noise", rounds=4)
     assert settings.privacy_per_round() == {"dp_epsilon": 1.0, "dp_delta": 2.5e-6}
     assert FederatedSettings().privacy_per_round() == {}

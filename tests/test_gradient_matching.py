@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from ddplug.distill import run_distillation
-from ddplug.distill.gradient import (
+from ddplug.methods import run_distillation
+from ddplug.methods.gradient import (
     DISTANCES,
     DatasetCondensation,
     DatasetCondensationDSA,

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from ddplug.distill.base import run_distillation
-from ddplug.distill.kernel import (
+from ddplug.methods.base import run_distillation
+from ddplug.methods.kernel import (
     FRePo,
     FRePoConfig,
     KIP,
@@ -15,7 +15,7 @@ from ddplug.distill.kernel import (
     krr_loss,
     krr_predict,
 )
-from ddplug.distill.kernels import (
+from ddplug.methods.kernels import (
     FC_BIAS_VARIANCE,
     FC_WEIGHT_VARIANCE,
     nngp_features,

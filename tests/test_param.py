@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddplug.distill import create_distiller, make_config, run_distillation
+from ddplug.methods import create_distiller, make_config, run_distillation
 from ddplug.errors import DdplugError
 from ddplug.sets import as_stored, load_set, payload_bytes, save_set
 from ddplug.sets.param import available_params, create_param
@@ -151,8 +151,8 @@ def test_distribution_matching_through_multi_formation_lowers_its_loss(digits):
 
 
 def test_decoded_slots_beyond_a_small_class_start_from_noise(digits):
-    from ddplug.distill import DistributionMatching
-    from ddplug.distill.sampling import ClassBalancedSampler
+    from ddplug.methods import DistributionMatching
+    from ddplug.methods.sampling import ClassBalancedSampler
 
     labels = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 1])
     index, real = ClassBalancedSampler(labels, 2).sample_padded(5, torch.Generator().manual_seed(0))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ddplug.data import ImageDataset
-from ddplug.distill import DMConfig, create_distiller, make_config, run_distillation
+from ddplug.methods import DMConfig, create_distiller, make_config, run_distillation
 from ddplug.errors import DdplugError
 from ddplug.privacy import (
     LeakageReport,

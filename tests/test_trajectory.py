@@ -7,9 +7,9 @@ import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from ddplug.augment import DSA
-from ddplug.distill import run_distillation
-from ddplug.distill.base import MIN_STUDENT_LR
-from ddplug.distill.experts import (
+from ddplug.methods import run_distillation
+from ddplug.methods.base import MIN_STUDENT_LR
+from ddplug.methods.experts import (
     MANIFEST,
     ExpertTraining,
     default_expert_folder,
@@ -18,14 +18,14 @@ from ddplug.distill.experts import (
     train_experts,
 )
 from ddplug.sets.param import create_param
-from ddplug.distill.trajectory import (
+from ddplug.methods.trajectory import (
     MTTConfig,
     StudentRun,
     TrajectoryMatching,
     matching_gradients,
 )
 from ddplug.errors import DdplugError
-from ddplug.evaluate.training import classification_accuracy
+from ddplug.evaluation.training import classification_accuracy
 from ddplug.models import create_model
 from ddplug.seeding import derive_seed
 

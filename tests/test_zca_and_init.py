@@ -9,10 +9,10 @@ from kornia.enhance import ZCAWhitening, zca_whiten
 
 from ddplug.cli import main
 from ddplug.data import ZCA, DatasetSplits
-from ddplug.distill import create_distiller, make_config, select_subset
-from ddplug.distill.experts import load_experts
+from ddplug.methods import create_distiller, make_config, select_subset
+from ddplug.methods.experts import load_experts
 from ddplug.errors import DdplugError
-from ddplug.evaluate.evaluator import Evaluator
+from ddplug.evaluation.evaluator import Evaluator
 from ddplug.models import create_model
 from ddplug.pipeline import condense_classes, judge
 from ddplug.seeding import derive_seed
@@ -147,7 +147,8 @@ def test_cli_distills_whitened_from_herding_and_evaluates_alike(capsys, tmp_path
     out = tmp_path / "run"
     evaluation = ["--eval-model", small, "--eval-epochs", "2", "--eval-models", "2", "--quiet", "--device", "cpu",
                   "--json"]
-    code = main(["distill", "--ipc", "1", "--iterations", "2", "--model", small, "--zca", "true", "--init", "herding",
+    code = main(["distill", "--method", "dm", "--ipc", "1", "--iterations", "2", "--model", small, "--zca", "true",
+                 "--init", "herding",
                  "--out", str(out), *evaluation])
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

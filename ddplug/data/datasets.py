@@ -35,6 +35,7 @@ _ALIASES = {
     "cifar10": "cifar10",
     "cifar100": "cifar100",
     "svhn": "svhn",
+    "digits": "digits",
 }
 _DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 _FASHION_NAMES = [
@@ -163,7 +164,7 @@ _SOURCES = {
 
 def available_datasets() -> list[str]:
     """The names ``load_dataset`` accepts."""
-    return [*_SOURCES, f"{_FOLDER_PREFIX}PATH"]
+    return [*_SOURCES, "digits", f"{_FOLDER_PREFIX}PATH"]
 
 
 def default_data_root() -> Path:
@@ -173,7 +174,21 @@ def default_data_root() -> Path:
 
 
 def load_dataset(name: str, root: str | Path | None = None) -> DatasetSplits:
-    """A built-in dataset read from ``root`` (default: ``default_data_root()``), or ``imagefolder:PATH``."""
+    """A built-in dataset read from ``root`` (default: ``default_data_root()``), or ``imagefolder:PATH``.
+
+    ``digits`` is scikit-learn's 1 797 8x8 digits, which ship with scikit-learn (no files,
+    no download): 1 400 training and 397 test images in a seeded order.
+
+    Examples:
+        >>> from ddplug.data import load_dataset
+        >>> data = load_dataset("digits")
+        >>> len(data.train), len(data.test), data.train.num_classes, data.train.image_size
+        (1400, 397, 10, (8, 8))
+        >>> load_dataset("imagenet")
+        Traceback (most recent call last):
+        ...
+        ddplug.errors.DdplugError: unknown dataset 'imagenet'; available: fashion-mnist, mnist, cifar10, cifar100, svhn, digits, imagefolder:PATH
+    """
     folder = _folder_path(name)
     if folder is not None:
         raw = formats.read_image_folder(folder)
@@ -182,6 +197,8 @@ def load_dataset(name: str, root: str | Path | None = None) -> DatasetSplits:
             num_classes=len(raw.class_names), mean=None, std=None, class_names=raw.class_names,
         )
     canonical = _canonical_name(name)
+    if canonical == "digits":
+        return _digits()
     source = _SOURCES[canonical]
     raw = source.read(_find(canonical, source, _resolve_root(root)))
     mean, std = NORMALISATION[canonical]
@@ -196,6 +213,8 @@ def download_dataset(name: str, root: str | Path | None = None) -> Path:
     if _folder_path(name) is not None:
         raise DdplugError("image folders cannot be downloaded: put the images on disk and load imagefolder:PATH")
     canonical = _canonical_name(name)
+    if canonical not in _SOURCES:
+        raise DdplugError(f"{canonical} ships with scikit-learn: there is nothing to download")
     source = _SOURCES[canonical]
     data_root = _resolve_root(root, must_exist=False)
     target = data_root / source.download_folder
@@ -211,6 +230,19 @@ def download_dataset(name: str, root: str | Path | None = None) -> Path:
             "or pass --data-root DIR / set DDPLUG_DATA to where the files are"
         ) from err
     return target
+
+
+def _digits() -> DatasetSplits:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DdplugError("the digits dataset comes with scikit-learn: pip install scikit-learn") from None
+    bunch = load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32) / 16.0  # 17 grey levels, 0..16
+    labels = torch.tensor(bunch.target, dtype=torch.long)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    images, labels = images[order, None], labels[order]
+    return from_tensors(images[:1400], labels[:1400], images[1400:], labels[1400:], name="digits", num_classes=10)
 
 
 def from_tensors(
@@ -229,6 +261,14 @@ def from_tensors(
     Four-dimensional images are taken as (N, H, W, C) when the last dimension is 1 or 3 and the
     second is not. ``mean``/``std`` (one value, or one per channel) default to the per-channel
     statistics of the train images; ``num_classes`` to the largest label plus one.
+
+    Examples:
+        >>> import torch
+        >>> images = torch.randint(0, 256, (20, 8, 8, 3), dtype=torch.uint8)   # (N, H, W, C)
+        >>> labels = torch.arange(20) % 4
+        >>> data = from_tensors(images[:16], labels[:16], images[16:], labels[16:], name="toy")
+        >>> data.train.images.shape, data.train.num_classes, len(data.test)
+        (torch.Size([16, 3, 8, 8]), 4, 4)
     """
     return _build_splits(
         name, _to_nchw(train_x, "train"), train_y, _to_nchw(test_x, "test"), test_y,

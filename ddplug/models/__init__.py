@@ -17,6 +17,7 @@ from ddplug.models.registry import (
     parse_model_spec,
     register_model,
 )
+from ddplug.models.template import register_template
 
 __all__ = [
     "ACTIVATIONS",
@@ -29,4 +30,5 @@ __all__ = [
     "format_model_spec",
     "parse_model_spec",
     "register_model",
+    "register_template",
 ]

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ddplug.errors import DdplugError
+from ddplug.settings import parse_spec
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -68,19 +69,8 @@ def available_models() -> list[str]:
 
 def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """Split ``"name:key=value,..."`` into the name and its options (values as int, float or str)."""
-    name, _, option_text = spec.strip().partition(":")
-    name = name.strip()
-    if not name:
-        raise DdplugError(f"model spec {spec!r} has no model name; write e.g. 'convnet:width=64'")
-    options: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in option_text.split(","))):
-        key, equals, value = (text.strip() for text in item.partition("="))
-        if not equals or not key or not value:
-            raise DdplugError(f"model spec {spec!r}: option {item!r} must be written key=value")
-        if key in options:
-            raise DdplugError(f"model spec {spec!r}: option {key!r} is given twice")
-        options[key] = _parse_value(value)
-    return name, options
+    name, options = parse_spec(spec, "model spec", "convnet:width=64")
+    return name, {key: _parse_value(value) for key, value in options.items()}
 
 
 def _parse_value(text: str) -> int | float | str:
@@ -113,6 +103,15 @@ def create_model(
     With ``seed`` the initial weights depend only on the seed (the global RNG is left as
     it was); with ``seed=None`` they come from the global RNG. The model is built on the
     CPU and records its full spec (every option, defaults included) as ``model.spec``.
+
+    Examples:
+        >>> import torch
+        >>> from ddplug.models import create_model
+        >>> model = create_model("convnet:width=8,depth=2", in_channels=1, num_classes=10, image_size=(8, 8), seed=0)
+        >>> model(torch.zeros(4, 1, 8, 8)).shape
+        torch.Size([4, 10])
+        >>> model.spec
+        'convnet:depth=2,width=8,norm=instance,act=relu,pool=avg'
     """
     name, spec_options = parse_model_spec(spec)
     entry = _lookup(name)

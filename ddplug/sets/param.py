@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ddplug.errors import DdplugError
+from ddplug.settings import parse_spec
 
 Code = dict[str, Tensor]
 
@@ -105,21 +106,31 @@ PARAMETERISATIONS: dict[str, Callable[..., Parameterisation]] = {}
 
 
 def register_param(cls: type[Parameterisation]) -> type[Parameterisation]:
+    """Class decorator: register a :class:`Parameterisation` under its ``name`` (once)."""
+    if cls.name in PARAMETERISATIONS:
+        raise DdplugError(f"a parameterisation named {cls.name!r} is already registered")
     PARAMETERISATIONS[cls.name] = cls
     return cls
 
 
 def create_param(spec: str) -> Parameterisation:
-    """The parameterisation of a spec such as ``multi:factor=2``; one clear error for a bad one."""
-    name, _, rest = spec.partition(":")
+    """The parameterisation of a spec such as ``multi:factor=2``; one clear error for a bad one.
+
+    Examples:
+        Four half-resolution images in the bytes of each stored 28x28 image, at 4 bits:
+
+        >>> param = create_param("multi:factor=2,bits=4")
+        >>> layout = param.layout(num_classes=10, image_shape=(1, 28, 28), budget_per_class=784)
+        >>> layout.decoded_per_class
+        8
+        >>> create_param("wavelet")
+        Traceback (most recent call last):
+        ...
+        ddplug.errors.DdplugError: unknown parameterisation 'wavelet'; choose one of pixels, multi, dct, factor
+    """
+    name, options = parse_spec(spec, "parameterisation", "multi:factor=2")
     if name not in PARAMETERISATIONS:
         raise DdplugError(f"unknown parameterisation {name!r}; choose one of {', '.join(PARAMETERISATIONS)}")
-    options: dict[str, Any] = {}
-    for item in filter(None, rest.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise DdplugError(f"parameterisation option {item!r} should look like KEY=VALUE (e.g. multi:factor=2)")
-        options[key.strip()] = value.strip()
     return PARAMETERISATIONS[name](**options)
 
 
@@ -153,7 +164,12 @@ def _bits(options: dict[str, Any], spec: str) -> dict[str, int]:
 
 def raw_images_per_class(total_bytes: int, num_classes: int, image_shape: tuple[int, int, int]) -> int:
     """Whole raw uint8 images per class that a budget of ``total_bytes`` for the whole set
-    holds: its ``ipc``, at which the random / herding / k-center baselines take no more bytes."""
+    holds: its ``ipc``, at which the random / herding / k-center baselines take no more bytes.
+
+    Examples:
+        >>> raw_images_per_class(50_000, num_classes=10, image_shape=(1, 28, 28))
+        6
+    """
     return total_bytes // (num_classes * math.prod(image_shape))
 
 
@@ -364,7 +380,14 @@ def _from_bit_planes(planes: Tensor) -> Tensor:
 
 def pack_levels(levels: Tensor, bits: int) -> Tensor:
     """Integer levels in ``[0, 2**bits)`` (uint8) as one flat run of bytes, ``bits`` each,
-    big-endian (numpy's ``packbits`` order), on ``levels``' device."""
+    big-endian (numpy's ``packbits`` order), on ``levels``' device.
+
+    Examples:
+        >>> import torch
+        >>> packed = pack_levels(torch.tensor([3, 0, 1, 2], dtype=torch.uint8), bits=2)
+        >>> packed.tolist(), unpack_levels(packed, 2, (4,)).tolist()
+        ([198], [3, 0, 1, 2])
+    """
     flat = _bit_planes(levels, bits).reshape(-1)
     return _from_bit_planes(F.pad(flat, (0, -len(flat) % 8)).reshape(-1, 8))
 

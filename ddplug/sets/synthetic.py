@@ -163,7 +163,15 @@ class SyntheticSet:
         """The set's budget in raw uint8 images per class: what a baseline of the same bytes
         holds. A set coded by a parameterisation records it (``meta["ipc"]``, which the
         decoded images may exceed: ``multi:factor=2`` decodes 40 per class in the bytes of
-        10); for a set of plain pixels it is :attr:`ipc`."""
+        10); for a set of plain pixels it is :attr:`ipc`.
+
+        Examples:
+            >>> import torch
+            >>> from ddplug.sets import SyntheticSet
+            >>> two_each = SyntheticSet(torch.zeros(6, 1, 8, 8), torch.tensor([0, 0, 1, 1, 2, 2]), 3, (0.5,), (0.25,))
+            >>> two_each.ipc, two_each.budget_ipc
+            (2, 2)
+        """
         if self.param != "pixels" and self.meta.get("ipc") is not None:
             return int(self.meta["ipc"])
         return self.ipc

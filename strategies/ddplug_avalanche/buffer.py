@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import math
-import resource
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,18 +38,21 @@ from avalanche.evaluation.metric_results import MetricValue
 from avalanche.training.plugins import ReplayPlugin
 from avalanche.training.templates import SupervisedTemplate
 from avalanche.training.storage_policy import ExemplarsBuffer
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ddplug.data import ImageDataset, check_pixel_scale, pixel_scale
-from ddplug.distill import CONDENSERS
+from ddplug.methods import CONDENSERS
 from ddplug.errors import DdplugError
+from ddplug.memory import peak_memory
+from ddplug.models import register_template
 from ddplug.pipeline import check_condensation, condense_classes
 from ddplug.presets import Preset, get_preset
 from ddplug.seeding import derive_seed
 from ddplug.sets import as_stored
 
 MODES = ("replay", "retrain")
+STRATEGY_MODEL = "strategy"  # Condensation(model=...): match with fresh copies of the strategy's model
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,10 @@ class Condensation:
 
     ``method`` is any ddplug method (a distiller, or the ``random``/``herding``/``kcenter``
     selections); ``preset`` and ``settings`` choose its settings as for ``ddplug distill``
-    (e.g. ``settings={"iterations": 200}``); ``dataset`` names the data for DSA's choice of
+    (e.g. ``settings={"iterations": 200}``); ``model`` is the network the distiller matches
+    with: None (the preset's, a ddplug ConvNet), a ddplug model spec, or ``"strategy"`` (a
+    freshly initialised copy of the strategy's own model at every draw, embedding at the
+    input of its last linear layer); ``dataset`` names the data for DSA's choice of
     transforms; ``mean``/``std`` name the normalisation the benchmark applied (None: taken
     from the data's range). Every setting is checked here, so a bad one fails when the
     object is made; what needs the data (a parameterisation that does not fit the image
@@ -81,6 +86,7 @@ class Condensation:
     method: str = "dm"
     preset: str | Preset = "cpu"
     settings: Mapping[str, Any] = field(default_factory=dict)
+    model: str | None = None
     dataset: str = ""
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
@@ -100,10 +106,26 @@ class Condensation:
             raise DdplugError(f"seed must be an integer, 0 or more, got {self.seed!r}")
         self._check_normalisation()
         condenser = CONDENSERS[self.method]
-        config = condenser.make_config({**self.preset.method_settings(self.method), **self.settings}
+        if self.model is not None and not condenser.learns:
+            raise DdplugError(f"model is the network a distiller matches with; {self.method} picks real images: "
+                              "drop model")
+        if self.model is not None and "model" in self.settings:
+            raise DdplugError("give the matching network once: model=..., or settings['model'], not both")
+        checked = {**self.settings, **({} if self.model in (None, STRATEGY_MODEL) else {"model": self.model})}
+        config = condenser.make_config({**self.preset.method_settings(self.method), **checked}
                                        if condenser.config_class else dict(self.settings))
         if config is not None:
             config.check()
+
+    def settings_for(self, strategy_model: nn.Module | None) -> dict[str, Any]:
+        """The method's settings for one condensation, the matching network included."""
+        if self.model is None:
+            return dict(self.settings)
+        if self.model != STRATEGY_MODEL:
+            return {**self.settings, "model": self.model}
+        if strategy_model is None:
+            raise DdplugError('model="strategy" matches with the strategy\'s model, and none was given')
+        return {**self.settings, "model": register_template(strategy_model)}
 
     def _check_normalisation(self) -> None:
         if (self.mean is None) != (self.std is None):
@@ -199,9 +221,10 @@ class CondensedBuffer(ExemplarsBuffer):
                               f"give max_size >= {num_groups} or a budget per class (mem_per_class)")
         return self.max_size // num_groups
 
-    def prepare(self, exp: Any) -> None:
+    def prepare(self, exp: Any, model: nn.Module | None = None) -> None:
         """Read ``exp``'s data and check that it can be condensed as asked (its normalisation,
-        the method's settings on its classes and image size), before anything trains on it."""
+        the method's settings on its classes and image size, ``model`` for
+        ``Condensation(model="strategy")``), before anything trains on it."""
         if self._prepared is not None and self._prepared[0] is exp:
             return
         images, labels, tasks = _tensors(exp.dataset.eval())
@@ -214,13 +237,14 @@ class CondensedBuffer(ExemplarsBuffer):
         for task in tasks.unique().tolist():
             mine = tasks == task
             real = ImageDataset(images[mine], labels[mine], int(labels.max()) + 1, mean, std, how.dataset)
-            check_condensation(real, how.method, ipc=share, preset=how.preset, settings=dict(how.settings))
+            check_condensation(real, how.method, ipc=share, preset=how.preset, settings=how.settings_for(model))
             parts.append((task, real))
         self._prepared = (exp, parts, share)
 
     def post_adapt(self, agent_state: Any, exp: Any) -> None:
         """Condense ``exp``'s data into the memory, after shrinking old classes to the new share."""
-        self.prepare(exp)
+        model = getattr(agent_state, "model", None)  # only Condensation(model="strategy") needs it
+        self.prepare(exp, model)
         _, parts, share = self._prepared
         self._prepared = None
         self._shrink(share)
@@ -233,7 +257,8 @@ class CondensedBuffer(ExemplarsBuffer):
         for task, real in parts:
             condensed = condense_classes(real, how.method, ipc=share, preset=how.preset,
                                          seed=derive_seed(how.seed, "condense", exp.current_experience, task),
-                                         settings=dict(how.settings), device=device, progress=how.progress)
+                                         settings=how.settings_for(model), device=device,
+                                         progress=how.progress)
             if CONDENSERS[how.method].learns:  # a distiller's code, quantised as stored, decoded
                 condensed = as_stored(condensed)
             classes = condensed.hard_labels
@@ -243,7 +268,7 @@ class CondensedBuffer(ExemplarsBuffer):
                 self.groups[(task, label)] = samples
                 self.sample_cost[(task, label)] = 1.0 if label in kept_raw else share / len(samples)
             made += len(condensed)
-        cost = CondensationCost(exp.current_experience, time.perf_counter() - began, *_peak_memory(device), made)
+        cost = CondensationCost(exp.current_experience, time.perf_counter() - began, *peak_memory(device), made)
         self.costs.append(cost)
         self._rebuild()
         _publish(agent_state, self, cost)
@@ -291,13 +316,6 @@ def _tensors(dataset: Any) -> tuple[Tensor, Tensor, Tensor]:
     loader = DataLoader(dataset, batch_size=1024, collate_fn=getattr(dataset, "collate_fn", None))
     images, labels, tasks = (torch.cat(parts) for parts in zip(*((x, y, t) for x, y, t, *_ in loader)))
     return images.float(), labels.long(), tasks.long()
-
-
-def _peak_memory(device: torch.device) -> tuple[float, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda-allocated"
-    # On the CPU only the process's high-water mark is known, not one condensation's.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process-max-rss"
 
 
 def _publish(agent: Any, origin: Any, cost: CondensationCost) -> None:
@@ -361,7 +379,8 @@ class CondensedReplayPlugin(ReplayPlugin):
             strategy.adapted_dataset = self.storage_policy.buffer
 
     def before_training_exp(self, strategy: SupervisedTemplate, **kwargs: Any) -> None:
-        self.storage_policy.prepare(strategy.experience)  # a setting that cannot work fails before training
+        # A setting that cannot work fails before training.
+        self.storage_policy.prepare(strategy.experience, strategy.model)
         if self.mode == "replay":
             super().before_training_exp(strategy, **kwargs)
 

@@ -43,9 +43,9 @@ from torch import Tensor, nn
 from ddplug.commands import Command
 from ddplug.devices import resolve_device
 from ddplug.data import ImageDataset, load_dataset
-from ddplug.distill import CONDENSERS, get_condenser, select_subset
+from ddplug.methods import CONDENSERS, get_condenser, select_subset
 from ddplug.errors import DdplugError
-from ddplug.evaluate.report import format_table, percent, pyplot, save_figure
+from ddplug.evaluation.report import format_table, percent, pyplot, save_figure
 from ddplug.models import create_model
 from ddplug.presets import Preset, get_preset
 from ddplug.seeding import derive_seed

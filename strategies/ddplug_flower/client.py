@@ -35,9 +35,9 @@ from torch import Tensor
 
 from ddplug.allocator import tune_allocator
 from ddplug.data import ImageDataset
-from ddplug.distill import AnchoredDistributionMatching, get_condenser
+from ddplug.methods import AnchoredDistributionMatching, get_condenser
 from ddplug.errors import DdplugError
-from ddplug.evaluate.training import train_classifier
+from ddplug.evaluation.training import train_classifier
 from ddplug.pipeline import condense_classes
 from ddplug.privacy import leakage_report
 from ddplug.presets import Preset

@@ -33,7 +33,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from ddplug.augment import DSA, DSAConfig
 from ddplug.data import DatasetSplits
 from ddplug.errors import DdplugError
-from ddplug.evaluate.training import classification_accuracy, train_classifier
+from ddplug.evaluation.training import classification_accuracy, train_classifier
 from ddplug.privacy import LeakageReport
 from ddplug.seeding import make_generator
 from ddplug.sets import SyntheticSet

@@ -21,12 +21,12 @@ import torch
 
 from ddplug.data import DatasetSplits, ImageDataset, load_dataset
 from ddplug.devices import check_device_name, resolve_device
-from ddplug.distill import available_methods, get_condenser
-from ddplug.distill.base import INITIALISATIONS
+from ddplug.methods import available_methods, get_condenser
 from ddplug.errors import DdplugError
 from ddplug.models import create_model
 from ddplug.presets import Preset, get_preset
-from ddplug.settings import convert_field, parse_assignments
+from ddplug import settings as flags
+from ddplug.settings import convert_field, kebab, parse_assignments
 from ddplug.seeding import derive_seed
 from ddplug.sets import IMAGE_ENCODINGS, create_param
 from ddplug.privacy import calibrate_noise
@@ -86,20 +86,20 @@ class FederatedSettings:
         choices = {"mode": MODES, "partitioner": PARTITIONERS, "encoding": IMAGE_ENCODINGS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise DdplugError(f"{_key(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise DdplugError(f"{kebab(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("rounds", "clients", "ipc", "classes_per_client", "local_epochs", "leakage_probes"):
             if getattr(self, name) < 1:
-                raise DdplugError(f"{_key(name)} must be at least 1, got {getattr(self, name)}")
+                raise DdplugError(f"{kebab(name)} must be at least 1, got {getattr(self, name)}")
         for name in ("alpha", "round_timeout"):
             if getattr(self, name) <= 0:
-                raise DdplugError(f"{_key(name)} must be positive, got {getattr(self, name)}")
+                raise DdplugError(f"{kebab(name)} must be positive, got {getattr(self, name)}")
         for name in ("anchor_noise", "max_upload_bytes", "node_wait", "max_examples", "dp_epsilon"):
             if getattr(self, name) < 0:
-                raise DdplugError(f"{_key(name)} cannot be negative, got {getattr(self, name)}")
+                raise DdplugError(f"{kebab(name)} cannot be negative, got {getattr(self, name)}")
         for setting in dataclasses.fields(self):
             value = getattr(self, setting.name)
             if isinstance(value, float) and not math.isfinite(value):
-                raise DdplugError(f"{_key(setting.name)} must be a finite number, got {value}")
+                raise DdplugError(f"{kebab(setting.name)} must be a finite number, got {value}")
         if not 0 < self.lr_min <= self.lr_max:
             raise DdplugError(f"need 0 < lr-min <= lr-max, got {self.lr_min} and {self.lr_max}")
         if self.max_weight <= 0:
@@ -112,20 +112,15 @@ class FederatedSettings:
         create_param(self.param)  # an unknown parameterisation or option fails here
         if self.param != "pixels" and not get_condenser(self.method).learns:
             raise DdplugError(f"method {self.method!r} selects real images, which travel as pixels: drop param")
-        if self.init not in INITIALISATIONS:
-            raise DdplugError(f"init must be one of {', '.join(INITIALISATIONS)}, got {self.init!r}")
-        if self.dp_epsilon:
-            if not get_condenser(self.method).private:
-                raise DdplugError(f"method {self.method!r} cannot make differentially private uploads: use dm")
-            if self.init != "noise":
-                raise DdplugError("dp-epsilon needs init noise: a set started from real images would upload them")
-            if not 0 < self.dp_delta < 1:
-                raise DdplugError(f"dp-delta must be within (0, 1), got {self.dp_delta}")
         self.resolved_preset()  # bad overrides fail here, not in the middle of a round
         check_device_name(self.device)
-        # What each client will distil with, checked here by the core's own rules, so that a
-        # setting no client can run fails on the server before any process starts.
+        # What each client will distil with, checked here by the core's own rules (init, DP,
+        # the method's privacy), so that a setting no client can run fails on the server
+        # before any process starts.
         config = self.client_config()
+        if self.dp_epsilon and config is None:
+            raise DdplugError(f"dp-epsilon makes distilled uploads private; mode {self.mode} with method "
+                              f"{self.method} uploads no distilled set: use mode distill and method dm")
         if config is not None:
             config.check()
             if self.dp_epsilon:  # the worst case: a class no larger than its batch (every step sees it all)
@@ -172,7 +167,7 @@ class FederatedSettings:
                 continue
             name = key.replace("-", "_")
             if name not in kinds:
-                raise DdplugError(f"unknown federated setting {key!r}; settings: {', '.join(map(_key, sorted(kinds)))}")
+                raise DdplugError(f"unknown federated setting {key!r}; settings: {', '.join(map(kebab, sorted(kinds)))}")
             value = convert_field(cls, name, value)
             # A run config is TOML: rounds = 1.5 or alpha = "x" arrive with the wrong type.
             allowed = (int, float) if kinds[name] is float else (kinds[name],)
@@ -183,7 +178,7 @@ class FederatedSettings:
 
     def to_config(self) -> dict[str, Any]:
         """The settings as a flat dict with run-config keys (fits a ConfigRecord)."""
-        return {_key(name): value for name, value in dataclasses.asdict(self).items()}
+        return {kebab(name): value for name, value in dataclasses.asdict(self).items()}
 
     def resolved_preset(self) -> Preset:
         return get_preset(self.preset).override(parse_assignments(self.overrides.split()))
@@ -198,24 +193,18 @@ class FederatedSettings:
                             seed=derive_seed(self.seed, "global-model"))
 
 
-def _key(name: str) -> str:
-    return name.replace("_", "-")
-
-
 def add_setting_flags(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
     """One ``--kebab-name`` flag per setting (default None: the setting's own default)."""
     group = parser.add_argument_group("run settings", "the run config's keys; defaults as in pyproject.toml")
-    for field in dataclasses.fields(FederatedSettings):
-        if field.name not in skip:
-            group.add_argument(f"--{_key(field.name)}", dest=field.name, default=None, metavar="VALUE",
-                               help=f"{field.metadata['help']} (default: {field.default!r})".lstrip())
+    flags.add_setting_flags(group, {field.name: f"{field.metadata['help']} (default: {field.default!r})".lstrip()
+                                    for field in dataclasses.fields(FederatedSettings) if field.name not in skip})
 
 
 def settings_from_flags(args: argparse.Namespace, **values: Any) -> FederatedSettings:
     """The settings the flags of :func:`add_setting_flags` give, then ``values``."""
-    given = {field.name: convert_field(FederatedSettings, field.name, getattr(args, field.name))
-             for field in dataclasses.fields(FederatedSettings) if getattr(args, field.name, None) is not None}
-    return FederatedSettings(**{**given, **values})
+    given = flags.given_settings(args, [field.name for field in dataclasses.fields(FederatedSettings)])
+    return FederatedSettings(**{**{name: convert_field(FederatedSettings, name, value) for name, value in given.items()},
+                                **values})
 
 
 @functools.lru_cache(maxsize=2)

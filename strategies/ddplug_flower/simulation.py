@@ -39,7 +39,7 @@ import psutil
 
 from ddplug.commands import Command
 from ddplug.errors import DdplugError
-from ddplug.evaluate.report import format_table
+from ddplug.evaluation.report import format_table
 from ddplug.storage import atomic_write
 
 from ddplug_flower.server import check_before_start

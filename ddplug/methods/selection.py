@@ -15,10 +15,10 @@ from torch import Tensor, nn
 
 from ddplug.version import __version__
 from ddplug.data import ImageDataset
-from ddplug.distill.sampling import ClassBalancedSampler
-from ddplug.distill.condenser import Condensed, Condenser, register_condenser, timed
+from ddplug.methods.sampling import ClassBalancedSampler
+from ddplug.methods.condenser import Condensed, Condenser, register_condenser, timed
 from ddplug.errors import DdplugError
-from ddplug.evaluate.training import train_classifier
+from ddplug.evaluation.training import train_classifier
 from ddplug.models import create_model
 from ddplug.seeding import derive_seed, make_generator
 from ddplug.sets import SyntheticSet
@@ -72,7 +72,19 @@ def select_subset(
     feature_network: nn.Module | None = None,
     device: torch.device | str = "cpu",
 ) -> SyntheticSet:
-    """A real subset of ``ipc`` images per class chosen by ``method`` (see ``SELECTIONS``)."""
+    """A real subset of ``ipc`` images per class chosen by ``method`` (see ``SELECTIONS``).
+
+    Examples:
+        >>> from ddplug.data import load_dataset
+        >>> digits = load_dataset("digits")
+        >>> picked = select_subset("random", digits.train, ipc=3, seed=0)
+        >>> len(picked), picked.labels[:4].tolist()
+        (30, [0, 0, 0, 1])
+        >>> select_subset("herding", digits.train, ipc=3)
+        Traceback (most recent call last):
+        ...
+        ddplug.errors.DdplugError: herding selects in a feature space: pass feature_network (a model with embed())
+    """
     if method not in SELECTIONS:
         raise DdplugError(f"unknown selection {method!r}; choose one of {', '.join(SELECTIONS)}")
     if method == "full":

@@ -1,7 +1,7 @@
 """Judging synthetic sets: the training protocol, the evaluator, published numbers, reports."""
 
-from ddplug.evaluate.evaluator import EvalResult, Evaluator
-from ddplug.evaluate.protocol import EvalProtocol
-from ddplug.evaluate.training import TrainSettings, train_classifier
+from ddplug.evaluation.evaluator import EvalResult, Evaluator
+from ddplug.evaluation.protocol import EvalProtocol
+from ddplug.evaluation.training import TrainSettings, train_classifier
 
 __all__ = ["EvalProtocol", "EvalResult", "Evaluator", "TrainSettings", "train_classifier"]

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ddplug.version import __version__
 from ddplug.augment import DSA, DSAConfig
 from ddplug.data import ZCA, ImageDataset
-from ddplug.distill.condenser import (
+from ddplug.methods.condenser import (
     CHECKPOINT_FILE,
     C,
     Condensed,
@@ -35,8 +35,8 @@ from ddplug.distill.condenser import (
     register_condenser,
     snapshot_path,
 )
-from ddplug.distill.sampling import ClassBalancedSampler
-from ddplug.distill.selection import select_subset
+from ddplug.methods.sampling import ClassBalancedSampler
+from ddplug.methods.selection import select_subset
 from ddplug.errors import DdplugError
 from ddplug.memory import check_decoded_size
 from ddplug.models import check_model_spec, create_model
@@ -153,6 +153,14 @@ class DistillConfig:
             )
 
 
+def check_private(method: str, private: bool, config: DistillConfig) -> None:
+    """Refuse ``dp_epsilon`` for a method that cannot keep the promise."""
+    if config.dp_epsilon and not private:
+        raise DdplugError(f"{method} cannot be made differentially private: it reads the real data through "
+                          "network gradients or trajectories that ddplug does not privatise; drop dp_epsilon, "
+                          "or use --method dm")
+
+
 class Distiller(ABC):
     """Learns a synthetic set for ``real``; subclasses implement :meth:`step`.
 
@@ -172,10 +180,7 @@ class Distiller(ABC):
             raise DdplugError(f"{self.name} matches without labels, so learn_labels has nothing to learn; drop it")
         if config.learn_lr and not self.uses_lr:
             raise DdplugError(f"{self.name} does not unroll training, so learn_lr has nothing to learn; drop it")
-        if config.dp_epsilon and not self.private:
-            raise DdplugError(f"{self.name} cannot be made differentially private: it reads the real data through "
-                              "network gradients or trajectories that ddplug does not privatise; drop dp_epsilon, "
-                              "or use --method dm")
+        check_private(self.name, self.private, config)
         self.config = config
         self.device = torch.device(device)
         self.zca = ZCA.fit(real, config.zca_epsilon, self.device) if config.zca else None
@@ -522,11 +527,16 @@ def _resume(distiller: Distiller, checkpoint: str | Path | None) -> tuple[int, l
 
 
 class Distillation(Condenser):
-    """A :class:`~ddplug.distill.base.Distiller` class as a condenser: preset settings, then
+    """A :class:`~ddplug.methods.base.Distiller` class as a condenser: preset settings, then
     ``settings``; with ``out_dir`` a checkpoint there is resumed and kept up to date."""
 
     distiller_class: ClassVar[type]
     learns = True
+
+    def make_config(self, settings: dict[str, Any] | None = None) -> DistillConfig:
+        config = super().make_config(settings)
+        check_private(self.name, self.private, config)
+        return config
 
     def condense(self, real: ImageDataset, *, ipc: int, preset: Preset, seed: int = 0,
                  settings: dict[str, Any] | None = None, device: torch.device | str = "cpu",
@@ -544,7 +554,7 @@ class Distillation(Condenser):
 
 
 def register_distiller(distiller_class: C) -> C:
-    """Class decorator for :class:`~ddplug.distill.base.Distiller` subclasses."""
+    """Class decorator for :class:`~ddplug.methods.base.Distiller` subclasses."""
     register_condenser(type(f"{distiller_class.__name__}Condenser", (Distillation,),
                             {"name": distiller_class.name, "distiller_class": distiller_class,
                              "config_class": distiller_class.config_class, "private": distiller_class.private}))

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import sys
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -34,11 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from ddplug.data import ImageDataset
-from ddplug.distill.base import DistillConfig, Distiller, register_distiller
-from ddplug.distill.experts import ExpertSet, ExpertTraining, ensure_experts, load_experts
+from ddplug.methods.base import DistillConfig, Distiller, register_distiller
+from ddplug.methods.experts import ExpertSet, ExpertTraining, ensure_experts, load_experts
 from ddplug.errors import DdplugError
 from ddplug.seeding import make_generator
 
@@ -332,54 +330,3 @@ class TrajectoryMatching(Distiller):
             self.student_lr.grad = result.lr
         self.update()
         return result.loss
-
-
-def peak_memory_bytes(fn: Callable[[], object], device: torch.device | str) -> int:
-    """Peak bytes ``fn`` allocates on ``device`` beyond what was allocated before it ran.
-
-    On CUDA, the caching allocator's own peak. On the CPU, whose allocator keeps no
-    statistics, the peak of the tensor storage that ``fn``'s ops create and keep alive
-    (including what the autograd graph holds), counted op by op.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    with _LiveTensorBytes() as counter:
-        fn()
-    return counter.peak
-
-
-class _LiveTensorBytes(TorchDispatchMode):
-    """Counts the bytes of the tensor storages that ops create while they are alive, and the peak."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self.tracked: set[int] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
-        output = func(*args, **(kwargs or {}))
-        for tensor in output if isinstance(output, (tuple, list)) else (output,):
-            if isinstance(tensor, Tensor):
-                self._track(tensor.untyped_storage())
-        self.peak = max(self.peak, self.live)
-        return output
-
-    def _track(self, storage: torch.UntypedStorage) -> None:
-        key, size = storage._cdata, storage.nbytes()
-        if key in self.tracked:  # a view or an in-place result: no new memory
-            return
-        self.tracked.add(key)
-        self.live += size
-        # Storage objects live exactly as long as their memory, so this runs when it is freed.
-        weakref.finalize(storage, self._free, key, size)
-
-    def _free(self, key: int, size: int) -> None:
-        self.tracked.discard(key)
-        self.live -= size

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddplug.data import ImageDataset
-from ddplug.distill.base import DistillConfig, Distiller, register_distiller
-from ddplug.distill.pool import NetworkPool, PoolSettings
-from ddplug.distill.kernels import nngp_features, ntk_features, relu_fc_kernel
+from ddplug.methods.base import DistillConfig, Distiller, register_distiller
+from ddplug.methods.pool import NetworkPool, PoolSettings
+from ddplug.methods.kernels import nngp_features, ntk_features, relu_fc_kernel
 from ddplug.errors import DdplugError
 from ddplug.models import create_model
 from ddplug.seeding import derive_seed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ddplug.evaluate.training import TrainSettings
+from ddplug.evaluation.training import TrainSettings
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from ddplug.data import ImageDataset
-from ddplug.distill.base import DistillConfig, Distiller, register_distiller
-from ddplug.distill.pool import NetworkPool, PoolSettings
+from ddplug.methods.base import DistillConfig, Distiller, register_distiller
+from ddplug.methods.pool import NetworkPool, PoolSettings
 from ddplug.errors import DdplugError
 from ddplug.privacy import clip_rows
 from ddplug.seeding import derive_seed

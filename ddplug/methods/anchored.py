@@ -18,9 +18,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from ddplug.distill.base import register_distiller
+from ddplug.methods.base import register_distiller
 from ddplug.data import ImageDataset
-from ddplug.distill.dm import DistributionMatching, DMConfig
+from ddplug.methods.dm import DistributionMatching, DMConfig
 from ddplug.errors import DdplugError
 from ddplug.seeding import derive_seed
 

@@ -22,7 +22,7 @@ class PublishedResult:
 
 @cache
 def _table() -> dict:
-    return json.loads(files("ddplug.evaluate").joinpath("published.json").read_text())
+    return json.loads(files("ddplug.evaluation").joinpath("published.json").read_text())
 
 
 def published_result(method: str, dataset: str, ipc: int | None) -> PublishedResult | None:

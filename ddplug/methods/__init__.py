@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from ddplug.data import ImageDataset
-from ddplug.distill.base import DistillConfig, Distillation, Distiller, register_distiller, run_distillation
-from ddplug.distill.condenser import (
+from ddplug.methods.base import DistillConfig, Distillation, Distiller, register_distiller, run_distillation
+from ddplug.methods.condenser import (
     CONDENSERS,
     Condensed,
     Condenser,
@@ -17,17 +17,27 @@ from ddplug.distill.condenser import (
 )
 
 # Imported for their registrations, in the order `ddplug list` shows them.
-from ddplug.distill.gradient import DatasetCondensation, DatasetCondensationDSA, GradientMatchingConfig  # noqa: I001
-from ddplug.distill.dm import DistributionMatching, DMConfig
-from ddplug.distill.anchored import AnchoredDistributionMatching, AnchoredDMConfig
-from ddplug.distill.trajectory import MTTConfig, TrajectoryMatching
-from ddplug.distill.kernel import KIP, FRePo, FRePoConfig, KIPConfig
-from ddplug.distill.selection import Selection, feature_network, select_subset
+from ddplug.methods.gradient import DatasetCondensation, DatasetCondensationDSA, GradientMatchingConfig  # noqa: I001
+from ddplug.methods.dm import DistributionMatching, DMConfig
+from ddplug.methods.anchored import AnchoredDistributionMatching, AnchoredDMConfig
+from ddplug.methods.trajectory import MTTConfig, TrajectoryMatching
+from ddplug.methods.kernel import KIP, FRePo, FRePoConfig, KIPConfig
+from ddplug.methods.selection import Selection, feature_network, select_subset
 from ddplug.errors import DdplugError
 
 
 def make_config(method: str, settings: dict | None = None) -> DistillConfig | None:
-    """The config of ``method`` with ``settings`` (values may be CLI strings) applied."""
+    """The config of ``method`` with ``settings`` (values may be CLI strings) applied.
+
+    Examples:
+        >>> config = make_config("dm", {"ipc": 10, "iterations": "250", "param": "multi:factor=2"})
+        >>> config.ipc, config.iterations, config.param
+        (10, 250, 'multi:factor=2')
+        >>> make_config("dm", {"iteratoins": 3})
+        Traceback (most recent call last):
+        ...
+        ddplug.errors.DdplugError: DMConfig has no setting 'iteratoins'; settings: ...
+    """
     return get_condenser(method).make_config(settings)
 
 

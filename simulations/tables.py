@@ -1,0 +1,121 @@
+"""The tables of the README and the docs, generated from the benchmark rows in ``benchmarks/``.
+
+A generated table sits between ``<!-- table: NAME -->`` and ``<!-- /table -->`` in a
+Markdown file; this script rewrites what is between them from the rows, so a number in the
+docs is never typed by hand. ``--check`` changes nothing and exits 1 when a committed table
+differs from what its rows give (the test suite runs it).
+
+    python -m simulations.tables            # rewrite every generated table
+    python -m simulations.tables --check    # exit 1 if any table and its data disagree
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+PAGES = ("README.md", "docs/results.md", "docs/continual.md")
+REGION = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
+
+
+def rows(folder: str, root: Path = BENCHMARKS) -> list[dict]:
+    """Every JSON row in ``benchmarks/FOLDER``, by file name."""
+    return [json.loads(path.read_text()) for path in sorted((root / folder).glob("*.json"))]
+
+
+def _over_seeds(values: list[float]) -> str:
+    """Mean ± sample standard deviation over seeds, in percent."""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.fmean(values):.2f} ± {100 * spread:.2f}"
+
+
+# (strategy, K, condensed memory, Avalanche's memory, the row's label)
+_AVALANCHE_PAIRS = (
+    ("lwf", 10, "condensed", "replay", "LwF, K = 10"),
+    ("naive", 10, "condensed", "replay", "Naive, K = 10"),
+    ("lwf", 1, "condensed", "replay", "LwF, K = 1"),
+    ("naive", 10, "condensed-retrain", "gdumb", "Naive, K = 10, 30 epochs on the memory alone"),
+)
+_AVALANCHE_NAMES = {"replay": "`ReplayPlugin`", "gdumb": "`GDumbPlugin`"}
+_MODES = {"condensed": "replay", "condensed-retrain": "retrain"}
+
+
+def avalanche_native(root: Path = BENCHMARKS) -> str:
+    """Avalanche's ``SplitFMNIST``: the condensed memory against Avalanche's of the same bytes."""
+    runs = rows("avalanche-native", root)
+    lines = ["| model, strategy, K | condensed memory | Avalanche's memory of the same bytes | gain (points) | seeds |",
+             "|---|---|---|---|---|"]
+    for strategy, k, ours, theirs, label in _AVALANCHE_PAIRS:
+        for model in sorted({run["model"] for run in runs}):
+            def accuracies(memory: str) -> list[float]:
+                return [run["final_accuracy"] for run in runs if (run["model"], run["strategy"], run["memory"],
+                        run["mem_per_class"]) == (model, strategy, memory, k)]
+            condensed, baseline = accuracies(ours), accuracies(theirs)
+            if not condensed or not baseline:
+                continue
+            gain = 100 * (statistics.fmean(condensed) - statistics.fmean(baseline))
+            lines.append(f"| `{model}`, {label} | **{_over_seeds(condensed)}** ({_MODES[ours]}) | "
+                         f"{_AVALANCHE_NAMES[theirs]} {_over_seeds(baseline)} | {gain:+.1f} | "
+                         f"{min(len(condensed), len(baseline))} |")
+    return "\n".join(lines) + "\n"
+
+
+def main_job(root: Path = BENCHMARKS) -> str:
+    """``./dev.sh run`` from a fresh clone: the set against random real images, and its time."""
+    lines = ["| CPU | set | accuracy % | random real images % | published % | distill s | wall time |",
+             "|---|---|---|---|---|---|---|"]
+    for run in rows("main-job", root):
+        summary = run["summary"]
+        published = "" if summary["published_accuracy"] is None else f"{100 * summary['published_accuracy']:.1f}"
+        minutes, seconds = divmod(round(run["wall_seconds"]), 60)
+        lines.append(f"| {run['cpu']} | {summary['method']} `{summary['param']}`, {summary['iterations']} steps | "
+                     f"**{100 * summary['accuracy_mean']:.2f} ± {100 * summary['accuracy_std']:.2f}** | "
+                     f"{100 * summary['random_baseline_mean']:.2f} ± {100 * summary['random_baseline_std']:.2f} | "
+                     f"{published} | {summary['distill_seconds']:.0f} | {minutes} min {seconds:02d} s |")
+    return "\n".join(lines) + "\n"
+
+
+TABLES: dict[str, Callable[[Path], str]] = {"avalanche-native": avalanche_native, "main-job": main_job}
+
+
+def render(text: str, root: Path = BENCHMARKS) -> str:
+    """``text`` with every generated table rewritten from its rows."""
+    def fill(match: re.Match) -> str:
+        name = match["name"]
+        if name not in TABLES:
+            raise SystemExit(f"unknown table {name!r}; tables: {', '.join(TABLES)}")
+        return match[1] + TABLES[name](root) + match[4]
+
+    return REGION.sub(fill, text)
+
+
+def stale_pages(root: Path = ROOT) -> list[str]:
+    """The pages whose generated tables differ from their rows."""
+    return [page for page in PAGES if render((root / page).read_text(), root / "benchmarks") != (root / page).read_text()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table is stale")
+    args = parser.parse_args(argv)
+    stale = stale_pages()
+    if args.check:
+        for page in stale:
+            print(f"{page}: a generated table differs from its rows in benchmarks/; run python -m simulations.tables")
+        return 1 if stale else 0
+    for page in stale:
+        path = ROOT / page
+        path.write_text(render(path.read_text()))
+        print(f"rewrote the tables of {page}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
