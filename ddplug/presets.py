@@ -134,7 +134,7 @@ PRESETS: dict[str, Preset] = {
         methods={
             # KIP needs ~2.4-6.8 GB at IPC 1-50.
             # Both papers' KRR ridge: their width-128 features outnumber the set (the default 0.1 is for
-            # sets near the feature count, kernel.py).
+            # sets near the feature count, kernel_ridge.py).
             "kip": {"num_networks": 4, "batch_real": 100, "iterations": 5000, "max_kernel_memory_gb": 16,
                     "ridge": 1e-6},
             "frepo": {"iterations": 20000, "ridge": 1e-6},

@@ -36,34 +36,37 @@ def _over_seeds(values: list[float]) -> str:
     return f"{100 * statistics.fmean(values):.2f} ± {100 * spread:.2f}"
 
 
-# (strategy, K, condensed memory, Avalanche's memory, the row's label)
-_AVALANCHE_PAIRS = (
-    ("lwf", 10, "condensed", "replay", "LwF, K = 10"),
-    ("naive", 10, "condensed", "replay", "Naive, K = 10"),
-    ("lwf", 1, "condensed", "replay", "LwF, K = 1"),
-    ("naive", 10, "condensed-retrain", "gdumb", "Naive, K = 10, 30 epochs on the memory alone"),
-)
+# condensed memory -> (its mode, the network it matches with, Avalanche's memory of the same bytes)
+_CONDENSED = {
+    "condensed": ("replay", "ConvNet (the preset's)", "replay"),
+    "condensed-strategy": ("replay", "the strategy's model", "replay"),
+    "condensed-retrain": ("retrain", "ConvNet (the preset's)", "gdumb"),
+    "condensed-strategy-retrain": ("retrain", "the strategy's model", "gdumb"),
+}
 _AVALANCHE_NAMES = {"replay": "`ReplayPlugin`", "gdumb": "`GDumbPlugin`"}
-_MODES = {"condensed": "replay", "condensed-retrain": "retrain"}
+_STRATEGY_NAMES = {"lwf": "LwF", "naive": "Naive", "ewc": "EWC"}
 
 
 def avalanche_native(root: Path = BENCHMARKS) -> str:
-    """Avalanche's ``SplitFMNIST``: the condensed memory against Avalanche's of the same bytes."""
+    """Avalanche's ``SplitFMNIST``: each condensed memory against Avalanche's of the same bytes."""
     runs = rows("avalanche-native", root)
-    lines = ["| model, strategy, K | condensed memory | Avalanche's memory of the same bytes | gain (points) | seeds |",
-             "|---|---|---|---|---|"]
-    for strategy, k, ours, theirs, label in _AVALANCHE_PAIRS:
-        for model in sorted({run["model"] for run in runs}):
-            def accuracies(memory: str) -> list[float]:
-                return [run["final_accuracy"] for run in runs if (run["model"], run["strategy"], run["memory"],
-                        run["mem_per_class"]) == (model, strategy, memory, k)]
-            condensed, baseline = accuracies(ours), accuracies(theirs)
+    lines = ["| model | strategy, K | condensed by matching | condensed memory | Avalanche's memory of the same bytes "
+             "| gain (points) | seeds |", "|---|---|---|---|---|---|---|"]
+    cells = sorted({(run["model"], run["strategy"], run["mem_per_class"]) for run in runs},
+                   key=lambda cell: (cell[0], cell[1] != "lwf", -cell[2], cell[1]))
+    for model, strategy, k in cells:
+        def accuracies(memory: str) -> list[float]:
+            return [run["final_accuracy"] for run in runs
+                    if (run["model"], run["strategy"], run["memory"], run["mem_per_class"]) == (model, strategy, memory, k)]
+        for memory, (mode, matching, theirs) in _CONDENSED.items():
+            condensed, baseline = accuracies(memory), accuracies(theirs)
             if not condensed or not baseline:
                 continue
             gain = 100 * (statistics.fmean(condensed) - statistics.fmean(baseline))
-            lines.append(f"| `{model}`, {label} | **{_over_seeds(condensed)}** ({_MODES[ours]}) | "
-                         f"{_AVALANCHE_NAMES[theirs]} {_over_seeds(baseline)} | {gain:+.1f} | "
-                         f"{min(len(condensed), len(baseline))} |")
+            epochs = ", 30 epochs on the memory alone" if mode == "retrain" else ""
+            lines.append(f"| `{model}` | {_STRATEGY_NAMES[strategy]}, K = {k}{epochs} | {matching} | "
+                         f"**{_over_seeds(condensed)}** ({mode}) | {_AVALANCHE_NAMES[theirs]} {_over_seeds(baseline)} | "
+                         f"{gain:+.1f} | {min(len(condensed), len(baseline))} |")
     return "\n".join(lines) + "\n"
 
 

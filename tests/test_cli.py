@@ -322,12 +322,12 @@ def test_a_checkpoint_of_other_settings_names_what_differs(capsys, data_root, tm
 
 
 def test_a_resumed_run_reports_the_whole_distillation_time(capsys, data_root, tmp_path, monkeypatch):
-    from ddplug.methods import base
+    from ddplug.methods import running
     from ddplug.sets import load_set
 
     out = tmp_path / "run"
     clock = iter(range(0, 10_000, 10))  # every reading of the clock is 10 s after the last
-    monkeypatch.setattr(base.time, "perf_counter", lambda: float(next(clock)))
+    monkeypatch.setattr(running.time, "perf_counter", lambda: float(next(clock)))
     code, stdout, _ = run(capsys, "distill", *fast("--out", str(out), "--no-eval", "--iterations", "2", "--json"))
     first = json.loads(stdout.strip().splitlines()[-1])["distill_seconds"]
     code, stdout, stderr = run(capsys, "distill", *fast("--out", str(out), "--no-eval", "--iterations", "4", "--json"))

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from ddplug.methods.base import run_distillation
-from ddplug.methods.kernel import (
+from ddplug.methods.running import run_distillation
+from ddplug.methods.kernel_ridge import (
     FRePo,
     FRePoConfig,
     KIP,
@@ -15,7 +15,7 @@ from ddplug.methods.kernel import (
     krr_loss,
     krr_predict,
 )
-from ddplug.methods.kernels import (
+from ddplug.methods.kernel_features import (
     FC_BIAS_VARIANCE,
     FC_WEIGHT_VARIANCE,
     nngp_features,

@@ -131,4 +131,4 @@ def test_the_wheel_installs_no_generic_top_level_package(tmp_path: Path) -> None
         (entry_points,) = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
         declared = archive.read(entry_points).decode()
     assert top_level == {"ddplug", *ADAPTERS}
-    assert "cl = ddplug_avalanche.runner:COMMAND" in declared and "fl = ddplug_flower.simulation:COMMAND" in declared
+    assert "cl = ddplug_avalanche.command:COMMAND" in declared and "fl = ddplug_flower.simulation:COMMAND" in declared

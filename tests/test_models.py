@@ -223,7 +223,7 @@ def test_vmap_over_stacked_parameters_matches_separate_models():
 
 
 def test_register_custom_model(monkeypatch):
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_REGISTRY", registry._REGISTRY.copy())
 
     @register_model("tiny-test")
     def tiny(in_channels, num_classes, image_size, *, hidden: int = 4):

@@ -6,7 +6,9 @@ from __future__ import annotations
 import torch
 
 from ddplug.data import ImageDataset
-from ddplug.methods.base import DistillConfig, Distillation, Distiller, register_distiller, run_distillation
+from ddplug.methods.base import Distiller
+from ddplug.methods.config import DistillConfig
+from ddplug.methods.running import DistillerCondenser, register_distiller, run_distillation
 from ddplug.methods.condenser import (
     CONDENSERS,
     Condensed,
@@ -21,7 +23,7 @@ from ddplug.methods.gradient import DatasetCondensation, DatasetCondensationDSA,
 from ddplug.methods.dm import DistributionMatching, DMConfig
 from ddplug.methods.anchored import AnchoredDistributionMatching, AnchoredDMConfig
 from ddplug.methods.trajectory import MTTConfig, TrajectoryMatching
-from ddplug.methods.kernel import KIP, FRePo, FRePoConfig, KIPConfig
+from ddplug.methods.kernel_ridge import KIP, FRePo, FRePoConfig, KIPConfig
 from ddplug.methods.selection import Selection, feature_network, select_subset
 from ddplug.errors import DdplugError
 
@@ -56,7 +58,7 @@ def create_distiller(method: str, real: ImageDataset, config: DistillConfig | No
 
 __all__ = [
     "CONDENSERS", "KIP", "AnchoredDMConfig", "AnchoredDistributionMatching", "Condensed", "Condenser", "DMConfig",
-    "DatasetCondensation", "DatasetCondensationDSA", "DistillConfig", "Distillation", "Distiller",
+    "DatasetCondensation", "DatasetCondensationDSA", "DistillConfig", "DistillerCondenser", "Distiller",
     "DistributionMatching", "FRePo", "FRePoConfig", "GradientMatchingConfig", "KIPConfig", "MTTConfig", "Selection",
     "TrajectoryMatching", "available_methods", "create_distiller", "feature_network", "get_condenser",
     "make_config", "register_condenser", "register_distiller", "run_distillation", "select_subset",

@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from ddplug.methods.base import register_distiller
+from ddplug.methods.running import register_distiller
 from ddplug.data import ImageDataset
 from ddplug.methods.dm import DistributionMatching, DMConfig
 from ddplug.errors import DdplugError

@@ -25,6 +25,7 @@ import torch
 
 from ddplug.data import ZCA, ImageDataset
 from ddplug.errors import DdplugError
+from ddplug.registry import Registry
 from ddplug.sets import SyntheticSet
 from ddplug.settings import convert_field
 
@@ -88,19 +89,18 @@ class Condenser(ABC):
         return [] if self.config_class is None else [f.name for f in dataclasses.fields(self.config_class)]
 
 
-CONDENSERS: dict[str, Condenser] = {}
+CONDENSERS: Registry[Condenser] = Registry("method")
 C = TypeVar("C", bound=type)
 
 
 def register_condenser(cls: C) -> C:
     """Class decorator: register an instance of a :class:`Condenser` subclass under its name."""
-    if cls.name in CONDENSERS:
-        raise DdplugError(f"a method named {cls.name!r} is already registered")
-    CONDENSERS[cls.name] = cls()
+    CONDENSERS.add(cls.name, cls())
     return cls
 
 
 def get_condenser(name: str) -> Condenser:
+    """The method or baseline called ``name``; an unknown one lists methods, then baselines."""
     if name not in CONDENSERS:
         raise DdplugError(f"unknown method {name!r}; choose one of {', '.join(available_methods())}")
     return CONDENSERS[name]

@@ -18,7 +18,9 @@ import torch
 from torch import Tensor
 
 from ddplug.data import ImageDataset
-from ddplug.methods.base import DistillConfig, Distiller, register_distiller
+from ddplug.methods.base import Distiller
+from ddplug.methods.config import DistillConfig
+from ddplug.methods.running import register_distiller
 from ddplug.methods.pool import NetworkPool, PoolSettings
 from ddplug.errors import DdplugError
 from ddplug.privacy import clip_rows

@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddplug.data import ImageDataset
-from ddplug.methods.base import DistillConfig, Distiller, register_distiller
+from ddplug.methods.base import Distiller
+from ddplug.methods.config import DistillConfig
+from ddplug.methods.running import register_distiller
 from ddplug.errors import DdplugError
 from ddplug.seeding import derive_seed, make_generator
 

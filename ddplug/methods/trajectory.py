@@ -35,7 +35,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ddplug.data import ImageDataset
-from ddplug.methods.base import DistillConfig, Distiller, register_distiller
+from ddplug.methods.base import Distiller
+from ddplug.methods.config import DistillConfig
+from ddplug.methods.running import register_distiller
 from ddplug.methods.experts import ExpertSet, ExpertTraining, ensure_experts, load_experts
 from ddplug.errors import DdplugError
 from ddplug.seeding import make_generator

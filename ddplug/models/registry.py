@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ddplug.errors import DdplugError
+from ddplug.registry import Registry
 from ddplug.settings import parse_spec
 
 ModelFactory = Callable[..., nn.Module]
@@ -24,7 +25,7 @@ class _Entry:
     defaults: dict[str, Any]
 
 
-_REGISTRY: dict[str, _Entry] = {}
+_REGISTRY: Registry[_Entry] = Registry("model")
 
 
 def register_model(name: str, **defaults: Any) -> Callable[[ModelFactory], ModelFactory]:
@@ -36,15 +37,14 @@ def register_model(name: str, **defaults: Any) -> Callable[[ModelFactory], Model
     """
     if not name or any(char in name for char in _RESERVED_CHARACTERS):
         raise DdplugError(f"invalid model name {name!r}: use a non-empty name without ':', ',', '=' or spaces")
-    if name in _REGISTRY:
-        raise DdplugError(f"model {name!r} is already registered; pick another name")
+    _REGISTRY.check_free(name)  # now, not only when the decorator is applied
 
     def decorator(factory: ModelFactory) -> ModelFactory:
         options = _factory_defaults(factory)
         unknown = sorted(set(defaults) - set(options))
         if unknown:
             raise DdplugError(f"cannot register {name!r}: {factory.__name__} has no option(s) {', '.join(unknown)}")
-        _REGISTRY[name] = _Entry(factory, {**options, **defaults})
+        _REGISTRY.add(name, _Entry(factory, {**options, **defaults}))
         return factory
 
     return decorator
@@ -140,9 +140,7 @@ def check_model_spec(spec: str) -> None:
 
 
 def _lookup(name: str) -> _Entry:
-    if name not in _REGISTRY:
-        raise DdplugError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
-    return _REGISTRY[name]
+    return _REGISTRY.lookup(name)
 
 
 def _reject_unknown_options(name: str, options: dict[str, Any], known: dict[str, Any]) -> None:

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ddplug.errors import DdplugError
+from ddplug.registry import Registry
 from ddplug.settings import parse_spec
 
 Code = dict[str, Tensor]
@@ -102,14 +103,12 @@ class Parameterisation(ABC):
         anything is decoded (what a file declares is bounded by it)."""
 
 
-PARAMETERISATIONS: dict[str, Callable[..., Parameterisation]] = {}
+PARAMETERISATIONS: Registry[type[Parameterisation]] = Registry("parameterisation")
 
 
 def register_param(cls: type[Parameterisation]) -> type[Parameterisation]:
     """Class decorator: register a :class:`Parameterisation` under its ``name`` (once)."""
-    if cls.name in PARAMETERISATIONS:
-        raise DdplugError(f"a parameterisation named {cls.name!r} is already registered")
-    PARAMETERISATIONS[cls.name] = cls
+    PARAMETERISATIONS.add(cls.name, cls)
     return cls
 
 
@@ -129,9 +128,7 @@ def create_param(spec: str) -> Parameterisation:
         ddplug.errors.DdplugError: unknown parameterisation 'wavelet'; choose one of pixels, multi, dct, factor
     """
     name, options = parse_spec(spec, "parameterisation", "multi:factor=2")
-    if name not in PARAMETERISATIONS:
-        raise DdplugError(f"unknown parameterisation {name!r}; choose one of {', '.join(PARAMETERISATIONS)}")
-    return PARAMETERISATIONS[name](**options)
+    return PARAMETERISATIONS.lookup(name)(**options)
 
 
 def _option(options: dict[str, Any], name: str, kind: type, default: Any, spec: str,

@@ -24,145 +24,40 @@ Avalanche is imported only when a run starts, so building this parser is cheap.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import math
 import re
-import statistics
 import sys
 import time
-from dataclasses import dataclass
 from json import dumps, loads
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from ddplug.commands import Command
 from ddplug.devices import resolve_device
-from ddplug.data import ImageDataset, load_dataset
-from ddplug.methods import CONDENSERS, get_condenser, select_subset
+from ddplug.methods import CONDENSERS, get_condenser
 from ddplug.errors import DdplugError
-from ddplug.evaluation.report import format_table, percent, pyplot, save_figure
 from ddplug.models import create_model
 from ddplug.presets import Preset, get_preset
 from ddplug.seeding import derive_seed
 from ddplug.sets import create_param
 from ddplug.storage import path_part, writable_folder, write_json
-
-STRATEGIES = ("condensed", "condensed-retrain", "replay", "gdumb", "icarl", "naive")
-CONDENSED = ("condensed", "condensed-retrain")
-MEMORY_ONLY = ("condensed-retrain", "gdumb")  # train on the memory alone, for memory_epochs
-BENCHMARK_PREFIX = "split-"
-
-
-@dataclass(frozen=True)
-class StreamSettings:
-    """How a preset runs a stream; the optimiser (lr, momentum, weight decay) is the preset's."""
-
-    model: str
-    epochs: int  # per experience, on the experience's data (and memory)
-    memory_epochs: int  # per experience, for the strategies that train on the memory alone
-    batch_size: int
-    condense: dict[str, Any]  # settings of each experience's condensation (method settings)
-    train_per_class: int | None  # a class-balanced random subset of the train split; None: all
-    test_per_class: int | None
-
-
-# How each preset runs a stream; the model defaults to the preset's evaluation model and
-# condensation matches with the stream's model. ``cpu`` fits a condensed Split-FMNIST run in
-# minutes on 2 CPU cores; ``paper`` uses whole splits and the full-size model (a GPU). The
-# ``cpu`` memory stores 4-bit mosaics: at 10 images' bytes per class they beat 8-bit ones by
-# 1.2 points of final accuracy for 1.4x the time per run (README, class-incremental learning).
-STREAMS: dict[str, dict[str, Any]] = {
-    "cpu": {"model": "convnet:width=16", "epochs": 2, "memory_epochs": 30, "batch_size": 64,
-            "condense": {"iterations": 200, "batch_real": 32, "param": "multi:factor=2,bits=4"},
-            "train_per_class": 1000, "test_per_class": 300},
-    "paper": {"epochs": 5, "memory_epochs": 200, "batch_size": 128, "condense": {"iterations": 1000},
-              "train_per_class": None, "test_per_class": None},
-}
-
-
-def stream_settings(preset: Preset, epochs: int | None = None) -> StreamSettings:
-    """The stream settings of ``preset`` (``epochs`` replaces its epochs per experience)."""
-    if preset.name not in STREAMS:
-        raise DdplugError(f"no continual-learning settings for preset {preset.name!r}; choose one of "
-                          f"{', '.join(STREAMS)}")
-    values = {"model": preset.evaluation.model, **STREAMS[preset.name]}
-    values["condense"] = {"model": values["model"], **values["condense"]}
-    settings = StreamSettings(**values)
-    return settings if epochs is None else dataclasses.replace(settings, epochs=epochs)
-
-
-@dataclass(frozen=True)
-class MemoryBudget:
-    """Every strategy's memory budget, in raw uint8 images' bytes: ``per_class`` images for each
-    class seen, or ``total`` images in all, of which each class seen gets ``total // classes``
-    (a share that shrinks as classes arrive)."""
-
-    per_class: int | None = None
-    total: int | None = None
-
-    def __post_init__(self) -> None:
-        if (self.per_class is None) == (self.total is None):
-            raise DdplugError("give the memory as --mem-per-class K or as --mem-size N, not both")
-        for option, value in (("mem-per-class", self.per_class), ("mem-size", self.total)):
-            if value is not None and value < 1:
-                raise DdplugError(f"--{option} must be at least 1, got {value}")
-
-    def describe(self) -> str:
-        return f"memory {self.per_class} per class" if self.total is None else f"memory {self.total} in all"
-
-    def key(self) -> dict[str, int | None]:
-        """The budget as run-cache key entries (a per-class budget keeps the key it always had)."""
-        return {"mem_per_class": self.per_class} if self.total is None else {"mem_per_class": None,
-                                                                              "mem_size": self.total}
-
-
-@dataclass(frozen=True)
-class StreamInfo:
-    """What the strategies need to know about the stream's data."""
-
-    name: str  # for DSA's choice of transforms
-    in_channels: int
-    image_size: tuple[int, int]
-    num_classes: int
-    mean: tuple[float, ...] | None
-    std: tuple[float, ...] | None
-
-
-def _subset(split: ImageDataset, per_class: int | None, seed: int) -> tuple[Tensor, Tensor]:
-    if per_class is None or per_class >= int(split.class_counts().min()):
-        return split.images, split.labels
-    chosen = select_subset("random", split, per_class, seed=seed)
-    return chosen.images, chosen.labels
-
-
-def build_stream(benchmark: Any, experiences: int, settings: StreamSettings, seed: int) -> tuple[Any, StreamInfo]:
-    """A class-incremental scenario and its data's description.
-
-    ``benchmark`` is ``"split-NAME"`` for any dataset ``ddplug.load_dataset`` reads (the data
-    is normalised there; the benchmark adds no transforms), or a ready Avalanche scenario such
-    as ``SplitFMNIST(n_experiences=5)`` whose data is present.
-    """
-    from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
-
-    if not isinstance(benchmark, str):
-        x = benchmark.train_stream[0].dataset[0][0]
-        return benchmark, StreamInfo("", x.shape[0], tuple(x.shape[1:]), benchmark.n_classes, None, None)
-    data = load_dataset(benchmark.removeprefix(BENCHMARK_PREFIX))
-    train, test = data.train, data.test
-    if train.num_classes % experiences:
-        raise DdplugError(f"{train.num_classes} classes cannot be split into {experiences} equal experiences; "
-                          f"choose --experiences among the divisors of {train.num_classes}")
-    scenario = nc_benchmark(
-        torch.utils.data.TensorDataset(*_subset(train, settings.train_per_class, derive_seed(seed, "train-subset"))),
-        torch.utils.data.TensorDataset(*_subset(test, settings.test_per_class, derive_seed(seed, "test-subset"))),
-        n_experiences=experiences, task_labels=False, seed=seed, fixed_class_order=list(range(train.num_classes)))
-    info = StreamInfo(train.name, train.in_channels, train.image_size, train.num_classes, train.mean, train.std)
-    return scenario, info
+from ddplug_avalanche.report import save_plot, summarise, table
+from ddplug_avalanche.streams import (
+    BENCHMARK_PREFIX,
+    CONDENSED,
+    MEMORY_ONLY,
+    STRATEGIES,
+    MemoryBudget,
+    StreamInfo,
+    StreamSettings,
+    build_stream,
+    condense_settings,
+    stream_settings,
+)
 
 
 def build_strategy(name: str, info: StreamInfo, *, method: str, memory: MemoryBudget, preset: Preset,
@@ -186,7 +81,7 @@ def build_strategy(name: str, info: StreamInfo, *, method: str, memory: MemoryBu
                   device=device, evaluator=evaluator)
     if name in CONDENSED:
         mode = "replay" if name == "condensed" else "retrain"
-        condensation = Condensation(method=method, preset=preset, settings=_condense_settings(settings, param),
+        condensation = Condensation(method=method, preset=preset, settings=condense_settings(settings, param),
                                     dataset=info.name, mean=info.mean, std=info.std, seed=seed)
         return CondensedReplay(model=model, max_size=memory.total, mem_per_class=memory.per_class, mode=mode,
                                condensation=condensation, **common)
@@ -267,31 +162,10 @@ def memory_in_bytes(strategy: Any, pixels: int) -> int:
     return memory_size(strategy) * pixels
 
 
-def final_accuracy(matrix: list[list[float]]) -> float:
-    """Mean accuracy over all test experiences after the last training experience."""
-    return statistics.fmean(matrix[-1])
-
-
-def forgetting(matrix: list[list[float]]) -> float:
-    """Mean over earlier experiences of their best accuracy before the last step minus the final one."""
-    last = len(matrix) - 1
-    if last == 0:
-        return 0.0
-    return statistics.fmean(max(matrix[i][j] for i in range(j, last)) - matrix[last][j] for j in range(last))
-
-
-def _spread(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
-
-
 def _label(strategy: str, method: str, param: str | None = None) -> str:
     if strategy not in CONDENSED:
         return strategy
     return f"{strategy}-{method}" + ("" if param is None else f"-{path_part(param)}")
-
-
-def _condense_settings(settings: StreamSettings, param: str | None) -> dict[str, Any]:
-    return settings.condense if param is None else {**settings.condense, "param": param}
 
 
 def _stream_key(benchmark: str, experiences: int, memory: MemoryBudget, preset: Preset,
@@ -304,30 +178,6 @@ def _stream_key(benchmark: str, experiences: int, memory: MemoryBudget, preset: 
 def _run_file(out: Path, label: str, seed: int, key: dict[str, Any]) -> Path:
     digest = hashlib.blake2b(dumps(key, sort_keys=True).encode(), digest_size=6).hexdigest()
     return out / "runs" / f"{label}-seed{seed}-{digest}.json"
-
-
-def save_plot(out: Path, key: dict[str, Any]) -> Path:
-    """Average accuracy on the experiences seen so far, after each one, for every strategy run on this stream."""
-    curves: dict[str, list[list[float]]] = {}
-    for path in sorted((out / "runs").glob("*.json")):
-        run = loads(path.read_text())
-        if run["stream"] == key:
-            curves.setdefault(run["label"], []).append(
-                [100 * statistics.fmean(row[: i + 1]) for i, row in enumerate(run["matrix"])])
-    figure, axes = pyplot().subplots(figsize=(6, 4))
-    for label, runs in sorted(curves.items()):
-        steps = range(1, len(runs[0]) + 1)
-        mean = [statistics.fmean(values) for values in zip(*runs)]
-        std = [statistics.pstdev(values) for values in zip(*runs)]
-        axes.plot(steps, mean, marker="o", label=f"{label} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
-        axes.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
-        axes.set_xticks(list(steps))
-    axes.set_xlabel("experiences trained")
-    axes.set_ylabel("accuracy on the classes seen (%)")
-    memory = MemoryBudget(key["mem_per_class"], key.get("mem_size"))
-    axes.set_title(f"{key['benchmark']}, {memory.describe()}, {key['preset']} preset", fontsize=10)
-    axes.legend(fontsize=8)
-    return save_figure(figure, out / "accuracy.png")
 
 
 def _check(benchmark: Any, experiences: int, strategy: str, method: str, seeds: int, epochs: int | None) -> None:
@@ -402,91 +252,3 @@ def run_benchmark(
     if json:
         print(dumps(summary))
     return summary
-
-
-def summarise(runs: list[dict[str, Any]], *, strategy: str, method: str | None, key: dict[str, Any],
-              settings: StreamSettings, device: torch.device, out: Path, param: str | None = None) -> dict[str, Any]:
-    """Mean ± std over seeds of the final accuracy and forgetting, and the mean accuracy matrix."""
-    matrices = [run["matrix"] for run in runs]
-    accuracy, accuracy_std = _spread([final_accuracy(m) for m in matrices])
-    forgot, forgot_std = _spread([forgetting(m) for m in matrices])
-    seconds, seconds_std = _spread([run["seconds"] for run in runs])
-    condensation = [sum(cost["seconds"] for cost in run["condensation"]) for run in runs]
-    peaks = [cost["peak_memory_mb"] for run in runs for cost in run["condensation"]]
-    return {
-        "strategy": strategy, "method": method, "label": runs[0]["label"],
-        "final_accuracy": accuracy, "final_accuracy_std": accuracy_std,
-        "forgetting": forgot, "forgetting_std": forgot_std,
-        "seconds": seconds, "seconds_std": seconds_std,
-        "mem_per_class": key["mem_per_class"], "mem_size": key.get("mem_size"), "experiences": key["experiences"],
-        "benchmark": key["benchmark"],
-        "preset": key["preset"], "seeds": len(runs), "model": settings.model, "epochs": settings.epochs,
-        "memory_epochs": settings.memory_epochs, "batch_size": settings.batch_size,
-        "condense_settings": _condense_settings(settings, param) if method else None,
-        "condensation_seconds": statistics.fmean(condensation) if peaks else None,
-        "condensation_peak_memory_mb": max(peaks) if peaks else None,
-        "accuracy_matrix": [[statistics.fmean(values) for values in zip(*rows)] for rows in zip(*matrices)],
-        "accuracy_matrices": matrices, "memory_sizes": [run.get("memory_sizes") for run in runs],
-        "memory_bytes": [run.get("memory_bytes") for run in runs],
-        "device": str(device), "out_dir": str(out),
-    }
-
-
-def table(summary: dict[str, Any]) -> str:
-    """The mean accuracy matrix and the headline numbers, as text."""
-    matrix = summary["accuracy_matrix"]
-    rows = [(f"after exp {i}", *(f"{100 * value:.1f}" for value in row)) for i, row in enumerate(matrix)]
-    epochs = summary["memory_epochs"] if summary["strategy"] in MEMORY_ONLY else summary["epochs"]
-    condensation = summary["condensation_seconds"]
-    lines = [
-        f"{summary['benchmark']}, {summary['experiences']} experiences, "
-        f"{MemoryBudget(summary['mem_per_class'], summary['mem_size']).describe()}, "
-        f"preset {summary['preset']} ({summary['model']}, {epochs} epochs per experience, "
-        f"batch {summary['batch_size']}); "
-        f"{summary['label']}, {summary['seeds']} seed(s), {summary['device']}",
-        "test accuracy (%) after training experience i (rows) on test experience j (columns), mean over seeds",
-        format_table(("", *(f"exp {j}" for j in range(len(matrix[0])))), rows),
-        f"final average accuracy: {percent(summary['final_accuracy'], summary['final_accuracy_std'])} %   "
-        f"average forgetting: {percent(summary['forgetting'], summary['forgetting_std'])} %   "
-        f"seconds per run: {summary['seconds']:.0f}"
-        + ("" if condensation is None else f" (condensation {condensation:.0f})"),
-        f"written to {summary['out_dir']}/",
-    ]
-    return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``ddplug cl``."""
-    parser.add_argument("--benchmark", default="split-fmnist",
-                        help="split-DATASET: a dataset ddplug reads, split in class order")
-    parser.add_argument("--experiences", type=int, default=5, help="experiences (the class count must divide evenly)")
-    parser.add_argument("--strategy", default="condensed", help=", ".join(STRATEGIES))
-    parser.add_argument("--mem-per-class", type=int, default=None,
-                        help="memory budget per class seen, in raw uint8 images' bytes, for every strategy "
-                             "(default 10)")
-    parser.add_argument("--mem-size", type=int, default=None,
-                        help="instead: a budget of that many raw images' bytes in all, shared by the classes seen "
-                             "(shares shrink as classes arrive)")
-    parser.add_argument("--method", default="dm",
-                        help="condensation method of the condensed strategies: dm, random, herding, ...")
-    parser.add_argument("--param", default=None,
-                        help="parameterisation of the condensed memory, e.g. pixels or multi:factor=2 (default: the "
-                             "stream's: multi:factor=2,bits=4 with the cpu preset)")
-    parser.add_argument("--preset", default="cpu", help="cpu (minutes on 2 cores: data subsets, small model) or paper")
-    parser.add_argument("--seeds", type=int, default=3, help="runs with seeds 0..N-1")
-    parser.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="epochs per experience (default: the preset's; gdumb and condensed-retrain keep theirs)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--out", default=None, help="output folder (default: results/continual-<benchmark>-...)")
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    mem_per_class = 10 if args.mem_per_class is None and args.mem_size is None else args.mem_per_class
-    run_benchmark(args.benchmark, args.experiences, args.strategy, mem_per_class, args.method, args.preset,
-                  args.seeds, args.device, args.json, args.epochs, args.out, mem_size=args.mem_size, param=args.param)
-    return 0
-
-
-COMMAND = Command(name="cl", help="class-incremental learning with a condensed memory (Avalanche)", extra="avalanche",
-                  requires=("avalanche",), add_arguments=add_arguments, run=run_from_args)

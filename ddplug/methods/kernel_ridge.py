@@ -20,9 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddplug.data import ImageDataset
-from ddplug.methods.base import DistillConfig, Distiller, register_distiller
+from ddplug.methods.base import Distiller
+from ddplug.methods.config import DistillConfig
+from ddplug.methods.running import register_distiller
 from ddplug.methods.pool import NetworkPool, PoolSettings
-from ddplug.methods.kernels import nngp_features, ntk_features, relu_fc_kernel
+from ddplug.methods.kernel_features import nngp_features, ntk_features, relu_fc_kernel
 from ddplug.errors import DdplugError
 from ddplug.models import create_model
 from ddplug.seeding import derive_seed
