@@ -30,6 +30,7 @@ import torch
 
 from ddplug.data import DatasetSplits, ImageDataset, load_dataset
 from ddplug.devices import resolve_device
+from ddplug.distributed import is_main, join_from_environment
 from ddplug.errors import DdplugError
 from ddplug.memory import peak_memory
 from ddplug.methods import CONDENSERS, Condensed, get_condenser
@@ -165,7 +166,8 @@ def distill(
     if method is not None:
         get_condenser(method)
     preset = resolve_preset(preset, overrides)
-    device = resolve_device(str(device))
+    device = join_from_environment(resolve_device(str(device)))
+    progress = progress and is_main()
     baselines = check_baselines(baselines)
     splits, train = _splits(data, data_root, evaluate)
     budget_ipc = DEFAULT_IPC if ipc is None and budget_bytes is None else ipc
@@ -186,7 +188,8 @@ def distill(
                                                        files=DISTILL_FILES)
     condensed = condenser.condense(train, ipc=budget_ipc, preset=preset, seed=seed, settings=settings, device=device,
                                    out_dir=out_dir, progress=progress, snapshots=snapshots)
-    synthetic, files, stored_bytes = _stored(condensed, out_dir) if condenser.per_class else (
+    # Under torchrun rank 0 writes the files; the others judge their own copy of the same set.
+    synthetic, files, stored_bytes = _stored(condensed, out_dir if is_main() else None) if condenser.per_class else (
         condensed.synthetic, {}, None)
     summary: dict[str, Any] = {
         "method": method, "dataset": train.name, "ipc": budget_ipc, "recipe": recipe.command() if recipe else None,
@@ -201,13 +204,14 @@ def distill(
         "device": str(device),
         "out_dir": None if out_dir is None else str(out_dir),
         "files": files,
+        **_peak(device),
     }
     judgement = None
     if evaluate and not condensed.interrupted:
         judgement = judge(synthetic, splits, preset, method=method, baselines=baselines, seed=seed, device=device,
                           progress=progress, zca=condensed.zca)
         judgement.extra.update(summary, **_peak(device))
-        summary = write_judgement(judgement, out_dir) if out_dir is not None else judgement.summary()
+        summary = write_judgement(judgement, out_dir) if out_dir is not None and is_main() else judgement.summary()
     return DistillResult(synthetic, condensed, method, recipe, judgement, summary, out_dir)
 
 
@@ -262,7 +266,8 @@ def evaluate(
     """
     evaluation = {"eval.model": model, "eval.num_models": models, "eval.epochs": epochs}
     preset = resolve_preset(preset, {**(overrides or {}), **{k: str(v) for k, v in evaluation.items() if v is not None}})
-    device = resolve_device(str(device))
+    device = join_from_environment(resolve_device(str(device)))
+    progress = progress and is_main()
     baselines = check_baselines(baselines)
     source = None
     if not isinstance(synthetic, SyntheticSet):
@@ -290,8 +295,8 @@ def evaluate(
     judgement.extra.update({
         "iterations": synthetic.meta.get("iterations"), "distill_seconds": synthetic.meta.get("distill_seconds"),
         "source": None if source is None else str(source), "device": str(device),
-        "out_dir": None if out_dir is None else str(out_dir)})
-    if out_dir is not None:
+        "out_dir": None if out_dir is None else str(out_dir), **_peak(device)})
+    if out_dir is not None and is_main():
         write_judgement(judgement, out_dir)
     return judgement
 

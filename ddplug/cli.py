@@ -19,6 +19,7 @@ from ddplug.allocator import tune_allocator
 from ddplug.api import print_warnings_as_lines
 from ddplug.commands import add_commands, discover_commands
 from ddplug.devices import resolve_device
+from ddplug.distributed import is_main, join_from_environment, leave
 from ddplug.errors import DdplugError
 from ddplug.settings import add_setting_flags, given_settings, parse_assignments
 
@@ -40,6 +41,8 @@ def _baselines(text: str) -> tuple[str, ...]:
 
 
 def _emit(summary: dict[str, Any], table: str, as_json: bool) -> None:
+    if not is_main():  # under torchrun rank 0 speaks for the run
+        return
     print(table)
     if as_json:
         print(json.dumps(summary))
@@ -53,8 +56,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
                   baselines=_baselines(args.baselines), evaluate=not args.no_eval, snapshots=args.snapshots,
                   data_root=args.data_root, progress=not args.quiet, **_method_settings(args))
     if run.condensed.interrupted:
-        print(f"interrupted after {run.condensed.iterations} iterations; the set so far is in {run.out_dir} "
-              "(run the same command again to resume)", file=sys.stderr)
+        if is_main():
+            print(f"interrupted after {run.condensed.iterations} iterations; the set so far is in {run.out_dir} "
+                  "(run the same command again to resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
     if run.judgement is None:
         _emit(run.summary, f"saved {run.summary['files'].get('set', '(nothing)')}", args.json)
@@ -108,7 +112,8 @@ def cmd_experts(args: argparse.Namespace) -> int:
                               per_class=args.per_class)
     folder = Path(args.out) if args.out else default_expert_folder(None, data.train, model, training)
     experts = train_experts(data.train, folder, model=model, num_experts=args.num_experts, epochs=args.epochs,
-                            training=training, device=resolve_device(args.device), progress=not args.quiet)
+                            training=training, device=join_from_environment(resolve_device(args.device)),
+                            progress=not args.quiet)
     summary = {"folder": str(experts.folder), "experts": len(experts), "epochs": experts.manifest["epochs"],
                "model": experts.manifest["model"], "dataset": experts.manifest["dataset"]}
     _emit(summary, f"{len(experts)} experts of {summary['model']} on {summary['dataset']} "
@@ -261,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ddplug: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        leave()
 
 
 if __name__ == "__main__":

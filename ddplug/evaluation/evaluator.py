@@ -17,6 +17,7 @@ from ddplug.evaluation.training import train_classifier, classification_accuracy
 from ddplug.models import create_model
 from ddplug.evaluation.protocol import EvalProtocol
 from ddplug.seeding import derive_seed, make_generator
+from ddplug.distributed import gather, is_main, my_share
 from ddplug.sets import SyntheticSet
 
 
@@ -104,9 +105,10 @@ class Evaluator:
         labels = synthetic.labels.detach().to(self.device)
         test_images = self.test_images_for(synthetic)
         lr = None if synthetic.lr is None else float(synthetic.lr)
-        accuracies = []
+        mine: dict[int, float] = {}  # under torchrun each rank trains its share of the networks
         began = time.perf_counter()
-        models = tqdm(range(self.protocol.num_models), desc=f"evaluate {label}".strip(), disable=not self.progress, unit="model")
+        models = tqdm(my_share(self.protocol.num_models), desc=f"evaluate {label}".strip(),
+                      disable=not (self.progress and is_main()), unit="model")
         for index in models:
             network = create_model(
                 self.protocol.model,
@@ -117,7 +119,7 @@ class Evaluator:
             ).to(self.device)
             generator = make_generator(seed, "eval-train", index)
             train_classifier(network, images, labels, settings, lr=lr, augment=self.augment, generator=generator)
-            accuracies.append(classification_accuracy(network, test_images, self.test_labels, settings.batch_size))
-            models.set_postfix(acc=f"{100 * statistics.fmean(accuracies):.2f}%")
-        seconds = (time.perf_counter() - began) / max(len(accuracies), 1)
-        return EvalResult(accuracies, self.protocol.model, settings.epochs, seconds)
+            mine[index] = classification_accuracy(network, test_images, self.test_labels, settings.batch_size)
+            models.set_postfix(acc=f"{100 * statistics.fmean(mine.values()):.2f}%")
+        seconds = (time.perf_counter() - began) / max(len(mine), 1)
+        return EvalResult(list(gather(mine).values()), self.protocol.model, settings.epochs, seconds)

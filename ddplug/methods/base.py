@@ -21,6 +21,7 @@ from ddplug.augment import DSA, DSAConfig
 from ddplug.data import ZCA, ImageDataset
 from ddplug.methods.sampling import ClassBalancedSampler
 from ddplug.methods.selection import select_subset
+from ddplug.distributed import my_share, sum_over_ranks, world_size
 from ddplug.errors import DdplugError
 from ddplug.models import create_model
 from ddplug.privacy import PrivateClassMeans
@@ -44,6 +45,10 @@ class Distiller(ABC):
     uses_labels: ClassVar[bool] = True  # False: the loss ignores labels, so they can't be learned
     uses_lr: ClassVar[bool] = False  # True: the loss unrolls training, so its learning rate can be learned
     private: ClassVar[bool] = False  # True: reads real data only through self.privacy when dp_epsilon > 0
+    # True: under torchrun each rank's loss covers only its classes (the loss is a sum over
+    # classes of terms that see only that class's images), and step() sums losses and
+    # gradients over the ranks; False: every rank computes the whole loss.
+    shards_classes: ClassVar[bool] = False
 
     def __init__(self, real: ImageDataset, config: DistillConfig, device: torch.device | str = "cpu") -> None:
         config.validate(real)
@@ -172,8 +177,17 @@ class Distiller(ABC):
         loss = self.loss(iteration)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.shards_classes and world_size() > 1:
+            loss = loss.detach().clone()
+            sum_over_ranks([loss, *(p.grad for group in self.optimizer.param_groups for p in group["params"]
+                                    if p.grad is not None)])
         self.update()
         return loss.detach()
+
+    def my_classes(self) -> Tensor:
+        """The classes whose loss terms this rank computes: all of them in one process."""
+        return torch.arange(self.num_classes, device=self.device)[my_share(self.num_classes)] if (
+            self.shards_classes) else torch.arange(self.num_classes, device=self.device)
 
     def update(self) -> None:
         """Apply the gradients in ``.grad`` to the learnables."""

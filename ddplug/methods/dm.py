@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ddplug.data import ImageDataset
+from ddplug.distributed import world_size
 from ddplug.methods.base import Distiller
 from ddplug.methods.config import DistillConfig
 from ddplug.methods.running import register_distiller
@@ -53,9 +54,16 @@ class DistributionMatching(Distiller):
     config_class = DMConfig
     uses_labels = False
     private = True  # the real data enters only through class means of embeddings
+    shards_classes = True  # a class's term sees only that class's real and synthetic images
 
     def __init__(self, real: ImageDataset, config: DMConfig, device: torch.device | str = "cpu") -> None:
         super().__init__(real, config, device)
+        if world_size() > 1 and config.dp_epsilon:
+            raise DdplugError("under torchrun DM shares its classes between ranks, which a private run cannot (each "
+                              "rank would draw its own secret noise): run it in one process")
+        if world_size() > real.num_classes:
+            raise DdplugError(f"{world_size()} ranks share {real.num_classes} classes: use at most "
+                              f"{real.num_classes} processes")
         self.real_labels = self.real.labels.to(self.device)
         self.pool = None if not config.pool_size else NetworkPool(
             self.build_network, seed=config.seed, size=config.pool_size, max_steps=config.max_online_steps,
@@ -76,9 +84,12 @@ class DistributionMatching(Distiller):
         network = self.network(iteration)
         real, real_labels = self.sample_real(iteration)
         real, syn = self.augment_pair(iteration, real, real_labels, self.images, self.labels)
+        # Every rank draws the whole batch alike (cheap), then embeds only its own classes.
+        classes = self.my_classes()
+        real, syn = (by_class(images, self.num_classes, classes) for images in (real, syn))
         with torch.no_grad():
-            real_stats = class_statistics(network.embed(real), self.num_classes, self.config.moments)
-        syn_stats = class_statistics(network.embed(syn), self.num_classes, self.config.moments)
+            real_stats = class_statistics(network.embed(real), len(classes), self.config.moments)
+        syn_stats = class_statistics(network.embed(syn), len(classes), self.config.moments)
         return (real_stats - syn_stats).square().sum()
 
     def private_loss(self, iteration: int) -> Tensor:
@@ -109,6 +120,13 @@ class DistributionMatching(Distiller):
         super().load_state_dict(state)
         if self.pool is not None:
             self.pool.load_state_dict(state["pool"])
+
+
+def by_class(images: Tensor, num_classes: int, classes: Tensor) -> Tensor:
+    """The images of ``classes`` from a class-major batch of equal class sizes."""
+    if len(classes) == num_classes:
+        return images
+    return images.reshape(num_classes, -1, *images.shape[1:])[classes].flatten(0, 1)
 
 
 def class_means(features: Tensor, num_classes: int) -> Tensor:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ddplug.augment import DSA, DSAConfig
 from ddplug.data import ImageDataset
+from ddplug.distributed import is_main, my_share, wait_for_all
 from ddplug.errors import DdplugError
 from ddplug.models import create_model
 from ddplug.seeding import derive_seed, make_generator
@@ -130,6 +131,7 @@ def train_experts(
     trains every expert on the same seeded random images of each class instead of all:
     shorter epochs, for small compute budgets. ``training.zca_epsilon`` records that ``real``
     is ZCA-whitened with that epsilon (see ``ddplug.data.ZCA``), for whitened distillation.
+    Under ``torchrun`` each rank trains its share of the experts (every world-size-th one).
     """
     for name, value in (("num_experts", num_experts), ("epochs", epochs)):
         if value < 1:
@@ -142,12 +144,14 @@ def train_experts(
         existing = _read_manifest(folder)
         _check_same_training(existing, manifest, folder)
         manifest["epochs"] = max(epochs, int(existing["epochs"]))
-    write_json(folder / MANIFEST, manifest)
-    todo = {index: _epochs_done(_expert_path(folder, index)) for index in range(num_experts)}
+    if is_main():
+        write_json(folder / MANIFEST, manifest)
+    todo = {index: _epochs_done(_expert_path(folder, index)) for index in my_share(num_experts)}
     todo = {index: done for index, done in todo.items() if done < epochs}
     if todo:
         _train_missing(real, folder, manifest, todo, epochs, DSA(dsa_config) if training.augment else None,
-                       torch.device(device), progress)
+                       torch.device(device), progress and is_main())
+    wait_for_all()
     return load_experts(folder, dataset=real.name, model=model, min_epochs=epochs, zca_epsilon=training.zca_epsilon)
 
 

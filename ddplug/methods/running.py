@@ -26,6 +26,7 @@ from ddplug.methods.condenser import (
     register_condenser,
     snapshot_path,
 )
+from ddplug.distributed import is_main
 from ddplug.errors import DdplugError
 from ddplug.methods.base import Distiller
 from ddplug.methods.config import DistillConfig, check_private
@@ -60,10 +61,15 @@ def run_distillation(
     With ``snapshot_every``, ``on_snapshot`` receives the set after every ``snapshot_every``
     iterations (not the last), its meta holding ``iterations`` and ``distill_seconds`` (wall
     time since the start, resumed runs included): what time-to-accuracy curves are made of.
+
+    Under ``torchrun`` every rank runs the same seeded steps (the same set); rank 0 alone
+    shows progress and writes the checkpoint and the snapshots, and every rank resumes from it.
     """
     total = distiller.config.iterations
     start, losses, earlier_seconds = _resume(distiller, checkpoint)
-    if start:
+    progress = progress and is_main()
+    writes = is_main()
+    if start and writes:
         print(f"resuming {distiller.name} from iteration {start} of {total} ({earlier_seconds:.0f} s of distillation "
               f"so far; checkpoint {checkpoint})", file=sys.stderr, flush=True)
     pending: list[Tensor] = []
@@ -86,9 +92,9 @@ def run_distillation(
                     raise DdplugError(f"{distiller.name} diverged by iteration {done} (loss {losses[-1]}): lower "
                                       f"--lr-images, the learning rate of the {distiller.param.spec} code")
                 bar.set_postfix(loss=f"{losses[-1]:.4g}")
-            if checkpoint is not None and (done % checkpoint_every == 0 or done == total or stop.requested):
+            if writes and checkpoint is not None and (done % checkpoint_every == 0 or done == total or stop.requested):
                 _save_checkpoint(distiller, checkpoint, done, losses, elapsed())
-            if on_snapshot is not None and snapshot_every and done % snapshot_every == 0 and done < total:
+            if writes and on_snapshot is not None and snapshot_every and done % snapshot_every == 0 and done < total:
                 on_snapshot(_described_set(distiller, done, elapsed()))
             if stop.requested:
                 break

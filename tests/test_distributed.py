@@ -1,0 +1,72 @@
+"""ddplug under torchrun (Gloo on the CPU): the same results as one process, with the work shared."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ddplug.distributed import gather, is_main, my_share, rank, world_size
+
+from helpers import write_fake_fashion_mnist
+
+SMALL = "convnet:width=4,depth=1"
+EVALUATION = ["--eval-model", SMALL, "--eval-epochs", "2", "--eval-models", "3", "--quiet", "--device", "cpu", "--json"]
+
+
+def test_a_single_process_is_a_world_of_one():
+    assert (world_size(), rank(), is_main()) == (1, 0, True)
+    assert list(my_share(4)) == [0, 1, 2, 3]
+    assert list(gather({2: "c", 0: "a", 1: "b"}).items()) == [(0, "a"), (1, "b"), (2, "c")]
+
+
+def _ddplug(argv: list[str], data: Path, ranks: int) -> subprocess.CompletedProcess:
+    # One thread per process in both runs: float sums then agree to the last bit.
+    env = {**os.environ, "DDPLUG_DATA": str(data), "OMP_NUM_THREADS": "1"}
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
+                if ranks > 1 else [sys.executable])
+    done = subprocess.run([*launcher, "-m", "ddplug", *argv], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _summary(done: subprocess.CompletedProcess) -> dict:
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.subprocess
+def test_two_ranks_distil_and_judge_what_one_process_does(tmp_path):
+    data = write_fake_fashion_mnist(tmp_path / "data")
+    distill = ["distill", "--method", "dm", "--ipc", "1", "--iterations", "3", "--model", SMALL, *EVALUATION]
+    one = _summary(_ddplug([*distill, "--out", str(tmp_path / "one")], data, 1))
+    two_run = _ddplug([*distill, "--out", str(tmp_path / "two")], data, 2)
+    two = _summary(two_run)
+    assert len(two_run.stdout.strip().splitlines()) == len(_ddplug([*distill, "--out", str(tmp_path / "again")], data,
+                                                                   1).stdout.strip().splitlines())  # rank 0 alone prints
+    assert two["accuracies"] == one["accuracies"] and len(two["accuracies"]) == 3  # 2 networks on rank 0, 1 on rank 1
+    assert two["random_baseline_mean"] == one["random_baseline_mean"]
+    first, second = (load_file(str(tmp_path / name / "synthetic.safetensors")) for name in ("one", "two"))
+    assert first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
+    # evaluate shares its networks the same way
+    evaluate = ["evaluate", str(tmp_path / "one"), *EVALUATION]
+    again = _summary(_ddplug([*evaluate, "--out", str(tmp_path / "judged")], data, 2))
+    assert again["accuracies"] == one["accuracies"]
+
+
+@pytest.mark.subprocess
+def test_two_ranks_train_the_experts_one_process_trains(tmp_path):
+    data = write_fake_fashion_mnist(tmp_path / "data")
+    experts = ["experts", "--model", SMALL, "--num-experts", "3", "--epochs", "2", "--batch-size", "16", "--quiet",
+               "--device", "cpu"]
+    _ddplug([*experts, "--out", str(tmp_path / "one")], data, 1)
+    _ddplug([*experts, "--out", str(tmp_path / "two")], data, 2)
+    one, two = (sorted((tmp_path / name).glob("*.pt")) for name in ("one", "two"))
+    assert [path.name for path in one] == [path.name for path in two] and len(one) == 3
+    for first, second in zip(one, two):
+        assert torch.equal(torch.load(first)["trajectory"], torch.load(second)["trajectory"])
