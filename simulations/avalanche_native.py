@@ -89,7 +89,7 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
     plugins: list[Any] = []
     condensed = None
     if memory.startswith("condensed"):
-        matching = "strategy" if memory.startswith("condensed-strategy") else None
+        matching = "strategy" if memory.startswith("condensed-strategy") else "preset"
         condensed = CondensedReplayPlugin(mem_per_class=k, mode="retrain" if memory in RETRAIN else "replay",
                                           condensation=Condensation(method="dm", dataset="fashion-mnist", model=matching,
                                                                     progress=False, seed=seed))

@@ -85,7 +85,19 @@ def main_job(root: Path = BENCHMARKS) -> str:
     return "\n".join(lines) + "\n"
 
 
-TABLES: dict[str, Callable[[Path], str]] = {"avalanche-native": avalanche_native, "main-job": main_job}
+def distributed(root: Path = BENCHMARKS) -> str:
+    """One process against N Gloo ranks: seconds per step, the evaluation's wall time, the same set."""
+    lines = ["| method | ranks | s per step | evaluation wall s | rank 0 peak RSS MB (distill, evaluate) | "
+             "set equal to 1 rank's |", "|---|---|---|---|---|---|"]
+    for run in sorted(rows("distributed", root), key=lambda run: (run["method"] != "dm", run["method"], run["ranks"])):
+        lines.append(f"| {run['method']} | {run['ranks']} | {run['seconds_per_iteration']:.3f} | "
+                     f"{run['evaluate_wall_seconds']:.0f} | {run['distill_rank0_peak_rss_mb']:.0f}, "
+                     f"{run['evaluate_rank0_peak_rss_mb']:.0f} | {'yes' if run['same_set_as_first'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+TABLES: dict[str, Callable[[Path], str]] = {"avalanche-native": avalanche_native, "main-job": main_job,
+                                            "distributed": distributed}
 
 
 def render(text: str, root: Path = BENCHMARKS) -> str:

@@ -176,7 +176,7 @@ def test_the_memory_can_be_condensed_by_matching_the_strategys_own_model(monkeyp
     stream = make_stream()
     model = FlatNet()
     before = [p.detach().clone() for p in model.parameters()]
-    how = Condensation(settings={"iterations": 3, "batch_real": 4}, model="strategy", progress=False)
+    how = Condensation(settings={"iterations": 3, "batch_real": 4}, progress=False)  # the default: the strategy's
     plugin = CondensedReplayPlugin(mem_per_class=2, condensation=how)
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), criterion=torch.nn.CrossEntropyLoss(),
                      train_mb_size=8, device="cpu", plugins=[plugin])
@@ -184,10 +184,15 @@ def test_the_memory_can_be_condensed_by_matching_the_strategys_own_model(monkeyp
     assert built and all(spec.startswith("template-") for spec in built)  # every draw: a copy of FlatNet
     assert len(plugin.storage_policy.buffer) == 2 * 2 * 4
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the user's model is untouched
-    with_convnet = CondensedBuffer(mem_per_class=2, condensation=Condensation(settings=FAST, progress=False))
-    built.clear()
-    with_convnet.post_adapt(strategy, stream.train_stream[0])
-    assert built and all(spec.startswith("convnet") for spec in built)
+    for how in (Condensation(settings=FAST, progress=False),  # a model named in the settings wins
+                Condensation(settings={"iterations": 3, "batch_real": 4}, model="preset", progress=False)):
+        built.clear()
+        CondensedBuffer(mem_per_class=2, condensation=how).post_adapt(strategy, stream.train_stream[0])
+        assert built and all(spec.startswith("convnet") for spec in built)
+    no_linear = torch.nn.Sequential(torch.nn.Conv2d(1, CLASSES, 8), torch.nn.Flatten())
+    strict = CondensedBuffer(mem_per_class=2, condensation=Condensation(model="strategy", progress=False))
+    with pytest.raises(DdplugError, match="needs an nn.Linear layer"):
+        strict.post_adapt(types.SimpleNamespace(device="cpu", model=no_linear), stream.train_stream[0])
 
 
 def test_class_with_a_single_sample_is_kept_as_it_is():

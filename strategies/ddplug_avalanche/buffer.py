@@ -52,7 +52,9 @@ from ddplug.seeding import derive_seed
 from ddplug.sets import as_stored
 
 MODES = ("replay", "retrain")
-STRATEGY_MODEL = "strategy"  # Condensation(model=...): match with fresh copies of the strategy's model
+# Condensation(model=...): match with fresh copies of the strategy's model, or with the preset's network.
+STRATEGY_MODEL = "strategy"
+PRESET_MODEL = "preset"
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,11 @@ class Condensation:
     ``method`` is any ddplug method (a distiller, or the ``random``/``herding``/``kcenter``
     selections); ``preset`` and ``settings`` choose its settings as for ``ddplug distill``
     (e.g. ``settings={"iterations": 200}``); ``model`` is the network the distiller matches
-    with: None (the preset's, a ddplug ConvNet), a ddplug model spec, or ``"strategy"`` (a
-    freshly initialised copy of the strategy's own model at every draw, embedding at the
-    input of its last linear layer); ``dataset`` names the data for DSA's choice of
+    with: ``"strategy"`` (a freshly initialised copy of the strategy's own model at every
+    draw, embedding at the input of its last linear layer), ``"preset"`` (the preset's, a
+    ddplug ConvNet), or a ddplug model spec; None (the default) is ``settings["model"]`` if
+    given, else the strategy's model where there is one with a linear layer, else the
+    preset's; ``dataset`` names the data for DSA's choice of
     transforms; ``mean``/``std`` name the normalisation the benchmark applied (None: taken
     from the data's range). Every setting is checked here, so a bad one fails when the
     object is made; what needs the data (a parameterisation that does not fit the image
@@ -111,7 +115,8 @@ class Condensation:
                               "drop model")
         if self.model is not None and "model" in self.settings:
             raise DdplugError("give the matching network once: model=..., or settings['model'], not both")
-        checked = {**self.settings, **({} if self.model in (None, STRATEGY_MODEL) else {"model": self.model})}
+        named = self.model not in (None, STRATEGY_MODEL, PRESET_MODEL)
+        checked = {**self.settings, **({"model": self.model} if named else {})}
         config = condenser.make_config({**self.preset.method_settings(self.method), **checked}
                                        if condenser.config_class else dict(self.settings))
         if config is not None:
@@ -119,13 +124,15 @@ class Condensation:
 
     def settings_for(self, strategy_model: nn.Module | None) -> dict[str, Any]:
         """The method's settings for one condensation, the matching network included."""
-        if self.model is None:
+        if not CONDENSERS[self.method].learns or "model" in self.settings or self.model == PRESET_MODEL:
             return dict(self.settings)
-        if self.model != STRATEGY_MODEL:
+        if self.model not in (None, STRATEGY_MODEL):
             return {**self.settings, "model": self.model}
-        if strategy_model is None:
-            raise DdplugError('model="strategy" matches with the strategy\'s model, and none was given')
-        return {**self.settings, "model": register_template(strategy_model)}
+        usable = strategy_model is not None and any(isinstance(layer, nn.Linear) for layer in strategy_model.modules())
+        if self.model == STRATEGY_MODEL and not usable:
+            raise DdplugError('model="strategy" matches with the strategy\'s model, which needs an nn.Linear layer '
+                              '(its input is what is matched): none was found; use model="preset"')
+        return {**self.settings, "model": register_template(strategy_model)} if usable else dict(self.settings)
 
     def _check_normalisation(self) -> None:
         if (self.mean is None) != (self.std is None):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ddplug.commands import Command
+from ddplug.methods import CONDENSERS
 from ddplug_avalanche.streams import STRATEGIES
 
 
@@ -21,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mem-size", type=int, default=None,
                         help="instead: a budget of that many raw images' bytes in all, shared by the classes seen "
                              "(shares shrink as classes arrive)")
-    parser.add_argument("--method", default="dm",
-                        help="condensation method of the condensed strategies: dm, random, herding, ...")
+    parser.add_argument("--method", default="dm", help="condensation method of the condensed strategies: " + ", ".join(
+        name for name, condenser in CONDENSERS.items() if condenser.per_class))
     parser.add_argument("--param", default=None,
                         help="parameterisation of the condensed memory, e.g. pixels or multi:factor=2 (default: the "
                              "stream's: multi:factor=2,bits=4 with the cpu preset)")

@@ -57,7 +57,8 @@ class FederatedSettings:
     classes_per_client: int = _setting(2, "pathological partitions")
     seed: int = _setting(0)
     ipc: int = _setting(10, "images per class each client uploads")
-    method: str = _setting("dm", "one-shot method: dm, or a selection (random, herding, kcenter)")
+    method: str = _setting("dm", "one-shot method: " + ", ".join(
+        name for name in available_methods() if get_condenser(name).per_class))
     preset: str = _setting("cpu")
     overrides: str = _setting("", "preset overrides, space-separated: 'eval.epochs=50 dm.iterations=200'")
     encoding: str = _setting("uint8", "how clients ship plain-pixel sets' images: uint8, float16 or float32")
