@@ -40,8 +40,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     from ddplug_avalanche.runner import run_benchmark
 
     mem_per_class = 10 if args.mem_per_class is None and args.mem_size is None else args.mem_per_class
-    run_benchmark(args.benchmark, args.experiences, args.strategy, mem_per_class, args.method, args.preset,
-                  args.seeds, args.device, args.json, args.epochs, args.out, mem_size=args.mem_size, param=args.param)
+    run_benchmark(args.benchmark, experiences=args.experiences, strategy=args.strategy, mem_per_class=mem_per_class,
+                  method=args.method, preset=args.preset, seeds=args.seeds, device=args.device, print_json=args.json,
+                  epochs=args.epochs, out=args.out, mem_size=args.mem_size, param=args.param)
     return 0
 
 

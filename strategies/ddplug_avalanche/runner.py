@@ -197,6 +197,7 @@ def _check(benchmark: Any, experiences: int, strategy: str, method: str, seeds: 
 
 def run_benchmark(
     benchmark: Any = "split-fmnist",
+    *,
     experiences: int = 5,
     strategy: str = "condensed",
     mem_per_class: int | None = 10,
@@ -204,7 +205,7 @@ def run_benchmark(
     preset: str = "cpu",
     seeds: int = 3,
     device: torch.device | str = "auto",
-    json: bool = False,
+    print_json: bool = False,
     epochs: int | None = None,
     out: str | Path | None = None,
     mem_size: int | None = None,
@@ -212,7 +213,7 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Run ``strategy`` for seeds 0..seeds-1 with a memory of ``mem_per_class`` images per class
     seen or (with ``mem_per_class=None``) ``mem_size`` images in all, print the table (and with
-    ``json`` the summary as the last stdout line), save results and the plot into ``out``;
+    ``print_json`` the summary as the last stdout line), save results and the plot into ``out``;
     returns the summary. ``param`` (condensed strategies) replaces the preset's parameterisation
     of the condensed memory; it is part of the label, so the baselines' runs stay comparable.
 
@@ -249,6 +250,6 @@ def run_benchmark(
     summary["files"] = {"results": str(write_json(out / f"results-{label}.json", summary)),
                         "plot": str(save_plot(out, key)) if isinstance(benchmark, str) else None}
     print(table(summary))
-    if json:
+    if print_json:
         print(dumps(summary))
     return summary
