@@ -56,6 +56,39 @@ def given_settings(args: Any, names: Any, dest_prefix: str = "") -> dict[str, An
             if getattr(args, dest_prefix + name, None) is not None}
 
 
+def fields_from_mapping(cls: type, values: Any, what: str) -> dict[str, Any]:
+    """``{"kebab-key": value}`` (a run config, a message's record) as typed values of
+    dataclass ``cls``'s fields: an unknown key, or a value of another type than its field's
+    (TOML's ``1.5`` for an int, a bool for a number), is one error.
+
+    Examples:
+        >>> from ddplug.evaluation import EvalProtocol
+        >>> fields_from_mapping(EvalProtocol, {"epochs": 50, "num-models": "2"}, "evaluation setting")
+        {'epochs': 50, 'num_models': 2}
+        >>> fields_from_mapping(EvalProtocol, {"epochs": 1.5}, "evaluation setting")
+        Traceback (most recent call last):
+        ...
+        ddplug.errors.DdplugError: setting epochs expects int, got 1.5
+    """
+    kinds = typing.get_type_hints(cls)
+    typed = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in kinds or name not in {f.name for f in dataclasses.fields(cls)}:
+            known = ", ".join(kebab(f.name) for f in sorted(dataclasses.fields(cls), key=lambda f: f.name))
+            raise DdplugError(f"unknown {what} {key!r}; settings: {known}")
+        value = convert_field(cls, name, value)
+        kind = [k for k in typing.get_args(kinds[name]) or (kinds[name],) if k is not type(None)][0]
+        if value is None and type(None) in typing.get_args(kinds[name]):
+            typed[name] = value
+            continue
+        allowed = (int, float) if kind is float else (kind,)
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, allowed):
+            raise DdplugError(f"setting {key} expects {kind.__name__}, got {value!r}")
+        typed[name] = value
+    return typed
+
+
 def parse_assignments(items: list[str]) -> dict[str, str]:
     """``["eval.epochs=100", ...]`` (``--set`` values) as ``{"eval.epochs": "100", ...}``.
 

@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import functools
 import math
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ from ddplug.errors import DdplugError
 from ddplug.models import create_model
 from ddplug.presets import Preset, get_preset
 from ddplug import settings as flags
-from ddplug.settings import convert_field, kebab, parse_assignments
+from ddplug.settings import convert_field, fields_from_mapping, kebab, parse_assignments
 from ddplug.seeding import derive_seed
 from ddplug.sets import IMAGE_ENCODINGS, create_param
 from ddplug.privacy import calibrate_noise
@@ -161,21 +160,9 @@ class FederatedSettings:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> FederatedSettings:
         """Settings from a run config or a message's ConfigRecord (kebab-case keys)."""
-        kinds = typing.get_type_hints(cls)
-        values = {}
-        for key, value in config.items():
-            if key == ROUND_KEY:
-                continue
-            name = key.replace("-", "_")
-            if name not in kinds:
-                raise DdplugError(f"unknown federated setting {key!r}; settings: {', '.join(map(kebab, sorted(kinds)))}")
-            value = convert_field(cls, name, value)
-            # A run config is TOML: rounds = 1.5 or alpha = "x" arrive with the wrong type.
-            allowed = (int, float) if kinds[name] is float else (kinds[name],)
-            if isinstance(value, bool) or not isinstance(value, allowed):
-                raise DdplugError(f"setting {key} expects {kinds[name].__name__}, got {value!r}")
-            values[name] = value
-        return cls(**values)
+        # A run config is TOML: rounds = 1.5 or alpha = "x" arrive with the wrong type.
+        return cls(**fields_from_mapping(cls, {key: value for key, value in config.items() if key != ROUND_KEY},
+                                         "federated setting"))
 
     def to_config(self) -> dict[str, Any]:
         """The settings as a flat dict with run-config keys (fits a ConfigRecord)."""
