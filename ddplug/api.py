@@ -36,9 +36,9 @@ from ddplug.memory import peak_memory
 from ddplug.methods import CONDENSERS, Condensed, get_condenser
 from ddplug.pipeline import DISTILL_FILES, JUDGEMENT_FILES, Judgement, judge, save_outputs, write_judgement
 from ddplug.presets import Preset, Recipe, get_preset
-from ddplug.sets import SyntheticSet, load_set, payload_bytes, raw_images_per_class
+from ddplug.sets import SET_FILE, SyntheticSet, load_set, payload_bytes, raw_images_per_class, save_set
 from ddplug.settings import kebab
-from ddplug.storage import writable_folder
+from ddplug.storage import path_part, writable_folder
 
 DEFAULT_IPC = 10
 # ``ddplug distill``'s output folder; ``out`` may use the same fields.
@@ -341,8 +341,6 @@ def _warn_other_scopes(method: str, overrides: dict[str, str]) -> None:
 
 
 def _run_folder(out: str | Path, dataset: str, method: str, budget: str, seed: int) -> Path:
-    from ddplug.storage import path_part
-
     try:
         return Path(str(out).format(dataset=path_part(dataset), method=method, budget=budget, seed=seed))
     except (KeyError, IndexError, ValueError) as error:
@@ -355,9 +353,9 @@ def _stored(condensed: Condensed, out_dir: Path | None) -> tuple[SyntheticSet, d
     if out_dir is not None:
         files = save_outputs(condensed, out_dir)
         return load_set(files["set"]), files, payload_bytes(files["set"])
-    with tempfile.TemporaryDirectory() as folder:
-        files = save_outputs(condensed, folder)
-        return load_set(files["set"]), {}, payload_bytes(files["set"])
+    with tempfile.TemporaryDirectory() as folder:  # the set's file only: no picture nobody sees
+        path = save_set(condensed.synthetic, Path(folder) / SET_FILE)
+        return load_set(path), {}, payload_bytes(path)
 
 
 def _peak(device: torch.device) -> dict[str, Any]:

@@ -98,6 +98,7 @@ class Preset:
         configurable = sorted(name for name, condenser in CONDENSERS.items() if condenser.config_class is not None)
         evaluation = self.evaluation
         methods = {name: dict(values) for name, values in self.methods.items()}
+        given: dict[str, dict[str, str]] = {}  # scope -> the settings assigned here
         for key, value in assignments.items():
             scope, _, name = key.partition(".")
             if not name:
@@ -110,17 +111,21 @@ class Preset:
             elif scope in configurable:
                 CONDENSERS[scope].make_config({name: value})  # the setting exists and its value converts
                 methods.setdefault(scope, {})[name] = value
+                given.setdefault(scope, {})[name] = value
             elif scope == "*" and any(name in CONDENSERS[method].setting_names() for method in configurable):
                 methods.setdefault(scope, {})[name] = value  # every method that has the setting
+                given.setdefault(scope, {})[name] = value
             else:
                 raise DdplugError(f"override {key!r}: no section {scope!r}; sections are eval, the methods "
                                   f"{', '.join(configurable)}, and * (every method with that setting)")
         # An override beats a recipe's own value for the setting, as it beats the preset's.
-        recipes = tuple(dataclasses.replace(recipe, settings={**recipe.settings, **{
-            name: value for key, value in assignments.items() for scope, _, name in [key.partition(".")]
-            if scope == recipe.method or (scope == "*" and name in CONDENSERS[recipe.method].setting_names())}})
-            for recipe in self.recipes)
-        return dataclasses.replace(self, evaluation=evaluation, methods=methods, recipes=recipes)
+        recipes = []
+        for recipe in self.recipes:
+            shared = {name: value for name, value in given.get("*", {}).items()
+                      if name in CONDENSERS[recipe.method].setting_names()}
+            recipes.append(dataclasses.replace(recipe, settings={**recipe.settings, **shared,
+                                                                 **given.get(recipe.method, {})}))
+        return dataclasses.replace(self, evaluation=evaluation, methods=methods, recipes=tuple(recipes))
 
 
 CPU_MODEL = "convnet:width=32"

@@ -71,12 +71,12 @@ def fields_from_mapping(cls: type, values: Any, what: str) -> dict[str, Any]:
         ddplug.errors.DdplugError: setting epochs expects int, got 1.5
     """
     kinds = typing.get_type_hints(cls)
+    names = sorted(field.name for field in dataclasses.fields(cls))
     typed = {}
     for key, value in values.items():
         name = key.replace("-", "_")
-        if name not in kinds or name not in {f.name for f in dataclasses.fields(cls)}:
-            known = ", ".join(kebab(f.name) for f in sorted(dataclasses.fields(cls), key=lambda f: f.name))
-            raise DdplugError(f"unknown {what} {key!r}; settings: {known}")
+        if name not in names:
+            raise DdplugError(f"unknown {what} {key!r}; settings: {', '.join(map(kebab, names))}")
         value = convert_field(cls, name, value)
         kind = [k for k in typing.get_args(kinds[name]) or (kinds[name],) if k is not type(None)][0]
         if value is None and type(None) in typing.get_args(kinds[name]):

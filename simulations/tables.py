@@ -113,7 +113,8 @@ def render(text: str, root: Path = BENCHMARKS) -> str:
 
 def stale_pages(root: Path = ROOT) -> list[str]:
     """The pages whose generated tables differ from their rows."""
-    return [page for page in PAGES if render((root / page).read_text(), root / "benchmarks") != (root / page).read_text()]
+    texts = {page: (root / page).read_text() for page in PAGES}
+    return [page for page, text in texts.items() if render(text, root / "benchmarks") != text]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,9 +42,14 @@ class TemplateCopy(nn.Module):
         return self.network(x)
 
 
+def linear_layers(network: nn.Module) -> list[nn.Linear]:
+    """``network``'s ``nn.Linear`` layers in registration order: a template needs one."""
+    return [module for module in network.modules() if isinstance(module, nn.Linear)]
+
+
 def last_linear(network: nn.Module) -> nn.Linear:
     """The last ``nn.Linear`` registered in ``network`` (its classifier, in every common layout)."""
-    linears = [module for module in network.modules() if isinstance(module, nn.Linear)]
+    linears = linear_layers(network)
     if not linears:
         raise DdplugError(f"{type(network).__name__} has no nn.Linear layer, so it has no embedding to match: "
                           "condense with a ddplug model spec instead")

@@ -46,6 +46,7 @@ from ddplug.methods import CONDENSERS
 from ddplug.errors import DdplugError
 from ddplug.memory import peak_memory
 from ddplug.models import register_template
+from ddplug.models.template import linear_layers
 from ddplug.pipeline import check_condensation, condense_classes
 from ddplug.presets import Preset, get_preset
 from ddplug.seeding import derive_seed
@@ -128,7 +129,7 @@ class Condensation:
             return dict(self.settings)
         if self.model not in (None, STRATEGY_MODEL):
             return {**self.settings, "model": self.model}
-        usable = strategy_model is not None and any(isinstance(layer, nn.Linear) for layer in strategy_model.modules())
+        usable = strategy_model is not None and bool(linear_layers(strategy_model))
         if self.model == STRATEGY_MODEL and not usable:
             raise DdplugError('model="strategy" matches with the strategy\'s model, which needs an nn.Linear layer '
                               '(its input is what is matched): none was found; use model="preset"')
