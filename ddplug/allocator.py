@@ -56,6 +56,9 @@ def tune_allocator() -> AllocatorTuning:
     Idempotent; a no-op (with the reason) when ``DDPLUG_MALLOC_TUNING=0`` or when the C
     library is not glibc. Results are bit-identical either way: only where freed memory
     goes changes.
+
+    Returns:
+        What was done: whether the thresholds were set, and why not when they were not.
     """
     global _state
     if _state is not None:

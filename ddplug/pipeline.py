@@ -121,7 +121,19 @@ def save_outputs(condensed: Condensed, out_dir: str | Path) -> dict[str, str]:
 
 @dataclass
 class Judgement:
-    """A set's evaluation next to the random-subset baseline and the published numbers."""
+    """A set's evaluation next to the random-subset baseline and the published numbers.
+
+    Attributes:
+        method: what made the set.
+        dataset: the dataset it was judged on.
+        ipc: its budget in raw images per class.
+        result: its networks' accuracies.
+        baselines: baseline name -> the same for its real subset of the same bytes.
+        preset: the evaluation protocol's preset.
+        seed: the evaluation's seed.
+        zca_epsilon: set when the set and the baselines were trained and tested whitened.
+        extra: how the set was made and where its files are.
+    """
 
     method: str
     dataset: str

@@ -186,7 +186,26 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(name: str) -> Preset:
-    """The preset called ``name`` (``cpu`` or ``paper``)."""
+    """The preset called ``name``.
+
+    Args:
+        name: ``cpu`` (small networks, short schedules) or ``paper`` (the field's protocol).
+
+    Returns:
+        The :class:`Preset`: its evaluation protocol, each method's settings and its recipes.
+
+    Raises:
+        DdplugError: an unknown name.
+
+    Examples:
+        >>> preset = get_preset("cpu")
+        >>> preset.evaluation.model, preset.evaluation.epochs
+        ('convnet:width=32', 300)
+        >>> get_preset("gpu")
+        Traceback (most recent call last):
+        ...
+        ddplug.errors.DdplugError: unknown preset 'gpu'; choose one of paper, cpu
+    """
     if name not in PRESETS:
         raise DdplugError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]

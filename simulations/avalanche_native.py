@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 from ddplug.allocator import tune_allocator
 from ddplug.evaluation.report import format_table, percent
 from ddplug.storage import write_json
+from simulations.provenance import commit
 
 MODELS = ("mlp", "cnn")
 STRATEGIES = ("naive", "lwf", "ewc")
@@ -116,19 +116,10 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
     accuracy = _accuracy(strategy.model, benchmark.test_stream)
     costs = condensed.storage_policy.costs if condensed else []
     return {"model": model_name, "strategy": strategy_name, "memory": memory, "mem_per_class": k, "seed": seed,
-            "final_accuracy": accuracy, "seconds": seconds, "commit": _commit(), "torch": torch.__version__,
+            "final_accuracy": accuracy, "seconds": seconds, "commit": commit(), "torch": torch.__version__,
             "cpus": os.cpu_count(), "command": "python -m simulations.avalanche_native " + " ".join(sys.argv[1:]),
             "condensation_seconds": sum(cost.seconds for cost in costs) if condensed else None,
             "memory_images": len(condensed.storage_policy.buffer) if condensed else None}
-
-
-def _commit() -> str | None:
-    """The checkout's commit, as the rows' provenance (None outside a git checkout)."""
-    try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
-    except OSError:
-        return None
-    return done.stdout.strip() or None
 
 
 def _accuracy(model: torch.nn.Module, stream: Any) -> float:

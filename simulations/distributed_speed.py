@@ -25,8 +25,7 @@ from safetensors.torch import load_file
 
 from ddplug.evaluation.report import format_table
 from ddplug.storage import write_json
-
-ROOT = Path(__file__).resolve().parents[1]
+from simulations.provenance import ROOT, commit
 
 
 def _ddplug(argv: list[str], ranks: int) -> tuple[dict, float]:
@@ -39,11 +38,6 @@ def _ddplug(argv: list[str], ranks: int) -> tuple[dict, float]:
     if done.returncode:
         raise SystemExit(done.stderr[-3000:])
     return json.loads(done.stdout.strip().splitlines()[-1]), time.perf_counter() - began
-
-
-def _commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    return done.stdout.strip()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                    "distill_rank0_peak_rss_mb": summary["peak_memory_mb"],
                    "evaluate_rank0_peak_rss_mb": judged["peak_memory_mb"],
                    "same_set_as_first": all(torch.equal(code[key], reference[key]) for key in reference),
-                   "commit": _commit(), "torch": torch.__version__, "cpus": os.cpu_count(),
+                   "commit": commit(), "torch": torch.__version__, "cpus": os.cpu_count(),
                    "command": "python -m simulations.distributed_speed " + " ".join(sys.argv[1:]),
                    "conditions": f"{os.cpu_count()} CPU cores, one thread per process, Gloo, no other load"}
             write_json(args.out / f"{method}-ipc{args.ipc}-ranks{ranks}.json", row)

@@ -7,7 +7,8 @@ model's test accuracy, the leakage report over every upload (median centred cosi
 similarity of the uploaded images to their nearest real image of the client, the same for
 real images to each other as the scale, the largest membership-inference advantage, near
 copies), the largest epsilon a client spent, bytes up and wall time. Runs already in
-``OUT/NAME/history.json`` are reused, so a re-run resumes.
+``OUT/NAME/history.json`` are reused, so a re-run resumes. Each run's row, with its command
+and conditions, goes to ``benchmarks/federated-privacy/``.
 
     python -m simulations.federated_privacy --alpha 0.5 --epsilons 1 4 10
 """
@@ -26,11 +27,16 @@ from ddplug.evaluation.report import format_table
 from ddplug.storage import atomic_write, write_json
 from ddplug_flower import HISTORY_FILE, FederatedSettings
 from ddplug_flower.simulation import simulate
+from simulations.provenance import ROOT, provenance
+
+# what a row keeps of a run's summary
+ROW_KEYS = ("accuracy", "epsilon", "upload_nn_similarity_median", "real_nn_similarity_median",
+            "membership_advantage", "near_copies", "bytes_up", "bytes_down", "wall_seconds", "seconds")
 
 
 def settings_grid(epsilons: list[float]) -> dict[str, dict[str, Any]]:
     """Run name -> its settings beyond the shared ones."""
-    runs = {"real-init": {"init": "real"}, "noise-init": {"init": "noise"}}
+    runs = {"real-init": {"init": "real"}, "blend-init": {"init": "blend"}, "noise-init": {"init": "noise"}}
     runs |= {f"noise-dp-eps{epsilon:g}": {"init": "noise", "dp_epsilon": epsilon} for epsilon in epsilons}
     return runs
 
@@ -67,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", nargs="*", default=None, metavar="NAME", help="only these runs of the grid")
     parser.add_argument("--overrides", default="", help="preset overrides, e.g. 'eval.epochs=100'")
     parser.add_argument("--out", default="results/federated-privacy")
+    parser.add_argument("--rows", type=Path, default=ROOT / "benchmarks" / "federated-privacy")
     args = parser.parse_args(argv)
     out = Path(args.out)
     grid = settings_grid(args.epsilons)
@@ -79,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
             settings = FederatedSettings(clients=args.clients, alpha=args.alpha, ipc=args.ipc, overrides=args.overrides,
                                          out=str(out / name), **extra)
             summaries[name] = run(name, settings)
+            write_json(args.rows / f"alpha{args.alpha:g}-{name}.json",
+                       {"run": name, "alpha": args.alpha, "clients": args.clients, "ipc": args.ipc,
+                        "settings": extra, **{key: summaries[name].get(key) for key in ROW_KEYS},
+                        **provenance("simulations.federated_privacy", argv)})
     command = "python -m simulations.federated_privacy " + " ".join(sys.argv[1:] if argv is None else argv)
     header = (f"Fashion-MNIST, {args.clients} clients, Dirichlet alpha {args.alpha}, one-shot DM uploads of "
               f"ipc {args.ipc}; delta 1e-5 under DP\ncommand: {command}")

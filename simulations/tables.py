@@ -21,7 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
-PAGES = ("README.md", "docs/results.md", "docs/continual.md")
+PAGES = ("README.md", "docs/results.md", "docs/continual.md", "docs/budgets.md")
+RECORDED = "recorded"  # tables kept as their columns and rows, with the prose that states their command
 REGION = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
 
 
@@ -96,17 +97,38 @@ def distributed(root: Path = BENCHMARKS) -> str:
     return "\n".join(lines) + "\n"
 
 
+def recorded(name: str, root: Path = BENCHMARKS) -> str:
+    """A table kept as data in ``benchmarks/recorded/NAME.json``: its columns and rows as the
+    page shows them, with the command and conditions the page states for it."""
+    table = json.loads((root / RECORDED / f"{name}.json").read_text())
+    columns = table["columns"]
+    for number, row in enumerate(table["rows"], 1):
+        if len(row) != len(columns):
+            raise SystemExit(f"{RECORDED}/{name}.json: row {number} has {len(row)} cells for {len(columns)} columns")
+    def line(cells: list[str]) -> str:
+        return "|" + "|".join(f" {cell} " if cell else " " for cell in cells) + "|"
+
+    return "\n".join([line(columns), "|" + "---|" * len(columns), *map(line, table["rows"])]) + "\n"
+
+
 TABLES: dict[str, Callable[[Path], str]] = {"avalanche-native": avalanche_native, "main-job": main_job,
                                             "distributed": distributed}
+
+
+def table(name: str, root: Path = BENCHMARKS) -> str:
+    """The Markdown of the table called ``name``: generated from its rows, or recorded."""
+    if name in TABLES:
+        return TABLES[name](root)
+    if (root / RECORDED / f"{name}.json").is_file():
+        return recorded(name, root)
+    raise SystemExit(f"unknown table {name!r}: neither a generated table ({', '.join(TABLES)}) nor "
+                     f"benchmarks/{RECORDED}/{name}.json")
 
 
 def render(text: str, root: Path = BENCHMARKS) -> str:
     """``text`` with every generated table rewritten from its rows."""
     def fill(match: re.Match) -> str:
-        name = match["name"]
-        if name not in TABLES:
-            raise SystemExit(f"unknown table {name!r}; tables: {', '.join(TABLES)}")
-        return match[1] + TABLES[name](root) + match[4]
+        return match[1] + table(match["name"], root) + match[4]
 
     return REGION.sub(fill, text)
 

@@ -136,3 +136,27 @@ def test_a_changed_row_makes_its_table_stale(tmp_path):
     row_file.write_text(json.dumps({**row, "final_accuracy": row["final_accuracy"] - 0.05}))
     assert "docs/results.md" in stale_pages(tmp_path)
     assert "67.66 ± 2.80" in render((tmp_path / "docs/results.md").read_text(), tmp_path / "benchmarks")
+    recorded = tmp_path / "benchmarks" / "recorded" / "ipc50-dm.json"
+    table = json.loads(recorded.read_text())
+    table["rows"][0][2] = "99.99 ± 0.01"
+    recorded.write_text(json.dumps(table))
+    assert "99.99 ± 0.01" in render((tmp_path / "docs/results.md").read_text(), tmp_path / "benchmarks")
+    table["rows"][0].append("a cell too many")
+    recorded.write_text(json.dumps(table))
+    with pytest.raises(SystemExit, match="row 1 has"):
+        stale_pages(tmp_path)
+
+
+def test_every_result_table_of_the_pages_is_generated_from_data():
+    """No table of results is typed into a page: each sits in a generated region."""
+    from simulations.tables import PAGES, REGION, ROOT
+
+    def loose_tables(text: str) -> list[str]:
+        outside = REGION.sub("", text)
+        return [line for line in outside.splitlines() if line.startswith("|---")]
+
+    results = {page: (ROOT / page).read_text() for page in PAGES}
+    results["README.md"] = results["README.md"].split("\n## Results")[1].split("\n## ")[0]
+    results["docs/budgets.md"] = results["docs/budgets.md"].split("The best sets measured")[1]
+    assert {page: loose_tables(text) for page, text in results.items() if loose_tables(text)} == {}
+    assert loose_tables("| a |\n|---|\n| 1 |\n") == ["|---|"]

@@ -65,6 +65,40 @@ def test_dm_initialisations(digits):
     assert abs(noise.std().item() - 1) < 0.2
 
 
+def test_blend_initialisation_starts_each_image_as_a_mean_of_its_class(digits):
+    """Each image starts as the mean of N random real images of its own class: no copy of
+    any, nearer its class's mean than a real image is."""
+    from ddplug.privacy.leakage import nearest_similarity
+
+    images, labels = digits.train.images, digits.train.labels
+    for spec, n in (("blend", 4), ("blend:images=8", 8)):
+        blended = dm(digits, init=spec).images.detach()
+        assert blended.shape == (20, 1, 8, 8)
+        nearest = nearest_similarity(blended, images)
+        assert nearest.max() < 0.99, spec  # no start is a near copy of a real image
+        for c in range(10):
+            members, start = images[labels == c], blended[2 * c:2 * c + 2]
+            spread = (members - members.mean(0)).flatten(1).norm(dim=1).median()
+            assert ((start - members.mean(0)).flatten(1).norm(dim=1) < spread).all(), (spec, c)
+        # the mean of n images varies about 1/sqrt(n) as much as one image does
+        assert blended.std(dim=0).mean() < 0.8 * images.std(dim=0).mean()
+    assert not torch.equal(dm(digits, init="blend").images, dm(digits, init="blend:images=8").images)
+
+
+def test_a_blend_of_a_class_smaller_than_its_images_still_starts_every_image_from_it(digits):
+    from ddplug.data import ImageDataset
+
+    keep = torch.cat([torch.nonzero(digits.train.labels == c).flatten()[:3] for c in range(10)])
+    tiny = ImageDataset(digits.train.images[keep], digits.train.labels[keep], 10, digits.train.mean,
+                        digits.train.std, name="tiny-digits")
+    config = DMConfig(ipc=2, iterations=1, model=TINY_MODEL, batch_real=3, init="blend:images=8")
+    blended = create_distiller("dm", tiny, config).images.detach()
+    for c in range(10):  # every start lies within its class's three images' hull: a mean of them
+        members = tiny.images[tiny.labels == c].flatten(1)
+        start = blended[2 * c:2 * c + 2].flatten(1)
+        assert (start >= members.min(0).values - 1e-6).all() and (start <= members.max(0).values + 1e-6).all()
+
+
 def test_same_seed_same_set_different_seed_differs(digits):
     a = run_distillation(dm(digits, iterations=5), progress=False).synthetic.images
     b = run_distillation(dm(digits, iterations=5), progress=False).synthetic.images
@@ -99,6 +133,14 @@ def test_bad_settings_fail_before_work(digits):
         dm(digits, ipc=10_000)
     with pytest.raises(DdplugError, match="unknown init"):
         dm(digits, init="zeros")
+    with pytest.raises(DdplugError, match="images must be a whole number of at least 2"):
+        dm(digits, init="blend:images=1")
+    with pytest.raises(DdplugError, match="unknown option 'size'"):
+        dm(digits, init="blend:size=3")
+    with pytest.raises(DdplugError, match="takes no options"):
+        dm(digits, init="real:images=3")
+    with pytest.raises(DdplugError, match="needs --init noise"):
+        dm(digits, init="blend", dp_epsilon=1.0)
     with pytest.raises(DdplugError, match="unknown method"):
         make_config("dx")
     with pytest.raises(DdplugError, match="no setting"):

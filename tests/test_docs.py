@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import inspect
 import os
 import pkgutil
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -62,6 +64,30 @@ def test_public_names_carry_runnable_examples():
     assert len(tests) >= 15, [test.name for test in tests]
     names = {test.name for test in tests}
     assert {"ddplug.api", "ddplug.api.evaluate", "ddplug.presets"} <= names
+
+
+def undocumented_names(namespace) -> list[str]:
+    """The names of ``namespace.__all__`` whose docstring lacks its sections: a function's
+    Args (when it takes any) and Returns; a class's Args or Attributes."""
+    missing = []
+    for name in namespace.__all__:
+        value = getattr(namespace, name)
+        doc = inspect.getdoc(value) or ""
+        if inspect.isclass(value):
+            complete = issubclass(value, Exception) or "Args:" in doc or "Attributes:" in doc
+        elif callable(value):
+            complete = "Returns:" in doc and ("Args:" in doc or not inspect.signature(value).parameters)
+        else:
+            continue
+        if not complete:
+            missing.append(name)
+    return missing
+
+
+def test_every_public_name_documents_its_arguments_and_result():
+    assert undocumented_names(ddplug) == []
+    bare = types.SimpleNamespace(__all__=["bare", "Bare"], bare=lambda x: x, Bare=type("Bare", (), {"__doc__": "A."}))
+    assert undocumented_names(bare) == ["bare", "Bare"]
 
 
 def test_the_readme_is_a_front_page():

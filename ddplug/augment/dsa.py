@@ -30,6 +30,15 @@ class DSAConfig:
 
     ``strategy`` joins family names with ``_``; ``""`` or ``"none"`` means no augmentation.
     Repeating a family makes it proportionally more likely to be drawn.
+
+    Attributes:
+        strategy: the families, e.g. ``color_crop_cutout_flip_scale_rotate`` (DSA's own default).
+        brightness, saturation, contrast: the colour jitters' strengths.
+        crop: the largest shift, as a fraction of the image side.
+        cutout: the side of the cut square, as a fraction of the image side.
+        flip: the probability of a horizontal flip.
+        scale: the largest scale factor.
+        rotate: the largest rotation, in degrees.
     """
 
     strategy: str = "color_crop_cutout_flip_scale_rotate"
@@ -313,7 +322,19 @@ def apply_dsa(x: Tensor, params: DSAParams, groups: Tensor | None = None) -> Ten
 
 
 class DSA(nn.Module):
-    """DSA as a module: ``forward`` for evaluation training, ``siamese`` for distillation."""
+    """DSA as a module: ``forward`` for evaluation training, ``siamese`` for distillation.
+
+    Args:
+        config: the families and strengths (:class:`DSAConfig`), or a strategy string such as
+            ``"color_crop_cutout"``.
+
+    Examples:
+        >>> import torch
+        >>> dsa = DSA("flip")
+        >>> x = torch.rand(4, 1, 8, 8)
+        >>> dsa(x, generator=torch.Generator().manual_seed(0)).shape
+        torch.Size([4, 1, 8, 8])
+    """
 
     def __init__(self, config: DSAConfig | str = DSAConfig()) -> None:
         super().__init__()

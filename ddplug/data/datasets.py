@@ -46,7 +46,17 @@ _DIGITS = [str(digit) for digit in range(10)]
 
 @dataclass
 class ImageDataset:
-    """A labelled image dataset held in memory, normalised with ``mean`` and ``std``."""
+    """A labelled image dataset held in memory, normalised with ``mean`` and ``std``.
+
+    Attributes:
+        images: (N, C, H, W) float32, normalised.
+        labels: (N,) int64 class ids.
+        num_classes: the class count (classes may be absent from a split).
+        mean: the per-channel mean the images were normalised with.
+        std: the per-channel standard deviation, likewise.
+        name: the dataset's name.
+        class_names: the classes' names, when known.
+    """
 
     images: Tensor  # float32 (N, C, H, W)
     labels: Tensor  # int64 (N,)
@@ -99,7 +109,12 @@ class ImageDataset:
 
 @dataclass
 class DatasetSplits:
-    """A dataset's train and test splits."""
+    """A dataset's train and test splits.
+
+    Attributes:
+        train: the training images, what sets are distilled from.
+        test: the test images, what sets are judged on.
+    """
 
     train: ImageDataset
     test: ImageDataset
@@ -178,6 +193,17 @@ def load_dataset(name: str, root: str | Path | None = None) -> DatasetSplits:
 
     ``digits`` is scikit-learn's 1 797 8x8 digits, which ship with scikit-learn (no files,
     no download): 1 400 training and 397 test images in a seeded order.
+
+    Args:
+        name: ``fashion-mnist``, ``mnist``, ``cifar10``, ``cifar100``, ``svhn``, ``digits`` or
+            ``imagefolder:PATH`` (a folder per class).
+        root: where the files are.
+
+    Returns:
+        The normalised train and test splits (:class:`DatasetSplits`).
+
+    Raises:
+        DdplugError: an unknown name, or missing or malformed files (with where they were looked for).
 
     Examples:
         >>> from ddplug.data import load_dataset
@@ -262,6 +288,22 @@ def from_tensors(
     second is not. ``mean``/``std`` (one value, or one per channel) default to the per-channel
     statistics of the train images; ``num_classes`` to the largest label plus one.
 
+    Args:
+        train_x: the training images.
+        train_y: their labels.
+        test_x: the test images, the same shape.
+        test_y: their labels.
+        name: the dataset's name, recorded in the sets made from it.
+        num_classes: the class count.
+        mean: the normalisation's mean.
+        std: its standard deviation.
+
+    Returns:
+        The normalised train and test splits (:class:`DatasetSplits`).
+
+    Raises:
+        DdplugError: shapes, lengths or labels that do not fit together.
+
     Examples:
         >>> import torch
         >>> images = torch.randint(0, 256, (20, 8, 8, 3), dtype=torch.uint8)   # (N, H, W, C)
@@ -285,7 +327,31 @@ def from_torch_dataset(
     mean: float | Sequence[float] | None = None,
     std: float | Sequence[float] | None = None,
 ) -> DatasetSplits:
-    """Splits from map-style datasets yielding ``(image, label, ...)``, image a (C, H, W) tensor or PIL image."""
+    """Splits from map-style datasets yielding ``(image, label, ...)``, image a (C, H, W) tensor or PIL image.
+
+    Args:
+        train: the training dataset (e.g. a torchvision dataset with ``ToTensor()``).
+        test: the test dataset, the same kind of images.
+        name: the dataset's name, recorded in the sets made from it.
+        num_classes: the class count; default the largest label plus one.
+        mean: the normalisation's mean (one value or one per channel); default the train images'.
+        std: its standard deviation, likewise.
+
+    Returns:
+        The train and test splits as normalised in-memory images (:class:`DatasetSplits`).
+
+    Raises:
+        DdplugError: an empty dataset, images of different shapes, or labels that are not integers.
+
+    Examples:
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> images, labels = torch.rand(12, 1, 6, 6), torch.arange(12) % 3
+        >>> data = from_torch_dataset(TensorDataset(images[:9], labels[:9]), TensorDataset(images[9:], labels[9:]),
+        ...                           name="toy")
+        >>> data.train.images.shape, data.train.num_classes
+        (torch.Size([9, 1, 6, 6]), 3)
+    """
     train_x, train_y = _collect(train, "train")
     test_x, test_y = _collect(test, "test")
     return _build_splits(name, train_x, train_y, test_x, test_y, num_classes=num_classes, mean=mean, std=std)

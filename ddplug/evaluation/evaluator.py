@@ -29,6 +29,13 @@ class EvalResult:
         >>> result = EvalResult([0.80, 0.84], model="convnet:width=32", epochs=300, seconds_per_model=20.0)
         >>> round(result.mean, 4), round(result.std, 4)
         (0.82, 0.02)
+
+    Attributes:
+        accuracies: one per network.
+        model: the networks' spec.
+        epochs: their training epochs.
+        seconds_per_model: the mean wall time of one.
+        extra: anything else recorded (the ranks that trained them).
     """
 
     accuracies: list[float]
@@ -56,6 +63,13 @@ class Evaluator:
 
     A ZCA-whitened set (``synthetic.zca_epsilon``) is tested on test images whitened by the
     ZCA of ``data.train``: ``zca`` when it is that fit (saves refitting), else fitted here once.
+
+    Args:
+        data: the real splits (the test split judges; the train split fits a ZCA).
+        protocol: how the networks are trained.
+        device: where they train.
+        progress: show a progress bar.
+        zca: the whitening of whitened sets, when already fitted.
     """
 
     def __init__(self, data: DatasetSplits, protocol: EvalProtocol, *, device: torch.device | str = "cpu",

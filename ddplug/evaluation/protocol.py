@@ -11,7 +11,16 @@ from ddplug.evaluation.training import TrainSettings
 @dataclass(frozen=True)
 class EvalProtocol(TrainSettings):
     """Train ``num_models`` fresh ``model`` networks on the set with these training settings
-    (the inherited fields), test them on real data."""
+    (the inherited fields), test them on real data.
+
+    Attributes:
+        model: the networks' spec.
+        num_models: how many fresh networks are trained.
+        epochs: training epochs on the set (``full_epochs`` on the full dataset, ``feature_epochs``
+            for a selection's feature network).
+        lr, momentum, weight_decay, batch_size, lr_decay: SGD's settings (decay: x0.1 at half).
+        augment: DSA while training on the set.
+    """
 
     model: str = "convnet"
     num_models: int = 20

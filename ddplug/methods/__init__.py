@@ -31,6 +31,17 @@ from ddplug.errors import DdplugError
 def make_config(method: str, settings: dict | None = None) -> DistillConfig | None:
     """The config of ``method`` with ``settings`` (values may be CLI strings) applied.
 
+    Args:
+        method: a name of :func:`available_methods`.
+        settings: field -> value; strings are converted to the field's type.
+
+    Returns:
+        The method's config (a :class:`DistillConfig` subclass), checked; None for a
+        baseline that has no settings.
+
+    Raises:
+        DdplugError: an unknown method, field or value.
+
     Examples:
         >>> config = make_config("dm", {"ipc": 10, "iterations": "250", "param": "multi:factor=2"})
         >>> config.ipc, config.iterations, config.param
@@ -45,7 +56,27 @@ def make_config(method: str, settings: dict | None = None) -> DistillConfig | No
 
 def create_distiller(method: str, real: ImageDataset, config: DistillConfig | None = None,
                      device: torch.device | str = "cpu") -> Distiller:
-    """A distiller of ``method`` for ``real`` (default config if none is given)."""
+    """A distiller of ``method`` for ``real`` (default config if none is given).
+
+    Args:
+        method: a distillation method (``dm``, ``dc``, ``dsa``, ``mtt``, ``kip``, ``frepo``, ...).
+        real: the real training images.
+        config: the method's config (:func:`make_config`); None for its defaults.
+        device: where the set is learned.
+
+    Returns:
+        The distiller, with its code initialised; :func:`run_distillation` runs it.
+
+    Raises:
+        DdplugError: a selection instead of a method, or another method's config.
+
+    Examples:
+        >>> from ddplug.data import load_dataset
+        >>> digits = load_dataset("digits")
+        >>> distiller = create_distiller("dm", digits.train, make_config("dm", {"ipc": 2, "iterations": 3}))
+        >>> distiller.images.shape
+        torch.Size([20, 1, 8, 8])
+    """
     condenser = get_condenser(method)
     if not condenser.learns:
         raise DdplugError(f"{method} is not a distillation method; distillers: "

@@ -27,7 +27,7 @@ from ddplug.models import create_model
 from ddplug.privacy import PrivateClassMeans
 from ddplug.seeding import derive_seed, make_generator
 from ddplug.sets import SyntheticSet
-from ddplug.methods.config import DistillConfig, check_private
+from ddplug.methods.config import DistillConfig, check_private, parse_init
 from ddplug.sets.param import create_param
 
 MIN_STUDENT_LR = 1e-6
@@ -38,6 +38,11 @@ class Distiller(ABC):
 
     The synthetic images are one tensor ordered class by class (``ipc`` per class), so a
     method can process every class in a single batched forward pass.
+
+    Args:
+        real: the real training images.
+        config: the method's settings; checked against ``real`` before any work.
+        device: where the code is learned.
     """
 
     name: ClassVar[str]
@@ -114,10 +119,14 @@ class Distiller(ABC):
 
     def _initial_images(self) -> Tensor:
         generator = make_generator(self.config.seed, "init", device=self.device)
-        if self.config.init == "noise":
+        init, blended = parse_init(self.config.init)
+        if init == "noise":
             shape = (len(self.labels), self.real.in_channels, *self.real.image_size)
             return torch.randn(shape, generator=generator, device=self.device)
-        if self.config.init == "herding":
+        if init == "blend":  # the mean of `blended` random images of the class, drawn with replacement
+            index = self.sampler.sample_with_replacement(self.per_class, blended, generator)
+            return self.real_images[index.flatten()].view(-1, blended, *self.image_shape).mean(dim=1)
+        if init == "herding":
             # Features of the matching architecture at a seeded random init: training a network
             # first would cost a run of its own, and random networks' features already separate
             # images (DM matches distributions in them), so herding in them picks representatives.

@@ -107,8 +107,16 @@ def get_condenser(name: str) -> Condenser:
 
 
 def available_methods() -> list[str]:
-    """Every name ``ddplug distill --method`` accepts: methods, then baselines, each in
-    registration order."""
+    """Every name ``ddplug distill --method`` accepts.
+
+    Returns:
+        The distillation methods, then the baselines, each in registration order.
+
+    Examples:
+        >>> methods = available_methods()
+        >>> methods[0], "random" in methods
+        ('dc', True)
+    """
     return sorted(CONDENSERS, key=lambda name: CONDENSERS[name].baseline)
 
 

@@ -12,20 +12,65 @@ from ddplug.data import ImageDataset
 from ddplug.errors import DdplugError
 from ddplug.memory import check_decoded_size
 from ddplug.models import check_model_spec
+from ddplug.settings import parse_spec
 from ddplug.sets.param import Layout, create_param, raw_images_per_class
 
-INITIALISATIONS = ("real", "noise", "herding")
+INITIALISATIONS = ("real", "noise", "herding", "blend")
+BLEND_IMAGES = 4  # real images averaged into each synthetic image by init "blend", unless blend:images=N
+
+
+def parse_init(spec: str) -> tuple[str, int]:
+    """An ``init`` setting as its name and, for ``blend``, how many real images each
+    synthetic image starts as the mean of (``blend`` or ``blend:images=8``).
+
+    Examples:
+        >>> parse_init("blend:images=8")
+        ('blend', 8)
+        >>> parse_init("real")
+        ('real', 1)
+    """
+    name, options = parse_spec(spec, "init", "blend:images=4")
+    if name not in INITIALISATIONS:
+        raise DdplugError(f"unknown init {spec!r}; choose one of {', '.join(INITIALISATIONS)} (blend:images=N)")
+    if name != "blend":
+        if options:
+            raise DdplugError(f"init {name!r} takes no options, got {spec!r}")
+        return name, 1
+    unknown = set(options) - {"images"}
+    if unknown:
+        raise DdplugError(f"init {spec!r}: unknown option {sorted(unknown)[0]!r}; blend takes images=N")
+    text = options.get("images", str(BLEND_IMAGES))
+    if not text.isdigit() or int(text) < 2:
+        raise DdplugError(f"init {spec!r}: images must be a whole number of at least 2 (the images each "
+                          f"synthetic image starts as the mean of), got {text!r}")
+    return name, int(text)
 
 
 @dataclass
 class DistillConfig:
-    """Settings every method has; methods subclass it with their own fields and defaults."""
+    """Settings every method has; methods subclass it with their own fields and defaults.
+
+    Besides those below, the fields are the optimiser's (``lr_images``, ``momentum``), the
+    real batch (``batch_real``), augmentation (``augment``, ``dsa_strategy``), learned labels
+    and learning rate, and ZCA whitening; each is commented where it is declared.
+
+    Attributes:
+        ipc: the budget in raw images per class (the baselines' size).
+        budget_bytes: > 0: the code's bytes for the whole set, instead of ``ipc`` raw images.
+        iterations: optimisation steps.
+        model: the matching network's spec.
+        init: ``real``, ``noise``, ``herding`` or ``blend[:images=N]`` (see :func:`parse_init`).
+        param: the parameterisation spec (``pixels``, ``multi:factor=2``, ``dct:keep=0.25``, ...).
+        dp_epsilon: > 0: differentially private at (``dp_epsilon``, ``dp_delta``), for DM.
+        seed: every draw of the run derives from it.
+    """
 
     ipc: int = 10
     budget_bytes: int = 0  # > 0: the code's bytes for the whole set, in place of ipc raw images per class
     iterations: int = 1000
     model: str = "convnet"  # spec of the network(s) used for matching
-    init: str = "real"  # random "real" images of each class, Gaussian "noise", or the "herding" selection
+    init: str = "real"  # random "real" images of each class, Gaussian "noise", the "herding" selection, or a
+    # "blend" (each image the mean of a few random real images of its class: no upload is a copy)
     lr_images: float = 0.1
     momentum: float = 0.5
     batch_real: int = 256  # real images per class per step
@@ -64,8 +109,7 @@ class DistillConfig:
             raise DdplugError(f"momentum must be within [0, 1), got {self.momentum}")
         if self.ipc < 1:
             raise DdplugError(f"ipc must be at least 1, got {self.ipc}")
-        if self.init not in INITIALISATIONS:
-            raise DdplugError(f"unknown init {self.init!r}; choose one of {', '.join(INITIALISATIONS)}")
+        parse_init(self.init)
         for name in ("iterations", "batch_real"):
             if getattr(self, name) < 1:
                 raise DdplugError(f"{name} must be at least 1, got {getattr(self, name)}")

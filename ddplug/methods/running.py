@@ -64,6 +64,28 @@ def run_distillation(
 
     Under ``torchrun`` every rank runs the same seeded steps (the same set); rank 0 alone
     shows progress and writes the checkpoint and the snapshots, and every rank resumes from it.
+
+    Args:
+        distiller: what :func:`create_distiller` made.
+        checkpoint: a file to save the state to and resume from; None for none.
+        checkpoint_every: iterations between checkpoints.
+        log_every: iterations between the losses' trips to the host (and the progress bar's).
+        progress: show a progress bar (rank 0 only).
+        snapshot_every: iterations between snapshots of the set; None for none.
+        on_snapshot: what receives each snapshot.
+
+    Returns:
+        The :class:`Condensed` result: the set, the iterations done, the seconds, the losses,
+        and whether a signal stopped it early.
+
+    Examples:
+        >>> from ddplug.data import load_dataset
+        >>> from ddplug.methods import create_distiller, make_config
+        >>> digits = load_dataset("digits")
+        >>> distiller = create_distiller("dm", digits.train, make_config("dm", {"ipc": 1, "iterations": 4}))
+        >>> done = run_distillation(distiller, progress=False)
+        >>> done.iterations, len(done.losses), len(done.synthetic)
+        (4, 4, 10)
     """
     total = distiller.config.iterations
     start, losses, earlier_seconds = _resume(distiller, checkpoint)

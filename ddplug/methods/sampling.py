@@ -43,6 +43,14 @@ class ClassBalancedSampler:
         """Indices of shape ``(num_classes, k)``, ``k = min(per_class, smallest class)``."""
         return self.sample_padded(min(per_class, self.min_count), generator)[0]
 
+    def sample_with_replacement(self, per_class: int, draws: int, generator: torch.Generator | None = None) -> Tensor:
+        """Indices of shape ``(num_classes, per_class, draws)``, each uniform over its class with
+        replacement: any class size gives every slot its ``draws`` images."""
+        offsets = torch.rand((self.num_classes, per_class * draws), generator=generator, device=self.index.device)
+        counts = self.counts.to(self.index.device)[:, None]
+        offsets = torch.minimum((offsets * counts).long(), counts - 1)  # float rounding may reach the count
+        return self.index.gather(1, offsets).view(self.num_classes, per_class, draws)
+
     def sample_padded(self, per_class: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Indices of shape ``(num_classes, per_class)`` and which of them are real: a class with
         fewer images gives all of them (in random order) and padding slots marked False."""

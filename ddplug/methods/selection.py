@@ -74,6 +74,21 @@ def select_subset(
 ) -> SyntheticSet:
     """A real subset of ``ipc`` images per class chosen by ``method`` (see ``SELECTIONS``).
 
+    Args:
+        method: ``random``, ``herding`` or ``kcenter``.
+        real: the real images to choose from.
+        ipc: images per class.
+        seed: the draws' seed.
+        feature_network: the network whose ``embed()`` features herding and k-center choose in.
+        device: where the features are computed.
+
+    Returns:
+        The chosen real images as a :class:`~ddplug.sets.SyntheticSet`, class by class.
+
+    Raises:
+        DdplugError: an unknown method, too few images of a class, or no feature network
+            where one is needed.
+
     Examples:
         >>> from ddplug.data import load_dataset
         >>> digits = load_dataset("digits")

@@ -34,6 +34,33 @@ def register_model(name: str, **defaults: Any) -> Callable[[ModelFactory], Model
     The factory's keyword-only parameters are the model's options; ``defaults`` overrides
     some of their defaults, so one factory can be registered under several names
     (e.g. ``"convnet-bn"`` = ``"convnet"`` with ``norm="batch"``). Decorators stack.
+
+    Args:
+        name: the model's name, without ``:``, ``,``, ``=`` or spaces, not yet registered.
+        **defaults: option defaults of this name.
+
+    Returns:
+        The decorator, which registers the factory and returns it unchanged.
+
+    Raises:
+        DdplugError: an invalid or taken name, or a default the factory has no option for.
+
+    Examples:
+        >>> register_model("wide:resnet")
+        Traceback (most recent call last):
+        ...
+        ddplug.errors.DdplugError: invalid model name 'wide:resnet': use a non-empty name without ':', ',', '=' or spaces
+        >>> register_model("convnet")
+        Traceback (most recent call last):
+        ...
+        ddplug.errors.DdplugError: ...
+
+    A new model, from a plain factory::
+
+        @register_model("my-mlp", hidden=256)
+        def my_mlp(in_channels, num_classes, image_size, *, hidden=128):
+            return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size[0] * image_size[1], hidden),
+                                 nn.ReLU(), nn.Linear(hidden, num_classes))
     """
     if not name or any(char in name for char in _RESERVED_CHARACTERS):
         raise DdplugError(f"invalid model name {name!r}: use a non-empty name without ':', ',', '=' or spaces")
@@ -63,7 +90,15 @@ def _factory_defaults(factory: ModelFactory) -> dict[str, Any]:
 
 
 def available_models() -> list[str]:
-    """Names accepted by :func:`create_model`, sorted."""
+    """The model names :func:`create_model` accepts.
+
+    Returns:
+        The registered names, sorted.
+
+    Examples:
+        >>> "convnet" in available_models() and "mlp" in available_models()
+        True
+    """
     return sorted(_REGISTRY)
 
 
@@ -103,6 +138,20 @@ def create_model(
     With ``seed`` the initial weights depend only on the seed (the global RNG is left as
     it was); with ``seed=None`` they come from the global RNG. The model is built on the
     CPU and records its full spec (every option, defaults included) as ``model.spec``.
+
+    Args:
+        spec: ``name`` or ``name:key=value,...`` (:func:`available_models` lists the names).
+        in_channels: the images' channels.
+        num_classes: the outputs.
+        image_size: the images' (height, width).
+        seed: the initial weights' seed; None for the global RNG.
+        **options: the model's options, over the spec's.
+
+    Returns:
+        The model, in training mode, on the CPU, with ``.spec``.
+
+    Raises:
+        DdplugError: an unknown name or option.
 
     Examples:
         >>> import torch

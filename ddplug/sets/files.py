@@ -61,6 +61,27 @@ def save_set(synthetic: SyntheticSet, path: str | Path, *, encoding: str = "floa
     ``encoding`` stores the images as float32, float16 (half the bytes) or uint8 pixels (a
     quarter; quantised to 1/255 on the [0, 1] pixel scale, as images are shipped). A
     whitened set refuses uint8 either way.
+
+    Args:
+        synthetic: the set to write.
+        path: the ``.safetensors`` file.
+        encoding: for a set without a code: ``float32``, ``float16`` or ``uint8``.
+
+    Returns:
+        ``path``, as a :class:`~pathlib.Path`.
+
+    Raises:
+        DdplugError: an unknown encoding, or uint8 for a whitened set.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> synthetic = SyntheticSet(torch.zeros(4, 1, 8, 8), torch.tensor([0, 0, 1, 1]), num_classes=2,
+        ...                          mean=(0.5,), std=(0.25,))
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     again = load_set(save_set(synthetic, Path(folder) / "set.safetensors", encoding="uint8"))
+        >>> again.images.shape, again.mean, again.std
+        (torch.Size([4, 1, 8, 8]), (0.5,), (0.25,))
     """
     if encoding not in IMAGE_ENCODINGS:
         raise DdplugError(f"unknown image encoding {encoding!r}; choose one of {', '.join(IMAGE_ENCODINGS)}")
@@ -183,6 +204,26 @@ def load_set(path: str | Path, *, dataset: DatasetInfo | None = None, experiment
     ``images_best.pt``. Foreign files don't say which dataset they distil, so they need
     ``dataset`` (for the class count and normalisation). ``experiment`` picks one of the
     several sets a DC-style file holds.
+
+    Every file is read as data (safetensors, or ``torch.load`` with ``weights_only=True``),
+    never run as code.
+
+    Args:
+        path: the file, or the folder holding it.
+        dataset: the dataset a foreign file distils; ddplug files record theirs.
+        experiment: which of a DC-style file's sets.
+
+    Returns:
+        The :class:`SyntheticSet`, its images decoded from the code when the file holds one.
+
+    Raises:
+        DdplugError: a missing or malformed file, or a foreign one without ``dataset``.
+
+    Examples:
+        >>> load_set("no/such/set.safetensors")
+        Traceback (most recent call last):
+        ...
+        ddplug.errors.DdplugError: no/such/set.safetensors does not exist: give the path of a synthetic set file or of the folder holding it
     """
     path = Path(path)
     if not path.exists():

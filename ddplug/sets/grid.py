@@ -38,6 +38,26 @@ def class_grid(synthetic: SyntheticSet, max_per_class: int = 20, *, zca: ZCA | N
 
 
 def save_grid(synthetic: SyntheticSet, path: str | Path, max_per_class: int = 20, *, zca: ZCA | None = None) -> Path:
-    """Save a PNG grid of the set (de-normalised, un-whitened by ``zca`` if whitened), one row per class, atomically."""
+    """Save a PNG grid of the set (de-normalised, un-whitened by ``zca`` if whitened), one row per class, atomically.
+
+    Args:
+        synthetic: the set to draw.
+        path: the PNG file to write.
+        max_per_class: the images drawn of each class, at most.
+        zca: the whitening of a ZCA-whitened set, to draw it as pixels.
+
+    Returns:
+        ``path``, as a :class:`~pathlib.Path`.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> from ddplug.sets import SyntheticSet
+        >>> synthetic = SyntheticSet(torch.rand(6, 1, 8, 8), torch.arange(6) // 2, num_classes=3,
+        ...                          mean=(0.5,), std=(0.5,))
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     save_grid(synthetic, Path(folder) / "grid.png").stat().st_size > 0
+        True
+    """
     tiles, per_class = class_grid(synthetic, max_per_class, zca=zca)
     return atomic_write(path, lambda tmp: save_image(tiles, str(tmp), nrow=per_class, padding=1, format="png"))

@@ -39,6 +39,24 @@ class SyntheticSet:
     method, dataset, ipc, config, seed, library version; and ``zca_epsilon`` when the
     images live in the ZCA-whitened space of the real training images (see
     ``ddplug.data.ZCA``), where they must be trained on and tested against whitened data.
+
+    Attributes:
+        images: (N, C, H, W), normalised.
+        labels: (N,) class ids or (N, K) soft labels.
+        num_classes: K.
+        mean: the normalisation's per-channel mean.
+        std: its per-channel standard deviation.
+        lr: a learned learning rate, or None.
+        meta: provenance.
+        code: the parameterisation's tensors the images decode from, or None.
+        param: the parameterisation's spec.
+
+    Examples:
+        >>> import torch
+        >>> synthetic = SyntheticSet(torch.zeros(4, 1, 8, 8), torch.tensor([0, 0, 1, 1]), num_classes=2,
+        ...                          mean=(0.5,), std=(0.25,))
+        >>> len(synthetic), synthetic.denormalised().max().item()
+        (4, 0.5)
     """
 
     images: Tensor

@@ -1,0 +1,45 @@
+"""Where a benchmark row came from: the commit, the command, the machine.
+
+Every benchmark writes each of its rows with :func:`provenance` merged in, so that a
+table generated from the rows (``simulations.tables``) can always name its command and
+conditions.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def commit() -> str | None:
+    """The checkout's short commit, with ``+changes`` when the work tree differs from it
+    (None outside a git checkout)."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=30, cwd=ROOT)
+        except OSError:
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    head = git("rev-parse", "--short", "HEAD")
+    if head is None:
+        return None
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "ddplug", "strategies", "simulations")
+    return head + ("+changes" if changed else "")
+
+
+def provenance(module: str, argv: list[str] | None = None, *, conditions: str = "no other load") -> dict[str, Any]:
+    """The fields every benchmark row carries: the command that made it (``python -m MODULE
+    ARGS``), the commit, torch's version, the CPU cores and the conditions of the run."""
+    args = sys.argv[1:] if argv is None else argv
+    return {"command": " ".join(["python -m", module, *args]), "commit": commit(), "torch": torch.__version__,
+            "cpus": os.cpu_count(), "machine": platform.machine(),
+            "conditions": f"{os.cpu_count()} CPU cores, {conditions}"}
