@@ -20,7 +20,8 @@ from pathlib import Path
 from ddplug.allocator import tune_allocator
 from ddplug.evaluation.report import format_table, percent, pyplot, save_figure
 from ddplug.storage import atomic_write, write_json
-from ddplug_avalanche.runner import STRATEGIES, run_benchmark
+from ddplug_avalanche.runner import STRATEGIES, ContinualRun, run_benchmark
+from ddplug_avalanche.streams import MemoryBudget
 
 GAPS = (("condensed", "replay"), ("condensed-retrain", "gdumb"))  # (condensed strategy, its raw-memory twin)
 
@@ -72,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for k in args.mem_per_class:
         for strategy in args.strategies:
-            summary = run_benchmark("split-fmnist", experiences=args.experiences, strategy=strategy, mem_per_class=k,
-                                    preset=args.preset, seeds=args.seeds, device=args.device, out=out / f"mem{k}")
+            run = ContinualRun(strategy=strategy, experiences=args.experiences, memory=MemoryBudget(per_class=k),
+                               preset=args.preset)
+            summary = run_benchmark("split-fmnist", run, seeds=args.seeds, device=args.device, out=out / f"mem{k}")
             rows.append({key: summary[key] for key in ("strategy", "mem_per_class", "final_accuracy",
                                                        "final_accuracy_std", "forgetting", "forgetting_std", "seconds")}
                         | {"memory_bytes": summary["memory_bytes"][0][-1],

@@ -24,6 +24,7 @@ from ddplug.data import pixel_scale  # noqa: E402
 from ddplug.errors import DdplugError  # noqa: E402
 from ddplug.models import create_model  # noqa: E402
 from ddplug_avalanche import Condensation, CondensedBuffer, CondensedReplay, CondensedReplayPlugin  # noqa: E402
+from ddplug_avalanche.streams import MemoryBudget  # noqa: E402
 
 from helpers import write_fake_fashion_mnist  # noqa: E402
 
@@ -401,8 +402,8 @@ def test_runner_prints_json_saves_results_and_resumes(tiny_runner, capsys, monke
 
 @pytest.mark.parametrize("strategy", ["condensed", "replay", "icarl"])
 def test_a_total_memory_is_shared_by_the_classes_seen(tiny_runner, capsys, strategy):
-    summary = continual.run_benchmark("split-fmnist", experiences=2, strategy=strategy, mem_per_class=None,
-                                      mem_size=10, seeds=1, device="cpu", out=tiny_runner)
+    run = continual.ContinualRun(strategy=strategy, experiences=2, memory=MemoryBudget(total=10))
+    summary = continual.run_benchmark("split-fmnist", run, seeds=1, device="cpu", out=tiny_runner)
     assert (summary["mem_per_class"], summary["mem_size"]) == (None, 10)
     assert "memory 10 in all" in capsys.readouterr().out
     assert len(summary["accuracy_matrix"]) == 2
@@ -411,21 +412,22 @@ def test_a_total_memory_is_shared_by_the_classes_seen(tiny_runner, capsys, strat
 
 
 def test_the_condensed_memorys_parameterisation_is_an_option(tiny_runner):
-    summary = continual.run_benchmark("split-fmnist", experiences=2, strategy="condensed", mem_per_class=1,
-                                      seeds=1, device="cpu", out=tiny_runner, param="pixels")
+    one = MemoryBudget(per_class=1)
+    run = continual.ContinualRun(strategy="condensed", experiences=2, memory=one, param="pixels")
+    summary = continual.run_benchmark("split-fmnist", run, seeds=1, device="cpu", out=tiny_runner)
     assert summary["label"] == "condensed-dm-pixels" and summary["condense_settings"]["param"] == "pixels"
     assert summary["memory_sizes"] == [[5, 10]]  # one raw image per class seen (the preset's multi decodes 4)
     assert summary["memory_bytes"] == [[5 * 784, 10 * 784]]
-    packed = continual.run_benchmark("split-fmnist", experiences=2, strategy="condensed", mem_per_class=1,
-                                     seeds=1, device="cpu", out=tiny_runner, param="multi:factor=2,bits=4")
+    run = continual.ContinualRun(strategy="condensed", experiences=2, memory=one, param="multi:factor=2,bits=4")
+    packed = continual.run_benchmark("split-fmnist", run, seeds=1, device="cpu", out=tiny_runner)
     assert packed["label"] == "condensed-dm-multi-factor2-bits4"  # a file name without ':', '=' or ','
     assert packed["memory_sizes"] == [[40, 80]]  # 8 decoded images in one raw image's bytes, per class seen
     assert packed["memory_bytes"] == [[5 * 784, 10 * 784]]
 
 
 def test_runner_accepts_a_ready_scenario_and_icarl(tiny_runner, capsys):
-    summary = continual.run_benchmark(make_stream(), experiences=3, strategy="icarl", mem_per_class=2, seeds=1,
-                                      device="cpu", out=tiny_runner)
+    run = continual.ContinualRun(strategy="icarl", experiences=3, memory=MemoryBudget(per_class=2))
+    summary = continual.run_benchmark(make_stream(), run, seeds=1, device="cpu", out=tiny_runner)
     assert len(summary["accuracy_matrix"]) == 3 and 0 <= summary["final_accuracy"] <= 1
     assert "after exp 2" in capsys.readouterr().out
 

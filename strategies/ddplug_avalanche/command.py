@@ -37,12 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    from ddplug_avalanche.runner import run_benchmark
+    from ddplug_avalanche.runner import ContinualRun, run_benchmark
+    from ddplug_avalanche.streams import MemoryBudget
 
     mem_per_class = 10 if args.mem_per_class is None and args.mem_size is None else args.mem_per_class
-    run_benchmark(args.benchmark, experiences=args.experiences, strategy=args.strategy, mem_per_class=mem_per_class,
-                  method=args.method, preset=args.preset, seeds=args.seeds, device=args.device, print_json=args.json,
-                  epochs=args.epochs, out=args.out, mem_size=args.mem_size, param=args.param)
+    run = ContinualRun(strategy=args.strategy, experiences=args.experiences,
+                       memory=MemoryBudget(per_class=mem_per_class, total=args.mem_size), method=args.method,
+                       param=args.param, preset=args.preset, epochs=args.epochs)
+    run_benchmark(args.benchmark, run, seeds=args.seeds, device=args.device, out=args.out, print_json=args.json)
     return 0
 
 

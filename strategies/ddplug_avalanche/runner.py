@@ -162,12 +162,6 @@ def memory_in_bytes(strategy: Any, pixels: int) -> int:
     return memory_size(strategy) * pixels
 
 
-def _label(strategy: str, method: str, param: str | None = None) -> str:
-    if strategy not in CONDENSED:
-        return strategy
-    return f"{strategy}-{method}" + ("" if param is None else f"-{path_part(param)}")
-
-
 def _stream_key(benchmark: str, experiences: int, memory: MemoryBudget, preset: Preset,
                 settings: StreamSettings) -> dict[str, Any]:
     """What makes runs comparable (and a cached run reusable): everything but the strategy and seed."""
@@ -180,74 +174,109 @@ def _run_file(out: Path, label: str, seed: int, key: dict[str, Any]) -> Path:
     return out / "runs" / f"{label}-seed{seed}-{digest}.json"
 
 
-def _check(benchmark: Any, experiences: int, strategy: str, method: str, seeds: int, epochs: int | None) -> None:
-    if strategy not in STRATEGIES:
-        raise DdplugError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+@dataclasses.dataclass(frozen=True)
+class ContinualRun:
+    """What a class-incremental benchmark runs, checked when built (before any data is read).
+
+    Attributes:
+        strategy: one of ``STRATEGIES``: ``condensed``, ``condensed-retrain`` or Avalanche's
+            ``replay``, ``gdumb``, ``icarl``, ``naive``.
+        experiences: the stream's experiences (the class count must divide evenly).
+        memory: every strategy's budget, in raw uint8 images' bytes.
+        method: the condensed strategies' condensation method (a per-class one).
+        param: the condensed memory's parameterisation; None for the stream's. Part of the
+            run's label, so the baselines' runs stay comparable.
+        preset: the preset of the model, the optimiser and the condensation.
+        epochs: epochs per experience; None for the preset's.
+
+    Examples:
+        >>> ContinualRun(strategy="condensed", memory=MemoryBudget(per_class=1)).label
+        'condensed-dm'
+        >>> ContinualRun(strategy="ewc")
+        Traceback (most recent call last):
+        ...
+        ddplug.errors.DdplugError: unknown strategy 'ewc'; choose one of condensed, condensed-retrain, replay, gdumb, icarl, naive
+    """
+
+    strategy: str = "condensed"
+    experiences: int = 5
+    memory: MemoryBudget = MemoryBudget(per_class=10)
+    method: str = "dm"
+    param: str | None = None
+    preset: str = "cpu"
+    epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise DdplugError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        methods = [name for name, condenser in CONDENSERS.items() if condenser.per_class]
+        if self.method not in methods:
+            raise DdplugError(f"unknown condensation method {self.method!r}; choose one of {', '.join(methods)}")
+        for option, value in (("experiences", self.experiences), ("epochs", 1 if self.epochs is None else self.epochs)):
+            if value < 1:
+                raise DdplugError(f"--{option} must be at least 1, got {value}")
+        if self.param is not None:
+            if self.strategy not in CONDENSED or not get_condenser(self.method).learns:
+                raise DdplugError(f"--param applies to a distiller's condensed memory; {self.strategy} with "
+                                  f"{self.method} stores raw images: drop --param")
+            create_param(self.param)
+        get_preset(self.preset)
+
+    @property
+    def label(self) -> str:
+        """The name of this run's results: the strategy, and for a condensed one its method and code."""
+        if self.strategy not in CONDENSED:
+            return self.strategy
+        return f"{self.strategy}-{self.method}" + ("" if self.param is None else f"-{path_part(self.param)}")
+
+
+def run_benchmark(benchmark: Any = "split-fmnist", run: ContinualRun = ContinualRun(), *, seeds: int = 3,
+                  device: torch.device | str = "auto", out: str | Path | None = None,
+                  print_json: bool = False) -> dict[str, Any]:
+    """Run ``run`` on ``benchmark`` for seeds 0..seeds-1, print the table, save the results
+    and the plot; finished (strategy, seed) runs in ``out`` are reused.
+
+    Args:
+        benchmark: ``split-DATASET`` (a dataset ddplug reads, split in class order) or a ready
+            Avalanche scenario (its runs are not cached: nothing identifies its data).
+        run: the strategy, memory, condensation and schedule.
+        seeds: runs with seeds 0..seeds-1.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, or a device.
+        out: the output folder; default ``results/continual-<benchmark>-<preset>-<budget>-exp<N>``.
+        print_json: print the summary as the last stdout line.
+
+    Returns:
+        The summary: accuracy matrices, final accuracy and forgetting (mean and std over
+        seeds), memory sizes and bytes, seconds and the condensation's share, files.
+    """
     if isinstance(benchmark, str) and not benchmark.startswith(BENCHMARK_PREFIX):
         raise DdplugError(f"unknown benchmark {benchmark!r}; write split-DATASET for a dataset ddplug reads "
                           "(split-fmnist, split-mnist, split-cifar10, ...)")
-    methods = [name for name, condenser in CONDENSERS.items() if condenser.per_class]
-    if method not in methods:
-        raise DdplugError(f"unknown condensation method {method!r}; choose one of {', '.join(methods)}")
-    for option, value in (("experiences", experiences), ("seeds", seeds),
-                          ("epochs", 1 if epochs is None else epochs)):
-        if value < 1:
-            raise DdplugError(f"--{option} must be at least 1, got {value}")
-
-
-def run_benchmark(
-    benchmark: Any = "split-fmnist",
-    *,
-    experiences: int = 5,
-    strategy: str = "condensed",
-    mem_per_class: int | None = 10,
-    method: str = "dm",
-    preset: str = "cpu",
-    seeds: int = 3,
-    device: torch.device | str = "auto",
-    print_json: bool = False,
-    epochs: int | None = None,
-    out: str | Path | None = None,
-    mem_size: int | None = None,
-    param: str | None = None,
-) -> dict[str, Any]:
-    """Run ``strategy`` for seeds 0..seeds-1 with a memory of ``mem_per_class`` images per class
-    seen or (with ``mem_per_class=None``) ``mem_size`` images in all, print the table (and with
-    ``print_json`` the summary as the last stdout line), save results and the plot into ``out``;
-    returns the summary. ``param`` (condensed strategies) replaces the preset's parameterisation
-    of the condensed memory; it is part of the label, so the baselines' runs stay comparable.
-
-    Runs on a ready Avalanche scenario are not cached (nothing identifies its data)."""
-    _check(benchmark, experiences, strategy, method, seeds, epochs)
-    if param is not None:
-        if strategy not in CONDENSED or not get_condenser(method).learns:
-            raise DdplugError(f"--param applies to a distiller's condensed memory; {strategy} with {method} stores raw "
-                              "images: drop --param")
-        create_param(param)  # a bad spec fails before any work
-    memory = MemoryBudget(mem_per_class, mem_size)
-    chosen = get_preset(preset)
-    settings = stream_settings(chosen, epochs)
+    if seeds < 1:
+        raise DdplugError(f"--seeds must be at least 1, got {seeds}")
+    chosen = get_preset(run.preset)
+    settings = stream_settings(chosen, run.epochs)
     device = resolve_device(device) if isinstance(device, str) else device
-    label = _label(strategy, method, param)
     name = benchmark if isinstance(benchmark, str) else type(benchmark).__name__
-    budget = f"mem{mem_per_class}" if mem_size is None else f"size{mem_size}"
-    out = writable_folder(out or f"results/continual-{name}-{preset}-{budget}-exp{experiences}")
-    key = _stream_key(name, experiences, memory, chosen, settings)
+    memory = run.memory
+    budget = f"mem{memory.per_class}" if memory.total is None else f"size{memory.total}"
+    out = writable_folder(out or f"results/continual-{name}-{run.preset}-{budget}-exp{run.experiences}")
+    key = _stream_key(name, run.experiences, memory, chosen, settings)
     runs = []
     for seed in range(seeds):
-        path = _run_file(out, label, seed, key)
+        path = _run_file(out, run.label, seed, key)
         if isinstance(benchmark, str) and path.is_file():
             runs.append(loads(path.read_text()))
             continue
-        run = run_one(strategy, seed, benchmark=benchmark, experiences=experiences, method=method,
-                      memory=memory, preset=chosen, settings=settings, device=device, param=param)
-        run = {"label": label, "seed": seed, "stream": key, "device": str(device), **run}
+        result = run_one(run.strategy, seed, benchmark=benchmark, experiences=run.experiences, method=run.method,
+                         memory=memory, preset=chosen, settings=settings, device=device, param=run.param)
+        result = {"label": run.label, "seed": seed, "stream": key, "device": str(device), **result}
         if isinstance(benchmark, str):
-            write_json(path, run)
-        runs.append(run)
-    summary = summarise(runs, strategy=strategy, method=method if strategy in CONDENSED else None,
-                        key=key, settings=settings, device=device, out=out, param=param)
-    summary["files"] = {"results": str(write_json(out / f"results-{label}.json", summary)),
+            write_json(path, result)
+        runs.append(result)
+    summary = summarise(runs, strategy=run.strategy, method=run.method if run.strategy in CONDENSED else None,
+                        key=key, settings=settings, device=device, out=out, param=run.param)
+    summary["files"] = {"results": str(write_json(out / f"results-{run.label}.json", summary)),
                         "plot": str(save_plot(out, key)) if isinstance(benchmark, str) else None}
     print(table(summary))
     if print_json:
