@@ -3,8 +3,9 @@ each rank's share of independent work, and what rank 0 alone does (files, progre
 
 A single process is a world of one: every function here then does what a plain run does.
 Work is shared where its parts are independent and seeded by their index (the evaluation's
-fresh networks, MTT's experts) or where a loss is a sum of per-class terms (DM: each rank
-embeds its classes, gradients are summed), so a run on N ranks gives what one process gives.
+fresh networks, MTT's experts) or where a loss is a sum of terms (DM's and gradient
+matching's classes, kernel matching's real rows: each rank computes its terms, gradients are
+summed), so a run on N ranks gives what one process gives, up to the order of float sums.
 """
 
 from __future__ import annotations

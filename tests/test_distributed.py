@@ -70,3 +70,46 @@ def test_two_ranks_train_the_experts_one_process_trains(tmp_path):
     assert [path.name for path in one] == [path.name for path in two] and len(one) == 3
     for first, second in zip(one, two):
         assert torch.equal(torch.load(first)["trajectory"], torch.load(second)["trajectory"])
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("method, share", [("dc", "classes"), ("dsa", "classes"), ("kip", "real-rows"),
+                                           ("frepo", "real-rows")])
+def test_two_ranks_share_the_matching_and_learn_the_one_process_set(tmp_path, method, share):
+    """Gradient matching shares its classes, kernel matching its real batch's rows: the set
+    is the one-process set up to the float sums' order (one grey level of the stored code)."""
+    from ddplug.methods import get_condenser
+
+    assert get_condenser(method).distiller_class.shares == share
+    data = write_fake_fashion_mnist(tmp_path / "data")
+    distill = ["distill", "--method", method, "--ipc", "1", "--iterations", "2", "--model", SMALL, "--no-eval",
+               "--quiet", "--device", "cpu", "--json"]
+    for name, ranks in (("one", 1), ("two", 2)):
+        _ddplug([*distill, "--out", str(tmp_path / name)], data, ranks)
+    first, second = (load_file(str(tmp_path / name / "synthetic.safetensors")) for name in ("one", "two"))
+    assert first.keys() == second.keys()
+    for key in first:
+        a, b = first[key].double(), second[key].double()
+        assert a.shape == b.shape
+        level = 1.0 if first[key].dtype == torch.uint8 else 1e-3 * a.abs().max().item()
+        assert (a - b).abs().max() <= level, key
+        assert (a != b).double().mean() < 0.01, key  # only values at a rounding boundary may differ
+
+
+def test_a_share_needs_a_term_for_every_rank_and_no_secret_noise(monkeypatch, digits):
+    import ddplug.methods.base as base
+    from ddplug.errors import DdplugError
+    from ddplug.methods import create_distiller, make_config
+
+    monkeypatch.setattr(base, "world_size", lambda: 11)
+    with pytest.raises(DdplugError, match="11 ranks share 10 classes: use at most 10 processes"):
+        create_distiller("dc", digits.train, make_config("dc", {"ipc": 1, "model": SMALL}))
+    monkeypatch.setattr(base, "world_size", lambda: 2)
+    with pytest.raises(DdplugError, match="which a private run cannot"):
+        create_distiller("dm", digits.train, make_config("dm", {"ipc": 1, "model": SMALL, "init": "noise",
+                                                                "dp_epsilon": 1.0}))
+    monkeypatch.setattr(base, "my_share", lambda count: range(1, count, 2))  # rank 1 of 2
+    kip = create_distiller("kip", digits.train, make_config("kip", {"ipc": 1, "model": SMALL}))
+    assert kip.my_real_rows(5).tolist() == [1, 3] and kip.my_classes().tolist() == list(range(10))
+    dc = create_distiller("dc", digits.train, make_config("dc", {"ipc": 1, "model": SMALL}))
+    assert dc.my_classes().tolist() == [1, 3, 5, 7, 9] and dc.my_real_rows(5).tolist() == list(range(5))

@@ -50,10 +50,11 @@ class Distiller(ABC):
     uses_labels: ClassVar[bool] = True  # False: the loss ignores labels, so they can't be learned
     uses_lr: ClassVar[bool] = False  # True: the loss unrolls training, so its learning rate can be learned
     private: ClassVar[bool] = False  # True: reads real data only through self.privacy when dp_epsilon > 0
-    # True: under torchrun each rank's loss covers only its classes (the loss is a sum over
-    # classes of terms that see only that class's images), and step() sums losses and
-    # gradients over the ranks; False: every rank computes the whole loss.
-    shards_classes: ClassVar[bool] = False
+    # Under torchrun, what each rank's loss covers of a loss that is a sum of terms: "classes"
+    # (terms that see only one class's images: my_classes()), "real-rows" (terms of single
+    # real images: my_real_rows()), or "" (every rank computes the whole loss). With a share,
+    # the losses and gradients are summed over the ranks (sum_shares) before every update.
+    shares: ClassVar[str] = ""
 
     def __init__(self, real: ImageDataset, config: DistillConfig, device: torch.device | str = "cpu") -> None:
         config.validate(real)
@@ -68,6 +69,12 @@ class Distiller(ABC):
         # Whitened, the real data is what every method matches against (and MTT's experts train on).
         self.real = real if self.zca is None else self.zca.whiten_dataset(real)
         self.num_classes = real.num_classes
+        if self.shares == "classes" and world_size() > self.num_classes:
+            raise DdplugError(f"{world_size()} ranks share {self.num_classes} classes: use at most "
+                              f"{self.num_classes} processes")
+        if self.shares and world_size() > 1 and config.dp_epsilon:
+            raise DdplugError(f"under torchrun {self.name} shares its {self.shares} between ranks, which a private run "
+                              "cannot (each rank would draw its own secret noise): run it in one process")
         self.real_images = self.real.images.to(self.device)
         self.sampler = ClassBalancedSampler(real.labels, real.num_classes).to(self.device)
         self.privacy = None if not config.dp_epsilon else PrivateClassMeans.calibrate(
@@ -186,17 +193,30 @@ class Distiller(ABC):
         loss = self.loss(iteration)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.shards_classes and world_size() > 1:
-            loss = loss.detach().clone()
-            sum_over_ranks([loss, *(p.grad for group in self.optimizer.param_groups for p in group["params"]
-                                    if p.grad is not None)])
+        loss = self.sum_shares(loss)
         self.update()
         return loss.detach()
 
+    def sum_shares(self, loss: Tensor) -> Tensor:
+        """Under torchrun with a share, the whole loss and the learnables' whole gradients
+        (in ``.grad``): each summed over the ranks. ``loss`` as it is otherwise."""
+        if not self.shares or world_size() == 1:
+            return loss
+        loss = loss.detach().clone()
+        sum_over_ranks([loss, *(p.grad for group in self.optimizer.param_groups for p in group["params"]
+                                if p.grad is not None)])
+        return loss
+
     def my_classes(self) -> Tensor:
         """The classes whose loss terms this rank computes: all of them in one process."""
-        return torch.arange(self.num_classes, device=self.device)[my_share(self.num_classes)] if (
-            self.shards_classes) else torch.arange(self.num_classes, device=self.device)
+        every = torch.arange(self.num_classes, device=self.device)
+        return every[my_share(self.num_classes)] if self.shares == "classes" else every
+
+    def my_real_rows(self, count: int) -> Tensor:
+        """The rows of a real batch of ``count`` whose loss terms this rank computes: all of
+        them in one process."""
+        every = torch.arange(count, device=self.device)
+        return every[my_share(count)] if self.shares == "real-rows" else every
 
     def update(self) -> None:
         """Apply the gradients in ``.grad`` to the learnables."""

@@ -18,11 +18,11 @@ import torch
 from torch import Tensor
 
 from ddplug.data import ImageDataset
-from ddplug.distributed import world_size
 from ddplug.methods.base import Distiller
 from ddplug.methods.config import DistillConfig
 from ddplug.methods.running import register_distiller
 from ddplug.methods.pool import NetworkPool, PoolSettings
+from ddplug.methods.sampling import by_class
 from ddplug.errors import DdplugError
 from ddplug.privacy import clip_rows
 from ddplug.seeding import derive_seed
@@ -54,16 +54,10 @@ class DistributionMatching(Distiller):
     config_class = DMConfig
     uses_labels = False
     private = True  # the real data enters only through class means of embeddings
-    shards_classes = True  # a class's term sees only that class's real and synthetic images
+    shares = "classes"  # a class's term sees only that class's real and synthetic images
 
     def __init__(self, real: ImageDataset, config: DMConfig, device: torch.device | str = "cpu") -> None:
         super().__init__(real, config, device)
-        if world_size() > 1 and config.dp_epsilon:
-            raise DdplugError("under torchrun DM shares its classes between ranks, which a private run cannot (each "
-                              "rank would draw its own secret noise): run it in one process")
-        if world_size() > real.num_classes:
-            raise DdplugError(f"{world_size()} ranks share {real.num_classes} classes: use at most "
-                              f"{real.num_classes} processes")
         self.real_labels = self.real.labels.to(self.device)
         self.pool = None if not config.pool_size else NetworkPool(
             self.build_network, seed=config.seed, size=config.pool_size, max_steps=config.max_online_steps,
@@ -121,12 +115,6 @@ class DistributionMatching(Distiller):
         if self.pool is not None:
             self.pool.load_state_dict(state["pool"])
 
-
-def by_class(images: Tensor, num_classes: int, classes: Tensor) -> Tensor:
-    """The images of ``classes`` from a class-major batch of equal class sizes."""
-    if len(classes) == num_classes:
-        return images
-    return images.reshape(num_classes, -1, *images.shape[1:])[classes].flatten(0, 1)
 
 
 def class_means(features: Tensor, num_classes: int) -> Tensor:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from ddplug.data import ImageDataset
 from ddplug.methods.base import Distiller
 from ddplug.methods.config import DistillConfig
+from ddplug.methods.sampling import by_class
 from ddplug.methods.running import register_distiller
 from ddplug.errors import DdplugError
 from ddplug.seeding import derive_seed, make_generator
@@ -150,6 +151,7 @@ class GradientMatching(Distiller):
     config: GradientMatchingConfig
     config_class = GradientMatchingConfig
     uses_labels = True
+    shares = "classes"  # a class's term is the distance of that class's real and synthetic gradients
 
     def __init__(self, real: ImageDataset, config: GradientMatchingConfig, device: torch.device | str = "cpu") -> None:
         super().__init__(real, config, device)
@@ -172,8 +174,12 @@ class GradientMatching(Distiller):
         self._fix_batch_norm(network, round_index)
         real, real_labels = self.sample_real(round_index)
         real, syn = self.augment_pair(round_index, real, real_labels, self.images, self.labels)
-        real_grads = class_gradients(network, real, real_labels, self.num_classes)
-        syn_grads = class_gradients(network, syn, self.targets(), self.num_classes, create_graph=True)
+        # Every rank draws the whole batch alike (cheap), then matches only its own classes.
+        classes = self.my_classes()
+        real, real_labels, syn, targets = (by_class(part, self.num_classes, classes)
+                                           for part in (real, real_labels, syn, self.targets()))
+        real_grads = class_gradients(network, real, real_labels, len(classes))
+        syn_grads = class_gradients(network, syn, targets, len(classes), create_graph=True)
         return self.distance(real_grads, syn_grads)
 
     def step(self, iteration: int) -> Tensor:
@@ -187,6 +193,7 @@ class GradientMatching(Distiller):
             self.optimizer.zero_grad(set_to_none=True)
             # Only the set learns: skip the second-order gradients into the network's weights.
             loss.backward(inputs=list(self.learnables().values()))
+            loss = self.sum_shares(loss)
             self.update()
             losses.append(loss.detach())
             if round_in_step < self.outer_loop - 1:

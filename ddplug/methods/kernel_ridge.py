@@ -105,6 +105,8 @@ class KernelRidgeDistiller(Distiller):
     """Moves the set so KRR fitted on it predicts a real batch; subclasses give the kernels."""
 
     config: KernelConfig
+    # The KRR fit on the set is every rank's; each predicts its share of the real batch.
+    shares = "real-rows"
 
     @abstractmethod
     def kernels(self, iteration: int, real: Tensor, syn: Tensor) -> tuple[Tensor, Tensor]:
@@ -113,10 +115,13 @@ class KernelRidgeDistiller(Distiller):
     def loss(self, iteration: int) -> Tensor:
         real, real_labels = self.sample_real(iteration)
         real, syn = self.augment_pair(iteration, real, real_labels, self.images, self.labels)
-        k_ts, k_ss = self.kernels(iteration, real, syn)
+        # Every rank draws and augments the whole batch alike, then predicts only its rows:
+        # its loss is its rows' share of the batch mean.
+        rows = self.my_real_rows(len(real))
+        k_ts, k_ss = self.kernels(iteration, real[rows], syn)
         y_s = centred_targets(self.targets(), self.num_classes)
         predictions = krr_predict(k_ts, k_ss, y_s, self.config.ridge)
-        return krr_loss(predictions, centred_targets(real_labels, self.num_classes))
+        return krr_loss(predictions, centred_targets(real_labels[rows], self.num_classes)) * (len(rows) / len(real))
 
 
 @dataclass

@@ -63,3 +63,10 @@ class ClassBalancedSampler:
             index = torch.nn.functional.pad(index, (0, missing))
             valid = torch.nn.functional.pad(valid, (0, missing), value=False)
         return index, valid
+
+
+def by_class(images: Tensor, num_classes: int, classes: Tensor) -> Tensor:
+    """The images of ``classes`` from a class-major batch of equal class sizes."""
+    if len(classes) == num_classes:
+        return images
+    return images.reshape(num_classes, -1, *images.shape[1:])[classes].flatten(0, 1)
