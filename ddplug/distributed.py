@@ -76,6 +76,17 @@ def sum_over_ranks(tensors: list[torch.Tensor]) -> None:
             dist.all_reduce(tensor)
 
 
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """Whether ``flag`` is true on any rank (``flag`` itself in a world of one): what every
+    rank decides alike, e.g. to stop at the same step when a signal reached only some.
+    ``device`` is where the collective runs (a GPU's under NCCL)."""
+    if world_size() == 1:
+        return flag
+    vote = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(vote, op=dist.ReduceOp.MAX)
+    return bool(vote.item())
+
+
 def wait_for_all() -> None:
     """Return when every rank has reached this point (their files are written)."""
     if world_size() > 1:

@@ -113,3 +113,47 @@ def test_a_share_needs_a_term_for_every_rank_and_no_secret_noise(monkeypatch, di
     assert kip.my_real_rows(5).tolist() == [1, 3] and kip.my_classes().tolist() == list(range(10))
     dc = create_distiller("dc", digits.train, make_config("dc", {"ipc": 1, "model": SMALL}))
     assert dc.my_classes().tolist() == [1, 3, 5, 7, 9] and dc.my_real_rows(5).tolist() == list(range(5))
+
+
+def _worker_of_rank(launcher: subprocess.Popen, wanted: int) -> int:
+    """The pid of torchrun's worker of rank ``wanted`` (read from /proc)."""
+    children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+    for pid in children:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"RANK={wanted}".encode() in environ:
+            return int(pid)
+    raise AssertionError(f"no worker of rank {wanted} among {children}")
+
+
+@pytest.mark.subprocess
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's workers through /proc")
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_and_the_run_resumes(tmp_path):
+    """SIGTERM reaches one worker only: the ranks agree to stop at the next log point (a rank
+    stopping alone would leave the other waiting for its sums), rank 0 saves that step, and
+    the resumed run ends with the set one process makes."""
+    import signal
+    import time
+
+    data = write_fake_fashion_mnist(tmp_path / "data")
+    env = {**os.environ, "DDPLUG_DATA": str(data), "OMP_NUM_THREADS": "1"}
+    distill = ["-m", "ddplug", "distill", "--method", "dm", "--ipc", "1", "--model", SMALL, "--no-eval", "--quiet",
+               "--device", "cpu"]
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                                 *distill, "--iterations", "100000", "--out", str(tmp_path / "two")],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = tmp_path / "two" / "checkpoint.pt"
+    began = time.monotonic()
+    while not checkpoint.exists():  # the first checkpoint: step 100
+        assert launcher.poll() is None and time.monotonic() - began < 300, launcher.communicate()[1][-3000:]
+        time.sleep(0.2)
+    os.kill(_worker_of_rank(launcher, 1), signal.SIGTERM)
+    _, err = launcher.communicate(timeout=120)  # no rank is left waiting for the other
+    assert "interrupted after" in err, err[-3000:]
+    stopped = torch.load(checkpoint, weights_only=True)["iteration"]
+    assert stopped % 10 == 0 and stopped > 100, stopped
+    total = stopped + 20
+    _ddplug(["distill", *distill[3:], "--iterations", str(total), "--out", str(tmp_path / "two")], data, 2)
+    _ddplug(["distill", *distill[3:], "--iterations", str(total), "--out", str(tmp_path / "one")], data, 1)
+    first, second = (load_file(str(tmp_path / name / "synthetic.safetensors")) for name in ("one", "two"))
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    assert torch.load(checkpoint, weights_only=True)["iteration"] == total

@@ -26,7 +26,7 @@ from ddplug.methods.condenser import (
     register_condenser,
     snapshot_path,
 )
-from ddplug.distributed import is_main
+from ddplug.distributed import any_rank, is_main, world_size
 from ddplug.errors import DdplugError
 from ddplug.methods.base import Distiller
 from ddplug.methods.config import DistillConfig, check_private
@@ -64,6 +64,8 @@ def run_distillation(
 
     Under ``torchrun`` every rank runs the same seeded steps (the same set); rank 0 alone
     shows progress and writes the checkpoint and the snapshots, and every rank resumes from it.
+    A Ctrl-C or SIGTERM that reaches any rank stops every rank at the same step: the next
+    multiple of ``log_every``.
 
     Args:
         distiller: what :func:`create_distiller` made.
@@ -107,18 +109,23 @@ def run_distillation(
             pending.append(distiller.step(iteration))
             done = iteration + 1
             bar.update(1)
-            if done % log_every == 0 or done == total or stop.requested:
+            at_log = done % log_every == 0 or done == total
+            # Ranks stop at the same step, or one would wait forever for the others' sums: they
+            # vote at each log point (one small collective), one process stops after any step.
+            stopping = any_rank(stop.requested, distiller.device) if world_size() > 1 and at_log else (
+                stop.requested and world_size() == 1)
+            if at_log or stopping:
                 losses.extend(torch.stack(pending).tolist())
                 pending.clear()
                 if not math.isfinite(losses[-1]):  # checked where the losses reach the host anyway
                     raise DdplugError(f"{distiller.name} diverged by iteration {done} (loss {losses[-1]}): lower "
                                       f"--lr-images, the learning rate of the {distiller.param.spec} code")
                 bar.set_postfix(loss=f"{losses[-1]:.4g}")
-            if writes and checkpoint is not None and (done % checkpoint_every == 0 or done == total or stop.requested):
+            if writes and checkpoint is not None and (done % checkpoint_every == 0 or done == total or stopping):
                 _save_checkpoint(distiller, checkpoint, done, losses, elapsed())
             if writes and on_snapshot is not None and snapshot_every and done % snapshot_every == 0 and done < total:
                 on_snapshot(_described_set(distiller, done, elapsed()))
-            if stop.requested:
+            if stopping:
                 break
     bar.close()
     seconds = elapsed()
