@@ -97,6 +97,17 @@ def distributed(root: Path = BENCHMARKS) -> str:
     return "\n".join(lines) + "\n"
 
 
+def large_budgets(root: Path = BENCHMARKS) -> str:
+    """DM at large budgets, the set in memory: seconds per step, per decoded image, peak RSS."""
+    lines = ["| images per class (bytes) | decoded images per class | s per step | ms per step per decoded image "
+             "| peak RSS MB |", "|---|---|---|---|---|"]
+    for run in sorted(rows("large-budgets", root), key=lambda run: (run["method"], run["ipc"])):
+        lines.append(f"| {run['ipc']} ({run['bytes']:,}".replace(",", " ") + f") | {run['decoded_per_class']} | "
+                     f"{run['seconds_per_iteration']:.3f} | {run['ms_per_step_per_decoded_image']:.3f} | "
+                     f"{run['peak_rss_mb']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def recorded(name: str, root: Path = BENCHMARKS) -> str:
     """A table kept as data in ``benchmarks/recorded/NAME.json``: its columns and rows as the
     page shows them, with the command and conditions the page states for it."""
@@ -112,7 +123,7 @@ def recorded(name: str, root: Path = BENCHMARKS) -> str:
 
 
 TABLES: dict[str, Callable[[Path], str]] = {"avalanche-native": avalanche_native, "main-job": main_job,
-                                            "distributed": distributed}
+                                            "distributed": distributed, "large-budgets": large_budgets}
 
 
 def table(name: str, root: Path = BENCHMARKS) -> str:

@@ -160,3 +160,20 @@ def test_every_result_table_of_the_pages_is_generated_from_data():
     results["docs/budgets.md"] = results["docs/budgets.md"].split("The best sets measured")[1]
     assert {page: loose_tables(text) for page, text in results.items() if loose_tables(text)} == {}
     assert loose_tables("| a |\n|---|\n| 1 |\n") == ["|---|"]
+
+
+def test_large_budgets_rows_carry_the_step_cost_and_memory(tmp_path, monkeypatch, capsys):
+    from simulations import large_budgets
+    from simulations.tables import large_budgets as table
+
+    monkeypatch.setenv("DDPLUG_DATA", str(write_fake_fashion_mnist(tmp_path / "data")))
+    out = tmp_path / "large-budgets"
+    assert large_budgets.main(["--ipc", "1", "2", "--iterations", "2", "--work", str(tmp_path / "runs"),
+                               "--out", str(out), "--conditions", "tests beside it"]) == 0
+    first, second = (json.loads((out / f"dm-ipc{k}.json").read_text()) for k in (1, 2))
+    assert (first["decoded_per_class"], second["decoded_per_class"]) == (4, 8)  # the preset's multi:factor=2
+    assert second["bytes"] == 2 * first["bytes"] and first["iterations"] == 2
+    assert first["peak_rss_mb"] > 0 and first["conditions"].endswith("tests beside it")
+    assert first["command"].startswith("python -m simulations.large_budgets --ipc 1 2")
+    rendered = table(tmp_path)
+    assert "| 1 (7 840) | 4 |" in rendered and "| 2 (15 680) | 8 |" in rendered
