@@ -30,6 +30,7 @@ from safetensors.torch import load_file
 from ddplug.allocator import ENV_VAR, tune_allocator
 from ddplug.evaluation.report import format_table
 from ddplug.storage import atomic_write, write_json
+from simulations.provenance import add_rows_option, keep_rows
 
 WORKLOADS = ("dm", "mtt", "kip", "evaluate")
 
@@ -83,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval-models", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each workload each way, in turns (medians)")
     parser.add_argument("--out", default="results/allocator-speed")
+    add_rows_option(parser, "allocator-speed")
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.repeats < 1:
@@ -120,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = f"{platform.machine()}, {os.cpu_count()} cores, medians of {args.repeats} run(s) each way; `{command}`"
     atomic_write(out / "table.md", lambda path: path.write_text(f"{header}\n\n{table}\n"))
     write_json(out / "results.json", rows)
+    keep_rows(args.rows, "simulations.allocator_speed", argv, rows, conditions=args.conditions)
     return 0
 
 

@@ -32,6 +32,7 @@ from ddplug.methods.condenser import SNAPSHOT_FOLDER
 from ddplug.evaluation.published import PUBLISHED_IPCS, published_result
 from ddplug.evaluation.report import format_table, percent, pyplot, save_figure
 from ddplug.storage import atomic_write, path_part, write_json
+from simulations.provenance import add_rows_option, keep_rows
 
 METHODS = ("dm", "dc", "dsa", "mtt", "kip", "frepo", "random", "herding")
 
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="preset override, as for ddplug")
     parser.add_argument("--out", default=None, help="default: results/condensation-<dataset>-<preset>")
+    add_rows_option(parser, "condensation-benchmark")
     args = parser.parse_args(argv)
     args.out = args.out or f"results/condensation-{args.dataset}-{args.preset}"
     rows = [run_row(method, ipc, param, args) for ipc in args.ipc for method in args.methods
@@ -197,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     atomic_write(out / "table.md", lambda tmp: tmp.write_text(header + "\n\n" + table + "\n"))
     write_json(out / "rows.json", {"command": command, "hardware": hardware, "rows": rows})
+    keep_rows(args.rows, "simulations.condensation_benchmark", argv, rows, conditions=args.conditions,
+              hardware=hardware)
     save_curves(rows, out / "curves.png", f"{args.dataset}, preset {args.preset}: accuracy over distillation time")
     save_bytes_plot(rows, out / "accuracy-vs-bytes.png", f"{args.dataset}, preset {args.preset}: accuracy per byte")
     return 0

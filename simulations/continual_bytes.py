@@ -22,6 +22,7 @@ from ddplug.evaluation.report import format_table, percent, pyplot, save_figure
 from ddplug.storage import atomic_write, write_json
 from ddplug_avalanche.runner import STRATEGIES, ContinualRun, run_benchmark
 from ddplug_avalanche.streams import MemoryBudget
+from simulations.provenance import add_rows_option, keep_rows
 
 GAPS = (("condensed", "replay"), ("condensed-retrain", "gdumb"))  # (condensed strategy, its raw-memory twin)
 
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="results/continual-bytes")
+    add_rows_option(parser, "continual-bytes")
     args = parser.parse_args(argv)
     out = Path(args.out)
     rows = []
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     atomic_write(out / "table.md", lambda tmp: tmp.write_text(text + "\n"))
     write_json(out / "rows.json", {"command": command, "rows": rows})
+    keep_rows(args.rows, "simulations.continual_bytes", argv, rows, conditions=args.conditions)
     plot(rows, out / "accuracy-vs-bytes.png", f"Split Fashion-MNIST, {args.experiences} experiences: accuracy per byte")
     return 0
 

@@ -36,7 +36,10 @@ ROW_KEYS = ("accuracy", "epsilon", "upload_nn_similarity_median", "real_nn_simil
 
 def settings_grid(epsilons: list[float]) -> dict[str, dict[str, Any]]:
     """Run name -> its settings beyond the shared ones."""
-    runs = {"real-init": {"init": "real"}, "blend-init": {"init": "blend"}, "noise-init": {"init": "noise"}}
+    runs = {"real-init": {"init": "real"}, "blend-init": {"init": "blend"},
+            "blend2-init": {"init": "blend:images=2"},
+            "blend-init-bits4": {"init": "blend", "param": "pixels:bits=4"},
+            "noise-init": {"init": "noise"}}
     runs |= {f"noise-dp-eps{epsilon:g}": {"init": "noise", "dp_epsilon": epsilon} for epsilon in epsilons}
     return runs
 
@@ -74,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overrides", default="", help="preset overrides, e.g. 'eval.epochs=100'")
     parser.add_argument("--out", default="results/federated-privacy")
     parser.add_argument("--rows", type=Path, default=ROOT / "benchmarks" / "federated-privacy")
+    parser.add_argument("--conditions", default="no other load", help="what else ran beside the runs")
     args = parser.parse_args(argv)
     out = Path(args.out)
     grid = settings_grid(args.epsilons)
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             write_json(args.rows / f"alpha{args.alpha:g}-{name}.json",
                        {"run": name, "alpha": args.alpha, "clients": args.clients, "ipc": args.ipc,
                         "settings": extra, **{key: summaries[name].get(key) for key in ROW_KEYS},
-                        **provenance("simulations.federated_privacy", argv)})
+                        **provenance("simulations.federated_privacy", argv, conditions=args.conditions)})
     command = "python -m simulations.federated_privacy " + " ".join(sys.argv[1:] if argv is None else argv)
     header = (f"Fashion-MNIST, {args.clients} clients, Dirichlet alpha {args.alpha}, one-shot DM uploads of "
               f"ipc {args.ipc}; delta 1e-5 under DP\ncommand: {command}")

@@ -39,6 +39,7 @@ from ddplug.sets import create_param
 from ddplug.storage import atomic_write, write_json
 from ddplug_flower import FederatedSettings, partition_indices
 from ddplug_flower.settings import cached_dataset
+from simulations.provenance import add_rows_option, keep_rows
 
 
 def measure(settings: FederatedSettings, sample: int, workers: int, overhead: float) -> dict:
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="Flower/Ray seconds of a trivial run per client count (ddplug fl --benchmark)")
     parser.add_argument("--overrides", default="", help="preset overrides, e.g. 'eval.epochs=100'")
     parser.add_argument("--out", default="results/federated-scale")
+    add_rows_option(parser, "federated-scale")
     args = parser.parse_args(argv)
     if len(args.overhead) != len(args.clients):
         parser.error("give one --overhead per --clients value")
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     atomic_write(out / "table.md", lambda tmp: tmp.write_text(text + "\n"))
     write_json(out / "rows.json", {"command": command, "rows": rows})
+    keep_rows(args.rows, "simulations.federated_scale", argv, rows, conditions=args.conditions)
     return 0
 
 

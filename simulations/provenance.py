@@ -7,6 +7,7 @@ conditions.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import subprocess
@@ -43,3 +44,21 @@ def provenance(module: str, argv: list[str] | None = None, *, conditions: str = 
     return {"command": " ".join(["python -m", module, *args]), "commit": commit(), "torch": torch.__version__,
             "cpus": os.cpu_count(), "machine": platform.machine(),
             "conditions": f"{os.cpu_count()} CPU cores, {conditions}"}
+
+
+def add_rows_option(parser: Any, name: str) -> None:
+    """The ``--rows FOLDER`` option of a benchmark: where its rows are kept (``benchmarks/NAME``)."""
+    parser.add_argument("--rows", type=Path, default=ROOT / "benchmarks" / name,
+                        help=f"where the rows are kept, with their provenance (default benchmarks/{name})")
+    parser.add_argument("--conditions", default="no other load", help="what else ran beside the benchmark")
+
+
+def keep_rows(folder: Path, module: str, argv: list[str] | None, rows: list[dict[str, Any]], *, conditions: str,
+              **extra: Any) -> Path:
+    """Write one run's ``rows`` with their :func:`provenance` to ``FOLDER/rows-<digest>.json``,
+    the digest that of the command, so a rerun of one command replaces its own file."""
+    from ddplug.storage import write_json
+
+    origin = provenance(module, argv, conditions=conditions)
+    digest = hashlib.blake2b(origin["command"].encode(), digest_size=5).hexdigest()
+    return write_json(Path(folder) / f"rows-{digest}.json", {**origin, **extra, "rows": rows})

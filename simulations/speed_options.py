@@ -31,6 +31,7 @@ from ddplug.evaluation.report import format_table
 from ddplug.evaluation.training import TrainSettings, train_classifier
 from ddplug.models import create_model
 from ddplug.storage import atomic_write, write_json
+from simulations.provenance import add_rows_option, keep_rows
 
 
 def _seconds(work: Callable[[], object], device: torch.device) -> float:
@@ -55,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="results/speed-options")
+    add_rows_option(parser, "speed-options")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     data = load_dataset(args.dataset, args.data_root)
@@ -108,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     atomic_write(out / "table.md", lambda tmp: tmp.write_text(header + "\n\n" + table + "\n"))
     write_json(out / "rows.json", {"command": command, "hardware": hardware, "compile_seconds": compile_seconds,
                                    "rows": rows})
+    keep_rows(args.rows, "simulations.speed_options", argv, rows, conditions=args.conditions, hardware=hardware,
+              compile_seconds=compile_seconds)
     return 0
 
 

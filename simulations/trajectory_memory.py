@@ -29,6 +29,7 @@ from ddplug.methods.trajectory import MEMORY_MODES, StudentRun, matching_gradien
 from ddplug.evaluation.report import format_table
 from ddplug.models import create_model
 from ddplug.storage import atomic_write, write_json
+from simulations.provenance import add_rows_option, keep_rows
 
 
 def memory_rows(
@@ -74,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="results/trajectory-memory")
+    add_rows_option(parser, "trajectory-memory")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     real = load_dataset(args.dataset, args.data_root).train
@@ -89,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     atomic_write(out / "table.md", lambda tmp: tmp.write_text(header + "\n\n" + table + "\n"))
     write_json(out / "rows.json", {"command": command, "hardware": hardware, "rows": rows})
+    keep_rows(args.rows, "simulations.trajectory_memory", argv, rows, conditions=args.conditions,
+              hardware=hardware)
     return 0
 
 

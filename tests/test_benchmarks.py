@@ -30,9 +30,13 @@ def test_benchmark_rows_curves_and_resume(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DDPLUG_DATA", str(write_fake_fashion_mnist(tmp_path / "data")))
     out = tmp_path / "bench"
     argv = ["--methods", "dm", "random", "--params", "pixels", "multi:factor=2", "--ipc", "1", "--snapshots", "1",
-            "--snapshot-models", "1", "--out", str(out), *TINY]
+            "--snapshot-models", "1", "--out", str(out), "--rows", str(tmp_path / "kept"), *TINY]
     assert main(argv) == 0
     saved = json.loads((out / "rows.json").read_text())
+    (kept,) = (tmp_path / "kept").glob("rows-*.json")  # the committed copy, with its provenance
+    kept = json.loads(kept.read_text())
+    assert kept["rows"] == saved["rows"] and kept["conditions"].endswith("no other load")
+    assert kept["command"] == "python -m simulations.condensation_benchmark " + " ".join(argv)
     dm, multi, random = saved["rows"]
     assert (dm["label"], multi["label"], random["label"]) == ("dm", "dm multi:factor=2", "random")
     # every row at the same bytes: one raw uint8 28x28 image per class
@@ -63,8 +67,9 @@ def test_continual_bytes_table_gaps_and_plot(tmp_path, monkeypatch, capsys):
         condense={"iterations": 2, "batch_real": 4, "model": SMALL}, train_per_class=None, test_per_class=None))
     out = tmp_path / "cl"
     argv = ["--mem-per-class", "1", "2", "--strategies", "condensed", "replay", "naive", "--experiences", "2",
-            "--seeds", "1", "--device", "cpu", "--out", str(out)]
+            "--seeds", "1", "--device", "cpu", "--out", str(out), "--rows", str(tmp_path / "kept")]
     assert continual_main(argv) == 0
+    assert len(json.loads(next((tmp_path / "kept").glob("rows-*.json")).read_text())["rows"]) == 6
     rows = json.loads((out / "rows.json").read_text())["rows"]
     assert [(row["strategy"], row["mem_per_class"]) for row in rows] == [
         ("condensed", 1), ("replay", 1), ("naive", 1), ("condensed", 2), ("replay", 2), ("naive", 2)]
@@ -81,7 +86,8 @@ def test_federated_scale_measures_clients_and_the_server_and_extrapolates(tmp_pa
     monkeypatch.setenv("DDPLUG_DATA", str(write_fake_fashion_mnist(tmp_path / "data", per_class=100)))
     overrides = f"dm.model={SMALL} eval.model={SMALL} dm.iterations=2 dm.batch_real=4 eval.epochs=3"
     assert scale(["--clients", "4", "--sample", "2", "--overhead", "10", "--alpha", "100", "--overrides", overrides,
-                  "--out", str(tmp_path / "scale")]) == 0
+                  "--out", str(tmp_path / "scale"), "--rows", str(tmp_path / "kept")]) == 0
+    assert json.loads(next((tmp_path / "kept").glob("rows-*.json")).read_text())["rows"][0]["sampled"] == 2
     (row,) = json.loads((tmp_path / "scale" / "rows.json").read_text())["rows"]
     assert row["sampled"] == 2 and len(row["client_seconds"]) == 2 and row["server_epochs"] == 3
     # Near-even partitions (alpha 100): about 25 images of every class each, all condensed to ipc 10.
@@ -104,15 +110,16 @@ def test_allocator_benchmark_reports_medians_and_the_peak_range_of_its_repeats(t
     monkeypatch.setattr(allocator_speed, "run_measured", fake_run)
     monkeypatch.setattr(allocator_speed, "same_set", lambda first, second: True)
     out = tmp_path / "speed"
-    allocator_speed.main(["--workloads", "dm", "--repeats", "3", "--out", str(out)])
+    allocator_speed.main(["--workloads", "dm", "--repeats", "3", "--out", str(out), "--rows", str(tmp_path / "kept")])
     assert [tuned for _, tuned in calls] == [True, False] * 3
     assert len({folder for folder, _ in calls}) == 6  # every run its own folder: none resumes another
     rows = json.loads((out / "results.json").read_text())
+    assert json.loads(next((tmp_path / "kept").glob("rows-*.json")).read_text())["rows"] == rows
     assert [(row["tuned"], row["peak_rss_mb"], row["peak_rss_mb_runs"]) for row in rows] == [
         (True, 1420, [1400, 1500, 1420]), (False, 1310, [1300, 1330, 1310])]
     assert "| 1420 (1400-1500) |" in (out / "table.md").read_text().replace("  ", " ").replace("  ", " ")
     with pytest.raises(SystemExit):
-        allocator_speed.main(["--workloads", "dm", "--repeats", "0", "--out", str(out)])
+        allocator_speed.main(["--workloads", "dm", "--repeats", "0", "--out", str(out), "--rows", str(tmp_path / "kept")])
 
 
 def test_the_committed_tables_are_what_their_rows_give():
