@@ -187,6 +187,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from ddplug.methods import available_methods
+    from ddplug.methods.config import INITIALISATIONS
 
     parser = argparse.ArgumentParser(prog="ddplug", description="Dataset distillation: distill, evaluate, compare.")
     parser.add_argument("--version", action="version", version=_version_line())
@@ -205,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "whole raw images per class that fit)")
     distill.add_argument("--iterations", type=int, default=None, help="distillation iterations (default: the preset's)")
     distill.add_argument("--model", default=None, help="network spec used for matching (default: the preset's)")
-    distill.add_argument("--init", default=None, help="real, noise or herding")
+    distill.add_argument("--init", default=None, help=", ".join(INITIALISATIONS) + " (blend:images=N: each image the mean "
+                         "of N random real images of its class, default 4)")
     distill.add_argument("--no-eval", action="store_true", help="only distill and save")
     distill.add_argument("--snapshots", type=int, default=0,
                          help="also save the set at N evenly spaced points (OUT/snapshots/), for time-to-accuracy")

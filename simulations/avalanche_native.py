@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -35,7 +34,7 @@ import torch
 from ddplug.allocator import tune_allocator
 from ddplug.evaluation.report import format_table, percent
 from ddplug.storage import write_json
-from simulations.provenance import commit
+from simulations.provenance import provenance
 
 MODELS = ("mlp", "cnn")
 STRATEGIES = ("naive", "lwf", "ewc")
@@ -116,8 +115,8 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
     accuracy = _accuracy(strategy.model, benchmark.test_stream)
     costs = condensed.storage_policy.costs if condensed else []
     return {"model": model_name, "strategy": strategy_name, "memory": memory, "mem_per_class": k, "seed": seed,
-            "final_accuracy": accuracy, "seconds": seconds, "commit": commit(), "torch": torch.__version__,
-            "cpus": os.cpu_count(), "command": "python -m simulations.avalanche_native " + " ".join(sys.argv[1:]),
+            "final_accuracy": accuracy, "seconds": seconds,
+            **provenance("simulations.avalanche_native", None, conditions=args.conditions),
             "condensation_seconds": sum(cost.seconds for cost in costs) if condensed else None,
             "memory_images": len(condensed.storage_policy.buffer) if condensed else None}
 
@@ -148,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--data-root", type=Path, default=Path.home() / ".avalanche" / "data")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/avalanche-native"))
+    parser.add_argument("--conditions", default="no other load", help="what else ran beside the runs")
     args = parser.parse_args(argv)
     tune_allocator()
     rows = []
