@@ -35,12 +35,14 @@ ROW_KEYS = ("accuracy", "epsilon", "upload_nn_similarity_median", "real_nn_simil
 
 
 def settings_grid(epsilons: list[float]) -> dict[str, dict[str, Any]]:
-    """Run name -> its settings beyond the shared ones."""
-    runs = {"real-init": {"init": "real"}, "blend-init": {"init": "blend"},
-            "blend2-init": {"init": "blend:images=2"},
+    """Run name -> its code and initialisation (and DP budget), every one stated."""
+    pixels = {"param": "pixels"}
+    runs = {"real-init": {"init": "real", **pixels}, "blend-init": {"init": "blend", **pixels},
+            "blend2-init": {"init": "blend:images=2", **pixels},
             "blend-init-bits4": {"init": "blend", "param": "pixels:bits=4"},
-            "noise-init": {"init": "noise"}}
-    runs |= {f"noise-dp-eps{epsilon:g}": {"init": "noise", "dp_epsilon": epsilon} for epsilon in epsilons}
+            "blend3-init-bits4": {"init": "blend:images=3", "param": "pixels:bits=4"},  # the default
+            "noise-init": {"init": "noise", **pixels}}
+    runs |= {f"noise-dp-eps{epsilon:g}": {"init": "noise", "dp_epsilon": epsilon, **pixels} for epsilon in epsilons}
     return runs
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
-PAGES = ("README.md", "docs/results.md", "docs/continual.md", "docs/budgets.md")
+PAGES = ("README.md", "docs/results.md", "docs/continual.md", "docs/budgets.md", "docs/privacy.md")
 RECORDED = "recorded"  # tables kept as their columns and rows, with the prose that states their command
 REGION = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
 
@@ -97,6 +97,21 @@ def distributed(root: Path = BENCHMARKS) -> str:
     return "\n".join(lines) + "\n"
 
 
+def federated_privacy(root: Path = BENCHMARKS) -> str:
+    """One-shot federated uploads by initialisation and code: accuracy against what they leak."""
+    lines = ["| α | uploads | accuracy % | upload NN sim | real NN sim | upload below real | near copies "
+             "| MIA advantage | MB up |", "|---|---|---|---|---|---|---|---|---|"]
+    runs = sorted(rows("federated-privacy", root), key=lambda run: (run["alpha"], -run["accuracy"]))
+    for run in runs:
+        flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in run["settings"].items())
+        below = run["upload_nn_similarity_median"] < run["real_nn_similarity_median"]
+        lines.append(f"| {run['alpha']:g} | `{flags}` | {100 * run['accuracy']:.2f} | "
+                     f"{run['upload_nn_similarity_median']:.3f} | {run['real_nn_similarity_median']:.3f} | "
+                     f"{'yes' if below else 'no'} | {run['near_copies']} | {run['membership_advantage']:.3f} | "
+                     f"{run['bytes_up'] / 1e6:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def large_budgets(root: Path = BENCHMARKS) -> str:
     """DM at large budgets, the set in memory: seconds per step, per decoded image, peak RSS."""
     lines = ["| images per class (bytes) | decoded images per class | s per step | ms per step per decoded image "
@@ -123,7 +138,8 @@ def recorded(name: str, root: Path = BENCHMARKS) -> str:
 
 
 TABLES: dict[str, Callable[[Path], str]] = {"avalanche-native": avalanche_native, "main-job": main_job,
-                                            "distributed": distributed, "large-budgets": large_budgets}
+                                            "distributed": distributed, "large-budgets": large_budgets,
+                                            "federated-privacy": federated_privacy}
 
 
 def table(name: str, root: Path = BENCHMARKS) -> str:

@@ -237,7 +237,7 @@ def _simulate(data_root: Path, out: Path, faults: dict[int, str], **settings: An
 def test_simulated_multi_round_distillation_survives_failing_and_bad_clients(data_root: Path, tmp_path: Path) -> None:
     faults = {1: "raise", 2: "nan", 3: "shape", 4: "label", 5: "dtype", 6: "oversize"}
     summary = _simulate(data_root, tmp_path / "run", faults, clients=7, partitioner="iid", rounds=2,
-                        encoding="float16")
+                        encoding="float16", param="pixels")  # the faults forge plain-pixel records
     assert summary == json.loads((tmp_path / "run" / "history.json").read_text()) | {
         "peak_memory_mb": summary["peak_memory_mb"]}
     assert summary["mode"] == "distill" and summary["clients"] == 7 and summary["rounds"] == 2
@@ -391,7 +391,8 @@ def test_deployment_engine_runs_a_round_through_a_superlink_and_two_supernodes(
         assert history.is_file(), run.stdout[-3000:]
         summary = json.loads(history.read_text())
         assert summary["connected"] == 2 and summary["history"][0]["participants"] == ["0", "1"]
-        assert summary["history"][0]["images"] == 40 and summary["bytes_up"] > 40 * 28 * 28
+        # ipc 2 of 10 classes from each of 2 nodes, at the default 4 bits: 4 images each in the bytes of 2
+        assert summary["history"][0]["images"] == 80 and summary["bytes_up"] > 40 * 28 * 28
     finally:
         assert not _stop(processes)
 
@@ -436,8 +437,12 @@ def _stop(processes: list[subprocess.Popen]) -> list[psutil.Process]:
 def test_the_run_config_in_pyproject_is_the_settings_defaults() -> None:
     import tomllib
 
+    import dataclasses
+
     config = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    assert config == FederatedSettings().to_config()
+    # the fields' own defaults ('' for the uploads' code and init, resolved by the method)
+    assert config == {field.name.replace("_", "-"): field.default for field in dataclasses.fields(FederatedSettings)}
+    assert FederatedSettings.from_config(config) == FederatedSettings()
 
 
 def test_fl_flags_are_generated_from_the_settings(capsys: pytest.CaptureFixture) -> None:
@@ -717,6 +722,11 @@ def test_private_uploads_need_a_private_method_and_noise_init() -> None:
         FederatedSettings(dp_epsilon=1.0, init="noise", method="frepo")
     with pytest.raises(DdplugError, match="method random uploads no distilled set"):
         FederatedSettings(dp_epsilon=1.0, init="noise", method="random")
+    with pytest.raises(DdplugError, match="selects real images, which travel as pixels: drop param"):
+        FederatedSettings(method="random", param="pixels:bits=4")
+    # The private defaults of the uploads, and plain pixels for a selection.
+    assert (FederatedSettings().param, FederatedSettings().init) == ("pixels:bits=4", "blend:images=3")
+    assert FederatedSettings(method="herding").param == "pixels"
     with pytest.raises(DdplugError, match="mode fedavg with method dm uploads no distilled set"):
         FederatedSettings(dp_epsilon=1.0, init="noise", mode="fedavg")
     settings = FederatedSettings(dp_epsilon=4.0, dp_delta=1e-5, init="noise", rounds=4)
@@ -742,7 +752,7 @@ def _client_reply(data_root: Path, **settings: Any) -> Any:
 def test_a_private_client_reports_its_epsilon_and_a_leakage_report(task_identity: None, data_root: Path) -> None:
     metrics = _client_reply(data_root, init="noise", dp_epsilon=2.0, rounds=2)
     assert metrics["epsilon"] == pytest.approx(1.0, rel=0.02)  # its round's half of the budget
-    assert len(metrics["upload-nn-similarity"]) == metrics["images"] == 20
+    assert len(metrics["upload-nn-similarity"]) == metrics["images"] == 40  # ipc 2 at 4 bits: 4 per class
     assert max(metrics["upload-nn-similarity"]) < 0.99  # from noise: no near copy of a real image
     assert len(metrics["real-nn-similarity"]) == 100 and 0 <= metrics["membership-advantage"] <= 1
     # Without DP there is no epsilon to report.
