@@ -90,8 +90,9 @@ def test_federated_scale_measures_clients_and_the_server_and_extrapolates(tmp_pa
     assert json.loads(next((tmp_path / "kept").glob("rows-*.json")).read_text())["rows"][0]["sampled"] == 2
     (row,) = json.loads((tmp_path / "scale" / "rows.json").read_text())["rows"]
     assert row["sampled"] == 2 and len(row["client_seconds"]) == 2 and row["server_epochs"] == 3
-    # Near-even partitions (alpha 100): about 25 images of every class each, all condensed to ipc 10.
-    assert row["client_images"] == [100, 100] and row["union_images"] == 4 * 100
+    # Near-even partitions (alpha 100): about 25 images of every class each, all condensed in the
+    # bytes of ipc 10, which the default 4-bit code fills with 20 images per class.
+    assert row["client_images"] == [200, 200] and row["union_images"] == 4 * 200
     expected = row["client_seconds_mean"] * 4 / 2 + row["server_epoch_seconds"] * 3 + 10
     assert row["estimated_wall_seconds"] == pytest.approx(expected)
 
