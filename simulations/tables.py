@@ -32,9 +32,10 @@ def rows(folder: str, root: Path = BENCHMARKS) -> list[dict]:
 
 
 def _over_seeds(values: list[float]) -> str:
-    """Mean ± sample standard deviation over seeds, in percent."""
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.fmean(values):.2f} ± {100 * spread:.2f}"
+    """Mean ± sample standard deviation over seeds, in percent (one seed: its value)."""
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f}"
+    return f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
 # condensed memory -> (its mode, the network it matches with, Avalanche's memory of the same bytes)
@@ -48,17 +49,33 @@ _AVALANCHE_NAMES = {"replay": "`ReplayPlugin`", "gdumb": "`GDumbPlugin`"}
 _STRATEGY_NAMES = {"lwf": "LwF", "naive": "Naive", "ewc": "EWC"}
 
 
+def _seconds(condensed: list[dict], baseline: list[dict]) -> str:
+    """Mean seconds per run of the condensed memory (its condensation's share) and of
+    Avalanche's, where every run was measured with no other load (else –)."""
+    alone = all(run.get("conditions", "").endswith("no other load") for run in condensed + baseline)
+    if not alone:
+        return "–"
+    mean = statistics.fmean
+    return (f"{mean(run['seconds'] for run in condensed):.0f} "
+            f"({mean(run['condensation_seconds'] for run in condensed):.0f}), "
+            f"{mean(run['seconds'] for run in baseline):.0f}")
+
+
 def avalanche_native(root: Path = BENCHMARKS) -> str:
     """Avalanche's ``SplitFMNIST``: each condensed memory against Avalanche's of the same bytes."""
     runs = rows("avalanche-native", root)
     lines = ["| model | strategy, K | condensed by matching | condensed memory | Avalanche's memory of the same bytes "
-             "| gain (points) | seeds |", "|---|---|---|---|---|---|---|"]
+             "| gain (points) | seeds | s per run (condensing), Avalanche's |", "|---|---|---|---|---|---|---|---|"]
+    order = list(_STRATEGY_NAMES)
     cells = sorted({(run["model"], run["strategy"], run["mem_per_class"]) for run in runs},
-                   key=lambda cell: (cell[0], cell[1] != "lwf", -cell[2], cell[1]))
+                   key=lambda cell: (cell[0], order.index(cell[1]), -cell[2]))
     for model, strategy, k in cells:
-        def accuracies(memory: str) -> list[float]:
-            return [run["final_accuracy"] for run in runs
+        def of(memory: str) -> list[dict]:
+            return [run for run in runs
                     if (run["model"], run["strategy"], run["memory"], run["mem_per_class"]) == (model, strategy, memory, k)]
+
+        def accuracies(memory: str) -> list[float]:
+            return [run["final_accuracy"] for run in of(memory)]
         for memory, (mode, matching, theirs) in _CONDENSED.items():
             condensed, baseline = accuracies(memory), accuracies(theirs)
             if not condensed or not baseline:
@@ -67,7 +84,7 @@ def avalanche_native(root: Path = BENCHMARKS) -> str:
             epochs = ", 30 epochs on the memory alone" if mode == "retrain" else ""
             lines.append(f"| `{model}` | {_STRATEGY_NAMES[strategy]}, K = {k}{epochs} | {matching} | "
                          f"**{_over_seeds(condensed)}** ({mode}) | {_AVALANCHE_NAMES[theirs]} {_over_seeds(baseline)} | "
-                         f"{gain:+.1f} | {min(len(condensed), len(baseline))} |")
+                         f"{gain:+.1f} | {min(len(condensed), len(baseline))} | {_seconds(of(memory), of(theirs))} |")
     return "\n".join(lines) + "\n"
 
 
