@@ -31,6 +31,14 @@ def rows(folder: str, root: Path = BENCHMARKS) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted((root / folder).glob("*.json"))]
 
 
+def markdown_table(columns: list[str], cells: list[list[str]]) -> str:
+    """A Markdown table: a line per row of ``cells`` under ``columns`` (an empty cell is one space)."""
+    def line(row: list[str]) -> str:
+        return "|" + "|".join(f" {cell} " if cell else " " for cell in row) + "|"
+
+    return "\n".join([line(columns), "|" + "---|" * len(columns), *map(line, cells)]) + "\n"
+
+
 def _over_seeds(values: list[float]) -> str:
     """Mean ± sample standard deviation over seeds, in percent (one seed: its value)."""
     if len(values) == 1:
@@ -64,80 +72,79 @@ def _seconds(condensed: list[dict], baseline: list[dict]) -> str:
 def avalanche_native(root: Path = BENCHMARKS) -> str:
     """Avalanche's ``SplitFMNIST``: each condensed memory against Avalanche's of the same bytes."""
     runs = rows("avalanche-native", root)
-    lines = ["| model | strategy, K | condensed by matching | condensed memory | Avalanche's memory of the same bytes "
-             "| gain (points) | seeds | s per run (condensing), Avalanche's |", "|---|---|---|---|---|---|---|---|"]
     order = list(_STRATEGY_NAMES)
     cells = sorted({(run["model"], run["strategy"], run["mem_per_class"]) for run in runs},
                    key=lambda cell: (cell[0], order.index(cell[1]), -cell[2]))
+    table = []
     for model, strategy, k in cells:
         def of(memory: str) -> list[dict]:
             return [run for run in runs
                     if (run["model"], run["strategy"], run["memory"], run["mem_per_class"]) == (model, strategy, memory, k)]
 
-        def accuracies(memory: str) -> list[float]:
-            return [run["final_accuracy"] for run in of(memory)]
         for memory, (mode, matching, theirs) in _CONDENSED.items():
-            condensed, baseline = accuracies(memory), accuracies(theirs)
+            condensed, baseline = ([run["final_accuracy"] for run in of(name)] for name in (memory, theirs))
             if not condensed or not baseline:
                 continue
             gain = 100 * (statistics.fmean(condensed) - statistics.fmean(baseline))
             epochs = ", 30 epochs on the memory alone" if mode == "retrain" else ""
-            lines.append(f"| `{model}` | {_STRATEGY_NAMES[strategy]}, K = {k}{epochs} | {matching} | "
-                         f"**{_over_seeds(condensed)}** ({mode}) | {_AVALANCHE_NAMES[theirs]} {_over_seeds(baseline)} | "
-                         f"{gain:+.1f} | {min(len(condensed), len(baseline))} | {_seconds(of(memory), of(theirs))} |")
-    return "\n".join(lines) + "\n"
+            table.append([f"`{model}`", f"{_STRATEGY_NAMES[strategy]}, K = {k}{epochs}", matching,
+                          f"**{_over_seeds(condensed)}** ({mode})", f"{_AVALANCHE_NAMES[theirs]} {_over_seeds(baseline)}",
+                          f"{gain:+.1f}", str(min(len(condensed), len(baseline))), _seconds(of(memory), of(theirs))])
+    return markdown_table(["model", "strategy, K", "condensed by matching", "condensed memory",
+                           "Avalanche's memory of the same bytes", "gain (points)", "seeds",
+                           "s per run (condensing), Avalanche's"], table)
 
 
 def main_job(root: Path = BENCHMARKS) -> str:
     """``./dev.sh run`` from a fresh clone: the set against random real images, and its time."""
-    lines = ["| CPU | set | accuracy % | random real images % | published % | distill s | wall time |",
-             "|---|---|---|---|---|---|---|"]
-    for run in rows("main-job", root):
+    def cells(run: dict) -> list[str]:
         summary = run["summary"]
         published = "" if summary["published_accuracy"] is None else f"{100 * summary['published_accuracy']:.1f}"
         minutes, seconds = divmod(round(run["wall_seconds"]), 60)
-        lines.append(f"| {run['cpu']} | {summary['method']} `{summary['param']}`, {summary['iterations']} steps | "
-                     f"**{100 * summary['accuracy_mean']:.2f} ± {100 * summary['accuracy_std']:.2f}** | "
-                     f"{100 * summary['random_baseline_mean']:.2f} ± {100 * summary['random_baseline_std']:.2f} | "
-                     f"{published} | {summary['distill_seconds']:.0f} | {minutes} min {seconds:02d} s |")
-    return "\n".join(lines) + "\n"
+        return [run["cpu"], f"{summary['method']} `{summary['param']}`, {summary['iterations']} steps",
+                f"**{100 * summary['accuracy_mean']:.2f} ± {100 * summary['accuracy_std']:.2f}**",
+                f"{100 * summary['random_baseline_mean']:.2f} ± {100 * summary['random_baseline_std']:.2f}",
+                published, f"{summary['distill_seconds']:.0f}", f"{minutes} min {seconds:02d} s"]
+
+    return markdown_table(["CPU", "set", "accuracy %", "random real images %", "published %", "distill s", "wall time"],
+                          [cells(run) for run in rows("main-job", root)])
 
 
 def distributed(root: Path = BENCHMARKS) -> str:
     """One process against N Gloo ranks: seconds per step, the evaluation's wall time, the same set."""
-    lines = ["| method | ranks | s per step | evaluation wall s | rank 0 peak RSS MB (distill, evaluate) | "
-             "set equal to 1 rank's |", "|---|---|---|---|---|---|"]
-    for run in sorted(rows("distributed", root), key=lambda run: (run["method"] != "dm", run["method"], run["ranks"])):
-        lines.append(f"| {run['method']} | {run['ranks']} | {run['seconds_per_iteration']:.3f} | "
-                     f"{run['evaluate_wall_seconds']:.0f} | {run['distill_rank0_peak_rss_mb']:.0f}, "
-                     f"{run['evaluate_rank0_peak_rss_mb']:.0f} | {'yes' if run['same_set_as_first'] else 'no'} |")
-    return "\n".join(lines) + "\n"
+    runs = sorted(rows("distributed", root), key=lambda run: (run["method"] != "dm", run["method"], run["ranks"]))
+    return markdown_table(
+        ["method", "ranks", "s per step", "evaluation wall s", "rank 0 peak RSS MB (distill, evaluate)",
+         "set equal to 1 rank's"],
+        [[run["method"], str(run["ranks"]), f"{run['seconds_per_iteration']:.3f}", f"{run['evaluate_wall_seconds']:.0f}",
+          f"{run['distill_rank0_peak_rss_mb']:.0f}, {run['evaluate_rank0_peak_rss_mb']:.0f}",
+          "yes" if run["same_set_as_first"] else "no"] for run in runs])
 
 
 def federated_privacy(root: Path = BENCHMARKS) -> str:
     """One-shot federated uploads by initialisation and code: accuracy against what they leak."""
-    lines = ["| α | uploads | accuracy % | upload NN sim | real NN sim | upload below real | near copies "
-             "| MIA advantage | MB up |", "|---|---|---|---|---|---|---|---|---|"]
-    runs = sorted(rows("federated-privacy", root), key=lambda run: (run["alpha"], -run["accuracy"]))
-    for run in runs:
+    def cells(run: dict) -> list[str]:
         flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in run["settings"].items())
         below = run["upload_nn_similarity_median"] < run["real_nn_similarity_median"]
-        lines.append(f"| {run['alpha']:g} | `{flags}` | {100 * run['accuracy']:.2f} | "
-                     f"{run['upload_nn_similarity_median']:.3f} | {run['real_nn_similarity_median']:.3f} | "
-                     f"{'yes' if below else 'no'} | {run['near_copies']} | {run['membership_advantage']:.3f} | "
-                     f"{run['bytes_up'] / 1e6:.3f} |")
-    return "\n".join(lines) + "\n"
+        return [f"{run['alpha']:g}", f"`{flags}`", f"{100 * run['accuracy']:.2f}",
+                f"{run['upload_nn_similarity_median']:.3f}", f"{run['real_nn_similarity_median']:.3f}",
+                "yes" if below else "no", str(run["near_copies"]), f"{run['membership_advantage']:.3f}",
+                f"{run['bytes_up'] / 1e6:.3f}"]
+
+    runs = sorted(rows("federated-privacy", root), key=lambda run: (run["alpha"], -run["accuracy"]))
+    return markdown_table(["α", "uploads", "accuracy %", "upload NN sim", "real NN sim", "upload below real",
+                           "near copies", "MIA advantage", "MB up"], [cells(run) for run in runs])
 
 
 def large_budgets(root: Path = BENCHMARKS) -> str:
     """DM at large budgets, the set in memory: seconds per step, per decoded image, peak RSS."""
-    lines = ["| images per class (bytes) | decoded images per class | s per step | ms per step per decoded image "
-             "| peak RSS MB |", "|---|---|---|---|---|"]
-    for run in sorted(rows("large-budgets", root), key=lambda run: (run["method"], run["ipc"])):
-        lines.append(f"| {run['ipc']} ({run['bytes']:,}".replace(",", " ") + f") | {run['decoded_per_class']} | "
-                     f"{run['seconds_per_iteration']:.3f} | {run['ms_per_step_per_decoded_image']:.3f} | "
-                     f"{run['peak_rss_mb']:.0f} |")
-    return "\n".join(lines) + "\n"
+    runs = sorted(rows("large-budgets", root), key=lambda run: (run["method"], run["ipc"]))
+    return markdown_table(
+        ["images per class (bytes)", "decoded images per class", "s per step", "ms per step per decoded image",
+         "peak RSS MB"],
+        [[f"{run['ipc']} ({run['bytes']:,})".replace(",", " "), str(run["decoded_per_class"]),
+          f"{run['seconds_per_iteration']:.3f}", f"{run['ms_per_step_per_decoded_image']:.3f}",
+          f"{run['peak_rss_mb']:.0f}"] for run in runs])
 
 
 def recorded(name: str, root: Path = BENCHMARKS) -> str:
@@ -148,10 +155,7 @@ def recorded(name: str, root: Path = BENCHMARKS) -> str:
     for number, row in enumerate(table["rows"], 1):
         if len(row) != len(columns):
             raise SystemExit(f"{RECORDED}/{name}.json: row {number} has {len(row)} cells for {len(columns)} columns")
-    def line(cells: list[str]) -> str:
-        return "|" + "|".join(f" {cell} " if cell else " " for cell in cells) + "|"
-
-    return "\n".join([line(columns), "|" + "---|" * len(columns), *map(line, table["rows"])]) + "\n"
+    return markdown_table(columns, table["rows"])
 
 
 TABLES: dict[str, Callable[[Path], str]] = {"avalanche-native": avalanche_native, "main-job": main_job,
