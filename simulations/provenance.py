@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from ddplug.storage import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -57,8 +59,6 @@ def keep_rows(folder: Path, module: str, argv: list[str] | None, rows: list[dict
               **extra: Any) -> Path:
     """Write one run's ``rows`` with their :func:`provenance` to ``FOLDER/rows-<digest>.json``,
     the digest that of the command, so a rerun of one command replaces its own file."""
-    from ddplug.storage import write_json
-
     origin = provenance(module, argv, conditions=conditions)
     digest = hashlib.blake2b(origin["command"].encode(), digest_size=5).hexdigest()
     return write_json(Path(folder) / f"rows-{digest}.json", {**origin, **extra, "rows": rows})
