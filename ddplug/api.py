@@ -125,6 +125,7 @@ def distill(
     evaluate: bool = True,
     snapshots: int = 0,
     data_root: str | Path | None = None,
+    data_storage: str = "auto",
     progress: bool = True,
     **settings: Any,
 ) -> DistillResult:
@@ -146,6 +147,7 @@ def distill(
         evaluate: False only condenses and stores.
         snapshots: also store the set at this many evenly spaced points (needs ``out``).
         data_root: where datasets are, for a dataset name.
+        data_storage: for a dataset name: ``auto``, ``memory`` or ``disk`` (image folders stream from disk).
         progress: show progress bars.
         **settings: the method's settings (``iterations=600``, ``param="pixels:bits=2"``),
             over the recipe's and the preset's; values may be strings as typed on the CLI.
@@ -169,7 +171,7 @@ def distill(
     device = join_from_environment(resolve_device(str(device)))
     progress = progress and is_main()
     baselines = check_baselines(baselines)
-    splits, train = _splits(data, data_root, evaluate)
+    splits, train = _splits(data, data_root, data_storage, evaluate)
     budget_ipc = DEFAULT_IPC if ipc is None and budget_bytes is None else ipc
     if budget_ipc is None:
         budget_ipc = max(1, raw_images_per_class(budget_bytes, train.num_classes, (train.in_channels, *train.image_size)))
@@ -230,6 +232,7 @@ def evaluate(
     out: str | Path | None = None,
     experiment: int = 0,
     data_root: str | Path | None = None,
+    data_storage: str = "auto",
     progress: bool = True,
 ) -> Judgement:
     """Train fresh networks on a set and on each baseline of its bytes; test them.
@@ -249,6 +252,7 @@ def evaluate(
         out: a folder for ``evaluation.json`` and ``accuracy.png``; None writes nothing.
         experiment: which set of a DC-style file holding several.
         data_root: where datasets are, for a dataset name.
+        data_storage: for a dataset name: ``auto``, ``memory`` or ``disk`` (image folders stream from disk).
         progress: show progress bars.
 
     Returns:
@@ -282,7 +286,7 @@ def evaluate(
             data = synthetic.meta.get("dataset")
         if not data:
             raise DdplugError(f"{source or 'the set'} does not say which dataset it distils: name it with --dataset NAME")
-    splits, _ = _splits(data, data_root, True)
+    splits, _ = _splits(data, data_root, data_storage, True)
     if not isinstance(synthetic, SyntheticSet):
         synthetic = load_set(source, dataset=splits.train, experiment=experiment)
     method = synthetic.meta.get("method", "unknown")
@@ -301,10 +305,10 @@ def evaluate(
     return judgement
 
 
-def _splits(data: str | DatasetSplits | ImageDataset, data_root: str | Path | None,
+def _splits(data: str | DatasetSplits | ImageDataset, data_root: str | Path | None, storage: str,
             evaluate: bool) -> tuple[DatasetSplits | None, ImageDataset]:
     if isinstance(data, str):
-        data = load_dataset(data, data_root)
+        data = load_dataset(data, data_root, storage=storage)
     if isinstance(data, DatasetSplits):
         return data, data.train
     if isinstance(data, ImageDataset):

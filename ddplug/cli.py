@@ -54,7 +54,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     run = distill(args.dataset, args.method, ipc=args.ipc, budget_bytes=args.bytes, preset=args.preset,
                   overrides=_overrides(args), seed=args.seed, device=args.device, out=args.out or RUN_FOLDER,
                   baselines=_baselines(args.baselines), evaluate=not args.no_eval, snapshots=args.snapshots,
-                  data_root=args.data_root, progress=not args.quiet, **_method_settings(args))
+                  data_root=args.data_root, data_storage=args.data_storage, progress=not args.quiet,
+                  **_method_settings(args))
     if run.condensed.interrupted:
         if is_main():
             print(f"interrupted after {run.condensed.iterations} iterations; the set so far is in {run.out_dir} "
@@ -107,7 +108,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
     from ddplug.presets import get_preset
 
     model = args.model or make_config("mtt", get_preset(args.preset).method_settings("mtt")).model
-    data = load_dataset(args.dataset, args.data_root)
+    data = load_dataset(args.dataset, args.data_root, storage=args.data_storage)
     training = ExpertTraining(lr=args.lr, batch_size=args.batch_size, augment=not args.no_augment, seed=args.seed,
                               per_class=args.per_class)
     folder = Path(args.out) if args.out else default_expert_folder(None, data.train, model, training)
@@ -128,7 +129,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else (path if path.is_dir() else path.parent) / "evaluation"
     judgement = evaluate(path, args.dataset, preset=args.preset, overrides=_overrides(args),
                          baselines=_baselines(args.baselines), seed=args.seed, device=args.device, out=out,
-                         experiment=args.experiment, data_root=args.data_root, progress=not args.quiet)
+                         experiment=args.experiment, data_root=args.data_root, data_storage=args.data_storage,
+                         progress=not args.quiet)
     _emit(judgement.summary(), judgement.table() + f"\nwritten to {out}/", args.json)
     return 0
 
@@ -166,12 +168,21 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _storage_option(parser: argparse.ArgumentParser) -> None:
+    from ddplug.data import STORAGES
+
+    parser.add_argument("--data-storage", choices=STORAGES, default="auto",
+                        help="image folders: decode into memory, or read from disk per batch (default auto: disk when "
+                             "decoding would take over a quarter of the free memory)")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     from ddplug.api import baseline_names
 
     parser.add_argument("--preset", default="cpu", help="cpu (minutes on a laptop) or paper (the field's protocol, GPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-root", default=None, help="where datasets are (default: $DDPLUG_DATA or ~/.cache/ddplug/data)")
+    _storage_option(parser)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--eval-model", default=None, help="evaluation network spec, e.g. convnet:width=128 or resnet18")
     parser.add_argument("--eval-epochs", type=int, default=None)
@@ -227,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     experts.add_argument("--no-augment", action="store_true", help="train without DSA")
     experts.add_argument("--seed", type=int, default=0)
     experts.add_argument("--data-root", default=None)
+    _storage_option(experts)
     experts.add_argument("--device", default="auto")
     experts.add_argument("--out", default=None, help="expert folder (default: the cache mtt reads, "
                                                      "$DDPLUG_EXPERTS or ~/.cache/ddplug/experts/...)")

@@ -102,8 +102,8 @@ def _local_classes(real: ImageDataset, classes: torch.Tensor) -> ImageDataset:
     members = torch.isin(real.labels, classes)
     position = torch.full((real.num_classes,), -1, dtype=torch.long)
     position[classes] = torch.arange(len(classes))
-    return ImageDataset(real.images[members], position[real.labels[members]], len(classes), real.mean, real.std,
-                        real.name)
+    local = real.subset(torch.nonzero(members).flatten())
+    return replace(local, labels=position[local.labels], num_classes=len(classes), class_names=None)
 
 
 GRID_FILE = "synthetic.png"

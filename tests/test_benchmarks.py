@@ -183,5 +183,32 @@ def test_large_budgets_rows_carry_the_step_cost_and_memory(tmp_path, monkeypatch
     assert second["bytes"] == 2 * first["bytes"] and first["iterations"] == 2
     assert first["peak_rss_mb"] > 0 and first["conditions"].endswith("tests beside it")
     assert first["command"].startswith("python -m simulations.large_budgets --ipc 1 2")
+    assert large_budgets.main(["--ipc", "1", "--iterations", "2", "--work", str(tmp_path / "runs"), "--out", str(out),
+                               "--embed-chunk", "3"]) == 0
+    chunked = json.loads((out / "dm-ipc1-chunk3.json").read_text())
+    assert chunked["embed_chunk"] == 3 and chunked["iterations"] == 2
     rendered = table(tmp_path)
-    assert "| 1 (7 840) | 4 |" in rendered and "| 2 (15 680) | 8 |" in rendered
+    assert "| 1 (7 840) | all at once | 4 |" in rendered and "| 2 (15 680) | all at once | 8 |" in rendered
+    assert "| 1 (7 840) | 3 | 4 |" in rendered
+
+
+def test_the_streamed_folder_benchmark_compares_both_storages_on_one_folder(tmp_path, monkeypatch, capsys):
+    from simulations import streamed_folder
+    from simulations.tables import imagenet_projection, streamed_folder as table
+
+    monkeypatch.setenv("DDPLUG_DATA", str(write_fake_fashion_mnist(tmp_path / "data", per_class=4)))
+    rows = tmp_path / "streamed-folder"
+    argv = ["--train-per-class", "4", "--test-per-class", "2", "--side", "12", "--ipc", "1", "--iterations", "2",
+            "--embed-chunk", "8", "--folder", str(tmp_path / "images"), "--work", str(tmp_path / "sets"),
+            "--rows", str(rows), "--conditions", "tests beside it"]
+    assert streamed_folder.main(argv) == 0
+    assert len(list((tmp_path / "images" / "train").rglob("*.png"))) == 40
+    kept = json.loads(next(rows.glob("rows-*.json")).read_text())
+    assert [row["storage"] for row in kept["rows"]] == ["memory", "disk"]
+    disk = kept["rows"][1]
+    assert disk["max_abs_difference_to_memory"] == 0 and disk["image_shape"] == [3, 12, 12]
+    assert disk["iterations"] == 2 and disk["embed_chunk"] == 8 and kept["conditions"].endswith("tests beside it")
+    assert "| disk | 40 + 20 of 3x12x12 | 8 |" in table(tmp_path)
+    assert "| 64x64 | 63 GB | 104 000 / 264 000 |" in imagenet_projection(tmp_path)
+    assert streamed_folder.main(argv) == 0  # the folder is kept, and the runs are made afresh
+    assert len(list(rows.glob("rows-*.json"))) == 1

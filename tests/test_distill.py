@@ -270,3 +270,30 @@ def test_dm_with_variances_matches_them_too(digits):
     with pytest.raises(DdplugError, match="only class means are released under differential privacy"):
         dm(digits, moments=2, dp_epsilon=1.0, init="noise")
 
+
+
+def test_dm_embedding_in_checkpointed_chunks_gives_the_same_gradient_in_less_memory(digits):
+    from ddplug.memory import peak_memory_bytes
+
+    grads, peaks = [], []
+    for chunk in (0, 16):
+        distiller = create_distiller("dm", digits.train, make_config("dm", {
+            "ipc": 10, "model": TINY_MODEL, "embed_chunk": chunk, "batch_real": 64}))
+
+        def backward() -> None:
+            distiller.optimizer.zero_grad()
+            distiller.loss(0).backward()
+
+        peaks.append(peak_memory_bytes(backward, "cpu"))
+        grads.append(distiller.code["images"].grad.clone())
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-7)
+    assert grads[0].abs().max() > 0
+    assert peaks[1] < 0.6 * peaks[0]  # one 16-image chunk's activations at a time, not 100 images'
+
+
+def test_dm_embed_chunk_is_refused_where_it_would_change_the_loss(digits):
+    with pytest.raises(DdplugError, match="embed_chunk must be a finite number, 0 or more"):
+        make_config("dm", {"ipc": 1, "embed_chunk": -1}).check()
+    with pytest.raises(DdplugError, match="normalises over the batch"):
+        create_distiller("dm", digits.train, make_config("dm", {"ipc": 1, "model": "convnet:width=8,norm=batch",
+                                                                "embed_chunk": 4}))

@@ -72,18 +72,24 @@ def test_two_ranks_train_the_experts_one_process_trains(tmp_path):
         assert torch.equal(torch.load(first)["trajectory"], torch.load(second)["trajectory"])
 
 
+MTT_FLAGS = ["--syn-steps", "3", "--expert-epochs", "1", "--max-start-epoch", "1", "--num-experts", "2",
+             "--batch-syn", "6"]
+
+
 @pytest.mark.subprocess
 @pytest.mark.parametrize("method, share", [("dc", "classes"), ("dsa", "classes"), ("kip", "real-rows"),
-                                           ("frepo", "real-rows")])
-def test_two_ranks_share_the_matching_and_learn_the_one_process_set(tmp_path, method, share):
-    """Gradient matching shares its classes, kernel matching its real batch's rows: the set
-    is the one-process set up to the float sums' order (one grey level of the stored code)."""
+                                           ("frepo", "real-rows"), ("mtt", "student-batches")])
+def test_two_ranks_share_the_matching_and_learn_the_one_process_set(tmp_path, monkeypatch, method, share):
+    """Gradient matching shares its classes, kernel matching its real batch's rows, trajectory
+    matching each student batch's images: the set is the one-process set up to the float
+    sums' order (one grey level of the stored code)."""
     from ddplug.methods import get_condenser
 
     assert get_condenser(method).distiller_class.shares == share
     data = write_fake_fashion_mnist(tmp_path / "data")
+    monkeypatch.setenv("DDPLUG_EXPERTS", str(tmp_path / "experts"))  # MTT's, trained by the first run
     distill = ["distill", "--method", method, "--ipc", "1", "--iterations", "2", "--model", SMALL, "--no-eval",
-               "--quiet", "--device", "cpu", "--json"]
+               "--quiet", "--device", "cpu", "--json", *(MTT_FLAGS if method == "mtt" else [])]
     for name, ranks in (("one", 1), ("two", 2)):
         _ddplug([*distill, "--out", str(tmp_path / name)], data, ranks)
     first, second = (load_file(str(tmp_path / name / "synthetic.safetensors")) for name in ("one", "two"))

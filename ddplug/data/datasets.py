@@ -1,4 +1,4 @@
-"""Whole image datasets held in memory as normalised tensors, and the loaders that build them."""
+"""Image datasets as normalised tensors, in memory or streamed from disk, and the loaders that build them."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 import ddplug.data.formats as formats
+from ddplug.data.streaming import StreamedImages, stream_image_files
 from ddplug.errors import DdplugError
+from ddplug.memory import DECODED_SHARE, available_bytes
 
 NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "fashion-mnist": ((0.2861,), (0.3530,)),
@@ -28,6 +30,9 @@ NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 _FOLDER_PREFIX = "imagefolder:"
+# Where a dataset's images live: decoded in memory, or read from disk per batch; "auto"
+# streams when decoding all of them would take more than DECODED_SHARE of the free memory.
+STORAGES = ("auto", "memory", "disk")
 _ALIASES = {
     "fashionmnist": "fashion-mnist",
     "fmnist": "fashion-mnist",
@@ -46,10 +51,11 @@ _DIGITS = [str(digit) for digit in range(10)]
 
 @dataclass
 class ImageDataset:
-    """A labelled image dataset held in memory, normalised with ``mean`` and ``std``.
+    """A labelled image dataset, normalised with ``mean`` and ``std``.
 
     Attributes:
-        images: (N, C, H, W) float32, normalised.
+        images: (N, C, H, W) float32, normalised: a tensor in memory, or :class:`StreamedImages`
+            read from disk per batch (indexed and split like the tensor).
         labels: (N,) int64 class ids.
         num_classes: the class count (classes may be absent from a split).
         mean: the per-channel mean the images were normalised with.
@@ -58,7 +64,7 @@ class ImageDataset:
         class_names: the classes' names, when known.
     """
 
-    images: Tensor  # float32 (N, C, H, W)
+    images: Tensor | StreamedImages  # float32 (N, C, H, W)
     labels: Tensor  # int64 (N,)
     num_classes: int
     mean: tuple[float, ...]
@@ -83,6 +89,11 @@ class ImageDataset:
         return self.images.shape[1]
 
     @property
+    def streamed(self) -> bool:
+        """Whether the images stay on disk."""
+        return isinstance(self.images, StreamedImages)
+
+    @property
     def image_size(self) -> tuple[int, int]:
         return self.images.shape[2], self.images.shape[3]
 
@@ -96,7 +107,9 @@ class ImageDataset:
         return list(order.split(self.class_counts().tolist()))
 
     def subset(self, indices: Tensor) -> ImageDataset:
-        """The images and labels at ``indices``, with the same metadata."""
+        """The images and labels at ``indices``, with the same metadata (streamed images stay on disk)."""
+        if isinstance(self.images, StreamedImages):
+            return dataclasses.replace(self, images=self.images.subset(indices), labels=self.labels[indices.cpu()])
         indices = indices.to(self.images.device)
         return dataclasses.replace(self, images=self.images[indices], labels=self.labels[indices])
 
@@ -188,16 +201,20 @@ def default_data_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ddplug" / "data"
 
 
-def load_dataset(name: str, root: str | Path | None = None) -> DatasetSplits:
+def load_dataset(name: str, root: str | Path | None = None, *, storage: str = "auto") -> DatasetSplits:
     """A built-in dataset read from ``root`` (default: ``default_data_root()``), or ``imagefolder:PATH``.
 
     ``digits`` is scikit-learn's 1 797 8x8 digits, which ship with scikit-learn (no files,
-    no download): 1 400 training and 397 test images in a seeded order.
+    no download): 1 400 training and 397 test images in a seeded order. An image folder's
+    images are decoded into memory, or stay on disk and are read per batch
+    (:class:`StreamedImages`): by default when decoding them all would take more than a
+    quarter of the memory free now. The built-in datasets are packed arrays, read whole.
 
     Args:
         name: ``fashion-mnist``, ``mnist``, ``cifar10``, ``cifar100``, ``svhn``, ``digits`` or
             ``imagefolder:PATH`` (a folder per class).
         root: where the files are.
+        storage: ``auto``, ``memory`` or ``disk`` (image folders only): where the images live.
 
     Returns:
         The normalised train and test splits (:class:`DatasetSplits`).
@@ -215,14 +232,15 @@ def load_dataset(name: str, root: str | Path | None = None) -> DatasetSplits:
         ...
         ddplug.errors.DdplugError: unknown dataset 'imagenet'; available: fashion-mnist, mnist, cifar10, cifar100, svhn, digits, imagefolder:PATH
     """
+    if storage not in STORAGES:
+        raise DdplugError(f"unknown storage {storage!r}: use one of {', '.join(STORAGES)}")
     folder = _folder_path(name)
     if folder is not None:
-        raw = formats.read_image_folder(folder)
-        return _build_splits(
-            f"{_FOLDER_PREFIX}{folder}", *raw[:4],
-            num_classes=len(raw.class_names), mean=None, std=None, class_names=raw.class_names,
-        )
+        return _image_folder(folder, storage)
     canonical = _canonical_name(name)
+    if storage == "disk":
+        raise DdplugError(f"{canonical} ships as packed arrays, read whole: only image folders (imagefolder:PATH) and "
+                          "from_torch_dataset stay on disk; keep it in memory (--data-storage auto or memory, storage= in Python)")
     if canonical == "digits":
         return _digits()
     source = _SOURCES[canonical]
@@ -256,6 +274,28 @@ def download_dataset(name: str, root: str | Path | None = None) -> Path:
             "or pass --data-root DIR / set DDPLUG_DATA to where the files are"
         ) from err
     return target
+
+
+def _image_folder(folder: Path, storage: str) -> DatasetSplits:
+    listing = formats.list_image_folder(folder)
+    files = listing.train_files + listing.test_files
+    mode, shape = formats.image_files_layout(files)  # headers only: bad files are named before any decoding
+    name = f"{_FOLDER_PREFIX}{folder}"
+    common = dict(num_classes=len(listing.class_names), mean=None, std=None, class_names=listing.class_names)
+    if _streams(storage, len(files), shape):
+        pixels = stream_image_files(files, mode, shape)
+        return _streamed_splits(name, pixels, listing.train_labels, listing.test_labels, **common)
+    pixels = formats.read_image_files(files, mode, shape)
+    n = len(listing.train_files)
+    return _build_splits(name, pixels[:n], np.array(listing.train_labels), pixels[n:], np.array(listing.test_labels),
+                         **common)
+
+
+def _streams(storage: str, images: int, shape: tuple[int, ...]) -> bool:
+    """Whether ``images`` of ``shape`` stay on disk under ``storage``."""
+    if storage != "auto":
+        return storage == "disk"
+    return images * math.prod(shape) * 4 > available_bytes() * DECODED_SHARE
 
 
 def _digits() -> DatasetSplits:
@@ -326,8 +366,14 @@ def from_torch_dataset(
     num_classes: int | None = None,
     mean: float | Sequence[float] | None = None,
     std: float | Sequence[float] | None = None,
+    storage: str = "auto",
 ) -> DatasetSplits:
     """Splits from map-style datasets yielding ``(image, label, ...)``, image a (C, H, W) tensor or PIL image.
+
+    With ``storage="disk"`` (or ``auto`` when the first image times the item count would
+    take more than a quarter of the free memory) the items are read from the datasets per
+    batch, through a bounded cache; their labels come from a ``targets`` attribute when the
+    dataset has one, else from one pass over the items.
 
     Args:
         train: the training dataset (e.g. a torchvision dataset with ``ToTensor()``).
@@ -336,9 +382,10 @@ def from_torch_dataset(
         num_classes: the class count; default the largest label plus one.
         mean: the normalisation's mean (one value or one per channel); default the train images'.
         std: its standard deviation, likewise.
+        storage: ``auto``, ``memory`` or ``disk``: whether the images are collected into memory.
 
     Returns:
-        The train and test splits as normalised in-memory images (:class:`DatasetSplits`).
+        The train and test splits, normalised (:class:`DatasetSplits`).
 
     Raises:
         DdplugError: an empty dataset, images of different shapes, or labels that are not integers.
@@ -352,9 +399,58 @@ def from_torch_dataset(
         >>> data.train.images.shape, data.train.num_classes
         (torch.Size([9, 1, 6, 6]), 3)
     """
+    if storage not in STORAGES:
+        raise DdplugError(f"unknown storage {storage!r}: use one of {', '.join(STORAGES)}")
+    for dataset, what in ((train, "train"), (test, "test")):
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            raise DdplugError(f"the {what} dataset is empty")
+    first = _item_image(train[0][0], "train", 0)
+    shape = tuple(first.shape)
+    if _streams(storage, len(train) + len(test), shape):  # type: ignore[arg-type]
+        dtype = torch.uint8 if first.dtype == torch.uint8 else torch.float32
+        reader = _TorchItemReader(ConcatDataset([train, test]), shape, dtype)
+        pixels = StreamedImages(reader, (0.0,) * shape[0], (1.0,) * shape[0])
+        return _streamed_splits(name, pixels, _item_labels(train), _item_labels(test),
+                                num_classes=num_classes, mean=mean, std=std)
     train_x, train_y = _collect(train, "train")
     test_x, test_y = _collect(test, "test")
     return _build_splits(name, train_x, train_y, test_x, test_y, num_classes=num_classes, mean=mean, std=std)
+
+
+class _TorchItemReader:
+    """The images of a map-style dataset, one item at a time, checked against the first's
+    shape and kind (uint8 pixels, or floats in [0, 1])."""
+
+    def __init__(self, dataset: Dataset, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        self.dataset = dataset
+        self.shape = shape
+        self.dtype = dtype
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __call__(self, index: int) -> Tensor:
+        image = _item_image(self.dataset[index][0], "dataset", index)
+        if image.shape[0] == 1 and self.shape[0] == 3:
+            image = image.expand(3, -1, -1)
+        if tuple(image.shape) != self.shape:
+            raise DdplugError(f"dataset item {index} is {tuple(image.shape)} (C, H, W) but the first is {self.shape}; "
+                              "add a Resize transform so that all have one size and channel count")
+        if image.dtype == torch.uint8:
+            return image if self.dtype == torch.uint8 else image.float().div_(255)
+        if self.dtype == torch.uint8:
+            raise DdplugError(f"dataset item {index} is {image.dtype} but the first item is uint8 pixels: give every "
+                              "item one kind (e.g. a ToTensor() transform for all)")
+        return _unit_float(image, f"dataset item {index}")
+
+
+def _item_labels(dataset: Dataset) -> Tensor:
+    """A map-style dataset's labels: its ``targets`` when it has them, else read item by item."""
+    targets = getattr(dataset, "targets", None)
+    if targets is not None and len(targets) == len(dataset):  # type: ignore[arg-type]
+        return _as_tensor(targets)
+    return torch.tensor([int(dataset[index][1]) for index in range(len(dataset))],  # type: ignore[arg-type]
+                        dtype=torch.int64)
 
 
 # --- names and files -------------------------------------------------------------------------
@@ -448,15 +544,49 @@ def _build_splits(
 ) -> DatasetSplits:
     """Normalised splits from (N, C, H, W) images, uint8 or float in [0, 1]."""
     train_images, test_images = _unit_float(train_x, "train"), _unit_float(test_x, "test")
-    train_labels = _labels(train_y, len(train_images), "train")
-    test_labels = _labels(test_y, len(test_images), "test")
-    if len(train_images) == 0 or len(test_images) == 0:
-        raise DdplugError(f"{name}: the train and the test split each need at least one image")
-    if train_images.shape[1:] != test_images.shape[1:]:
+    if len(train_images) and len(test_images) and train_images.shape[1:] != test_images.shape[1:]:
         raise DdplugError(
             f"{name}: train images are {tuple(train_images.shape[1:])} (C, H, W) but test images are "
             f"{tuple(test_images.shape[1:])}; give both splits the same channels and size"
         )
+    train_labels, test_labels, num_classes = _checked_labels(
+        name, train_y, len(train_images), test_y, len(test_images), num_classes)
+    mean, std = _normalisation(train_images, mean, std)
+    splits = []
+    for images, labels in ((train_images, train_labels), (test_images, test_labels)):
+        _normalise_(images, mean, std)
+        splits.append(ImageDataset(images, labels, num_classes, mean, std, name, class_names))
+    return DatasetSplits(*splits)
+
+
+def _streamed_splits(
+    name: str,
+    pixels: StreamedImages,
+    train_y: Any,
+    test_y: Any,
+    *,
+    num_classes: int | None,
+    mean: float | Sequence[float] | None,
+    std: float | Sequence[float] | None,
+    class_names: list[str] | None = None,
+) -> DatasetSplits:
+    """Splits whose images stay on disk: ``pixels`` holds the train items, then the test
+    items, unnormalised on the [0, 1] scale."""
+    n_train = len(pixels) - len(test_y)
+    train_labels, test_labels, num_classes = _checked_labels(name, train_y, n_train, test_y, len(test_y), num_classes)
+    train, test = pixels.subset(torch.arange(n_train)), pixels.subset(torch.arange(n_train, len(pixels)))
+    mean, std = _normalisation(train, mean, std)  # a pass over the train images when the stats are not given
+    return DatasetSplits(*(ImageDataset(images.normalised(mean, std), labels, num_classes, mean, std, name, class_names)
+                           for images, labels in ((train, train_labels), (test, test_labels))))
+
+
+def _checked_labels(name: str, train_y: Any, train_count: int, test_y: Any, test_count: int,
+                    num_classes: int | None) -> tuple[Tensor, Tensor, int]:
+    """Both splits' labels as int64, and the class count, once they fit the images and each other."""
+    train_labels = _labels(train_y, train_count, "train")
+    test_labels = _labels(test_y, test_count, "test")
+    if train_count == 0 or test_count == 0:
+        raise DdplugError(f"{name}: the train and the test split each need at least one image")
     all_labels = torch.cat([train_labels, test_labels])
     if num_classes is None:
         num_classes = int(all_labels.max()) + 1
@@ -467,17 +597,18 @@ def _build_splits(
         raise DdplugError(
             f"{name}: labels must lie in [0, {num_classes}), found {int(all_labels.min())}..{int(all_labels.max())}"
         )
+    return train_labels, test_labels, num_classes
+
+
+def _normalisation(unit_images: Tensor | StreamedImages, mean: float | Sequence[float] | None,
+                   std: float | Sequence[float] | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel ``mean`` and ``std``, each taken from the [0, 1] train images when not given."""
     if mean is None or std is None:
-        train_mean, train_std = _channel_stats(train_images)
+        train_mean, train_std = _channel_stats(unit_images)
         mean = train_mean if mean is None else mean
         std = train_std if std is None else std
-    channels = train_images.shape[1]
-    mean, std = _per_channel(mean, channels, "mean"), _per_channel(std, channels, "std")
-    splits = []
-    for images, labels in ((train_images, train_labels), (test_images, test_labels)):
-        _normalise_(images, mean, std)
-        splits.append(ImageDataset(images, labels, num_classes, mean, std, name, class_names))
-    return DatasetSplits(*splits)
+    channels = unit_images.shape[1]
+    return _per_channel(mean, channels, "mean"), _per_channel(std, channels, "std")
 
 
 def _as_tensor(x: Any) -> Tensor:
@@ -535,16 +666,22 @@ def _per_channel(value: float | Sequence[float], channels: int, what: str) -> tu
     return values
 
 
-def _channel_stats(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _stats_chunk(images: Tensor | StreamedImages) -> int:
+    """Images per pass of a statistic: 4 096, or fewer so that a pass holds at most 2^22 values
+    (its float64 copies then take 32 MiB, whatever the image size)."""
+    return max(1, min(4096, 2**22 // max(1, math.prod(images.shape[1:]))))
+
+
+def _channel_stats(images: Tensor | StreamedImages) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (population) std, summed in float64 chunk by chunk to bound memory."""
     channels = images.shape[1]
     total = torch.zeros(channels, dtype=torch.float64, device=images.device)
     squares = torch.zeros_like(total)
-    for part in images.split(chunk):
+    for part in images.split(_stats_chunk(images)):
         part = part.double()
         total += part.sum(dim=(0, 2, 3))
         squares += part.square().sum(dim=(0, 2, 3))
-    count = images.numel() // channels
+    count = math.prod(images.shape) // channels
     mean = total / count
     std = (squares / count - mean.square()).clamp_min(0).sqrt()
     # A constant channel would divide by zero; leave it unscaled instead.
@@ -552,7 +689,7 @@ def _channel_stats(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...]
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-def pixel_scale(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def pixel_scale(images: Tensor | StreamedImages) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The normalisation ``(mean, std)`` under which ``images`` (already normalised by
     someone else, e.g. a benchmark's transforms) are pixels: each channel's darkest value
     maps to 0 and its brightest to 1 (``pixel = x * std + mean``).
@@ -570,7 +707,7 @@ def pixel_scale(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], t
     """
     low = torch.full((images.shape[1],), math.inf, dtype=torch.float64)
     high = torch.full_like(low, -math.inf)
-    for part in images.split(chunk):
+    for part in images.split(_stats_chunk(images)):
         part = part.detach().to("cpu", torch.float64).transpose(0, 1).flatten(1)
         low = torch.minimum(low, part.min(dim=1).values)
         high = torch.maximum(high, part.max(dim=1).values)

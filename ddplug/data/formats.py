@@ -216,8 +216,19 @@ def read_svhn_dir(directory: Path) -> RawSplits:
 # --- image folders ---------------------------------------------------------------------------
 
 
-def read_image_folder(root: Path) -> RawSplits:
-    """An image folder: ``train/<class>/`` plus ``val/<class>/``, ``test/<class>/`` or Tiny-ImageNet's val."""
+class ImageFolderListing(NamedTuple):
+    """An image folder's files and labels, split as its layout says, before any pixel is read."""
+
+    train_files: list[Path]
+    train_labels: list[int]
+    test_files: list[Path]
+    test_labels: list[int]
+    class_names: list[str]
+
+
+def list_image_folder(root: Path) -> ImageFolderListing:
+    """The files of an image folder: ``train/<class>/`` plus ``val/<class>/``, ``test/<class>/``
+    or Tiny-ImageNet's val."""
     if not root.is_dir():
         raise DdplugError(f"image folder {root} does not exist; {_FOLDER_LAYOUT}")
     train_dir = root / "train"
@@ -234,9 +245,18 @@ def read_image_folder(root: Path) -> RawSplits:
     test_files, test_labels = _test_files(root, class_ids)
     if not test_files:
         raise DdplugError(f"{root} has no test images; {_FOLDER_LAYOUT}")
-    pixels = read_image_files(train_files + test_files)
-    n = len(train_files)
-    return RawSplits(pixels[:n], np.array(train_labels), pixels[n:], np.array(test_labels), classes)
+    return ImageFolderListing(train_files, train_labels, test_files, test_labels, classes)
+
+
+def read_image_files(paths: list[Path], mode: str, shape: tuple[int, int, int]) -> np.ndarray:
+    """Image files of one ``shape`` (see :func:`image_files_layout`) decoded into memory as uint8
+    (N, C, H, W), once their decoded size is known to fit."""
+    check_decoded_size(len(paths), shape, f"{len(paths)} image files",
+                       "use fewer or smaller images, or keep them on disk (storage disk, --data-storage disk)")
+    pixels = np.empty((len(paths), *shape), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        pixels[i] = read_image_file(path, mode, shape)
+    return pixels
 
 
 def _subfolders(folder: Path) -> list[Path]:
@@ -288,31 +308,35 @@ def _tiny_imagenet_val(annotations: Path, class_ids: dict[str, int]) -> tuple[li
     return files, labels
 
 
-def read_image_files(paths: list[Path]) -> np.ndarray:
-    """Images of one size, greyscale if every one is ("L"), else RGB, as uint8 (N, C, H, W)."""
-    # First pass reads headers only, so a size mismatch (or a size no machine holds) is
-    # reported before the slow decoding.
+def image_files_layout(paths: list[Path]) -> tuple[str, tuple[int, int, int]]:
+    """The PIL mode ("L" if every image is greyscale, else "RGB") and the (C, H, W) shape that
+    every one of ``paths`` has, from their headers alone: a size mismatch (or a size no
+    machine holds) is reported before any slow decoding."""
     headers = [_header(path) for path in paths]
     width, height = headers[0][1]
-    channels = 1 if all(image_mode == "L" for image_mode, _ in headers) else 3
-    check_image_shape((channels, height, width), f"the images of {paths[0].parent.parent}")
-    check_decoded_size(len(paths), (channels, height, width), f"{len(paths)} image files",
-                       "use fewer or smaller images")
+    mode = "L" if all(image_mode == "L" for image_mode, _ in headers) else "RGB"
+    shape = (1 if mode == "L" else 3, height, width)
+    check_image_shape(shape, f"the images of {paths[0].parent.parent}")
     for path, (_, size) in zip(paths, headers):
         if size != (width, height):
             raise DdplugError(
                 f"images differ in size: {paths[0]} is {width}x{height} but {path} is {size[0]}x{size[1]}; "
                 "resize them all to one size first (e.g. ImageMagick: mogrify -resize 64x64! FILES)"
             )
-    mode = "L" if all(image_mode == "L" for image_mode, _ in headers) else "RGB"
-    pixels = np.empty((len(paths), 1 if mode == "L" else 3, height, width), dtype=np.uint8)
-    for i, path in enumerate(paths):
-        try:
-            with Image.open(path) as image:
-                pixels[i] = pil_to_chw(image, mode)
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise _corrupt(path, str(err)) from None
-    return pixels
+    return mode, shape
+
+
+def read_image_file(path: Path, mode: str, shape: tuple[int, int, int]) -> np.ndarray:
+    """One image file as uint8 (C, H, W) in ``mode``; DdplugError naming the file if it cannot
+    be decoded or is not ``shape``."""
+    try:
+        with Image.open(path) as image:
+            if image.size != (shape[2], shape[1]):  # checked before decoding: the file may have changed
+                raise _corrupt(path, f"it is {image.size[0]}x{image.size[1]}, not the {shape[2]}x{shape[1]} of "
+                                     "the other images")
+            return pil_to_chw(image, mode)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise _corrupt(path, str(err)) from None
 
 
 def _header(path: Path) -> tuple[str, tuple[int, int]]:

@@ -6,7 +6,9 @@ as it is and testing on test images whitened by the same fit. ``epsilon`` is add
 eigenvalue of the covariance before the inverse square root: it bounds how much
 low-variance directions (mostly noise) are amplified, and so keeps the map well conditioned,
 which lets the evaluation refit it (deterministically, from the same images) instead of
-storing a (D, D) matrix with every set.
+storing a (D, D) matrix with every set. Images that stay on disk are fitted on an evenly
+spaced sample of at most :data:`STREAMED_FIT_IMAGES` of them, and whitened batch by batch as
+they are read.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from kornia.enhance import ZCAWhitening
 from torch import Tensor
 
 from ddplug.data.datasets import ImageDataset
+from ddplug.data.streaming import StreamedImages
 from ddplug.errors import DdplugError
+
+STREAMED_FIT_IMAGES = 10_000
 
 
 class ZCA:
@@ -48,10 +53,15 @@ class ZCA:
     @classmethod
     def fit(cls, dataset: ImageDataset, epsilon: float, device: torch.device | str = "cpu") -> ZCA:
         """The whitening of ``dataset``'s images (its training split), fitted on ``device``."""
-        return cls(dataset.images.to(device), epsilon)
+        images = dataset.images
+        if isinstance(images, StreamedImages):
+            images = images[torch.linspace(0, len(images) - 1, min(len(images), STREAMED_FIT_IMAGES)).long()]
+        return cls(images.to(device), epsilon)
 
-    def whiten(self, images: Tensor) -> Tensor:
-        """``images`` in the whitened space (on their own device)."""
+    def whiten(self, images: Tensor | StreamedImages) -> Tensor | StreamedImages:
+        """``images`` in the whitened space (on their own device); streamed ones as they are read."""
+        if isinstance(images, StreamedImages):
+            return images.mapped(self.whiten)
         return self._whitening(images.to(self.device)).to(images.device)
 
     def unwhiten(self, images: Tensor) -> Tensor:

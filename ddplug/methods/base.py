@@ -52,8 +52,9 @@ class Distiller(ABC):
     private: ClassVar[bool] = False  # True: reads real data only through self.privacy when dp_epsilon > 0
     # Under torchrun, what each rank's loss covers of a loss that is a sum of terms: "classes"
     # (terms that see only one class's images: my_classes()), "real-rows" (terms of single
-    # real images: my_real_rows()), or "" (every rank computes the whole loss). With a share,
-    # the losses and gradients are summed over the ranks (sum_shares) before every update.
+    # real images: my_real_rows()), "student-batches" (MTT: terms of single synthetic images
+    # in each student step), or "" (every rank computes the whole loss). With a share, the
+    # losses and gradients are summed over the ranks (sum_shares) before every update.
     shares: ClassVar[str] = ""
 
     def __init__(self, real: ImageDataset, config: DistillConfig, device: torch.device | str = "cpu") -> None:
@@ -203,9 +204,15 @@ class Distiller(ABC):
         if not self.shares or world_size() == 1:
             return loss
         loss = loss.detach().clone()
-        sum_over_ranks([loss, *(p.grad for group in self.optimizer.param_groups for p in group["params"]
-                                if p.grad is not None)])
+        sum_over_ranks([loss])
+        self.sum_shared_gradients()
         return loss
+
+    def sum_shared_gradients(self) -> None:
+        """Under torchrun with a share, each learnable's gradient (in ``.grad``) summed over the ranks."""
+        if self.shares and world_size() > 1:
+            sum_over_ranks([p.grad for group in self.optimizer.param_groups for p in group["params"]
+                            if p.grad is not None])
 
     def my_classes(self) -> Tensor:
         """The classes whose loss terms this rank computes: all of them in one process."""

@@ -7,6 +7,9 @@ All classes go through the network in one batched forward pass per side. With
 batches between uses (IDM's partially trained networks), so later layers' features carry
 class information that fresh networks lack. With ``moments`` 2 each class also matches
 its per-feature variance (a second statistic besides the mean, in the spirit of NCFM).
+With ``embed_chunk`` > 0 the images go through the network that many at a time, and the
+synthetic chunks are checkpointed (their activations recomputed in the backward pass
+instead of kept): memory stays flat in the budget, for one more synthetic forward pass.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from ddplug.data import ImageDataset
 from ddplug.methods.base import Distiller
@@ -34,6 +38,7 @@ class DMConfig(DistillConfig, PoolSettings):
     lr_images: float = 1.0
     pool_size: int = 0  # 0: a fresh random network each iteration (the original DM)
     moments: int = 1  # statistics matched per class: 1 the mean embedding (DM), 2 also each feature's variance
+    embed_chunk: int = 0  # images per forward pass, synthetic ones checkpointed; 0: all in one pass (fastest)
 
     def check(self) -> None:
         super().check()
@@ -59,6 +64,10 @@ class DistributionMatching(Distiller):
     def __init__(self, real: ImageDataset, config: DMConfig, device: torch.device | str = "cpu") -> None:
         super().__init__(real, config, device)
         self.real_labels = self.real.labels.to(self.device)
+        if config.embed_chunk and any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+                                      for module in self.build_network(seed=0).modules()):
+            raise DdplugError(f"{config.model} normalises over the batch, so embedding it in chunks would change its "
+                              "statistics: drop embed_chunk or match with a network without batch norm")
         self.pool = None if not config.pool_size else NetworkPool(
             self.build_network, seed=config.seed, size=config.pool_size, max_steps=config.max_online_steps,
             lr=config.init_lr)
@@ -82,8 +91,8 @@ class DistributionMatching(Distiller):
         classes = self.my_classes()
         real, syn = (by_class(images, self.num_classes, classes) for images in (real, syn))
         with torch.no_grad():
-            real_stats = class_statistics(network.embed(real), len(classes), self.config.moments)
-        syn_stats = class_statistics(network.embed(syn), len(classes), self.config.moments)
+            real_stats = class_statistics(self.embed(network, real), len(classes), self.config.moments)
+        syn_stats = class_statistics(self.embed(network, syn), len(classes), self.config.moments)
         return (real_stats - syn_stats).square().sum()
 
     def private_loss(self, iteration: int) -> Tensor:
@@ -95,10 +104,19 @@ class DistributionMatching(Distiller):
         real, real_labels = self.real_images[index], self.real_labels[index]
         real, syn = self.augment_pair(iteration, real, real_labels, self.images, self.labels)
         with torch.no_grad():
-            real_mean = self.privacy.class_means(network.embed(real), real_labels, self.num_classes,
+            real_mean = self.privacy.class_means(self.embed(network, real), real_labels, self.num_classes,
                                                  self.secret_generator(iteration, "dp-noise"))
-        syn_mean = class_means(clip_rows(network.embed(syn), self.privacy.clip), self.num_classes)
+        syn_mean = class_means(clip_rows(self.embed(network, syn), self.privacy.clip), self.num_classes)
         return (real_mean - syn_mean).square().sum()
+
+    def embed(self, network: torch.nn.Module, images: Tensor) -> Tensor:
+        """``network``'s embeddings of ``images``, ``embed_chunk`` at a time when set."""
+        chunk = self.config.embed_chunk
+        if not chunk or len(images) <= chunk:
+            return network.embed(images)
+        if not torch.is_grad_enabled():
+            return torch.cat([network.embed(part) for part in images.split(chunk)])
+        return torch.cat([checkpoint(network.embed, part, use_reentrant=False) for part in images.split(chunk)])
 
     def step(self, iteration: int) -> Tensor:
         loss = super().step(iteration)

@@ -134,7 +134,7 @@ def _choose(method: str, real: ImageDataset, ipc: int, seed: int, network: nn.Mo
     pick = herding_indices if method == "herding" else kcenter_indices
     chosen = []
     for members in real.class_indices():
-        features = embed_all(network.to(device), real.images[members].to(device))
+        features = embed_all(network.to(device), real.subset(members).images.to(device))
         chosen.append(members[pick(features, ipc).to(members.device)])
     return torch.cat(chosen)
 

@@ -20,14 +20,21 @@ stored one (binomial checkpointing, placed by dynamic programming to recompute l
 synthetic batches and augmentations of each step are drawn from per-step seeds, so a
 recomputed step is the same step. Memory: one step's graph plus ``memory_slots + 3``
 parameter vectors, whatever ``syn_steps``.
+
+Under torchrun (``memory="constant"``, a network without batch norm) each student step's
+gradient is a mean over its batch, so every rank computes the terms of its share of the
+batch's images: the step's gradient and each Hessian-vector product are summed over the
+ranks as they are needed, and every rank's gradients in the set are its images' shares, summed
+before the update. A batch-normalised student couples its batch, and the unrolled graph would
+need its sums differentiated, so those run the whole step on every rank.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +42,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ddplug.data import ImageDataset
+from ddplug.distributed import my_share, sum_over_ranks, world_size
 from ddplug.methods.base import Distiller
 from ddplug.methods.config import DistillConfig
 from ddplug.methods.running import register_distiller
@@ -45,7 +53,7 @@ from ddplug.seeding import make_generator
 MEMORY_MODES = ("constant", "unrolled")
 
 
-@dataclass
+@dataclasses.dataclass
 class MTTConfig(DistillConfig):
     """MTT's settings; defaults follow the paper's ConvNet runs (F-MNIST/CIFAR-10 without ZCA)."""
 
@@ -86,7 +94,7 @@ class MTTConfig(DistillConfig):
             )
 
 
-@dataclass
+@dataclasses.dataclass
 class StudentRun:
     """One iteration's student training, fully determined so that any step can be replayed.
 
@@ -99,19 +107,29 @@ class StudentRun:
     target: Tensor  # the expert's parameters expert_epochs later, flat
     batches: Tensor  # (syn_steps, batch) indices into the synthetic set
     augment: Callable[[Tensor, int], Tensor] | None = None
+    mine: Tensor | None = None  # the positions of each batch whose terms this rank computes; None: all
+
+    @property
+    def shared(self) -> bool:
+        """Whether each step's gradient is split between ranks (to be summed over them)."""
+        return self.mine is not None
 
     @property
     def steps(self) -> int:
         return self.batches.shape[0]
 
     def gradient(self, theta: Tensor, images: Tensor, targets: Tensor, step: int, create_graph: bool) -> Tensor:
-        """The student's cross-entropy gradient at ``theta`` (which must require grad) on step ``step``'s batch."""
+        """The student's cross-entropy gradient at ``theta`` (which must require grad) on step
+        ``step``'s batch: this rank's share of it when the run is shared."""
         index = self.batches[step]
         x = images[index]
         if self.augment is not None:
-            x = self.augment(x, step)
-        logits = functional_call(self.network, self._parameters(theta), (x,))
-        loss = F.cross_entropy(logits, targets[index])
+            x = self.augment(x, step)  # the whole batch: every rank draws the same augmentation
+        if self.mine is None:
+            loss = F.cross_entropy(functional_call(self.network, self._parameters(theta), (x,)), targets[index])
+        else:
+            logits = functional_call(self.network, self._parameters(theta), (x[self.mine],))
+            loss = F.cross_entropy(logits, targets[index][self.mine], reduction="sum") / len(index)
         return torch.autograd.grad(loss, theta, create_graph=create_graph)[0]
 
     def matching_loss(self, end: Tensor) -> Tensor:
@@ -124,7 +142,7 @@ class StudentRun:
         return {name: piece.view(p.shape) for (name, p), piece in zip(named, pieces)}
 
 
-@dataclass
+@dataclasses.dataclass
 class MatchingGradients:
     """The matching loss of a student run and its gradients (``targets`` None for hard labels)."""
 
@@ -207,6 +225,8 @@ class _ReverseSweep:
         for step in range(start, stop):
             theta = theta.detach().requires_grad_(True)
             gradient = self.run.gradient(theta, self.frozen_images, self.frozen_targets, step, create_graph=False)
+            if self.run.shared:
+                sum_over_ranks([gradient])
             theta = theta.detach() - self.lr * gradient
         return theta.detach()
 
@@ -225,7 +245,11 @@ class _ReverseSweep:
         leaves = self.leaves
         gradient = self.run.gradient(theta, leaves.images, leaves.targets, step, create_graph=True)
         if self.adjoint is None:  # the last step: its end point gives the loss and λ_N
-            end = theta.detach() - self.lr * gradient.detach()
+            whole = gradient.detach()
+            if self.run.shared:  # a copy: the graph still holds this rank's share
+                whole = whole.clone()
+                sum_over_ranks([whole])
+            end = theta.detach() - self.lr * whole
             self.loss = self.run.matching_loss(end)
             self.adjoint = 2 * (end - self.run.target) / (self.run.start - self.run.target).square().sum()
         product = (gradient * self.adjoint).sum()
@@ -233,6 +257,8 @@ class _ReverseSweep:
         for accumulated, grad in zip(self.grads, input_grads):
             accumulated.sub_(self.lr * grad)
         self.grads[-1].sub_(product.detach())
+        if self.run.shared:
+            sum_over_ranks([hessian_vector])
         self.adjoint = self.adjoint - self.lr * hessian_vector
 
 
@@ -261,6 +287,7 @@ class TrajectoryMatching(Distiller):
     config_class = MTTConfig
     uses_labels = True
     uses_lr = True
+    shares = "student-batches"
 
     def __init__(self, real: ImageDataset, config: MTTConfig, device: torch.device | str = "cpu") -> None:
         super().__init__(real, config, device)
@@ -272,6 +299,9 @@ class TrajectoryMatching(Distiller):
                 f"num_experts is {config.num_experts}: lower --num-experts or train more with `ddplug experts`"
             )
         self.network = self.build_network(seed=0)  # the architecture; its weights come from the experts
+        batch_norm = any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in self.network.modules())
+        if config.memory == "unrolled" or batch_norm:
+            self.shares = ""
         if experts.num_params != sum(p.numel() for p in self.network.parameters()):
             raise DdplugError(f"the experts in {experts.folder} do not fit {config.model}: train experts of this model")
         trajectories = experts.stack(config.needed_expert_epochs, config.num_experts)
@@ -302,7 +332,15 @@ class TrajectoryMatching(Distiller):
             target=trajectory[start + self.config.expert_epochs].to(self.device, non_blocking=True),
             batches=self._batches(iteration),
             augment=None if self.dsa is None else functools.partial(self._augment, iteration),
+            mine=self._my_positions(),
         )
+
+    def _my_positions(self) -> Tensor | None:
+        """The positions of every student batch this rank computes; None in one process or unshared."""
+        if not self.shares or world_size() == 1:
+            return None
+        size = min(self.config.batch_syn or len(self.labels), len(self.labels))
+        return torch.arange(size, device=self.device)[my_share(size)]
 
     def _batches(self, iteration: int) -> Tensor:
         """``(syn_steps, batch_syn)`` indices: passes over the set in random order, as MTT's student."""
@@ -317,8 +355,10 @@ class TrajectoryMatching(Distiller):
         return self.dsa(images, generator=make_generator(self.config.seed, "syn-dsa", iteration, step))
 
     def loss(self, iteration: int) -> Tensor:
-        """The matching loss of ``iteration`` through the unrolled student (differentiable)."""
-        return unrolled_loss(self.student_run(iteration), self.images, self.targets(), self.learning_rate())
+        """The matching loss of ``iteration`` through the unrolled student (differentiable; the
+        whole batch on every rank)."""
+        run = dataclasses.replace(self.student_run(iteration), mine=None)
+        return unrolled_loss(run, self.images, self.targets(), self.learning_rate())
 
     def step(self, iteration: int) -> Tensor:
         targets, images = self.targets(), self.images
@@ -330,5 +370,6 @@ class TrajectoryMatching(Distiller):
             targets.backward(result.targets)
         if self.student_lr is not None:
             self.student_lr.grad = result.lr
+        self.sum_shared_gradients()  # every rank's loss is already the whole loss
         self.update()
         return result.loss
