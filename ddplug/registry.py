@@ -38,6 +38,11 @@ class Registry(Mapping[str, T], Generic[T]):
         self.check_free(name)
         self._items[name] = item
 
+    def remove(self, name: str) -> None:
+        """Forget ``name`` (nothing if it is not registered): for entries that live only as
+        long as an object they stand for."""
+        self._items.pop(name, None)
+
     def check_free(self, name: str) -> None:
         """Raise unless ``name`` can still be registered."""
         if name in self._items:

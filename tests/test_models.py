@@ -237,3 +237,18 @@ def test_register_custom_model(monkeypatch):
         register_model("tiny-test")
     with pytest.raises(DdplugError, match="invalid model name"):
         register_model("bad:name")
+
+
+def test_a_template_spec_lives_as_long_as_its_network():
+    import gc
+
+    from ddplug.models import available_models, register_template
+
+    network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    spec = register_template(network)
+    assert spec in available_models()
+    assert create_model(spec, in_channels=1, num_classes=3, image_size=(4, 4), seed=0)(torch.zeros(1, 1, 4, 4)).shape \
+        == (1, 3)
+    del network
+    gc.collect()
+    assert spec not in available_models()

@@ -77,6 +77,12 @@ def register_model(name: str, **defaults: Any) -> Callable[[ModelFactory], Model
     return decorator
 
 
+def unregister_model(name: str) -> None:
+    """Forget the model called ``name`` (nothing if there is none): a template's spec ends
+    with its network."""
+    _REGISTRY.remove(name)
+
+
 def _factory_defaults(factory: ModelFactory) -> dict[str, Any]:
     """The factory's keyword-only options and their defaults, in declaration order."""
     options = {}

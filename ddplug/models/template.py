@@ -9,14 +9,16 @@ distribution matching compares, is the input of its last linear layer.
 from __future__ import annotations
 
 import copy
+import weakref
 
 import torch
 from torch import nn
 
 from ddplug.errors import DdplugError
-from ddplug.models.registry import register_model
+from ddplug.models.registry import register_model, unregister_model
 
-_TEMPLATES: dict[str, nn.Module] = {}
+# The registered networks, held weakly: a template's spec lives as long as its network.
+_TEMPLATES: weakref.WeakValueDictionary[str, nn.Module] = weakref.WeakValueDictionary()
 
 
 class TemplateCopy(nn.Module):
@@ -62,7 +64,8 @@ def register_template(network: nn.Module) -> str:
     ``create_model`` seeds); registering the same object again returns the same spec.
 
     The copy ignores ``create_model``'s shape arguments: the network is the user's, built
-    for their data. The template itself is never changed.
+    for their data. The template itself is never changed, nor kept alive: when it is
+    garbage-collected, its spec is forgotten.
 
     Examples:
         >>> import torch
@@ -83,13 +86,15 @@ def register_template(network: nn.Module) -> str:
     if _TEMPLATES.get(name) is network:
         return name
     _TEMPLATES[name] = network
+    template = weakref.ref(network)
 
     @register_model(name)
     def fresh_copy(in_channels: int, num_classes: int, image_size: tuple[int, int]) -> TemplateCopy:
-        copied = copy.deepcopy(network).cpu()
+        copied = copy.deepcopy(template()).cpu()  # alive: its finalizer forgets this spec with it
         for module in copied.modules():
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
         return TemplateCopy(copied)
 
+    weakref.finalize(network, unregister_model, name)
     return name
