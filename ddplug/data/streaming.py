@@ -206,12 +206,6 @@ class StreamedImages:
     def dim(self) -> int:
         return 4
 
-    def size(self, dim: int | None = None) -> torch.Size | int:
-        return self.shape if dim is None else self.shape[dim]
-
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
     def detach(self) -> StreamedImages:
         return self
 
@@ -269,8 +263,3 @@ def stream_image_files(files: Sequence[Path], mode: str, shape: tuple[int, int, 
     reader = ImageFileReader(tuple(files), mode, shape)
     channels = shape[0]
     return StreamedImages(reader, (0.0,) * channels, (1.0,) * channels, cache_bytes=cache_bytes, workers=workers)
-
-
-def is_streamed(images: Tensor | StreamedImages) -> bool:
-    """Whether ``images`` stay on disk."""
-    return isinstance(images, StreamedImages)
