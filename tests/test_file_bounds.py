@@ -64,8 +64,7 @@ def test_a_code_missing_its_tensors_is_refused(tmp_path):
 @pytest.mark.parametrize(("height", "width"), [(1, 1), (4, 7), (28, 28), (9, 3)])
 def test_the_zigzag_order_is_by_frequency_then_row(height, width):
     expected = [u * width + v for _, u, v in sorted((u + v, u, v) for u in range(height) for v in range(width))]
-    assert _zigzag(height, width, height * width).tolist() == expected
-    assert _zigzag(height, width, 2).tolist() == expected[:2]
+    assert _zigzag(height, width).tolist() == expected
 
 
 def test_a_code_stored_at_another_dtype_than_its_parameterisation_is_refused(tmp_path):

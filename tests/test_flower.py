@@ -806,6 +806,27 @@ def test_a_packed_upload_of_4_bit_pixels_costs_the_budget_and_holds_twice_the_im
         record_to_set(record, spec)
 
 
+@pytest.mark.parametrize(("param", "arrays"), [
+    ("dct:keep=0.25,select=variance", ["classes", "code.coefficients", "code.mask"]),
+    ("dct:keep=0.25,select=variance,bits=4", ["classes", "code.coefficients", "code.mask", "code.steps"]),
+])
+def test_a_variance_selected_dct_upload_carries_its_masks_in_the_budget(tmp_path: Path, param: str,
+                                                                       arrays: list) -> None:
+    synthetic, spec = _coded_upload(tmp_path, param)
+    record = set_to_record(synthetic, "uint8")
+    assert sorted(record) == arrays and record["code.mask"].dtype == "uint8"
+    # the code's layout for 3 classes (784 mask bits per class packed: 294 bytes), and the class ids
+    layout = spec.layout(3)
+    assert sum(array.numpy().nbytes for array in record.values()) == layout.stored_bytes + 3 * 8
+    assert layout.stored_bytes <= 3 * 2 * 784 and layout.shapes["mask"] == (3, 784)
+    back = record_to_set(record, spec)
+    assert torch.equal(back.code["mask"], synthetic.code["mask"])
+    assert len(back) == 3 * layout.decoded_per_class
+    record["code.mask"] = Array(np.zeros(294, np.uint8))  # a mask keeping nothing
+    with pytest.raises(PayloadError, match=r"its mask keeps \[0, 0, 0\] coefficients per class"):
+        record_to_set(record, spec)
+
+
 @pytest.mark.parametrize(("fault", "reason"), [
     ("classes=[4, 1, 6]", "distinct class ids 0..9 in ascending order"),
     ("classes=[1, 4, 60]", "distinct class ids 0..9 in ascending order"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from ddplug.methods import create_distiller, make_config, run_distillation
 from ddplug.errors import DdplugError
 from ddplug.sets import as_stored, load_set, payload_bytes, save_set
-from ddplug.sets.param import available_params, create_param
+from ddplug.sets.param import _zigzag, available_params, create_param
 
 from helpers import TINY_MODEL
 
@@ -112,7 +113,8 @@ def test_a_byte_budget_is_shared_by_the_classes_and_filled(digits, tmp_path):
 
 @pytest.mark.parametrize("method", ["dm", "dc", "dsa", "kip", "frepo"])
 @pytest.mark.parametrize("spec", ["pixels", "multi:factor=2", "dct:keep=0.25", "factor:bases=2",
-                                  "multi:factor=2,bits=4"])
+                                  "multi:factor=2,bits=4", "dct:keep=0.25,select=variance",
+                                  "dct:keep=0.25,bits=4"])
 def test_every_distiller_learns_every_parameterisation(digits, method, spec, tmp_path):
     settings = {"ipc": 1, "iterations": 2, "model": TINY_MODEL, "batch_real": 8, "param": spec,
                 **({"pool_size": 2} if method == "frepo" else {}), **({"num_networks": 1} if method == "kip" else {}),
@@ -216,7 +218,7 @@ def test_a_diverging_code_stops_with_a_clear_error(digits):
 
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("param", "waves", "unknown parameterisation 'waves'"),
-    ("param", "dct:keep=0.5", "does not decode as dct:keep=0.5"),
+    ("param", "dct:keep=0.5", "its code holds 16 coefficients per image, where dct:keep=0.5 keeps 32 of 8x8"),
     ("image_shape", "[1, 8]", "is not \\(C, H, W\\)"),
     ("image_shape", "[1, 100000, 8]", "is larger than ddplug handles"),
 ])
@@ -246,3 +248,175 @@ def test_a_packed_file_that_does_not_fill_its_layout_is_one_clear_error(digits, 
     with pytest.raises(DdplugError, match=r"does not decode as pixels:bits=4 \(\(639,\) bytes do not hold 1216 "
                                           r"values of 4 bits \(608 bytes\): the code was cut or padded"):
         load_set(path)
+
+
+def _basis_image(u: int, v: int, size: int = 8) -> torch.Tensor:
+    """The image of the single orthonormal DCT coefficient (u, v)."""
+    from ddplug.sets.param import _dct_matrix
+
+    d = _dct_matrix(size)
+    return torch.outer(d[u], d[v])
+
+
+def test_variance_selection_keeps_each_class_s_varying_coefficients_and_the_mask_costs_its_bits():
+    # Each class varies only along 16 high frequencies of its own (u + v >= 8, beyond the lowest
+    # quarter): a variance-chosen mask holds them exactly, the lowest frequencies hold none.
+    param, low = create_param("dct:keep=0.25,select=variance"), create_param("dct:keep=0.25")
+    assert param.spec == "dct:keep=0.25,select=variance" and low.spec == "dct:keep=0.25"
+    budget = 3 * math.prod(SHAPE)
+    layout = param.layout(CLASSES, SHAPE, budget)
+    # 16 fp16 coefficients (32 bytes) per image; the masks take 10 x 64 bits = 80 bytes of the 1920
+    assert layout.decoded_per_class == (CLASSES * budget - 80) // (CLASSES * 32) == 5
+    assert layout.stored_bytes == 5 * CLASSES * 32 + 80 <= CLASSES * budget
+    assert low.layout(CLASSES, SHAPE, budget).decoded_per_class == 6
+    generator = torch.Generator().manual_seed(0)
+    frequencies = [(u, v) for u in range(8) for v in range(8) if u + v >= 8]  # 28 of them
+    chosen = [torch.randperm(len(frequencies), generator=generator)[:16] for _ in range(CLASSES)]
+    bases = torch.stack([torch.stack([_basis_image(*frequencies[i]) for i in rows]) for rows in chosen])  # (10, 16, 8, 8)
+
+    def images_of(per_class: int) -> torch.Tensor:
+        weights = torch.randn(CLASSES, per_class, 16, generator=generator)
+        return torch.einsum("cnk,ckhw->cnhw", weights, bases).reshape(-1, *SHAPE)
+
+    images, reference = images_of(5), images_of(40)
+    code = param.encode(images, layout, reference)
+    assert code["mask"].shape == (CLASSES, 64) and code["mask"].dtype == torch.bool
+    for c, rows in enumerate(chosen):
+        wanted = sorted(frequencies[i][0] * 8 + frequencies[i][1] for i in rows)
+        assert torch.nonzero(code["mask"][c]).flatten().tolist() == wanted
+    assert torch.allclose(param.decode(code, SHAPE), images, atol=1e-5)
+    lost = low.decode(low.encode(images, low.layout(CLASSES, SHAPE, budget)), SHAPE)
+    assert lost.abs().max() < 1e-5 < images.abs().max()  # the lowest quarter holds none of it
+    # without reference images the mask comes from the images themselves; one per class ties at
+    # zero variance and keeps the lowest frequencies, as select=low does
+    one_each = param.layout(CLASSES, SHAPE, 32 + 8)
+    assert one_each.decoded_per_class == 1
+    single = param.encode(images_of(1), one_each)
+    lowest = torch.zeros(64, dtype=torch.bool)
+    lowest[_zigzag(8, 8)[:16]] = True
+    assert torch.equal(single["mask"], lowest.expand(CLASSES, 64))
+
+
+def test_a_variance_selected_code_is_its_budget_in_its_file_and_keeps_its_masks(digits, tmp_path):
+    config = make_config("dm", {"ipc": 2, "iterations": 1, "model": TINY_MODEL, "batch_real": 8,
+                                "param": "dct:keep=0.25,select=variance"})
+    distiller = create_distiller("dm", digits.train, config)
+    assert set(distiller.code) == {"coefficients"} and set(distiller.masks) == {"mask"}  # the mask is not learned
+    # the masks were chosen from the reference images: each class's own, 16 of 64 coefficients
+    masks = distiller.masks["mask"]
+    assert masks.sum(dim=1).tolist() == [16] * 10 and len({tuple(row.tolist()) for row in masks}) > 1
+    synthetic = distiller.synthetic_set()
+    path = save_set(synthetic, tmp_path / "set.safetensors")
+    assert payload_bytes(path) == distiller.layout.stored_bytes == 3 * 10 * 32 + 80 <= 10 * 2 * 64
+    loaded = load_set(path)
+    assert torch.equal(loaded.code["mask"], masks) and len(loaded) == 30
+    assert torch.equal(loaded.images, as_stored(synthetic).images)
+
+
+def _saved_code(digits, tmp_path, param: str, ipc: int = 1):
+    """A DM set of ``param`` saved to a file: its path, header metadata and tensors."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    config = make_config("dm", {"ipc": ipc, "iterations": 1, "model": TINY_MODEL, "param": param})
+    path = save_set(create_distiller("dm", digits.train, config).synthetic_set(), tmp_path / "set.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    return path, metadata, load_file(str(path))
+
+
+@pytest.mark.parametrize(("fault", "message"), [
+    ("flip", r"its mask keeps \[17, 16, .*\] coefficients per class, where its code holds 16 per image"),
+    ("short", "its code.mask holds 79 bytes, not whole masks of 64 bits packed"),
+    ("nine classes", r"its mask has shape \(9, 64\), not one row per class of 30 images"),
+    ("no mask", "not a dct:keep=0.25,select=variance code"),
+])
+def test_a_file_whose_mask_does_not_fit_its_code_is_one_clear_error(digits, tmp_path, fault, message):
+    from safetensors.torch import save_file
+
+    path, metadata, tensors = _saved_code(digits, tmp_path, "dct:keep=0.25,select=variance", ipc=2)
+    mask = tensors.pop("code.mask")
+    if fault == "flip":  # one more coefficient kept in class 0 than the code holds
+        bits = torch.tensor(np.unpackbits(mask.numpy()))
+        bits[int(torch.nonzero(bits[:64] == 0)[0])] = 1
+        tensors["code.mask"] = torch.from_numpy(np.packbits(bits.numpy()))
+    elif fault == "short":
+        tensors["code.mask"] = mask[:-1].clone()
+    elif fault == "nine classes":
+        tensors["code.mask"] = mask[:72].clone()
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(DdplugError, match=message):
+        load_set(path)
+
+
+@pytest.mark.parametrize("select", ["low", "variance"])
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_a_low_bit_dct_code_fills_its_budget_and_is_stored_within_half_a_step(select, bits):
+    from ddplug.sets import decode_code
+
+    spec = f"dct:keep=0.25,select={select},bits={bits}"
+    param = create_param(spec)
+    budget = 3 * math.prod(SHAPE)
+    layout = param.layout(CLASSES, SHAPE, budget)
+    groups = CLASSES if select == "variance" else 1  # one step per kept coefficient (and class, when they differ)
+    masks = 80 if select == "variance" else 0
+    per_class = ((CLASSES * budget - masks - groups * 16 * 2) * 8) // (CLASSES * 16 * bits)
+    assert layout.decoded_per_class == per_class > 2 * 6 // 2  # more images than fp16's 6 per class
+    assert layout.stored_bytes == math.ceil(CLASSES * per_class * 16 * bits / 8) + groups * 32 + masks
+    assert layout.stored_bytes <= CLASSES * budget
+    images = smooth_images(CLASSES * per_class) * torch.linspace(0.5, 2, CLASSES).repeat_interleave(per_class).view(
+        -1, 1, 1, 1)
+    code = param.encode(images, layout)
+    stored = param.store(code, (0.5,), (0.25,))
+    assert {name: tuple(tensor.shape) for name, tensor in stored.items()} == {
+        name: layout.stored_shape(name) for name in layout.shapes}
+    assert sum(tensor.numel() * tensor.element_size() for tensor in stored.values()) == layout.stored_bytes
+    back, decoded = decode_code(stored, spec, (0.5,), (0.25,), SHAPE)
+    # every coefficient within half a step of its own group's largest value over 2**bits - 1 levels
+    largest = code["coefficients"].abs().reshape(groups, -1, 1, 16).amax(dim=1)
+    half_step = (largest / (2**bits - 1)).repeat_interleave(CLASSES * per_class // groups, dim=0)
+    assert ((back["coefficients"] - code["coefficients"]).abs() <= half_step * 1.002 + 1e-4).all()
+    assert len(torch.unique(back["coefficients"][:per_class, 0, 3])) <= 2**bits  # one coefficient of a class: 2**bits levels
+    assert torch.equal(decoded, param.decode(back, SHAPE))
+
+
+@pytest.mark.parametrize(("fault", "message"), [
+    ("infinite step", "its steps hold values that are not finite and positive"),
+    ("negative step", "its steps hold values that are not finite and positive"),
+    ("steps per class", r"its steps have shape \(10, 1, 16\), where dct:keep=0.25,bits=4 stores one per kept "
+                        r"coefficient and channel: \(1, 1, 16\)"),
+    ("no steps", "its code has no steps, which a dct:keep=0.25,bits=4 code needs"),
+    ("float coefficients", "its code.coefficients is float32, where dct:keep=0.25,bits=4 stores uint8"),
+])
+def test_a_low_bit_dct_file_with_bad_steps_is_one_clear_error(digits, tmp_path, fault, message):
+    from safetensors.torch import save_file
+
+    path, metadata, tensors = _saved_code(digits, tmp_path, "dct:keep=0.25,bits=4")
+    steps = tensors["code.steps"]
+    if fault == "infinite step":
+        tensors["code.steps"] = steps.clone().index_fill_(2, torch.tensor([3]), float("inf"))
+    elif fault == "negative step":
+        tensors["code.steps"] = -steps
+    elif fault == "steps per class":
+        tensors["code.steps"] = steps.repeat(10, 1, 1)
+    elif fault == "no steps":
+        del tensors["code.steps"]
+    else:
+        tensors["code.coefficients"] = tensors["code.coefficients"].float()
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(DdplugError, match=message):
+        load_set(path)
+
+
+def test_a_private_run_chooses_its_masks_without_the_real_images(digits, monkeypatch):
+    from ddplug.methods.base import Distiller
+
+    seen = []
+    reference = Distiller._reference_images
+    monkeypatch.setattr(Distiller, "_reference_images", lambda self: seen.append(out := reference(self)) or out)
+    settings = {"ipc": 2, "iterations": 1, "model": TINY_MODEL, "init": "noise", "param": "dct:keep=0.25,select=variance"}
+    private = create_distiller("dm", digits.train, make_config("dm", {**settings, "dp_epsilon": 4.0}))
+    public = create_distiller("dm", digits.train, make_config("dm", settings))
+    assert seen[0] is None and seen[1].shape == (10 * 100, 1, 8, 8)  # 100 real images per class, public only
+    assert private.masks["mask"].sum(dim=1).tolist() == [16] * 10
+    assert not torch.equal(private.masks["mask"], public.masks["mask"])

@@ -9,6 +9,7 @@ and all behave alike; the settings are :class:`ddplug.methods.config.DistillConf
 from __future__ import annotations
 
 import dataclasses
+import math
 import secrets
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
@@ -31,6 +32,10 @@ from ddplug.methods.config import DistillConfig, check_private, parse_init
 from ddplug.sets.param import create_param
 
 MIN_STUDENT_LR = 1e-6
+# Real images per class a code's masks are chosen from (FreD's variances), at most
+# REFERENCE_VALUES values in all, so that many classes of large images stay in memory.
+REFERENCE_PER_CLASS = 100
+REFERENCE_VALUES = 2**26
 
 
 class Distiller(ABC):
@@ -90,8 +95,11 @@ class Distiller(ABC):
         self.layout = config.layout(real)
         self.per_class = self.layout.decoded_per_class  # decoded images per class
         self.labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(self.per_class)
-        initial = self.param.encode(self._initial_images(), self.layout)
-        self.code = nn.ParameterDict({name: nn.Parameter(tensor) for name, tensor in initial.items()})
+        initial = self.param.encode(self._initial_images(), self.layout, self._reference_images())
+        self.code = nn.ParameterDict({name: nn.Parameter(tensor) for name, tensor in initial.items()
+                                      if tensor.is_floating_point()})
+        # Masks the code chose from the data (FreD's coefficients) stay as chosen: not learned.
+        self.masks = {name: tensor for name, tensor in initial.items() if not tensor.is_floating_point()}
         groups = [{"params": list(self.code.values()), "lr": config.lr_images}]
         self.label_logits: nn.Parameter | None = None
         if config.learn_labels:
@@ -113,7 +121,7 @@ class Distiller(ABC):
     @property
     def images(self) -> Tensor:
         """The synthetic images: the code decoded (for ``pixels``, the learnable tensor itself)."""
-        return self.param.decode(dict(self.code), self.image_shape)
+        return self.param.decode({**self.code, **self.masks}, self.image_shape)
 
     def build_network(self, seed: int) -> nn.Module:
         """A freshly initialised matching network (``config.model``) on the device."""
@@ -124,6 +132,16 @@ class Distiller(ABC):
             image_size=self.real.image_size,
             seed=seed,
         ).to(self.device)
+
+    def _reference_images(self) -> Tensor | None:
+        """Real images of every class (class by class, as many of each) for a code that chooses
+        masks from the data; None for codes without masks, and under DP, whose code may see
+        the real data only through the private mechanism (the masks then come from the noise)."""
+        if torch.bool not in self.layout.dtypes.values() or self.privacy is not None:
+            return None
+        per_class = max(1, min(REFERENCE_PER_CLASS, REFERENCE_VALUES // (self.num_classes * math.prod(self.image_shape))))
+        index = self.sampler.sample(per_class, make_generator(self.config.seed, "reference", device=self.device))
+        return self.real_images[index.flatten()]
 
     def _initial_images(self) -> Tensor:
         generator = make_generator(self.config.seed, "init", device=self.device)
@@ -253,7 +271,7 @@ class Distiller(ABC):
                 "zca_epsilon": None if self.zca is None else self.zca.epsilon,
                 "ddplug_version": __version__,
             },
-            code={name: tensor.detach().clone() for name, tensor in self.code.items()},
+            code={name: tensor.detach().clone() for name, tensor in {**self.code, **self.masks}.items()},
             param=self.param.spec,
         )
 

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ddplug.errors import DdplugError
 from ddplug.memory import check_decoded_size, check_image_shape
-from ddplug.sets.param import create_param, pack_levels, unpack_levels
+from ddplug.sets.param import create_param, normalise_levels
 from ddplug.sets.synthetic import SetLimits, SyntheticSet
 from ddplug.storage import atomic_write
 
@@ -115,23 +115,10 @@ CODE_PREFIX = "code."
 
 
 def stored_code(synthetic: SyntheticSet) -> dict[str, Tensor]:
-    """The code as stored: uint8 entries on the pixel scale of the set's normalisation (at
-    ``2**bits`` levels, packed, for a parameterisation with fewer than 8 bits per pixel)."""
-    param = create_param(synthetic.param)
-    stored = {}
-    for name, tensor in synthetic.code.items():
-        dtype = torch.float32 if synthetic.zca_epsilon is not None else param.storage[name]
-        if dtype != torch.uint8:
-            stored[name] = tensor.to(dtype).contiguous()
-            continue
-        levels = (_denormalise(tensor, synthetic.mean, synthetic.std).clamp(0, 1) * (2**param.bits - 1)).round()
-        levels = levels.to(torch.uint8).contiguous()
-        stored[name] = levels if param.bits == 8 else pack_levels(levels, param.bits)
-    return stored
-
-
-def _denormalise(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    return images * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+    """The code as stored (:meth:`Parameterisation.store`: pixels as uint8 levels on the
+    [0, 1] scale of the set's normalisation, packed below 8 bits; masks packed to bits)."""
+    return create_param(synthetic.param).store(synthetic.code, synthetic.mean, synthetic.std,
+                                               whitened=synthetic.zca_epsilon is not None)
 
 
 def _implied_labels(labels: Tensor, num_classes: int) -> int | None:
@@ -156,28 +143,19 @@ def as_stored(synthetic: SyntheticSet) -> SyntheticSet:
 
 def decode_code(stored: dict[str, Tensor], spec: str, mean: Sequence[float], std: Sequence[float],
                 image_shape: tuple[int, ...]) -> tuple[dict[str, Tensor], Tensor]:
-    """The float code of a stored one (uint8 pixels, packed ones unpacked into images of
-    ``image_shape``, back to the normalised scale) and the images ``spec`` decodes it to."""
+    """The float code of a stored one (packed values unpacked, pixels back on the normalised
+    scale) and the images ``spec`` decodes it to, every declared size bounded first."""
     param = create_param(spec)
     check_image_shape(image_shape)
-    packed = {name for name, tensor in stored.items() if tensor.dtype == torch.uint8 and param.bits < 8}
-    shapes = {name: (tensor.numel() * 8 // param.bits // math.prod(image_shape), *image_shape) if name in packed
-              else tuple(tensor.shape) for name, tensor in stored.items()}
+    shapes = param.stored_shapes(stored, image_shape)
     try:
         count = param.decoded_count(shapes)
     except (KeyError, IndexError):
         raise DdplugError(f"its code holds {', '.join(sorted(stored)) or 'nothing'}, not a {spec} code") from None
     check_decoded_size(count, image_shape, f"a {spec} code of {', '.join(f'{n} {tuple(s)}' for n, s in shapes.items())}",
                        "it is not a set this machine can train on; refuse the file or use one of fewer images")
-    for name, tensor in stored.items():
-        if name in param.storage and tensor.dtype not in (param.storage[name], torch.float32):
-            raise DdplugError(f"its code.{name} is {str(tensor.dtype).removeprefix('torch.')}, where {spec} stores "
-                              f"{str(param.storage[name]).removeprefix('torch.')}")
-    code = {}
-    for name, tensor in stored.items():
-        if name in packed:
-            tensor = unpack_levels(tensor, param.bits, shapes[name])
-        code[name] = decode_images(tensor, mean, std, levels=2**param.bits - 1)
+    code = param.restore(stored, shapes, mean, std)
+    param.check_code(code, image_shape)
     with torch.no_grad():
         return code, param.decode(code, image_shape)
 
@@ -269,12 +247,9 @@ def encode_images(synthetic: SyntheticSet, encoding: str) -> Tensor:
     return synthetic.images.to(getattr(torch, encoding)).contiguous()
 
 
-def decode_images(images: Tensor, mean: Sequence[float], std: Sequence[float], levels: int = 255) -> Tensor:
-    """Normalised float32 images from :func:`encode_images`'s output (uint8 pixels, 0 to
-    ``levels``, are normalised)."""
-    if images.dtype != torch.uint8:
-        return images.float()
-    return (images.float() / levels - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+def decode_images(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Normalised float32 images from :func:`encode_images`'s output (uint8 pixels are normalised)."""
+    return normalise_levels(images, mean, std) if images.dtype == torch.uint8 else images.float()
 
 
 def _load_ddplug(path: Path) -> SyntheticSet:

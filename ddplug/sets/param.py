@@ -8,8 +8,10 @@ Specs read like model specs: ``pixels``, ``multi:factor=2``, ``dct:keep=0.25``,
 - ``pixels``: one stored image per image (uint8 when saved).
 - ``multi`` (IDC's multi-formation): each stored image of the original size holds
   ``factor x factor`` images at ``1/factor`` resolution, upsampled bilinearly to train on.
-- ``dct`` (frequency domain, FreD-style): the lowest-frequency ``keep`` fraction of each
-  image's orthonormal 2-D DCT coefficients (zig-zag order), fp16 when saved.
+- ``dct`` (frequency domain, FreD-style): a ``keep`` fraction of each image's orthonormal
+  2-D DCT coefficients, fp16 when saved: the lowest frequencies (zig-zag order), or with
+  ``select=variance`` (FreD's choice) those of highest variance over each class's real
+  images, named by one bit per coefficient and class, stored with the code.
 - ``factor`` (factorised, HaBa / low-rank style): ``bases`` basis images shared by all
   classes and per-image coefficients, fp16 when saved.
 
@@ -18,7 +20,7 @@ grey levels, packed, so ``pixels:bits=4`` holds 2 images in one raw image's byte
 ``multi:factor=2,bits=4`` 8.
 
 The byte accounting is exact for the saved code: ``stored_bytes`` of the layout counts
-every value at its storage dtype (pixels at their ``bits``). Hard labels are implied by the
+every value at its storage dtype (pixels at their ``bits``, masks at one bit each). Hard labels are implied by the
 class-ordered layout and cost nothing; learned soft labels cost ``decoded images x classes
 x 4`` bytes more.
 """
@@ -28,7 +30,7 @@ from __future__ import annotations
 import functools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -50,19 +52,25 @@ class Layout:
     """How a parameterisation fills a budget: the code's tensor shapes and dtypes, and what it decodes to."""
 
     shapes: dict[str, tuple[int, ...]]
-    dtypes: dict[str, torch.dtype]  # storage dtype of each code tensor
+    dtypes: dict[str, torch.dtype]  # storage dtype of each code tensor (bool: a mask, one bit per value)
     decoded_per_class: int
     bits: int = 8  # bits per stored pixel (the uint8 tensors); below 8 they are packed
 
     def stored_shape(self, name: str) -> tuple[int, ...]:
-        """The shape the tensor ``name`` is stored in: packed pixels are one flat run of bytes."""
+        """The shape the tensor ``name`` is stored in: packed pixels and masks are one flat run of bytes."""
+        if self.dtypes[name] == torch.bool:
+            return (packed_length(math.prod(self.shapes[name]), 1),)
         if self.dtypes[name] == torch.uint8 and self.bits < 8:
             return (packed_length(math.prod(self.shapes[name]), self.bits),)
         return self.shapes[name]
 
+    def stored_dtype(self, name: str) -> torch.dtype:
+        """The dtype the tensor ``name`` is stored in (a mask's packed bits are uint8)."""
+        return torch.uint8 if self.dtypes[name] == torch.bool else self.dtypes[name]
+
     @property
     def stored_bytes(self) -> int:
-        return sum(math.prod(self.stored_shape(name)) * _itemsize(self.dtypes[name]) for name in self.shapes)
+        return sum(math.prod(self.stored_shape(name)) * _itemsize(self.stored_dtype(name)) for name in self.shapes)
 
 
 def _itemsize(dtype: torch.dtype) -> int:
@@ -70,12 +78,18 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 
 class Parameterisation(ABC):
-    """A code and its differentiable decoder for images of shape ``(C, H, W)``."""
+    """A code and its differentiable decoder for images of shape ``(C, H, W)``.
+
+    Float code tensors are learned; a bool tensor is a mask chosen once by :meth:`encode`
+    from the real data and then fixed (FreD's choice of coefficients).
+    """
 
     name: ClassVar[str]
-    storage: ClassVar[dict[str, torch.dtype]]  # each code tensor's dtype in files (uint8: pixel-scale images)
+    # each code tensor's dtype in files (uint8: pixel-scale images; bool: a mask, packed to bits)
+    storage: dict[str, torch.dtype]
     options: dict[str, Any]
     bits: int = 8  # grey levels of the stored pixels (uint8 tensors): 2**bits
+    whitened_floats: bool = True  # a whitened set may store float32 for its storage dtypes (its values are no pixels)
 
     def __init__(self, **options: Any) -> None:
         self.options = options
@@ -93,14 +107,96 @@ class Parameterisation(ABC):
         """Images ``(N, C, H, W)``, class by class as the code is, differentiable in the code."""
 
     @abstractmethod
-    def encode(self, images: Tensor, layout: Layout) -> Code:
+    def encode(self, images: Tensor, layout: Layout, reference: Tensor | None = None) -> Code:
         """A code of ``layout`` whose decoding approximates ``images`` (``decoded_per_class``
-        images of each class, class by class)."""
+        images of each class, class by class). ``reference``, when given, holds as many real
+        images of every class, class by class, for a code whose masks are chosen from the
+        data; without it they are chosen from ``images``."""
 
     @abstractmethod
     def decoded_count(self, shapes: dict[str, tuple[int, ...]]) -> int:
         """How many images a code whose tensors have ``shapes`` decodes to, known before
-        anything is decoded (what a file declares is bounded by it)."""
+        anything is decoded (what a file declares is bounded by it); :class:`DdplugError`
+        if the shapes do not fit together."""
+
+    def check_code(self, code: Code, image_shape: tuple[int, int, int]) -> None:
+        """Raise :class:`DdplugError` if a code read from outside cannot be decoded into
+        images of ``image_shape`` as it says (a mask of another size, or keeping another
+        number of values); the shapes among themselves are :meth:`decoded_count`'s to check."""
+
+    def store(self, code: Code, mean: Sequence[float], std: Sequence[float], *, whitened: bool = False) -> Code:
+        """The code as files and uploads hold it (the layout's stored shapes and dtypes): uint8
+        pixels as ``2**bits`` levels on the [0, 1] scale of the normalisation, packed below 8
+        bits; masks packed to one bit per value; the rest at their storage dtype. A whitened
+        set's values are not pixels: they stay float32."""
+        stored = {}
+        for name, tensor in code.items():
+            dtype = self.storage[name]
+            if dtype == torch.bool:
+                stored[name] = pack_levels(tensor.to(torch.uint8), 1)
+            elif dtype == torch.uint8 and not whitened:
+                levels = (denormalise(tensor, mean, std).clamp(0, 1) * (2**self.bits - 1)).round().to(torch.uint8)
+                stored[name] = levels.contiguous() if self.bits == 8 else pack_levels(levels, self.bits)
+            else:
+                stored[name] = tensor.to(torch.float32 if whitened else dtype).contiguous()
+        return stored
+
+    def stored_shapes(self, stored: Code, image_shape: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
+        """The shape of each code tensor in ``stored`` as it will be unpacked, known before
+        anything is unpacked: packed pixels are whole images of ``image_shape``, a mask one
+        row of H x W bits per class."""
+        for name, tensor in stored.items():
+            self._check_dtype(name, tensor)
+        pixels = math.prod(image_shape[1:])
+        shapes = {}
+        for name, tensor in stored.items():
+            dtype = self.storage.get(name)
+            if dtype == torch.bool:
+                shapes[name] = (tensor.numel() * 8 // pixels, pixels)
+                if packed_length(math.prod(shapes[name]), 1) != tensor.numel():
+                    raise DdplugError(f"its code.{name} holds {tensor.numel()} bytes, not whole masks of {pixels} "
+                                      "bits packed (one per class)")
+            elif dtype == torch.uint8 and tensor.dtype == torch.uint8 and self.bits < 8:
+                shapes[name] = (tensor.numel() * 8 // self.bits // math.prod(image_shape), *image_shape)
+            else:
+                shapes[name] = tuple(tensor.shape)
+        return shapes
+
+    def restore(self, stored: Code, shapes: dict[str, tuple[int, ...]], mean: Sequence[float],
+                std: Sequence[float]) -> Code:
+        """The code a stored one holds (:meth:`store` undone, but for its rounding): floats on
+        the normalised scale, and masks. ValueError if packed bytes do not fill ``shapes``."""
+        code = {}
+        for name, tensor in stored.items():
+            if self.storage.get(name) == torch.bool:
+                code[name] = unpack_levels(tensor.reshape(-1), 1, shapes[name]).bool()
+            elif tensor.dtype == torch.uint8:
+                levels = tensor if self.bits == 8 else unpack_levels(tensor, self.bits, shapes[name])
+                code[name] = normalise_levels(levels, mean, std, 2**self.bits - 1)
+            else:
+                code[name] = tensor.float()
+        return code
+
+    def _check_dtype(self, name: str, tensor: Tensor) -> None:
+        """A stored tensor must be at its storage dtype (or float32: a whitened set's)."""
+        if name not in self.storage:
+            return
+        mask = self.storage[name] == torch.bool
+        wanted = torch.uint8 if mask else self.storage[name]
+        if tensor.dtype != wanted and (mask or not self.whitened_floats or tensor.dtype != torch.float32):
+            raise DdplugError(f"its code.{name} is {str(tensor.dtype).removeprefix('torch.')}, where {self.spec} "
+                              f"stores {str(wanted).removeprefix('torch.')}")
+
+
+def denormalise(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Normalised images (N, C, H, W) back on the [0, 1] pixel scale (not clamped)."""
+    return images * torch.tensor(std, device=images.device).view(1, -1, 1, 1) + \
+        torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+
+
+def normalise_levels(levels: Tensor, mean: Sequence[float], std: Sequence[float], top: int = 255) -> Tensor:
+    """Normalised float32 images from uint8 pixel levels 0 to ``top``."""
+    return (levels.float() / top - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
 
 
 PARAMETERISATIONS: Registry[type[Parameterisation]] = Registry("parameterisation")
@@ -200,7 +296,7 @@ class Pixels(Parameterisation):
     def decode(self, code: Code, image_shape: tuple[int, int, int]) -> Tensor:
         return code["images"]
 
-    def encode(self, images: Tensor, layout: Layout) -> Code:
+    def encode(self, images: Tensor, layout: Layout, reference: Tensor | None = None) -> Code:
         return {"images": images.clone()}
 
     def decoded_count(self, shapes: dict[str, tuple[int, ...]]) -> int:
@@ -239,7 +335,7 @@ class MultiFormation(Parameterisation):
         tiles = stored.reshape(n, c, f, h // f, f, w // f).permute(0, 2, 4, 1, 3, 5).reshape(n * f * f, c, h // f, w // f)
         return F.interpolate(tiles, size=(h, w), mode="bilinear", align_corners=False)
 
-    def encode(self, images: Tensor, layout: Layout) -> Code:
+    def encode(self, images: Tensor, layout: Layout, reference: Tensor | None = None) -> Code:
         f = self.factor
         n, c, h, w = images.shape
         small = F.interpolate(images, size=(h // f, w // f), mode="area")
@@ -256,64 +352,193 @@ def _dct_matrix(size: int) -> Tensor:
 
 
 @functools.lru_cache(maxsize=16)
-def _dct_basis(height: int, width: int, count: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """The row and column DCT matrices and the kept indices, made once per shape and device
-    (every decode of every step needs them)."""
-    return _dct_matrix(height).to(device), _dct_matrix(width).to(device), _zigzag(height, width, count).to(device)
+def _dct_basis(height: int, width: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The row and column DCT matrices and every coefficient's flat index in zig-zag order,
+    made once per shape and device (every decode of every step needs them)."""
+    return _dct_matrix(height).to(device), _dct_matrix(width).to(device), _zigzag(height, width).to(device)
 
 
-def _zigzag(height: int, width: int, count: int) -> Tensor:
-    """Flat indices of the ``count`` lowest-frequency coefficients (by ``u + v``, then ``u``)."""
+def _zigzag(height: int, width: int) -> Tensor:
+    """Flat indices of the coefficients from the lowest frequency up (by ``u + v``, then ``u``)."""
     u = torch.arange(height).view(-1, 1)
     v = torch.arange(width).view(1, -1)
-    order = torch.argsort(((u + v) * height + u).flatten(), stable=True)  # ties of (u + v, u) are none
-    return order[:count].clone()
+    return torch.argsort(((u + v) * height + u).flatten(), stable=True)  # ties of (u + v, u) are none
+
+
+SELECTIONS = ("low", "variance")
 
 
 @register_param
 class FrequencyDomain(Parameterisation):
-    """FreD-style: each image is its lowest-frequency ``keep`` fraction of orthonormal 2-D DCT
-    coefficients (per channel, fp16 when saved); the rest are zero."""
+    """FreD-style: each image is a ``keep`` fraction of its orthonormal 2-D DCT coefficients
+    (per channel); the rest are zero.
+
+    ``select=low`` keeps the lowest frequencies. ``select=variance`` keeps, for each class,
+    the coefficients of highest variance over the class's real images (their spectra
+    averaged over channels, as FreD does; ties go to the lower frequency) and stores that
+    choice as a mask of one bit per coefficient and class, counted in the budget.
+
+    Coefficients are stored as fp16, or with ``bits=B`` (1 to 8) as ``2**B`` evenly spaced
+    levels, packed, with one fp16 step per kept coefficient and channel (per class under
+    ``select=variance``, whose classes keep different ones) fitted to the largest value.
+
+    Examples:
+        >>> param = create_param("dct:keep=0.25,select=variance")
+        >>> layout = param.layout(num_classes=10, image_shape=(1, 28, 28), budget_per_class=784 * 10)
+        >>> layout.decoded_per_class, layout.shapes["mask"], layout.stored_shape("mask")
+        (19, (10, 784), (980,))
+        >>> create_param("dct:keep=0.0625,bits=4").layout(10, (1, 28, 28), 784).decoded_per_class
+        31
+    """
 
     name = "dct"
-    storage = {"coefficients": torch.float16}
 
     def __init__(self, **options: Any) -> None:
         rest = dict(options)
         keep = _option(rest, "keep", float, 0.25, "dct", lambda k: 0 < k <= 1, "a fraction in (0, 1]")
+        select = _option(rest, "select", str, "low", "dct", lambda s: s in SELECTIONS,
+                         f"one of {', '.join(SELECTIONS)}")
+        bits = _option(rest, "bits", int, 0, "dct", lambda b: 1 <= b <= 8 or b == 0,
+                       "a whole number from 1 to 8 (or absent: fp16)") if "bits" in rest else 0
         _no_more(self.name, rest)
-        super().__init__(keep=keep)
+        super().__init__(keep=keep, **({} if select == "low" else {"select": select}), **({"bits": bits} if bits else {}))
         self.keep = keep
+        self.select = select
+        self.levels = 2**bits if bits else 0  # 0: fp16 coefficients
+        self.bits = bits or 8
+        self.whitened_floats = not bits
+        self.storage = {"coefficients": torch.uint8 if bits else torch.float16,
+                        **({"steps": torch.float16} if bits else {}),
+                        **({"mask": torch.bool} if select == "variance" else {})}
 
     def _count(self, height: int, width: int) -> int:
         return max(1, round(self.keep * height * width))
 
     def layout(self, num_classes: int, image_shape: tuple[int, int, int], budget_per_class: int) -> Layout:
         c, h, w = image_shape
-        per_image = c * self._count(h, w) * 2
-        per_class = budget_per_class // per_image
+        count = self._count(h, w)
+        masks = packed_length(num_classes * h * w, 1) if self.select == "variance" else 0
+        groups = num_classes if self.select == "variance" else 1
+        steps = groups * c * count * 2 if self.levels else 0
+        left_bits = max(num_classes * budget_per_class - masks - steps, 0) * 8
+        per_class = left_bits // (num_classes * c * count * (self.bits if self.levels else 16))
         if per_class < 1:
-            raise _too_small(self.spec, budget_per_class, per_image)
-        return Layout({"coefficients": (num_classes * per_class, c, self._count(h, w))}, self.storage, per_class)
+            needed = math.ceil((num_classes * c * count * (self.bits if self.levels else 16) / 8 + masks + steps)
+                               / num_classes)
+            raise _too_small(self.spec, budget_per_class, needed)
+        shapes = {"coefficients": (num_classes * per_class, c, count),
+                  **({"steps": (groups, c, count)} if steps else {}),
+                  **({"mask": (num_classes, h * w)} if masks else {})}
+        return Layout(shapes, self.storage, per_class, self.bits)
 
-    def _basis(self, h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        return _dct_basis(h, w, self._count(h, w), device)
+    @staticmethod
+    def _index(mask: Tensor | None, zigzag: Tensor, images: int, channels: int, count: int) -> Tensor:
+        """Each image's and channel's kept coefficients as flat indices, (images, channels, count):
+        the lowest frequencies, or each class's mask row."""
+        if mask is None:
+            positions = zigzag[:count].view(1, -1)
+        else:  # a stable sort puts each row's kept indices first, in increasing order, with no host sync
+            positions = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)[:, :count]
+        return positions.repeat_interleave(images // len(positions), dim=0).unsqueeze(1).expand(images, channels, count)
 
     def decode(self, code: Code, image_shape: tuple[int, int, int]) -> Tensor:
         coefficients = code["coefficients"]
-        c, h, w = image_shape
-        rows, cols, kept = self._basis(h, w, coefficients.device)
-        full = coefficients.new_zeros(len(coefficients), c, h * w).index_copy(2, kept, coefficients)
-        return rows.T @ full.reshape(-1, c, h, w) @ cols  # inverse of D x D^T (orthonormal)
+        n, c, count = coefficients.shape
+        _, h, w = image_shape
+        rows, cols, zigzag = _dct_basis(h, w, coefficients.device)
+        index = self._index(code.get("mask"), zigzag, n, c, count)
+        full = coefficients.new_zeros(n, c, h * w).scatter(2, index, coefficients)
+        return rows.T @ full.reshape(n, c, h, w) @ cols  # inverse of D x D^T (orthonormal)
 
-    def encode(self, images: Tensor, layout: Layout) -> Code:
+    def encode(self, images: Tensor, layout: Layout, reference: Tensor | None = None) -> Code:
         n, c, h, w = images.shape
-        rows, cols, kept = self._basis(h, w, images.device)
+        rows, cols, zigzag = _dct_basis(h, w, images.device)
         spectrum = (rows @ images @ cols.T).reshape(n, c, h * w)
-        return {"coefficients": spectrum[:, :, kept].contiguous()}
+        code: Code = {}
+        if self.select == "variance":
+            classes = layout.shapes["mask"][0]
+            source = spectrum if reference is None else (rows @ reference @ cols.T).reshape(len(reference), c, h * w)
+            variance = source.mean(dim=1).reshape(classes, -1, h * w).var(dim=1, correction=0)
+            # Highest variance first; among equal variances (one image per class) the lower frequency.
+            by_variance = torch.argsort(-variance[:, zigzag], dim=1, stable=True)[:, :layout.shapes["coefficients"][2]]
+            code["mask"] = torch.zeros(classes, h * w, dtype=torch.bool, device=images.device).scatter_(
+                1, zigzag[by_variance], True)
+        index = self._index(code.get("mask"), zigzag, n, c, layout.shapes["coefficients"][2])
+        return {"coefficients": spectrum.gather(2, index).contiguous(), **code}
 
     def decoded_count(self, shapes: dict[str, tuple[int, ...]]) -> int:
-        return shapes["coefficients"][0]
+        coefficients = shapes["coefficients"]
+        if len(coefficients) != 3:
+            raise DdplugError(f"its coefficients have shape {coefficients}, not (images, channels, kept)")
+        if self.select == "variance":
+            mask = shapes["mask"]
+            if len(mask) != 2 or mask[0] < 1 or coefficients[0] % mask[0]:
+                raise DdplugError(f"its mask has shape {mask}, not one row per class of {coefficients[0]} images")
+        return coefficients[0]
+
+    def store(self, code: Code, mean: Sequence[float], std: Sequence[float], *, whitened: bool = False) -> Code:
+        if not self.levels:
+            return super().store(code, mean, std, whitened=whitened)
+        # Levels are fitted to the coefficients' own range, not to pixels: whitened codes too.
+        coefficients = code["coefficients"].detach()
+        n, c, count = coefficients.shape
+        groups = len(code["mask"]) if "mask" in code else 1
+        largest = coefficients.abs().reshape(groups, -1, c, count).amax(dim=1)
+        # A coefficient zero everywhere gets the smallest step, so its levels decode to about 0.
+        steps = (2 * largest / (self.levels - 1)).to(torch.float16).clamp_min(torch.finfo(torch.float16).tiny)
+        per_image = steps.float().repeat_interleave(n // groups, dim=0)
+        levels = (coefficients / per_image + (self.levels - 1) / 2).round().clamp(0, self.levels - 1).to(torch.uint8)
+        stored = {"coefficients": levels.contiguous() if self.bits == 8 else pack_levels(levels, self.bits),
+                  "steps": steps}
+        if "mask" in code:
+            stored["mask"] = pack_levels(code["mask"].to(torch.uint8), 1)
+        return stored
+
+    def stored_shapes(self, stored: Code, image_shape: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
+        shapes = super().stored_shapes(stored, image_shape)
+        coefficients = stored.get("coefficients")
+        if self.levels and self.bits < 8 and coefficients is not None and coefficients.dtype == torch.uint8:
+            c, h, w = image_shape
+            count = self._count(h, w)
+            shapes["coefficients"] = (coefficients.numel() * 8 // self.bits // (c * count), c, count)
+        return shapes
+
+    def restore(self, stored: Code, shapes: dict[str, tuple[int, ...]], mean: Sequence[float],
+                std: Sequence[float]) -> Code:
+        if not self.levels:
+            return super().restore(stored, shapes, mean, std)
+        if "steps" not in stored:
+            raise DdplugError(f"its code has no steps, which a {self.spec} code needs")
+        coefficients, steps = stored["coefficients"], stored["steps"]
+        n, c, count = shapes["coefficients"]
+        groups = shapes["mask"][0] if "mask" in shapes else 1
+        if tuple(steps.shape) != (groups, c, count):
+            raise DdplugError(f"its steps have shape {tuple(steps.shape)}, where {self.spec} stores one per kept "
+                              f"coefficient and channel{' and class' if groups > 1 else ''}: {(groups, c, count)}")
+        if not bool((torch.isfinite(steps) & (steps > 0)).all()):
+            raise DdplugError("its steps hold values that are not finite and positive")
+        levels = coefficients.reshape(shapes["coefficients"]) if self.bits == 8 else \
+            unpack_levels(coefficients, self.bits, shapes["coefficients"])
+        values = (levels.float() - (self.levels - 1) / 2) * steps.float().repeat_interleave(n // groups, dim=0)
+        code = {"coefficients": values}
+        if "mask" in stored:
+            code["mask"] = unpack_levels(stored["mask"].reshape(-1), 1, shapes["mask"]).bool()
+        return code
+
+    def check_code(self, code: Code, image_shape: tuple[int, int, int]) -> None:
+        _, h, w = image_shape
+        count = code["coefficients"].shape[2]
+        if count != self._count(h, w):
+            raise DdplugError(f"its code holds {count} coefficients per image, where {self.spec} keeps "
+                              f"{self._count(h, w)} of {h}x{w}")
+        if "mask" in code:
+            if code["mask"].shape[1] != h * w:
+                raise DdplugError(f"its mask has {code['mask'].shape[1]} bits per class for images of {h}x{w} "
+                                  f"({h * w} coefficients)")
+            kept = code["mask"].sum(dim=1)
+            if not bool((kept == count).all()):
+                raise DdplugError(f"its mask keeps {kept.tolist()} coefficients per class, where its code holds "
+                                  f"{count} per image")
 
 
 @register_param
@@ -346,7 +571,7 @@ class Factorised(Parameterisation):
         bases = code["bases"]
         return (code["coefficients"] @ bases.reshape(len(bases), -1)).reshape(-1, *image_shape)
 
-    def encode(self, images: Tensor, layout: Layout) -> Code:
+    def encode(self, images: Tensor, layout: Layout, reference: Tensor | None = None) -> Code:
         flat = images.reshape(len(images), -1)
         # The best rank-`bases` fit (least squares) of the images: their top right singular vectors.
         _, singular, right = torch.linalg.svd(flat, full_matrices=False)

@@ -220,7 +220,7 @@ def _coded_set(record: ArrayRecord, spec: SetSpec) -> SyntheticSet:
         raise PayloadError(f"{len(classes)} classes cannot hold a {spec.param} code: {error}") from None
     stored = {}
     for name in layout.shapes:
-        key, dtype = f"{CODE_PREFIX}{name}", str(layout.dtypes[name]).removeprefix("torch.")
+        key, dtype = f"{CODE_PREFIX}{name}", str(layout.stored_dtype(name)).removeprefix("torch.")
         shape = layout.stored_shape(name)
         if key not in record or record[key].dtype != dtype or tuple(record[key].shape) != shape:
             found = "nothing" if key not in record else f"{record[key].dtype} {tuple(record[key].shape)}"
