@@ -162,6 +162,25 @@ def streamed_folder(root: Path = BENCHMARKS) -> str:
           f"{run['peak_rss_ratio']:.2f}", f"{run['max_abs_difference_to_memory']:g}"] for run in runs])
 
 
+def transfer(root: Path = BENCHMARKS) -> str:
+    """Each set on every architecture measured, beside random real images of its bytes there,
+    and the points it gives up against its own first model (the one it was judged on)."""
+    from simulations.transfer import DEFAULT_MODELS
+
+    runs = [row for kept in rows("transfer", root) for row in kept["rows"]]
+    order = {model: index for index, model in enumerate(DEFAULT_MODELS)}
+    runs.sort(key=lambda run: (run["set"], order.get(run["model"], len(order)), run["model"]))
+    reference = {run["set"]: run["accuracy_mean"] for run in runs if run["model"] == DEFAULT_MODELS[0]}
+    cells = []
+    for run in runs:
+        own = reference.get(run["set"])
+        cells.append([run["set"], f"`{run['model']}`", _over_seeds(run["accuracies"]), _over_seeds(run["random_accuracies"]),
+                      "" if own is None or run["model"] == DEFAULT_MODELS[0] else f"{100 * (run['accuracy_mean'] - own):+.2f}",
+                      f"{run['seconds_per_network']:.0f}"])
+    return markdown_table(["set", "evaluation network", "accuracy %", "random real images %",
+                           f"points against `{DEFAULT_MODELS[0]}`", "s per network"], cells)
+
+
 IMAGENET_TRAIN_IMAGES, IMAGENET_CLASSES = 1_281_167, 1000
 
 
@@ -201,7 +220,7 @@ def recorded(name: str, root: Path = BENCHMARKS) -> str:
 TABLES: dict[str, Callable[[Path], str]] = {"avalanche-native": avalanche_native, "main-job": main_job,
                                             "distributed": distributed, "large-budgets": large_budgets,
                                             "federated-privacy": federated_privacy, "streamed-folder": streamed_folder,
-                                            "imagenet-projection": imagenet_projection}
+                                            "imagenet-projection": imagenet_projection, "transfer": transfer}
 
 
 def table(name: str, root: Path = BENCHMARKS) -> str:

@@ -212,3 +212,32 @@ def test_the_streamed_folder_benchmark_compares_both_storages_on_one_folder(tmp_
     assert "| 64x64 | 63 GB | 104 000 / 264 000 |" in imagenet_projection(tmp_path)
     assert streamed_folder.main(argv) == 0  # the folder is kept, and the runs are made afresh
     assert len(list(rows.glob("rows-*.json"))) == 1
+
+
+def test_the_transfer_benchmark_keeps_a_row_per_set_and_model(digits, tmp_path, capsys):
+    from ddplug.methods import create_distiller, make_config, run_distillation
+    from ddplug.sets import save_set
+    from simulations import transfer
+    from simulations.tables import transfer as table
+
+    config = make_config("dm", {"ipc": 1, "iterations": 2, "model": "convnet:width=8", "batch_real": 8})
+    made = run_distillation(create_distiller("dm", digits.train, config), progress=False).synthetic
+    path = save_set(made, tmp_path / "set" / "synthetic.safetensors")
+    rows = tmp_path / "transfer"
+    argv = [str(path), "--models", "convnet:width=32", "mlp:width=16", "--eval-models", "2", "--set", "eval.epochs=2",
+            "--rows", str(rows), "--conditions", "tests beside it"]
+    assert transfer.main(argv) == 0
+    kept = sorted((json.loads(file.read_text()) for file in rows.glob("rows-*.json")), key=lambda k: k["command"])
+    assert len(kept) == 2 and kept[1]["command"].endswith("--models mlp:width=16 --eval-models 2 --preset cpu "
+                                                          "--seed 0 --set=eval.epochs=2")
+    mlp = kept[1]["rows"][0]
+    assert mlp["set"] == "dm `pixels`, ipc 1, 2 steps" and mlp["model"] == "mlp:width=16"
+    assert len(mlp["accuracies"]) == len(mlp["random_accuracies"]) == 2
+    reference = kept[0]["rows"][0]
+    drop = 100 * (mlp["accuracy_mean"] - reference["accuracy_mean"])
+    assert "| `mlp:width=16` |" in table(tmp_path) and f"| {drop:+.2f} |" in table(tmp_path)
+    assert "mlp:width=16" in capsys.readouterr().out
+    from ddplug.errors import DdplugError
+
+    with pytest.raises(DdplugError, match="does not exist"):
+        transfer.main([str(tmp_path / "none"), "--rows", str(rows)])

@@ -84,6 +84,11 @@ def test_multi_formation_tiles_are_the_stored_quarters():
     ("pixels:bits=0", 64, "bits must be a whole number from 1 to 8"),
     ("multi:factor=2,bits=9", 64, "bits must be a whole number from 1 to 8"),
     ("pixels:bits=4", 31, "too small for one image of pixels:bits=4 \\(32 bytes per class\\)"),
+    ("dct:keep=0.25,bits=0", 64, "bits must be a whole number from 1 to 8"),
+    ("dct:select=high", 64, "select must be one of low, variance"),
+    # one image of 16 fp16 coefficients a class, and the 10 classes' masks of 64 bits: 40 bytes per class
+    ("dct:keep=0.25,select=variance", 39, "too small for one image of dct:keep=0.25,select=variance "
+                                          "\\(40 bytes per class\\)"),
 ])
 def test_bad_specs_and_budgets_are_one_clear_error(spec, budget, message):
     with pytest.raises(DdplugError, match=message):
@@ -420,3 +425,16 @@ def test_a_private_run_chooses_its_masks_without_the_real_images(digits, monkeyp
     assert seen[0] is None and seen[1].shape == (10 * 100, 1, 8, 8)  # 100 real images per class, public only
     assert private.masks["mask"].sum(dim=1).tolist() == [16] * 10
     assert not torch.equal(private.masks["mask"], public.masks["mask"])
+
+
+def test_learned_soft_labels_cost_their_bytes_beside_the_code(digits, tmp_path):
+    config = make_config("kip", {"ipc": 1, "iterations": 1, "model": TINY_MODEL, "num_networks": 1,
+                                 "learn_labels": True, "param": "multi:factor=2,bits=4"})
+    distiller = create_distiller("kip", digits.train, config)
+    synthetic = distiller.synthetic_set()
+    assert synthetic.soft_labels and synthetic.labels.shape == (10 * 8, 10)  # 2 stored 4-bit mosaics of 4 per class
+    path = save_set(synthetic, tmp_path / "set.safetensors")
+    # the code fills the budget of one raw image per class; each decoded image's 10 fp32 label values come on top
+    assert distiller.layout.stored_bytes == 10 * 64
+    assert payload_bytes(path) == 10 * 64 + 80 * 10 * 4
+    assert torch.allclose(load_set(path).labels, synthetic.labels)

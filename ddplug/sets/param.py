@@ -54,7 +54,7 @@ class Layout:
     shapes: dict[str, tuple[int, ...]]
     dtypes: dict[str, torch.dtype]  # storage dtype of each code tensor (bool: a mask, one bit per value)
     decoded_per_class: int
-    bits: int = 8  # bits per stored pixel (the uint8 tensors); below 8 they are packed
+    bits: int = 8  # bits per stored uint8 value (pixels, DCT levels); below 8 they are packed
 
     def stored_shape(self, name: str) -> tuple[int, ...]:
         """The shape the tensor ``name`` is stored in: packed pixels and masks are one flat run of bytes."""
@@ -398,8 +398,8 @@ class FrequencyDomain(Parameterisation):
         keep = _option(rest, "keep", float, 0.25, "dct", lambda k: 0 < k <= 1, "a fraction in (0, 1]")
         select = _option(rest, "select", str, "low", "dct", lambda s: s in SELECTIONS,
                          f"one of {', '.join(SELECTIONS)}")
-        bits = _option(rest, "bits", int, 0, "dct", lambda b: 1 <= b <= 8 or b == 0,
-                       "a whole number from 1 to 8 (or absent: fp16)") if "bits" in rest else 0
+        bits = _option(rest, "bits", int, 0, "dct", lambda b: 1 <= b <= 8,
+                       "a whole number from 1 to 8 (absent: fp16 coefficients)") if "bits" in rest else 0
         _no_more(self.name, rest)
         super().__init__(keep=keep, **({} if select == "low" else {"select": select}), **({"bits": bits} if bits else {}))
         self.keep = keep
@@ -496,11 +496,10 @@ class FrequencyDomain(Parameterisation):
 
     def stored_shapes(self, stored: Code, image_shape: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
         shapes = super().stored_shapes(stored, image_shape)
-        coefficients = stored.get("coefficients")
-        if self.levels and self.bits < 8 and coefficients is not None and coefficients.dtype == torch.uint8:
+        if self.levels and self.bits < 8 and "coefficients" in stored:  # packed levels: whole images of kept values
             c, h, w = image_shape
             count = self._count(h, w)
-            shapes["coefficients"] = (coefficients.numel() * 8 // self.bits // (c * count), c, count)
+            shapes["coefficients"] = (stored["coefficients"].numel() * 8 // self.bits // (c * count), c, count)
         return shapes
 
     def restore(self, stored: Code, shapes: dict[str, tuple[int, ...]], mean: Sequence[float],

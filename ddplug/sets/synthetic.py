@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ddplug.errors import DdplugError
+from ddplug.sets.param import denormalise
 
 
 @dataclass(frozen=True)
@@ -196,9 +197,7 @@ class SyntheticSet:
 
     def denormalised(self) -> Tensor:
         """Images on the [0, 1] pixel scale (not clamped)."""
-        mean = torch.tensor(self.mean, device=self.images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=self.images.device).view(1, -1, 1, 1)
-        return self.images * std + mean
+        return denormalise(self.images, self.mean, self.std)
 
     def to(self, device: torch.device | str) -> SyntheticSet:
         lr = None if self.lr is None else self.lr.to(device)
