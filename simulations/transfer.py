@@ -19,6 +19,7 @@ from pathlib import Path
 
 import ddplug
 from ddplug.evaluation.report import format_table
+from ddplug.models import check_model_spec
 from ddplug.sets import load_set
 from ddplug.settings import parse_assignments
 from simulations.provenance import add_rows_option, keep_rows
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     add_rows_option(parser, "transfer")
     args = parser.parse_args(argv)
     labels = {path: set_label(path) for path in args.sets}  # a bad path fails here, before any training
+    for model in args.models:  # and a bad model spec
+        check_model_spec(model)
     overrides = parse_assignments(args.overrides)
     table = []
     for path in args.sets:

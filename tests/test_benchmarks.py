@@ -241,3 +241,7 @@ def test_the_transfer_benchmark_keeps_a_row_per_set_and_model(digits, tmp_path, 
 
     with pytest.raises(DdplugError, match="does not exist"):
         transfer.main([str(tmp_path / "none"), "--rows", str(rows)])
+    with pytest.raises(DdplugError, match="unknown model 'bogusnet'"):  # before any network is trained
+        transfer.main([str(path), "--models", "mlp:width=16", "bogusnet", "--set", "eval.epochs=2",
+                       "--rows", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()
