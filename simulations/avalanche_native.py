@@ -99,7 +99,9 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
     elif memory == "gdumb":
         plugins.append(GDumbPlugin(mem_size=10 * k))
     epochs = args.memory_epochs if memory in RETRAIN else args.epochs
-    common = dict(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9),
+    optimizer = (torch.optim.Adam(model.parameters(), lr=args.lr) if args.optimizer == "adam"
+                 else torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9))
+    common = dict(model=model, optimizer=optimizer,
                   criterion=torch.nn.CrossEntropyLoss(), train_mb_size=args.batch_size, train_epochs=epochs,
                   eval_mb_size=1000, plugins=plugins, device="cpu", evaluator=None)
     if strategy_name == "lwf":
@@ -109,16 +111,38 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
     else:
         strategy = Naive(**common)
     began = time.perf_counter()
-    for experience in benchmark.train_stream:
+    features_report = []
+    for index, experience in enumerate(benchmark.train_stream):
         strategy.train(experience)
+        if args.features:  # the probe's evaluation counts in the run's seconds
+            features_report.append(_features_after(strategy.model, benchmark.test_stream[:index + 1]))
     seconds = time.perf_counter() - began
     accuracy = _accuracy(strategy.model, benchmark.test_stream)
     costs = condensed.storage_policy.costs if condensed else []
     return {"model": model_name, "strategy": strategy_name, "memory": memory, "mem_per_class": k, "seed": seed,
-            "final_accuracy": accuracy, "seconds": seconds,
+            "optimizer": args.optimizer, "lr": args.lr, "epochs": epochs, "final_accuracy": accuracy, "seconds": seconds,
             **provenance("simulations.avalanche_native", None, conditions=args.conditions),
             "condensation_seconds": sum(cost.seconds for cost in costs) if condensed else None,
-            "memory_images": len(condensed.storage_policy.buffer) if condensed else None}
+            "memory_images": len(condensed.storage_policy.buffer) if condensed else None,
+            **({"features_after_each_experience": features_report} if args.features else {})}
+
+
+def _features_after(model: torch.nn.Module, stream: Any) -> dict:
+    """On the test data of the experiences seen so far: the share of the model's feature units
+    (the input of its classifier, after a ReLU) that no image activates, and the classes it
+    predicts. A share near 1 and one predicted class is a network whose features died."""
+    features = (model.model if isinstance(model, _Grey3) else model).features
+    seen: list[torch.Tensor] = []
+    hook = features.register_forward_hook(lambda module, inputs, output: seen.append(output.flatten(1).amax(0)))
+    predicted: set[int] = set()
+    model.eval()
+    with torch.no_grad():
+        for experience in stream:
+            for x, *_ in torch.utils.data.DataLoader(experience.dataset.eval(), batch_size=1000):
+                predicted.update(model(x).argmax(1).tolist())
+    hook.remove()
+    strongest = torch.stack(seen).amax(0)
+    return {"dead_feature_share": float((strongest <= 0).float().mean()), "predicted_classes": sorted(predicted)}
 
 
 def _accuracy(model: torch.nn.Module, stream: Any) -> float:
@@ -144,11 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--memory-epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="sgd: momentum 0.9")
+    parser.add_argument("--lr", type=float, default=None, help="default: 0.01 for sgd, 0.001 for adam")
     parser.add_argument("--data-root", type=Path, default=Path.home() / ".avalanche" / "data")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/avalanche-native"))
     parser.add_argument("--conditions", default="no other load", help="what else ran beside the runs")
+    parser.add_argument("--features", action="store_true",
+                        help="after each experience, record the share of dead feature units and the classes predicted")
     args = parser.parse_args(argv)
+    args.lr = args.lr or (0.001 if args.optimizer == "adam" else 0.01)
     tune_allocator()
     rows = []
     for model in args.models:
@@ -156,12 +184,15 @@ def main(argv: list[str] | None = None) -> int:
             for memory in args.memories:
                 for k in args.mem_per_class:
                     for seed in range(args.seeds):
-                        path = args.out / f"{model}-{strategy}-{memory}-k{k}-seed{seed}.json"
+                        training = ("" if args.optimizer == "sgd" else f"-{args.optimizer}-lr{args.lr:g}") + \
+                            ("-features" if args.features else "")
+                        path = args.out / f"{model}-{strategy}-{memory}-k{k}{training}-seed{seed}.json"
                         if not path.exists():
                             print(f"running {path.stem}", file=sys.stderr, flush=True)
                             write_json(path, run_cell(model, strategy, memory, k, seed, args))
                         rows.append(json.loads(path.read_text()))
-    print(format_table(("model", "strategy", "memory", "K", "final accuracy %", "s per run", "condensation s"),
+    print(format_table(("model", "strategy", "optimizer", "memory", "K", "final accuracy %", "s per run",
+                        "condensation s"),
                        _summary(rows)))
     return 0
 
@@ -169,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
 def _summary(rows: list[dict]) -> list[tuple]:
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["model"], row["strategy"], row["memory"], row["mem_per_class"]), []).append(row)
+        groups.setdefault((row["model"], row["strategy"], row.get("optimizer", "sgd"), row["memory"],
+                           row["mem_per_class"]), []).append(row)
     lines = []
     for key, runs in groups.items():
         accuracies = [run["final_accuracy"] for run in runs]

@@ -139,9 +139,9 @@ def save_curves(rows: list[dict], path: Path, title: str) -> Path:
 PUBLISHED_BY_BYTES = ("dm", "idc", "dance")  # reference points of the bytes plot (paper protocol, GPU)
 
 
-def save_bytes_plot(rows: list[dict], path: Path, title: str) -> Path:
-    """Accuracy against the set's stored bytes (log), one line per method and parameterisation
-    over the budgets, with the published DM, IDC and DANCE numbers at their budgets' bytes."""
+def save_bytes_plot(rows: list[dict], path: Path, title: str, published: tuple[str, ...] = PUBLISHED_BY_BYTES) -> Path:
+    """Accuracy against the set's stored bytes (log), one line per row label over the budgets,
+    with the ``published`` methods' numbers at their budgets' bytes."""
     figure, axis = pyplot().subplots(figsize=(6.5, 4.2))
     for label in dict.fromkeys(row["label"] for row in rows):
         mine = sorted((row for row in rows if row["label"] == label and row.get("bytes")), key=lambda row: row["bytes"])
@@ -149,11 +149,11 @@ def save_bytes_plot(rows: list[dict], path: Path, title: str) -> Path:
             axis.errorbar([row["bytes"] for row in mine], [100 * row["accuracy_mean"] for row in mine],
                           yerr=[100 * row["accuracy_std"] for row in mine], marker="o", capsize=3, label=label)
     dataset, per_image = rows[0]["dataset"], _raw_image_bytes(rows)
-    for method in PUBLISHED_BY_BYTES:
-        points = [(ipc, published_result(method, dataset, ipc)) for ipc in PUBLISHED_IPCS]
-        points = [(ipc * per_image, result.accuracy) for ipc, result in points if result is not None]
-        if points and per_image:
-            axis.plot(*zip(*points), linestyle=":", marker="x", label=f"{method} (published, paper protocol)")
+    for method in published:
+        results = [result for ipc in PUBLISHED_IPCS if (result := published_result(method, dataset, ipc))]
+        if results and per_image:
+            axis.plot([result.ipc * per_image for result in results], [result.accuracy for result in results],
+                      linestyle=":", marker="x", label=f"{results[0].name} (published, paper protocol)")
     axis.set_xscale("log")
     axis.set(xlabel="stored bytes of the set (log)", ylabel="test accuracy (%)", title=title)
     axis.legend(fontsize=7)

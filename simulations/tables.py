@@ -56,6 +56,7 @@ _CONDENSED = {
 }
 _AVALANCHE_NAMES = {"replay": "`ReplayPlugin`", "gdumb": "`GDumbPlugin`"}
 _STRATEGY_NAMES = {"lwf": "LwF", "naive": "Naive", "ewc": "EWC"}
+_OPTIMIZER_NAMES = {"adam": "Adam"}
 
 
 def _seconds(condensed: list[dict], baseline: list[dict]) -> str:
@@ -73,14 +74,18 @@ def _seconds(condensed: list[dict], baseline: list[dict]) -> str:
 def avalanche_native(root: Path = BENCHMARKS) -> str:
     """Avalanche's ``SplitFMNIST``: each condensed memory against Avalanche's of the same bytes."""
     runs = rows("avalanche-native", root)
+    for run in runs:
+        run["training"] = "" if run.get("optimizer", "sgd") == "sgd" else f", {_OPTIMIZER_NAMES[run['optimizer']]} lr {run['lr']:g}"
+    from simulations.avalanche_native import MODELS
+
     order = list(_STRATEGY_NAMES)
-    cells = sorted({(run["model"], run["strategy"], run["mem_per_class"]) for run in runs},
-                   key=lambda cell: (cell[0], order.index(cell[1]), -cell[2]))
+    cells = sorted({(run["model"], run["strategy"], run["training"], run["mem_per_class"]) for run in runs},
+                   key=lambda cell: (MODELS.index(cell[0]), order.index(cell[1]), cell[2], -cell[3]))
     table = []
-    for model, strategy, k in cells:
+    for model, strategy, training, k in cells:
         def of(memory: str) -> list[dict]:
-            return [run for run in runs
-                    if (run["model"], run["strategy"], run["memory"], run["mem_per_class"]) == (model, strategy, memory, k)]
+            return [run for run in runs if (run["model"], run["strategy"], run["training"], run["memory"],
+                                            run["mem_per_class"]) == (model, strategy, training, memory, k)]
 
         for memory, (mode, matching, theirs) in _CONDENSED.items():
             condensed, baseline = ([run["final_accuracy"] for run in of(name)] for name in (memory, theirs))
@@ -88,7 +93,7 @@ def avalanche_native(root: Path = BENCHMARKS) -> str:
                 continue
             gain = 100 * (statistics.fmean(condensed) - statistics.fmean(baseline))
             epochs = ", 30 epochs on the memory alone" if mode == "retrain" else ""
-            table.append([f"`{model}`", f"{_STRATEGY_NAMES[strategy]}, K = {k}{epochs}", matching,
+            table.append([f"`{model}`", f"{_STRATEGY_NAMES[strategy]}{training}, K = {k}{epochs}", matching,
                           f"**{_over_seeds(condensed)}** ({mode})", f"{_AVALANCHE_NAMES[theirs]} {_over_seeds(baseline)}",
                           f"{gain:+.1f}", str(min(len(condensed), len(baseline))), _seconds(of(memory), of(theirs))])
     return markdown_table(["model", "strategy, K", "condensed by matching", "condensed memory",
@@ -181,6 +186,31 @@ def transfer(root: Path = BENCHMARKS) -> str:
                            f"points against `{DEFAULT_MODELS[0]}`", "s per network"], cells)
 
 
+def _mean_std(mean: float, std: float) -> str:
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def per_budget_rows(root: Path = BENCHMARKS) -> list[dict]:
+    """The sets measured per byte budget, by budget and then best first."""
+    return sorted(rows("per-budget", root), key=lambda run: (run["ipc"], -run["accuracy_mean"]))
+
+
+def per_budget(root: Path = BENCHMARKS) -> str:
+    """ddplug's sets per byte budget beside random real images of the same bytes and the
+    published numbers of those bytes (``ddplug.evaluation.published``)."""
+    from ddplug.evaluation.published import published_result
+
+    def cells(run: dict) -> list[str]:
+        published = (published_result(method, run["dataset"], run["ipc"]) for method in run["compare_with"])
+        plural = "s" if run["ipc"] > 1 else ""
+        return [f"{run['ipc']} image{plural} per class ({run['budget_bytes']:,})".replace(",", " "), run["set"],
+                _mean_std(run["accuracy_mean"], run["accuracy_std"]), _mean_std(run["random_mean"], run["random_std"]),
+                ", ".join(f"{result.name} {result.accuracy:.1f}" for result in published if result is not None)]
+
+    return markdown_table(["budget (bytes)", "ddplug's set", "accuracy %", "random real images %",
+                           "published, same bytes %"], [cells(run) for run in per_budget_rows(root)])
+
+
 IMAGENET_TRAIN_IMAGES, IMAGENET_CLASSES = 1_281_167, 1000
 
 
@@ -220,7 +250,8 @@ def recorded(name: str, root: Path = BENCHMARKS) -> str:
 TABLES: dict[str, Callable[[Path], str]] = {"avalanche-native": avalanche_native, "main-job": main_job,
                                             "distributed": distributed, "large-budgets": large_budgets,
                                             "federated-privacy": federated_privacy, "streamed-folder": streamed_folder,
-                                            "imagenet-projection": imagenet_projection, "transfer": transfer}
+                                            "imagenet-projection": imagenet_projection, "transfer": transfer,
+                                            "per-budget": per_budget}
 
 
 def table(name: str, root: Path = BENCHMARKS) -> str:

@@ -7,6 +7,7 @@ import pytest
 from simulations.condensation_benchmark import _raw_image_bytes, first_at_final, main
 
 from helpers import write_fake_fashion_mnist
+from simulations.tables import BENCHMARKS as ROOT_BENCHMARKS
 
 SMALL = "convnet:width=4,depth=1"
 TINY = ["--set", f"*.model={SMALL}", "--set", f"eval.model={SMALL}", "--set", "eval.epochs=2", "--set",
@@ -245,3 +246,68 @@ def test_the_transfer_benchmark_keeps_a_row_per_set_and_model(digits, tmp_path, 
         transfer.main([str(path), "--models", "mlp:width=16", "bogusnet", "--set", "eval.epochs=2",
                        "--rows", str(tmp_path / "refused")])
     assert not (tmp_path / "refused").exists()
+
+
+def test_the_per_budget_table_and_figure_come_from_the_rows_with_the_published_numbers(tmp_path, monkeypatch):
+    import shutil
+
+    from simulations import per_budget_figure
+    from simulations.tables import per_budget, per_budget_rows
+
+    shutil.copytree(ROOT_BENCHMARKS / "per-budget", tmp_path / "per-budget")
+    extra = {"ipc": 10, "bytes": 78000, "budget_bytes": 78400, "dataset": "fashion-mnist", "label": "a new set", "set": "a new set",
+             "accuracy_mean": 0.9012, "accuracy_std": 0.001, "random_mean": 0.7, "random_std": 0.01,
+             "compare_with": ["fred", "mtt"]}
+    (tmp_path / "per-budget" / "10-new.json").write_text(json.dumps(extra))
+    table = per_budget(tmp_path)
+    new_line = next(line for line in table.splitlines() if "a new set" in line)
+    # the best of its budget comes first; published numbers are read from ddplug.evaluation.published
+    assert new_line == "| 10 images per class (78 400) | a new set | 90.12 ± 0.10 | 70.00 ± 1.00 | FreD 89.1, MTT 87.2 |"
+    tens = [run["accuracy_mean"] for run in per_budget_rows(tmp_path) if run["ipc"] == 10]
+    assert tens[0] == 0.9012 and tens == sorted(tens, reverse=True)
+    points = per_budget_figure.figure_rows(per_budget_rows(tmp_path))
+    random = [point for point in points if point["label"] == "random"]
+    assert [point["ipc"] for point in random] == [1, 10, 50]  # one per budget
+    assert random[1]["accuracy_mean"] == 0.7  # as the first (best) row of its budget measured it
+    monkeypatch.setattr(per_budget_figure, "per_budget_rows", lambda: per_budget_rows(tmp_path))
+    assert per_budget_figure.main(["--out", str(tmp_path / "bytes.png")]) == 0
+    assert (tmp_path / "bytes.png").stat().st_size > 10_000
+
+
+
+def test_the_feature_probe_counts_the_units_no_image_activates_and_the_classes_predicted():
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from simulations.avalanche_native import _Grey3, _features_after
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, 4), torch.nn.ReLU())
+            self.classifier = torch.nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.classifier(self.features(x))
+
+    class Experience:  # what the probe reads of an Avalanche experience: dataset.eval()
+        def __init__(self, images: torch.Tensor, labels: list[int]) -> None:
+            self.dataset = self
+            self.data = TensorDataset(images, torch.tensor(labels))
+
+        def eval(self) -> TensorDataset:  # noqa: A003 - Avalanche's name
+            return self.data
+
+    net = Net()
+    with torch.no_grad():
+        net.features[1].weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 0], [0, 0, 0]]))
+        net.features[1].bias.copy_(torch.tensor([0.0, 0, -1, 0]))  # unit 2 never fires, unit 3 stays at 0
+        net.classifier.weight.copy_(torch.eye(3, 4))
+        net.classifier.bias.zero_()
+    stream = [Experience(torch.tensor([[2.0, 1, 5]]), [0]), Experience(torch.tensor([[0.5, 3, 5]]), [1])]
+    assert _features_after(net, stream) == {"dead_feature_share": 0.5, "predicted_classes": [0, 1]}
+    assert _features_after(net, stream[:1]) == {"dead_feature_share": 0.5, "predicted_classes": [0]}
+    assert not net.training
+    # Avalanche's SimpleCNN comes wrapped (one channel repeated to three): its own features are probed
+    grey = [Experience(torch.tensor([[[[1.0]]]]), [0])]
+    assert _features_after(_Grey3(net), grey) == {"dead_feature_share": 0.5, "predicted_classes": [0]}

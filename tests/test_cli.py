@@ -405,7 +405,7 @@ def test_without_a_method_each_budget_gets_its_recipe(capsys, data_root, tmp_pat
     small = ["--iterations", "2", "--model", SMALL, "--quiet", "--device", "cpu", "--no-eval", "--json"]
     code, stdout, _ = run(capsys, "distill", "--ipc", "1", "--out", str(tmp_path / "one"), *small)
     one = json.loads(stdout.strip().splitlines()[-1])
-    assert code == 0 and one["method"] == "frepo" and one["param"] == "dct:keep=0.0625,select=variance,bits=4"
+    assert code == 0 and one["method"] == "frepo" and one["param"] == "dct:keep=0.0625,select=variance,mask=set,bits=4"
     assert one["recipe"] == recipes.recipe_for(1).command() and one["iterations"] == 2  # a flag beats the recipe
     from ddplug.sets import load_set
 

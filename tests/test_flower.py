@@ -479,6 +479,24 @@ class _Grid:
         return self.nodes
 
 
+def test_too_few_nodes_are_waited_for_with_the_fix_on_screen_then_used(caplog: pytest.LogCaptureFixture,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from ddplug_flower.server import wait_for_nodes
+
+    monkeypatch.setattr(logging.getLogger("flwr"), "propagate", True)
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        assert wait_for_nodes(_Grid([7, 3]), expected=10, patience=0.6) == [3, 7]
+    assert "num-supernodes=N" in caplog.text and "only 2 of 10 nodes" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        assert wait_for_nodes(_Grid([1, 2]), expected=2, patience=0.6) == [1, 2]
+    assert caplog.text == ""
+    with pytest.raises(DdplugError, match="no node connected within 0 s"):
+        wait_for_nodes(_Grid([]), expected=2, patience=0.1)
+
+
 def _upload(synthetic: SyntheticSet | ArrayRecord, encoding: str = "float32", similarity: float = 0.5,
             **metrics: Any) -> Any:
     """A reply's content: the set and an honest leakage report (``metrics`` add to or replace it)."""
@@ -806,24 +824,26 @@ def test_a_packed_upload_of_4_bit_pixels_costs_the_budget_and_holds_twice_the_im
         record_to_set(record, spec)
 
 
-@pytest.mark.parametrize(("param", "arrays"), [
-    ("dct:keep=0.25,select=variance", ["classes", "code.coefficients", "code.mask"]),
-    ("dct:keep=0.25,select=variance,bits=4", ["classes", "code.coefficients", "code.mask", "code.steps"]),
+@pytest.mark.parametrize(("param", "arrays", "masks"), [
+    ("dct:keep=0.25,select=variance", ["classes", "code.coefficients", "code.mask"], 3),
+    ("dct:keep=0.25,select=variance,bits=4", ["classes", "code.coefficients", "code.mask", "code.steps"], 3),
+    ("dct:keep=0.25,select=variance,mask=set,bits=4", ["classes", "code.coefficients", "code.mask", "code.steps"], 1),
 ])
 def test_a_variance_selected_dct_upload_carries_its_masks_in_the_budget(tmp_path: Path, param: str,
-                                                                       arrays: list) -> None:
+                                                                       arrays: list, masks: int) -> None:
     synthetic, spec = _coded_upload(tmp_path, param)
     record = set_to_record(synthetic, "uint8")
     assert sorted(record) == arrays and record["code.mask"].dtype == "uint8"
-    # the code's layout for 3 classes (784 mask bits per class packed: 294 bytes), and the class ids
+    # the code's layout for 3 classes (784 mask bits per class, or for the set, packed: 98 bytes
+    # each), and the class ids
     layout = spec.layout(3)
     assert sum(array.numpy().nbytes for array in record.values()) == layout.stored_bytes + 3 * 8
-    assert layout.stored_bytes <= 3 * 2 * 784 and layout.shapes["mask"] == (3, 784)
+    assert layout.stored_bytes <= 3 * 2 * 784 and layout.shapes["mask"] == (masks, 784)
     back = record_to_set(record, spec)
     assert torch.equal(back.code["mask"], synthetic.code["mask"])
     assert len(back) == 3 * layout.decoded_per_class
-    record["code.mask"] = Array(np.zeros(294, np.uint8))  # a mask keeping nothing
-    with pytest.raises(PayloadError, match=r"its mask keeps \[0, 0, 0\] coefficients per class"):
+    record["code.mask"] = Array(np.zeros(98 * masks, np.uint8))  # a mask keeping nothing
+    with pytest.raises(PayloadError, match=rf"its mask keeps \[{', '.join(['0'] * masks)}\] coefficients per class"):
         record_to_set(record, spec)
 
 

@@ -86,6 +86,8 @@ def test_multi_formation_tiles_are_the_stored_quarters():
     ("pixels:bits=4", 31, "too small for one image of pixels:bits=4 \\(32 bytes per class\\)"),
     ("dct:keep=0.25,bits=0", 64, "bits must be a whole number from 1 to 8"),
     ("dct:select=high", 64, "select must be one of low, variance"),
+    ("dct:mask=set", 64, "mask= chooses the masks of select=variance; add select=variance"),
+    ("dct:select=variance,mask=image", 64, "mask must be one of class, set, got 'image'"),
     # one image of 16 fp16 coefficients a class, and the 10 classes' masks of 64 bits: 40 bytes per class
     ("dct:keep=0.25,select=variance", 39, "too small for one image of dct:keep=0.25,select=variance "
                                           "\\(40 bytes per class\\)"),
@@ -302,6 +304,42 @@ def test_variance_selection_keeps_each_class_s_varying_coefficients_and_the_mask
     assert torch.equal(single["mask"], lowest.expand(CLASSES, 64))
 
 
+def test_one_mask_for_the_set_keeps_the_coefficients_that_vary_most_over_all_classes():
+    param = create_param("dct:keep=0.25,select=variance,mask=set")
+    assert param.spec == "dct:keep=0.25,select=variance,mask=set"
+    budget = 3 * math.prod(SHAPE)
+    layout = param.layout(CLASSES, SHAPE, budget)
+    # one mask of 64 bits (8 bytes) instead of ten: 16 fp16 coefficients (32 bytes) per image
+    assert layout.shapes["mask"] == (1, 64) and layout.decoded_per_class == (CLASSES * budget - 8) // (CLASSES * 32)
+    assert layout.stored_bytes == layout.decoded_per_class * CLASSES * 32 + 8
+    # every class varies along the same 16 high frequencies, with a class-sized scale
+    generator = torch.Generator().manual_seed(1)
+    frequencies = [(u, v) for u in range(8) for v in range(8) if u + v >= 8][:16]
+    bases = torch.stack([_basis_image(u, v) for u, v in frequencies])
+    scale = torch.linspace(0.5, 3, CLASSES).repeat_interleave(40).view(-1, 1)
+    reference = torch.einsum("nk,khw->nhw", torch.randn(CLASSES * 40, 16, generator=generator) * scale,
+                             bases).unsqueeze(1)
+    per_class = layout.decoded_per_class
+    images = reference.reshape(CLASSES, 40, *SHAPE)[:, :per_class].reshape(-1, *SHAPE)
+    code = param.encode(images, layout, reference)
+    assert code["mask"].shape == (1, 64)
+    assert torch.nonzero(code["mask"][0]).flatten().tolist() == sorted(u * 8 + v for u, v in frequencies)
+    assert torch.allclose(param.decode(code, SHAPE), images, atol=1e-5)
+
+
+def test_a_shared_mask_file_travels_and_a_mask_per_class_in_its_place_is_refused(digits, tmp_path):
+    from safetensors.torch import save_file
+
+    spec = "dct:keep=0.25,select=variance,mask=set,bits=4"
+    path, metadata, tensors = _saved_code(digits, tmp_path, spec, ipc=2)
+    loaded = load_set(path)
+    assert loaded.code["mask"].shape == (1, 64) and payload_bytes(path) <= 10 * 2 * 64
+    tensors["code.mask"] = tensors["code.mask"].repeat(10)
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(DdplugError, match=r"its mask has shape \(10, 64\), where .*mask=set.* stores one row"):
+        load_set(path)
+
+
 def test_a_variance_selected_code_is_its_budget_in_its_file_and_keeps_its_masks(digits, tmp_path):
     config = make_config("dm", {"ipc": 2, "iterations": 1, "model": TINY_MODEL, "batch_real": 8,
                                 "param": "dct:keep=0.25,select=variance"})
@@ -354,7 +392,7 @@ def test_a_file_whose_mask_does_not_fit_its_code_is_one_clear_error(digits, tmp_
         load_set(path)
 
 
-@pytest.mark.parametrize("select", ["low", "variance"])
+@pytest.mark.parametrize("select", ["low", "variance", "variance,mask=set"])
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
 def test_a_low_bit_dct_code_fills_its_budget_and_is_stored_within_half_a_step(select, bits):
     from ddplug.sets import decode_code
@@ -364,7 +402,7 @@ def test_a_low_bit_dct_code_fills_its_budget_and_is_stored_within_half_a_step(se
     budget = 3 * math.prod(SHAPE)
     layout = param.layout(CLASSES, SHAPE, budget)
     groups = CLASSES if select == "variance" else 1  # one step per kept coefficient (and class, when they differ)
-    masks = 80 if select == "variance" else 0
+    masks = {"low": 0, "variance": 80, "variance,mask=set": 8}[select]  # 64 bits per mask
     per_class = ((CLASSES * budget - masks - groups * 16 * 2) * 8) // (CLASSES * 16 * bits)
     assert layout.decoded_per_class == per_class > 2 * 6 // 2  # more images than fp16's 6 per class
     assert layout.stored_bytes == math.ceil(CLASSES * per_class * 16 * bits / 8) + groups * 32 + masks

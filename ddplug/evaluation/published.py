@@ -13,6 +13,7 @@ PUBLISHED_IPCS = (1, 10, 50)
 @dataclass(frozen=True)
 class PublishedResult:
     method: str
+    name: str  # as the papers write it: "FreD", "DM"
     dataset: str
     ipc: int | None
     accuracy: float  # percent
@@ -34,8 +35,5 @@ def published_result(method: str, dataset: str, ipc: int | None) -> PublishedRes
     value = row[0] if method == "full" else row[PUBLISHED_IPCS.index(ipc)]
     if value is None:
         return None
-    return PublishedResult(method, dataset, ipc, float(value), table["sources"][method], bool(row[3]))
-
-
-def published_methods() -> list[str]:
-    return list(_table()["results"])
+    return PublishedResult(method, table["names"][method], dataset, ipc, float(value), table["sources"][method],
+                           bool(row[3]))

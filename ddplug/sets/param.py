@@ -366,6 +366,7 @@ def _zigzag(height: int, width: int) -> Tensor:
 
 
 SELECTIONS = ("low", "variance")
+MASKS = ("class", "set")  # select=variance: one mask per class, or one for the set
 
 
 @register_param
@@ -376,11 +377,13 @@ class FrequencyDomain(Parameterisation):
     ``select=low`` keeps the lowest frequencies. ``select=variance`` keeps, for each class,
     the coefficients of highest variance over the class's real images (their spectra
     averaged over channels, as FreD does; ties go to the lower frequency) and stores that
-    choice as a mask of one bit per coefficient and class, counted in the budget.
+    choice as a mask of one bit per coefficient and class, counted in the budget; with
+    ``mask=set`` one mask, of highest variance over all classes' images, serves every class
+    (the bits of one class instead of all, and shared steps).
 
     Coefficients are stored as fp16, or with ``bits=B`` (1 to 8) as ``2**B`` evenly spaced
     levels, packed, with one fp16 step per kept coefficient and channel (per class under
-    ``select=variance``, whose classes keep different ones) fitted to the largest value.
+    per-class masks, whose classes keep different ones) fitted to the largest value.
 
     Examples:
         >>> param = create_param("dct:keep=0.25,select=variance")
@@ -389,6 +392,8 @@ class FrequencyDomain(Parameterisation):
         (19, (10, 784), (980,))
         >>> create_param("dct:keep=0.0625,bits=4").layout(10, (1, 28, 28), 784).decoded_per_class
         31
+        >>> create_param("dct:keep=0.0625,select=variance,mask=set").layout(10, (1, 28, 28), 784).shapes["mask"]
+        (1, 784)
     """
 
     name = "dct"
@@ -400,10 +405,15 @@ class FrequencyDomain(Parameterisation):
                          f"one of {', '.join(SELECTIONS)}")
         bits = _option(rest, "bits", int, 0, "dct", lambda b: 1 <= b <= 8,
                        "a whole number from 1 to 8 (absent: fp16 coefficients)") if "bits" in rest else 0
+        if "mask" in rest and select != "variance":
+            raise DdplugError("dct: mask= chooses the masks of select=variance; add select=variance or drop mask=")
+        mask = _option(rest, "mask", str, "class", "dct", lambda m: m in MASKS, f"one of {', '.join(MASKS)}")
         _no_more(self.name, rest)
-        super().__init__(keep=keep, **({} if select == "low" else {"select": select}), **({"bits": bits} if bits else {}))
+        super().__init__(keep=keep, **({} if select == "low" else {"select": select}),
+                         **({"mask": mask} if mask != "class" else {}), **({"bits": bits} if bits else {}))
         self.keep = keep
         self.select = select
+        self.shared_mask = mask == "set"
         self.levels = 2**bits if bits else 0  # 0: fp16 coefficients
         self.bits = bits or 8
         self.whitened_floats = not bits
@@ -417,8 +427,9 @@ class FrequencyDomain(Parameterisation):
     def layout(self, num_classes: int, image_shape: tuple[int, int, int], budget_per_class: int) -> Layout:
         c, h, w = image_shape
         count = self._count(h, w)
-        masks = packed_length(num_classes * h * w, 1) if self.select == "variance" else 0
-        groups = num_classes if self.select == "variance" else 1
+        mask_rows = 0 if self.select == "low" else 1 if self.shared_mask else num_classes
+        masks = packed_length(mask_rows * h * w, 1)
+        groups = max(mask_rows, 1)
         steps = groups * c * count * 2 if self.levels else 0
         left_bits = max(num_classes * budget_per_class - masks - steps, 0) * 8
         per_class = left_bits // (num_classes * c * count * (self.bits if self.levels else 16))
@@ -428,7 +439,7 @@ class FrequencyDomain(Parameterisation):
             raise _too_small(self.spec, budget_per_class, needed)
         shapes = {"coefficients": (num_classes * per_class, c, count),
                   **({"steps": (groups, c, count)} if steps else {}),
-                  **({"mask": (num_classes, h * w)} if masks else {})}
+                  **({"mask": (mask_rows, h * w)} if masks else {})}
         return Layout(shapes, self.storage, per_class, self.bits)
 
     @staticmethod
@@ -456,12 +467,12 @@ class FrequencyDomain(Parameterisation):
         spectrum = (rows @ images @ cols.T).reshape(n, c, h * w)
         code: Code = {}
         if self.select == "variance":
-            classes = layout.shapes["mask"][0]
+            groups = layout.shapes["mask"][0]
             source = spectrum if reference is None else (rows @ reference @ cols.T).reshape(len(reference), c, h * w)
-            variance = source.mean(dim=1).reshape(classes, -1, h * w).var(dim=1, correction=0)
+            variance = source.mean(dim=1).reshape(groups, -1, h * w).var(dim=1, correction=0)
             # Highest variance first; among equal variances (one image per class) the lower frequency.
             by_variance = torch.argsort(-variance[:, zigzag], dim=1, stable=True)[:, :layout.shapes["coefficients"][2]]
-            code["mask"] = torch.zeros(classes, h * w, dtype=torch.bool, device=images.device).scatter_(
+            code["mask"] = torch.zeros(groups, h * w, dtype=torch.bool, device=images.device).scatter_(
                 1, zigzag[by_variance], True)
         index = self._index(code.get("mask"), zigzag, n, c, layout.shapes["coefficients"][2])
         return {"coefficients": spectrum.gather(2, index).contiguous(), **code}
@@ -472,6 +483,8 @@ class FrequencyDomain(Parameterisation):
             raise DdplugError(f"its coefficients have shape {coefficients}, not (images, channels, kept)")
         if self.select == "variance":
             mask = shapes["mask"]
+            if self.shared_mask and tuple(mask[:1]) != (1,):
+                raise DdplugError(f"its mask has shape {mask}, where {self.spec} stores one row for the whole set")
             if len(mask) != 2 or mask[0] < 1 or coefficients[0] % mask[0]:
                 raise DdplugError(f"its mask has shape {mask}, not one row per class of {coefficients[0]} images")
         return coefficients[0]
@@ -518,11 +531,9 @@ class FrequencyDomain(Parameterisation):
             raise DdplugError("its steps hold values that are not finite and positive")
         levels = coefficients.reshape(shapes["coefficients"]) if self.bits == 8 else \
             unpack_levels(coefficients, self.bits, shapes["coefficients"])
+        masks = super().restore({name: stored[name] for name in ("mask",) if name in stored}, shapes, mean, std)
         values = (levels.float() - (self.levels - 1) / 2) * steps.float().repeat_interleave(n // groups, dim=0)
-        code = {"coefficients": values}
-        if "mask" in stored:
-            code["mask"] = unpack_levels(stored["mask"].reshape(-1), 1, shapes["mask"]).bool()
-        return code
+        return {"coefficients": values, **masks}
 
     def check_code(self, code: Code, image_shape: tuple[int, int, int]) -> None:
         _, h, w = image_shape

@@ -366,11 +366,20 @@ def config_record(settings: FederatedSettings) -> ConfigRecord:
     return ConfigRecord({key: value for key, value in settings.to_config().items() if value != ""})
 
 
+NODES_HINT = ("`flwr run` simulates 2 SuperNodes unless told: add --federation-config \"num-supernodes=N\"; "
+              "or set --run-config \"clients=N\" to the nodes there are")
+
+
 def wait_for_nodes(grid: Grid, expected: int, patience: float) -> list[int]:
-    """The connected nodes once ``expected`` are, or whatever connected within ``patience`` seconds."""
+    """The connected nodes once ``expected`` are, or whatever connected within ``patience`` seconds
+    (said on screen as soon as the first look finds fewer, with how to ask for the rest)."""
     deadline = time.monotonic() + patience
-    while len(nodes := sorted(grid.get_node_ids())) < expected and time.monotonic() < deadline:
+    nodes = sorted(grid.get_node_ids())
+    if len(nodes) < expected:
+        log(INFO, "waiting up to %.0f s for %d nodes (%d connected); %s", patience, expected, len(nodes), NODES_HINT)
+    while len(nodes) < expected and time.monotonic() < deadline:
         time.sleep(0.5)
+        nodes = sorted(grid.get_node_ids())
     if not nodes:
         raise DdplugError(f"no node connected within {patience:.0f} s; is a SuperNode pointed at this SuperLink?")
     if len(nodes) < expected:
