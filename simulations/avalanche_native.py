@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", action="store_true",
                         help="after each experience, record the share of dead feature units and the classes predicted")
     args = parser.parse_args(argv)
-    args.lr = args.lr or (0.001 if args.optimizer == "adam" else 0.01)
+    if args.lr is None:
+        args.lr = 0.001 if args.optimizer == "adam" else 0.01
     tune_allocator()
     rows = []
     for model in args.models:

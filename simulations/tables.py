@@ -74,8 +74,9 @@ def _seconds(condensed: list[dict], baseline: list[dict]) -> str:
 def avalanche_native(root: Path = BENCHMARKS) -> str:
     """Avalanche's ``SplitFMNIST``: each condensed memory against Avalanche's of the same bytes."""
     runs = rows("avalanche-native", root)
-    for run in runs:
-        run["training"] = "" if run.get("optimizer", "sgd") == "sgd" else f", {_OPTIMIZER_NAMES[run['optimizer']]} lr {run['lr']:g}"
+    for run in runs:  # rows from before the optimizer was recorded used SGD
+        optimizer = run.get("optimizer", "sgd")
+        run["training"] = "" if optimizer == "sgd" else f", {_OPTIMIZER_NAMES[optimizer]} lr {run['lr']:g}"
     from simulations.avalanche_native import MODELS
 
     order = list(_STRATEGY_NAMES)
