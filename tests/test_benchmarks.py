@@ -5,9 +5,9 @@ import json
 import pytest
 
 from simulations.condensation_benchmark import _raw_image_bytes, first_at_final, main
+from simulations.tables import BENCHMARKS as ROOT_BENCHMARKS
 
 from helpers import write_fake_fashion_mnist
-from simulations.tables import BENCHMARKS as ROOT_BENCHMARKS
 
 SMALL = "convnet:width=4,depth=1"
 TINY = ["--set", f"*.model={SMALL}", "--set", f"eval.model={SMALL}", "--set", "eval.epochs=2", "--set",
@@ -255,8 +255,8 @@ def test_the_per_budget_table_and_figure_come_from_the_rows_with_the_published_n
     from simulations.tables import per_budget, per_budget_rows
 
     shutil.copytree(ROOT_BENCHMARKS / "per-budget", tmp_path / "per-budget")
-    extra = {"ipc": 10, "bytes": 78000, "budget_bytes": 78400, "dataset": "fashion-mnist", "label": "a new set", "set": "a new set",
-             "accuracy_mean": 0.9012, "accuracy_std": 0.001, "random_mean": 0.7, "random_std": 0.01,
+    extra = {"ipc": 10, "bytes": 78000, "budget_bytes": 78400, "dataset": "fashion-mnist", "label": "a new set",
+             "set": "a new set", "accuracy_mean": 0.9012, "accuracy_std": 0.001, "random_mean": 0.7, "random_std": 0.01,
              "compare_with": ["fred", "mtt"]}
     (tmp_path / "per-budget" / "10-new.json").write_text(json.dumps(extra))
     table = per_budget(tmp_path)
@@ -272,7 +272,6 @@ def test_the_per_budget_table_and_figure_come_from_the_rows_with_the_published_n
     monkeypatch.setattr(per_budget_figure, "per_budget_rows", lambda: per_budget_rows(tmp_path))
     assert per_budget_figure.main(["--out", str(tmp_path / "bytes.png")]) == 0
     assert (tmp_path / "bytes.png").stat().st_size > 10_000
-
 
 
 def test_the_feature_probe_counts_the_units_no_image_activates_and_the_classes_predicted():
