@@ -327,6 +327,39 @@ def test_one_mask_for_the_set_keeps_the_coefficients_that_vary_most_over_all_cla
     assert torch.allclose(param.decode(code, SHAPE), images, atol=1e-5)
 
 
+def test_one_mask_for_the_set_weighs_every_class_and_the_differences_between_classes():
+    # Classes 0-4 vary along 7 high frequencies, classes 5-9 along 7 others, and the class
+    # means differ (with no variation inside a class) along 2 more; every class also varies a
+    # little along the low frequencies. Only the variance over all images of all classes
+    # ranks those 16 first: one class's, or the mean of the classes', prefers low ones.
+    param = create_param("dct:keep=0.25,select=variance,mask=set")
+    layout = param.layout(CLASSES, SHAPE, 3 * math.prod(SHAPE))
+    generator = torch.Generator().manual_seed(2)
+    high = [(u, v) for u in range(8) for v in range(8) if u + v >= 8]
+    first, second, between = high[:7], high[7:14], high[14:16]
+    basis = {uv: _basis_image(*uv) for uv in high[:16]}
+    low = [(u, v) for u in range(8) for v in range(8) if u + v < 8]
+    low_bases = torch.stack([_basis_image(*uv) for uv in low])
+    images = []
+    for c in range(CLASSES):
+        own = first if c < 5 else second
+        weights = torch.randn(40, len(own), generator=generator)
+        varying = torch.einsum("nk,khw->nhw", weights, torch.stack([basis[uv] for uv in own]))
+        offset = (c - 4.5) * (basis[between[0]] - basis[between[1]])
+        faint = 0.01 * torch.einsum("nk,khw->nhw", torch.randn(40, len(low), generator=generator), low_bases)
+        images.append(varying + offset + faint)
+    reference = torch.cat(images).unsqueeze(1)
+    per_class = layout.decoded_per_class
+    chosen = reference.reshape(CLASSES, 40, *SHAPE)[:, :per_class].reshape(-1, *SHAPE)
+    code = param.encode(chosen, layout, reference)
+    assert torch.nonzero(code["mask"][0]).flatten().tolist() == sorted(u * 8 + v for u, v in high[:16])
+    assert (param.decode(code, SHAPE) - chosen).abs().max() < 0.1 < chosen.abs().max()  # only the faint part lost
+    per_class_mask = create_param("dct:keep=0.25,select=variance")
+    own_masks = per_class_mask.encode(chosen, per_class_mask.layout(CLASSES, SHAPE, 3 * math.prod(SHAPE)),
+                                      reference)["mask"]
+    assert not torch.equal(own_masks[0], code["mask"][0])  # class 0 alone would keep neither class 5's nor the means'
+
+
 def test_a_shared_mask_file_travels_and_a_mask_per_class_in_its_place_is_refused(digits, tmp_path):
     from safetensors.torch import save_file
 
