@@ -332,8 +332,8 @@ def test_one_mask_for_the_set_weighs_every_class_and_the_differences_between_cla
     # means differ (with no variation inside a class) along 2 more; every class also varies a
     # little along the low frequencies. Only the variance over all images of all classes
     # ranks those 16 first: one class's, or the mean of the classes', prefers low ones.
-    param = create_param("dct:keep=0.25,select=variance,mask=set")
-    layout = param.layout(CLASSES, SHAPE, 3 * math.prod(SHAPE))
+    param, budget = create_param("dct:keep=0.25,select=variance,mask=set"), 3 * math.prod(SHAPE)
+    layout = param.layout(CLASSES, SHAPE, budget)
     generator = torch.Generator().manual_seed(2)
     high = [(u, v) for u in range(8) for v in range(8) if u + v >= 8]
     first, second, between = high[:7], high[7:14], high[14:16]
@@ -355,8 +355,7 @@ def test_one_mask_for_the_set_weighs_every_class_and_the_differences_between_cla
     assert torch.nonzero(code["mask"][0]).flatten().tolist() == sorted(u * 8 + v for u, v in high[:16])
     assert (param.decode(code, SHAPE) - chosen).abs().max() < 0.1 < chosen.abs().max()  # only the faint part lost
     per_class_mask = create_param("dct:keep=0.25,select=variance")
-    own_masks = per_class_mask.encode(chosen, per_class_mask.layout(CLASSES, SHAPE, 3 * math.prod(SHAPE)),
-                                      reference)["mask"]
+    own_masks = per_class_mask.encode(chosen, per_class_mask.layout(CLASSES, SHAPE, budget), reference)["mask"]
     assert not torch.equal(own_masks[0], code["mask"][0])  # class 0 alone would keep neither class 5's nor the means'
 
 
