@@ -9,12 +9,17 @@ the table is printed at the end (the rows of the published tables are committed 
 
     python -m simulations.avalanche_native --models mlp --strategies lwf --memories condensed replay --mem-per-class 10
 
-Memories: ``condensed`` (``CondensedReplayPlugin``, replay mode, the README's arguments),
-``condensed-retrain`` (retrain mode), ``condensed-strategy`` and ``condensed-strategy-retrain``
-(the same, matching with fresh copies of the strategy's own model: ``Condensation(model="strategy")``), ``replay`` (``ReplayPlugin`` with a class-balanced
-buffer of K raw images per class), ``gdumb`` (``GDumbPlugin`` of K x 10 raw images),
-``none``. The retrain memories train ``--memory-epochs`` epochs on the memory at each
-experience, the others ``--epochs`` on the experience's data.
+Memories: ``condensed`` (``CondensedReplayPlugin``, replay mode, matching with the preset's
+ConvNet: ``Condensation(model="preset")``), ``condensed-retrain`` (retrain mode),
+``condensed-strategy`` and ``condensed-strategy-retrain`` (the same, matching with fresh
+copies of the strategy's own model: the default on these models, so ``condensed-strategy``
+is the README's example), ``replay`` (``ReplayPlugin`` with a class-balanced buffer
+of K raw images per class), ``gdumb`` (``GDumbPlugin`` of K x 10 raw images), ``none``. The
+``icarl`` strategy (Avalanche's ``ICaRL``) keeps its own memory, K herded real images per
+class, and ignores ``--memories``. The retrain memories train ``--memory-epochs`` epochs on
+the memory at each experience, the others ``--epochs`` on the experience's data. ``--set``
+changes the condensation's DM settings (``--set param=multi:factor=2,bits=4``); each row
+records the parameterisation its memory used.
 """
 
 from __future__ import annotations
@@ -32,14 +37,17 @@ from typing import Any
 import torch
 
 from ddplug.allocator import tune_allocator
+from ddplug.errors import DdplugError
 from ddplug.evaluation.report import format_table, percent
-from ddplug.storage import write_json
+from ddplug.settings import parse_assignments
+from ddplug.storage import path_part, write_json
 from simulations.provenance import provenance
 
 MODELS = ("mlp", "cnn")
-STRATEGIES = ("naive", "lwf", "ewc")
+STRATEGIES = ("naive", "lwf", "ewc", "icarl")
 MEMORIES = ("condensed", "condensed-retrain", "condensed-strategy", "condensed-strategy-retrain", "replay", "gdumb",
             "none")
+OWN_MEMORY = {"icarl": "herding"}  # strategies that bring their own memory, run once whatever --memories says
 RETRAIN = ("condensed-retrain", "condensed-strategy-retrain", "gdumb")
 _DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
@@ -79,19 +87,20 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
     from avalanche.benchmarks.classic import SplitFMNIST
     from avalanche.training.plugins import GDumbPlugin, ReplayPlugin
     from avalanche.training.storage_policy import ClassBalancedBuffer
-    from avalanche.training.supervised import EWC, LwF, Naive
+    from avalanche.training.supervised import EWC, ICaRL, LwF, Naive
 
     from ddplug_avalanche import Condensation, CondensedReplayPlugin
 
     benchmark = SplitFMNIST(n_experiences=5, seed=seed, dataset_root=torchvision_root(args.data_root))
     model = make_model(model_name, seed)
     plugins: list[Any] = []
-    condensed = None
+    condensed = condensation = None
     if memory.startswith("condensed"):
         matching = "strategy" if memory.startswith("condensed-strategy") else "preset"
+        condensation = Condensation(method="dm", dataset="fashion-mnist", model=matching, settings=args.settings,
+                                    progress=False, seed=seed)
         condensed = CondensedReplayPlugin(mem_per_class=k, mode="retrain" if memory in RETRAIN else "replay",
-                                          condensation=Condensation(method="dm", dataset="fashion-mnist", model=matching,
-                                                                    progress=False, seed=seed))
+                                          condensation=condensation)
         plugins.append(condensed)
     elif memory == "replay":
         plugins.append(ReplayPlugin(mem_size=10 * k, storage_policy=ClassBalancedBuffer(
@@ -104,7 +113,12 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
     common = dict(model=model, optimizer=optimizer,
                   criterion=torch.nn.CrossEntropyLoss(), train_mb_size=args.batch_size, train_epochs=epochs,
                   eval_mb_size=1000, plugins=plugins, device="cpu", evaluator=None)
-    if strategy_name == "lwf":
+    if strategy_name == "icarl":  # its own memory: herded exemplars, distillation, nearest-mean classifier
+        del common["model"], common["criterion"], common["plugins"]
+        features, classifier = _split_for_icarl(model)
+        strategy = ICaRL(feature_extractor=features, classifier=classifier, memory_size=k, buffer_transform=None,
+                         fixed_memory=False, **common)
+    elif strategy_name == "lwf":
         strategy = LwF(alpha=1.0, temperature=2.0, **common)
     elif strategy_name == "ewc":
         strategy = EWC(ewc_lambda=0.4, **common)
@@ -121,10 +135,24 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
     costs = condensed.storage_policy.costs if condensed else []
     return {"model": model_name, "strategy": strategy_name, "memory": memory, "mem_per_class": k, "seed": seed,
             "optimizer": args.optimizer, "lr": args.lr, "epochs": epochs, "final_accuracy": accuracy, "seconds": seconds,
+            **({"condensation_param": memory_param(condensation)} if condensation else {}),
             **provenance("simulations.avalanche_native", None, conditions=args.conditions),
             "condensation_seconds": sum(cost.seconds for cost in costs) if condensed else None,
             "memory_images": len(condensed.storage_policy.buffer) if condensed else None,
             **({"features_after_each_experience": features_report} if args.features else {})}
+
+
+def memory_param(condensation: Any) -> str:
+    """The parameterisation a DM ``Condensation`` stores its memory in."""
+    return {**condensation.preset.method_settings("dm"), **condensation.method_settings()}["param"]
+
+
+def _split_for_icarl(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The feature extractor (flat features, as the model's own forward makes them) and the
+    linear classifier that iCaRL trains apart."""
+    if isinstance(model, _Grey3):
+        return torch.nn.Sequential(_Grey3(model.model.features), torch.nn.Flatten()), model.model.classifier
+    return torch.nn.Sequential(torch.nn.Flatten(), model.features), model.classifier
 
 
 def _features_after(model: torch.nn.Module, stream: Any) -> dict:
@@ -173,20 +201,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, default=Path.home() / ".avalanche" / "data")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/avalanche-native"))
     parser.add_argument("--conditions", default="no other load", help="what else ran beside the runs")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="a DM setting of the condensed memories, e.g. iterations=500 or param=pixels:bits=4 "
+                             "(default: the plug-in's); named in the rows' files")
     parser.add_argument("--features", action="store_true",
                         help="after each experience, record the share of dead feature units and the classes predicted")
     args = parser.parse_args(argv)
     if args.lr is None:
         args.lr = 0.001 if args.optimizer == "adam" else 0.01
+    from ddplug_avalanche import Condensation
+
+    try:  # a bad --set fails here, in one line
+        args.settings = parse_assignments(args.settings)
+        param = memory_param(Condensation(method="dm", settings=args.settings))
+    except DdplugError as error:
+        parser.error(str(error))
+    # a condensed memory's file names its settings and code, so rows of other codes sit beside it
+    variant = "".join(f"-{key}-{path_part(value)}" for key, value in sorted({**args.settings, "param": param}.items()))
     tune_allocator()
     rows = []
     for model in args.models:
         for strategy in args.strategies:
-            for memory in args.memories:
+            for memory in [OWN_MEMORY[strategy]] if strategy in OWN_MEMORY else args.memories:
                 for k in args.mem_per_class:
                     for seed in range(args.seeds):
                         training = ("" if args.optimizer == "sgd" else f"-{args.optimizer}-lr{args.lr:g}") + \
-                            ("-features" if args.features else "")
+                            ("-features" if args.features else "") + (variant if memory.startswith("condensed") else "")
                         path = args.out / f"{model}-{strategy}-{memory}-k{k}{training}-seed{seed}.json"
                         if not path.exists():
                             print(f"running {path.stem}", file=sys.stderr, flush=True)

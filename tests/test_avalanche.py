@@ -29,7 +29,9 @@ from ddplug_avalanche.streams import MemoryBudget  # noqa: E402
 from helpers import write_fake_fashion_mnist  # noqa: E402
 
 TINY = "convnet:width=4,depth=1"
-FAST = {"iterations": 3, "batch_real": 4, "model": TINY}
+# The tests' code packs 4 half-resolution images in each stored image's bytes; the memory's
+# own default (16, at 2 bits) has its test.
+FAST = {"iterations": 3, "batch_real": 4, "model": TINY, "param": "multi:factor=2"}
 QUICK = Condensation(settings=FAST, progress=False)
 CLASSES = 6
 
@@ -79,11 +81,13 @@ def held(buffer: CondensedBuffer) -> dict[int, int]:
     return {label: len(samples) for (_, label), samples in buffer.groups.items()}
 
 
+# None: the memory's default code, multi:factor=2,bits=2 (16 half-size 2-bit images per raw image)
 @pytest.mark.parametrize(("param", "decoded_per_stored"), [("pixels", 1), ("multi:factor=2", 4),
-                                                          ("pixels:bits=4", 2)])
+                                                          ("pixels:bits=4", 2), (None, 16)])
 def test_buffer_budgets_in_bytes_hold_every_class_and_shrink_old_ones_to_a_prefix(param, decoded_per_stored):
     stream = make_stream()
-    how = Condensation(settings={**FAST, "param": param}, progress=False)
+    settings = {**FAST, "param": param} if param else {key: value for key, value in FAST.items() if key != "param"}
+    how = Condensation(settings=settings, progress=False)
     per_class = CondensedBuffer(mem_per_class=3, condensation=how)
     total = CondensedBuffer(10, condensation=how)
     image_bytes = 8 * 8  # one raw uint8 8x8 image
@@ -103,7 +107,7 @@ def test_buffer_budgets_in_bytes_hold_every_class_and_shrink_old_ones_to_a_prefi
         before = total.groups[(0, 0)].clone()
     assert [cost.experience for cost in total.costs] == [0, 1, 2]
     assert all(cost.seconds > 0 and cost.images for cost in total.costs)
-    if param.endswith("bits=4"):  # the memory holds what its bytes store: pixels of 16 grey levels
+    if param == "pixels:bits=4":  # the memory holds what its bytes store: pixels of 16 grey levels
         images = torch.cat([stream.train_stream[i].dataset.eval()[j][0][None] for i in range(3) for j in range(24)])
         (mean,), (std,) = pixel_scale(images[:24])  # the scale of the first experience, as the buffer found it
         levels = (total.groups[(0, 0)] * std + mean) * 15
@@ -147,7 +151,7 @@ def test_plugin_replays_memory_with_naive_and_another_plugin(other):
                      plugins=[plugin, other(), recorder])
     for experience in stream.train_stream:
         strategy.train(experience)
-    # The cpu preset's DM packs 4 half-resolution images into each stored image's bytes.
+    # FAST's code packs 4 half-resolution images into each stored image's bytes.
     assert set(held(plugin.storage_policy)) == set(range(CLASSES)) and len(plugin.storage_policy.buffer) == 4 * 12
     assert plugin.storage_policy.memory_bytes == 12 * 8 * 8
     assert set(recorder.labels[0]) == {0, 1}
@@ -183,7 +187,7 @@ def test_the_memory_can_be_condensed_by_matching_the_strategys_own_model(monkeyp
                      train_mb_size=8, device="cpu", plugins=[plugin])
     strategy.train(stream.train_stream[0])
     assert built and all(spec.startswith("template-") for spec in built)  # every draw: a copy of FlatNet
-    assert len(plugin.storage_policy.buffer) == 2 * 2 * 4
+    assert len(plugin.storage_policy.buffer) == 2 * 2 * 16  # the memory's default code: 16 per stored image
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the user's model is untouched
     for how in (Condensation(settings=FAST, progress=False),  # a model named in the settings wins
                 Condensation(settings={"iterations": 3, "batch_real": 4}, model="preset", progress=False)):
@@ -416,7 +420,7 @@ def test_the_condensed_memorys_parameterisation_is_an_option(tiny_runner):
     run = continual.ContinualRun(strategy="condensed", experiences=2, memory=one, param="pixels")
     summary = continual.run_benchmark("split-fmnist", run, seeds=1, device="cpu", out=tiny_runner)
     assert summary["label"] == "condensed-dm-pixels" and summary["condense_settings"]["param"] == "pixels"
-    assert summary["memory_sizes"] == [[5, 10]]  # one raw image per class seen (the preset's multi decodes 4)
+    assert summary["memory_sizes"] == [[5, 10]]  # one raw image per class seen (FAST's multi decodes 4)
     assert summary["memory_bytes"] == [[5 * 784, 10 * 784]]
     run = continual.ContinualRun(strategy="condensed", experiences=2, memory=one, param="multi:factor=2,bits=4")
     packed = continual.run_benchmark("split-fmnist", run, seeds=1, device="cpu", out=tiny_runner)

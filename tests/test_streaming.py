@@ -105,6 +105,14 @@ def test_the_cache_keeps_at_most_its_bytes_and_saves_rereading(folder: Path) -> 
     assert small.cache.decoded == 22  # each missing image once, however often it is asked for
 
 
+def test_a_negative_cache_or_worker_count_is_refused_in_one_line(folder: Path) -> None:
+    reader = load_dataset(f"imagefolder:{folder}", storage="disk").train.images.cache.reader
+    for sizes in ({"cache_bytes": -1}, {"workers": -1}):
+        with pytest.raises(DdplugError, match=r"must not be negative") as error:
+            StreamedImages(reader, (0.0,) * 3, (1.0,) * 3, **sizes)
+        assert "\n" not in str(error.value)
+
+
 def test_storage_auto_streams_only_what_would_not_fit(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     decoded = CLASSES * (TRAIN_PER_CLASS + TEST_PER_CLASS) * 3 * SIDE * SIDE * 4
     monkeypatch.setattr(datasets_module, "available_bytes", lambda: 100 * decoded)

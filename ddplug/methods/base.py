@@ -59,8 +59,10 @@ class Distiller(ABC):
     # (terms that see only one class's images: my_classes()), "real-rows" (terms of single
     # real images: my_real_rows()), "student-batches" (MTT: terms of single synthetic images
     # in each student step), or "" (every rank computes the whole loss). With a share, the
-    # losses and gradients are summed over the ranks (sum_shares) before every update.
-    shares: ClassVar[str] = ""
+    # losses and gradients are summed over the ranks (sum_shares) before every update. The
+    # class declares the method's share; an instance whose configuration cannot split its
+    # loss (MTT unrolled or with batch norm) sets its own to "".
+    shares: str = ""
 
     def __init__(self, real: ImageDataset, config: DistillConfig, device: torch.device | str = "cpu") -> None:
         config.validate(real)

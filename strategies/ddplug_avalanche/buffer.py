@@ -56,6 +56,10 @@ MODES = ("replay", "retrain")
 # Condensation(model=...): match with fresh copies of the strategy's model, or with the preset's network.
 STRATEGY_MODEL = "strategy"
 PRESET_MODEL = "preset"
+# A replay memory's settings per method, over the preset's: many coarse samples teach a
+# strategy more than few fine ones in the same bytes (python -m simulations.avalanche_native
+# --set param=..., the rows in benchmarks/avalanche-native and docs/results.md).
+MEMORY_SETTINGS: dict[str, dict[str, Any]] = {"dm": {"param": "multi:factor=2,bits=2"}}
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,9 @@ class Condensation:
 
     ``method`` is any ddplug method (a distiller, or the ``random``/``herding``/``kcenter``
     selections); ``preset`` and ``settings`` choose its settings as for ``ddplug distill``
-    (e.g. ``settings={"iterations": 200}``); ``model`` is the network the distiller matches
+    (e.g. ``settings={"iterations": 200}``), over the memory's own defaults
+    (:data:`MEMORY_SETTINGS`: DM stores ``multi:factor=2,bits=2`` codes, 16 half-resolution
+    2-bit images in the bytes of one raw image); ``model`` is the network the distiller matches
     with: ``"strategy"`` (a freshly initialised copy of the strategy's own model at every
     draw, embedding at the input of its last linear layer), ``"preset"`` (the preset's, a
     ddplug ConvNet), or a ddplug model spec; None (the default) is ``settings["model"]`` if
@@ -117,23 +123,28 @@ class Condensation:
         if self.model is not None and "model" in self.settings:
             raise DdplugError("give the matching network once: model=..., or settings['model'], not both")
         named = self.model not in (None, STRATEGY_MODEL, PRESET_MODEL)
-        checked = {**self.settings, **({"model": self.model} if named else {})}
+        checked = {**self.method_settings(), **({"model": self.model} if named else {})}
         config = condenser.make_config({**self.preset.method_settings(self.method), **checked}
-                                       if condenser.config_class else dict(self.settings))
+                                       if condenser.config_class else self.method_settings())
         if config is not None:
             config.check()
 
+    def method_settings(self) -> dict[str, Any]:
+        """``settings`` over the memory's defaults for the method (:data:`MEMORY_SETTINGS`)."""
+        return {**MEMORY_SETTINGS.get(self.method, {}), **self.settings}
+
     def settings_for(self, strategy_model: nn.Module | None) -> dict[str, Any]:
         """The method's settings for one condensation, the matching network included."""
-        if not CONDENSERS[self.method].learns or "model" in self.settings or self.model == PRESET_MODEL:
-            return dict(self.settings)
+        settings = self.method_settings()
+        if not CONDENSERS[self.method].learns or "model" in settings or self.model == PRESET_MODEL:
+            return settings
         if self.model not in (None, STRATEGY_MODEL):
-            return {**self.settings, "model": self.model}
+            return {**settings, "model": self.model}
         usable = strategy_model is not None and bool(linear_layers(strategy_model))
         if self.model == STRATEGY_MODEL and not usable:
             raise DdplugError('model="strategy" matches with the strategy\'s model, which needs an nn.Linear layer '
                               '(its input is what is matched): none was found; use model="preset"')
-        return {**self.settings, "model": register_template(strategy_model)} if usable else dict(self.settings)
+        return {**settings, "model": register_template(strategy_model)} if usable else settings
 
     def _check_normalisation(self) -> None:
         if (self.mean is None) != (self.std is None):
@@ -167,9 +178,9 @@ class CondensedBuffer(ExemplarsBuffer):
     """A rehearsal memory of condensed samples within a budget in bytes: the bytes of
     ``mem_per_class`` raw uint8 images per class, or of ``max_size`` raw images in all.
 
-    The budget is spent as the method's parameterisation packs it (``param`` in the method
-    settings or the preset; the ``cpu`` preset's DM uses ``multi:factor=2``): a class given
-    the bytes of 10 images holds 40 half-resolution images decoded from 10 stored ones. The
+    The budget is spent as the method's parameterisation packs it (``param`` in the
+    condensation's settings; DM's default is ``multi:factor=2,bits=2``): a class given the
+    bytes of 10 images holds 160 half-resolution 2-bit images decoded from 10 stored ones. The
     memory keeps the decoded images to train on and counts each class at its stored code's
     size (:attr:`memory_bytes`), so the Avalanche baselines with ``mem_per_class`` raw images
     hold the same bytes.
