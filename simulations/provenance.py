@@ -39,12 +39,24 @@ def commit() -> str | None:
     return head + ("+changes" if changed else "")
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux's ``/proc/cpuinfo``), else the platform's word for it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def provenance(module: str, argv: list[str] | None = None, *, conditions: str = "no other load") -> dict[str, Any]:
     """The fields every benchmark row carries: the command that made it (``python -m MODULE
-    ARGS``), the commit, torch's version, the CPU cores and the conditions of the run."""
+    ARGS``), the commit, torch's version, the CPU and its cores, and the conditions of the run."""
     args = sys.argv[1:] if argv is None else argv
     return {"command": " ".join(["python -m", module, *args]), "commit": commit(), "torch": torch.__version__,
-            "cpus": os.cpu_count(), "machine": platform.machine(),
+            "cpus": os.cpu_count(), "machine": platform.machine(), "cpu": cpu_name(),
             "conditions": f"{os.cpu_count()} CPU cores, {conditions}"}
 
 

@@ -61,9 +61,11 @@ _OPTIMIZER_NAMES = {"adam": "Adam"}
 
 def _seconds(condensed: list[dict], baseline: list[dict]) -> str:
     """Mean seconds per run of the condensed memory (its condensation's share) and of
-    Avalanche's, where every run was measured with no other load (else –)."""
+    Avalanche's, where every run was measured with no other load and at one commit, so on
+    one machine in one sitting (else –)."""
     alone = all(run.get("conditions", "").endswith("no other load") for run in condensed + baseline)
-    if not alone:
+    together = len({str(run.get("commit")).removesuffix("+changes") for run in condensed + baseline}) == 1
+    if not (alone and together):
         return "–"
     mean = statistics.fmean
     return (f"{mean(run['seconds'] for run in condensed):.0f} "

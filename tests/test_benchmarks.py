@@ -310,3 +310,34 @@ def test_the_feature_probe_counts_the_units_no_image_activates_and_the_classes_p
     # Avalanche's SimpleCNN comes wrapped (one channel repeated to three): its own features are probed
     grey = [Experience(torch.tensor([[[[1.0]]]]), [0])]
     assert _features_after(_Grey3(net), grey) == {"dead_feature_share": 0.5, "predicted_classes": [0]}
+
+
+def test_the_avalanche_table_keeps_a_row_per_memory_code_and_sets_icarl_against_the_best_memory(tmp_path):
+    from simulations.avalanche_native_figure import bars
+    from simulations.tables import avalanche_native, rows
+
+    folder = tmp_path / "avalanche-native"
+    folder.mkdir()
+
+    def row(name: str, strategy: str, memory: str, accuracy: float, seed: int, **extra) -> None:
+        (folder / f"{name}-{seed}.json").write_text(json.dumps({
+            "model": "mlp", "strategy": strategy, "memory": memory, "mem_per_class": 10, "seed": seed,
+            "final_accuracy": accuracy, "seconds": 40.0 + seed, "condensation_seconds": 20.0 if "condensed" in memory
+            else None, "commit": "abc", "conditions": "2 CPU cores, no other load", **extra}))
+
+    for seed in (0, 1):
+        row("old", "lwf", "condensed-strategy", 0.70, seed)  # no code recorded: the earlier default
+        row("new", "lwf", "condensed-strategy", 0.72 + seed / 100, seed, condensation_param="multi:factor=2,bits=2")
+        row("naive", "naive", "condensed-strategy", 0.71, seed, condensation_param="multi:factor=2,bits=2")
+        row("replay", "lwf", "replay", 0.65, seed)
+        row("icarl", "icarl", "herding", 0.64, seed)
+    table = avalanche_native(tmp_path)
+    lines = [line for line in table.splitlines() if line.startswith("| `mlp`")]
+    assert len(lines) == 3
+    assert "`multi:factor=2` | **70.00 ± 0.00** (replay) | `ReplayPlugin` 65.00 ± 0.00 | +5.0 | 2 | 40 (20), 40" in lines[0]
+    assert "`multi:factor=2,bits=2` | **72.50 ± 0.71** (replay)" in lines[1] and "| +7.5 |" in lines[1]
+    assert "iCaRL (its own strategy), K = 10" in lines[2] and "**72.50 ± 0.71** (LwF, replay)" in lines[2]
+    assert "iCaRL's herded images 64.00 ± 0.00 | +8.5 |" in lines[2]
+    cells = bars(rows("avalanche-native", tmp_path), "multi:factor=2,bits=2")
+    assert [label for label, _, _ in cells] == ["LwF\nK = 10", "iCaRL\nK = 10"]
+    assert cells[0][1:] == ([0.72, 0.73], [0.65, 0.65]) and cells[1][1] == []
