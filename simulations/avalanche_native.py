@@ -43,7 +43,8 @@ from ddplug.settings import parse_assignments
 from ddplug.storage import path_part, write_json
 from simulations.provenance import provenance
 
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "cnn", "slimresnet")
+OWN_FEATURES = ("mlp", "cnn")  # the models with a ``features`` part (iCaRL's feature extractor, --features)
 STRATEGIES = ("naive", "lwf", "ewc", "icarl")
 MEMORIES = ("condensed", "condensed-retrain", "condensed-strategy", "condensed-strategy-retrain", "replay", "gdumb",
             "none")
@@ -66,20 +67,27 @@ def torchvision_root(root: Path) -> Path:
 
 
 class _Grey3(torch.nn.Module):
-    """Avalanche's ``SimpleCNN`` takes 3 channels: Fashion-MNIST's one, repeated."""
+    """Avalanche's ``SimpleCNN`` and ``SlimResNet18`` take 3 channels: Fashion-MNIST's one,
+    repeated; ``SlimResNet18`` also takes only 32x32 images (``size``), so the 28x28 ones are
+    resized (bilinear)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, size: int | None = None) -> None:
         super().__init__()
         self.model = model
+        self.size = size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.size is not None:
+            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         return self.model(x.expand(-1, 3, -1, -1))
 
 
 def make_model(name: str, seed: int) -> torch.nn.Module:
-    from avalanche.models import SimpleCNN, SimpleMLP
+    from avalanche.models import SimpleCNN, SimpleMLP, SlimResNet18
 
     torch.manual_seed(seed)
+    if name == "slimresnet":
+        return _Grey3(SlimResNet18(nclasses=10), size=32)
     return SimpleMLP(num_classes=10) if name == "mlp" else _Grey3(SimpleCNN(num_classes=10))
 
 
@@ -207,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", action="store_true",
                         help="after each experience, record the share of dead feature units and the classes predicted")
     args = parser.parse_args(argv)
+    needs_features = [model for model in args.models if model not in OWN_FEATURES]
+    if needs_features and ("icarl" in args.strategies or args.features):
+        parser.error(f"iCaRL and --features need a model's features part, which {needs_features[0]} has not: "
+                     f"use {' or '.join(OWN_FEATURES)}")
     if args.lr is None:
         args.lr = 0.001 if args.optimizer == "adam" else 0.01
     from ddplug_avalanche import Condensation

@@ -341,3 +341,24 @@ def test_the_avalanche_table_keeps_a_row_per_memory_code_and_sets_icarl_against_
     cells = bars(rows("avalanche-native", tmp_path), "multi:factor=2,bits=2")
     assert [label for label, _, _ in cells] == ["LwF\nK = 10", "iCaRL\nK = 10"]
     assert cells[0][1:] == ([0.72, 0.73], [0.65, 0.65]) and cells[1][1] == []
+
+
+def test_grey_images_reach_a_three_channel_model_at_the_size_it_takes():
+    import torch
+
+    from simulations.avalanche_native import _Grey3
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x)
+            return x.flatten(1)[:, :10]
+
+    grey = torch.rand(2, 1, 28, 28)
+    _Grey3(Probe(), size=32)(grey)
+    _Grey3(Probe())(grey)
+    resized, kept = seen
+    assert resized.shape == (2, 3, 32, 32) and torch.equal(resized[:, 0], resized[:, 2])
+    assert abs(float(resized.mean() - grey.mean())) < 0.02  # resized, not padded
+    assert torch.equal(kept, grey.expand(-1, 3, -1, -1))
