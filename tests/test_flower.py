@@ -809,6 +809,28 @@ def test_a_coded_upload_costs_the_budget_and_decodes_as_the_client_stored_it(tmp
     assert record.count_bytes() <= spec.max_bytes
 
 
+def test_learned_soft_labels_travel_in_float16_inside_a_coded_upload_budget(tmp_path: Path) -> None:
+    from ddplug.data import load_dataset
+    from ddplug.sets import as_stored
+
+    train = load_dataset("fashion-mnist", str(write_fake_fashion_mnist(tmp_path, per_class=8))).train
+    part = train.subset(torch.nonzero(torch.isin(train.labels, torch.tensor([1, 4, 6]))).flatten())
+    synthetic = condense_classes(part, "kip", ipc=2, preset=get_preset("cpu"), copy_small_classes=False,
+                                 settings={"iterations": 1, "model": TINY_MODEL, "num_networks": 1, "batch_real": 4,
+                                           "param": "multi:factor=2", "learn_labels": True})
+    spec = SetSpec.for_dataset(train, ipc=2, encoding="uint8", param="multi:factor=2", soft_labels=True)
+    # 1568 bytes per class: one 8-bit mosaic (784 bytes) of 4 images and their 10 fp16 label values;
+    # a second mosaic would not leave room for its labels
+    assert synthetic.soft_labels and len(synthetic) == 3 * 4 == spec.layout(3).decoded_per_class * 3
+    record = set_to_record(synthetic, "uint8")
+    assert record["labels"].dtype == "float16"
+    assert sum(array.numpy().nbytes for array in record.values()) == 3 * (784 + 4 * 10 * 2) + 3 * 8 <= 3 * 1568 + 3 * 8
+    back = record_to_set(record, spec)
+    assert torch.equal(back.labels, as_stored(synthetic).labels)
+    with pytest.raises(PayloadError, match=r"a coded upload's labels are float16 \(12, 10\)"):
+        record_to_set(ArrayRecord({**dict(record.items()), "labels": Array(back.labels.numpy())}), spec)
+
+
 def test_a_packed_upload_of_4_bit_pixels_costs_the_budget_and_holds_twice_the_images(tmp_path: Path) -> None:
     from ddplug.sets import as_stored
 

@@ -156,7 +156,7 @@ def _coded_case(tmp_path: Path, param: str, fault: str) -> tuple[RecordDict, Set
     else:
         soft = torch.zeros(len(synthetic), 10)
         soft[:, 1 if fault == "one class" else 9] = 1.0  # every image into class 1 / into undeclared class 9
-        record = ArrayRecord({**dict(record.items()), "labels": Array(soft.numpy())})
+        record = ArrayRecord({**dict(record.items()), "labels": Array(soft.half().numpy())})
     return _coded_reply(record, len(synthetic)), spec, honest
 
 

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from ddplug.methods import create_distiller, make_config, run_distillation
 from ddplug.errors import DdplugError
 from ddplug.sets import as_stored, load_set, payload_bytes, save_set
-from ddplug.sets.param import _zigzag, available_params, create_param
+from ddplug.sets.param import _zigzag, available_params, create_param, fit_layout, soft_label_bytes
 
 from helpers import TINY_MODEL
 
@@ -497,14 +499,54 @@ def test_a_private_run_chooses_its_masks_without_the_real_images(digits, monkeyp
     assert not torch.equal(private.masks["mask"], public.masks["mask"])
 
 
-def test_learned_soft_labels_cost_their_bytes_beside_the_code(digits, tmp_path):
-    config = make_config("kip", {"ipc": 1, "iterations": 1, "model": TINY_MODEL, "num_networks": 1,
+def test_learned_soft_labels_are_stored_in_float16_inside_the_budget(digits, tmp_path):
+    config = make_config("kip", {"ipc": 2, "iterations": 1, "model": TINY_MODEL, "num_networks": 1,
                                  "learn_labels": True, "param": "multi:factor=2,bits=4"})
     distiller = create_distiller("kip", digits.train, config)
     synthetic = distiller.synthetic_set()
-    assert synthetic.soft_labels and synthetic.labels.shape == (10 * 8, 10)  # 2 stored 4-bit mosaics of 4 per class
+    # 128 bytes per class: one 4-bit mosaic (32 bytes) of 4 images whose 10 fp16 labels take 80;
+    # a second mosaic would take the class to 224
+    assert synthetic.soft_labels and synthetic.labels.shape == (10 * 4, 10)
+    assert distiller.layout.stored_bytes == 10 * 32
     path = save_set(synthetic, tmp_path / "set.safetensors")
-    # the code fills the budget of one raw image per class; each decoded image's 10 fp32 label values come on top
-    assert distiller.layout.stored_bytes == 10 * 64
-    assert payload_bytes(path) == 10 * 64 + 80 * 10 * 4
-    assert torch.allclose(load_set(path).labels, synthetic.labels)
+    assert payload_bytes(path) == 10 * 32 + 40 * 10 * 2 <= 10 * 128
+    loaded = load_set(path)
+    assert loaded.labels.dtype == torch.float32
+    assert torch.allclose(loaded.labels.sum(dim=1), torch.ones(40))
+    assert torch.allclose(loaded.labels, synthetic.labels, atol=1e-3)
+    assert torch.equal(loaded.labels, as_stored(synthetic).labels)  # what is judged is what the file holds
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    for broken, cause in ((torch.zeros(40, 10), "do not sum to 1"), (loaded.labels * 1.1, "do not sum to 1"),
+                          (torch.full((40, 10), -0.1), "negative"),
+                          (torch.full((40,), 0.5), "int64")):
+        save_file({**tensors, "labels": broken.half()}, str(tmp_path / "broken.safetensors"), metadata=metadata)
+        with pytest.raises(DdplugError, match=cause):
+            load_set(tmp_path / "broken.safetensors")
+
+
+def test_a_budget_with_no_room_for_the_soft_labels_fails_before_any_work(digits):
+    config = make_config("kip", {"ipc": 1, "model": TINY_MODEL, "learn_labels": True,
+                                 "param": "multi:factor=2,bits=4"})
+    with pytest.raises(DdplugError, match="no multi:factor=2,bits=4 image with its learned soft labels"):
+        create_distiller("kip", digits.train, config)
+
+
+@pytest.mark.parametrize("spec", ["pixels", "pixels:bits=2", "multi:factor=2,bits=2", "dct:keep=0.25,bits=4",
+                                  "factor:bases=4"])
+def test_fit_layout_takes_the_largest_code_whose_labels_fit_beside_it(spec):
+    param = create_param(spec)
+    for budget in (2 * 784, 3 * 784 + 100, 7840):
+        layout = fit_layout(param, 10, (1, 28, 28), budget, soft_labels=True)
+        assert layout.stored_bytes + soft_label_bytes(10 * layout.decoded_per_class, 10) <= 10 * budget
+        best = 0  # every smaller code, tried one by one
+        for spend in range(1, budget + 1, 3):
+            try:
+                tried = param.layout(10, (1, 28, 28), spend)
+            except DdplugError:
+                continue
+            if tried.stored_bytes + soft_label_bytes(10 * tried.decoded_per_class, 10) <= 10 * budget:
+                best = max(best, tried.decoded_per_class)
+        assert layout.decoded_per_class == best, (spec, budget)
+        assert fit_layout(param, 10, (1, 28, 28), budget) == param.layout(10, (1, 28, 28), budget)

@@ -13,7 +13,7 @@ from ddplug.errors import DdplugError
 from ddplug.memory import check_decoded_size
 from ddplug.models import check_model_spec
 from ddplug.settings import parse_spec
-from ddplug.sets.param import Layout, create_param, raw_images_per_class
+from ddplug.sets.param import Layout, create_param, fit_layout, raw_images_per_class
 
 INITIALISATIONS = ("real", "noise", "herding", "blend")
 BLEND_IMAGES = 4  # real images averaged into each synthetic image by init "blend", unless blend:images=N
@@ -91,10 +91,10 @@ class DistillConfig:
 
     def layout(self, real: ImageDataset) -> Layout:
         """How ``param`` fills the budget: ``budget_bytes`` shared by the classes, or else
-        ``ipc`` raw uint8 images' bytes per class."""
+        ``ipc`` raw uint8 images' bytes per class; learned soft labels take their bytes from it."""
         shape = (real.in_channels, *real.image_size)
         per_class = self.budget_bytes // real.num_classes if self.budget_bytes else self.ipc * math.prod(shape)
-        return create_param(self.param).layout(real.num_classes, shape, per_class)
+        return fit_layout(create_param(self.param), real.num_classes, shape, per_class, soft_labels=self.learn_labels)
 
     def check(self) -> None:
         """Fail at once on settings that cannot work whatever the data (values, choices, specs);

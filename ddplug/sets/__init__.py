@@ -17,6 +17,7 @@ from ddplug.sets.param import (
     Parameterisation,
     available_params,
     create_param,
+    fit_layout,
     raw_images_per_class,
     register_param,
 )
@@ -25,6 +26,6 @@ from ddplug.sets.synthetic import SetLimits, SyntheticSet
 
 __all__ = [
     "IMAGE_ENCODINGS", "SET_FILE", "Layout", "Parameterisation", "SetLimits", "SyntheticSet", "as_stored", "available_params",
-    "create_param", "decode_code", "decode_images", "encode_images", "load_set", "payload_bytes", "raw_images_per_class",
+    "create_param", "decode_code", "fit_layout", "decode_images", "encode_images", "load_set", "payload_bytes", "raw_images_per_class",
     "register_param", "save_grid", "save_set", "stored_code",
 ]

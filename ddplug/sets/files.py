@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ddplug.errors import DdplugError
 from ddplug.memory import check_decoded_size, check_image_shape
-from ddplug.sets.param import create_param, normalise_levels
+from ddplug.sets.param import SOFT_LABEL_DTYPE, create_param, normalise_levels
 from ddplug.sets.synthetic import SetLimits, SyntheticSet
 from ddplug.storage import atomic_write
 
@@ -105,7 +105,7 @@ def save_set(synthetic: SyntheticSet, path: str | Path, *, encoding: str = "floa
         metadata.update(format_version=CODED_FORMAT_VERSION, param=synthetic.param,
                         image_shape=json.dumps(list(synthetic.images.shape[1:])))
         if _implied_labels(synthetic.labels, synthetic.num_classes) is None:
-            tensors["labels"] = synthetic.labels.contiguous()
+            tensors["labels"] = stored_labels(synthetic.labels).contiguous()
     if synthetic.lr is not None:
         tensors["lr"] = synthetic.lr.reshape(1).float()
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
@@ -119,6 +119,27 @@ def stored_code(synthetic: SyntheticSet) -> dict[str, Tensor]:
     [0, 1] scale of the set's normalisation, packed below 8 bits; masks packed to bits)."""
     return create_param(synthetic.param).store(synthetic.code, synthetic.mean, synthetic.std,
                                                whitened=synthetic.zca_epsilon is not None)
+
+
+def stored_labels(labels: Tensor) -> Tensor:
+    """A coded set's labels as its file holds them: soft labels in float16, inside the budget."""
+    return labels.to(SOFT_LABEL_DTYPE) if labels.ndim == 2 else labels
+
+
+def restored_labels(labels: Tensor) -> Tensor:
+    """Labels read from a file: float16 soft labels back in float32, each row that float16's
+    rounding took off 1 summing to 1 again (any other row stays as it is, for the set's checks
+    to refuse)."""
+    if labels.dtype != SOFT_LABEL_DTYPE or labels.ndim != 2:
+        return labels
+    labels = labels.float()
+    total = labels.sum(dim=1, keepdim=True)
+    rounded = (total - 1).abs() <= _FLOAT16_SUM_TOLERANCE
+    return torch.where(rounded, labels / torch.where(rounded, total, 1.0), labels)
+
+
+# how far float16 rounding can take a probability vector's sum from 1 (2**-11 of each value), with room
+_FLOAT16_SUM_TOLERANCE = 5e-3
 
 
 def _implied_labels(labels: Tensor, num_classes: int) -> int | None:
@@ -138,7 +159,7 @@ def as_stored(synthetic: SyntheticSet) -> SyntheticSet:
     synthetic = synthetic.detach().to("cpu")
     code, images = decode_code(stored_code(synthetic), synthetic.param, synthetic.mean, synthetic.std,
                            tuple(synthetic.images.shape[1:]))
-    return replace(synthetic, images=images, code=code)
+    return replace(synthetic, images=images, code=code, labels=restored_labels(stored_labels(synthetic.labels)))
 
 
 def decode_code(stored: dict[str, Tensor], spec: str, mean: Sequence[float], std: Sequence[float],
@@ -286,6 +307,7 @@ def _load_ddplug(path: Path) -> SyntheticSet:
         except (RuntimeError, ValueError, KeyError, IndexError) as error:
             raise DdplugError(f"its code does not decode as {header['param']} ({error})") from None
         labels = tensors.get("labels")
+        labels = None if labels is None else restored_labels(labels)
         if labels is None:
             labels = torch.arange(num_classes).repeat_interleave(len(images) // num_classes)
         return SyntheticSet(images, labels, num_classes, mean, std, lr=lr, meta=meta, code=code, param=header["param"])

@@ -21,8 +21,8 @@ grey levels, packed, so ``pixels:bits=4`` holds 2 images in one raw image's byte
 
 The byte accounting is exact for the saved code: ``stored_bytes`` of the layout counts
 every value at its storage dtype (pixels at their ``bits``, masks at one bit each). Hard labels are implied by the
-class-ordered layout and cost nothing; learned soft labels cost ``decoded images x classes
-x 4`` bytes more.
+class-ordered layout and cost nothing; learned soft labels are stored in float16, ``decoded
+images x classes x 2`` bytes, inside the budget (:func:`fit_layout` shrinks the code to make room).
 """
 
 from __future__ import annotations
@@ -264,6 +264,53 @@ def raw_images_per_class(total_bytes: int, num_classes: int, image_shape: tuple[
         6
     """
     return total_bytes // (num_classes * math.prod(image_shape))
+
+
+SOFT_LABEL_DTYPE = torch.float16  # a learned soft label value in files: 2 bytes, counted in the budget
+
+
+def soft_label_bytes(images: int, num_classes: int) -> int:
+    """The bytes of the learned soft labels of ``images`` decoded images, one value per class."""
+    return images * num_classes * _itemsize(SOFT_LABEL_DTYPE)
+
+
+def fit_layout(param: Parameterisation, num_classes: int, image_shape: tuple[int, int, int], budget_per_class: int,
+               *, soft_labels: bool = False) -> Layout:
+    """``param``'s layout in ``budget_per_class`` bytes per class; with ``soft_labels`` the code
+    shrinks until it and the soft labels of every image it decodes fit the budget together.
+
+    Examples:
+        >>> pixels = create_param("pixels:bits=2")  # 196 bytes per 28x28 image, 20 per image's labels
+        >>> fit_layout(pixels, 10, (1, 28, 28), 7840).decoded_per_class
+        40
+        >>> fit_layout(pixels, 10, (1, 28, 28), 7840, soft_labels=True).decoded_per_class
+        36
+    """
+    layout = param.layout(num_classes, image_shape, budget_per_class)  # the code's own error if nothing fits
+    if not soft_labels:
+        return layout
+
+    def over(spend: int) -> bool:  # the code of ``spend`` bytes per class leaves no room for its labels
+        try:
+            layout = param.layout(num_classes, image_shape, spend)
+        except DdplugError:  # too few bytes for the code alone: not over
+            return False
+        labels = soft_label_bytes(layout.decoded_per_class * num_classes, num_classes)
+        return layout.stored_bytes + labels > budget_per_class * num_classes
+
+    # the code's bytes grow with ``spend``: the largest spend not over the budget, by bisection
+    low, high = 0, budget_per_class + 1  # not over(low), over(high)
+    if not over(budget_per_class):
+        low = budget_per_class
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if not over(middle) else (low, middle)
+    try:
+        return param.layout(num_classes, image_shape, low)
+    except DdplugError:
+        raise DdplugError(f"a budget of {budget_per_class} bytes per class holds no {param.spec} image with its "
+                          f"learned soft labels ({soft_label_bytes(1, num_classes)} bytes per decoded image): "
+                          "raise --ipc or --bytes, or drop learn_labels") from None
 
 
 def _stored_images(spec: str, budget_per_class: int, image_shape: tuple[int, int, int], bits: int) -> int:

@@ -5,8 +5,8 @@ A synthetic set travels as an ArrayRecord. Plain pixels: ``images`` (uint8 pixel
 or float32 soft labels) and an optional ``lr`` (float32, one value). Another
 parameterisation (``multi:factor=2``, ...): its code at the storage dtypes (``code.NAME``,
 as in set files), ``classes`` (int64, the classes it holds, ascending: the decoded images
-are class by class), optional soft ``labels`` and ``lr``; the server decodes it, so the
-upload costs the run's budget of ``ipc`` raw uint8 images per class held. Nothing a client sends is
+are class by class), optional soft ``labels`` (float16, inside the budget, as in set files)
+and ``lr``; the server decodes it, so the upload costs the run's budget of ``ipc`` raw uint8 images per class held. Nothing a client sends is
 trusted: every array's serialized header is checked against its declared dtype and shape
 before numpy allocates anything, and every value is bounded before the server uses it
 (:data:`UPLOAD_PIXEL_RANGE`, soft labels that are probabilities, a learned lr within the
@@ -38,9 +38,10 @@ from ddplug.sets import (
     decode_code,
     decode_images,
     encode_images,
+    fit_layout,
     stored_code,
 )
-from ddplug.sets.files import CODE_PREFIX
+from ddplug.sets.files import CODE_PREFIX, restored_labels, stored_labels
 
 SET_KEYS = ("images", "labels", "lr")
 CLASSES_KEY = "classes"
@@ -71,15 +72,17 @@ class SetSpec:
     max_bytes: int
     lr_range: tuple[float, float] = DEFAULT_LR_RANGE
     param: str = "pixels"  # what the clients learn and send: pixels as images, anything else as its code
+    soft_labels: bool = False  # the clients learn soft labels: a code makes room for them in the budget
 
     @classmethod
     def for_dataset(cls, data: ImageDataset, *, ipc: int, encoding: str, max_bytes: int = 0,
-                    lr_range: tuple[float, float] = DEFAULT_LR_RANGE, param: str = "pixels") -> SetSpec:
+                    lr_range: tuple[float, float] = DEFAULT_LR_RANGE, param: str = "pixels",
+                    soft_labels: bool = False) -> SetSpec:
         """``max_bytes`` 0 allows the largest upload an honest client makes: ``ipc`` images of
         every class in ``encoding`` (or ``param``'s code of every class), with float32 soft
         labels and a learned lr."""
         spec = cls(data.in_channels, data.image_size, data.num_classes, data.mean, data.std, ipc, encoding, 0,
-                   lr_range, param)
+                   lr_range, param, soft_labels)
         pixels = data.in_channels * data.image_size[0] * data.image_size[1]
         if param == "pixels":
             images, per_class = ipc * data.num_classes * pixels * np.dtype(encoding).itemsize, ipc
@@ -97,9 +100,11 @@ class SetSpec:
         return self.layout(self.num_classes).decoded_per_class * self.num_classes
 
     def layout(self, classes: int) -> Layout:
-        """The code of ``param`` for ``classes`` classes in the budget of ``ipc`` raw uint8 images each."""
+        """The code of ``param`` for ``classes`` classes in the budget of ``ipc`` raw uint8 images
+        each (with their soft labels, when the clients learn them)."""
         shape = (self.channels, *self.image_size)
-        return create_param(self.param).layout(classes, shape, self.ipc * math.prod(shape))
+        return fit_layout(create_param(self.param), classes, shape, self.ipc * math.prod(shape),
+                          soft_labels=self.soft_labels)
 
     @property
     def limits(self) -> SetLimits:
@@ -117,7 +122,7 @@ def set_to_record(synthetic: SyntheticSet, encoding: str) -> ArrayRecord:
         arrays = {f"{CODE_PREFIX}{name}": Array(tensor.numpy()) for name, tensor in stored_code(synthetic).items()}
         arrays[CLASSES_KEY] = Array(classes.long().numpy())
         if synthetic.soft_labels:
-            arrays["labels"] = Array(labels.numpy())
+            arrays["labels"] = Array(stored_labels(labels).numpy())
     else:
         arrays = {"images": Array(encode_images(synthetic, encoding).numpy()), "labels": Array(labels.numpy())}
     if synthetic.lr is not None:
@@ -231,10 +236,10 @@ def _coded_set(record: ArrayRecord, spec: SetSpec) -> SyntheticSet:
     labels = classes.repeat_interleave(layout.decoded_per_class)
     if "labels" in record:
         soft = record["labels"]
-        if soft.dtype != "float32" or tuple(soft.shape) != (count, spec.num_classes):
+        if soft.dtype != "float16" or tuple(soft.shape) != (count, spec.num_classes):
             raise PayloadError(f"labels are {soft.dtype} {tuple(soft.shape)}; a coded upload's labels are "
-                               f"float32 ({count}, {spec.num_classes}) soft labels, or absent")
-        labels = torch.from_numpy(_decode(record, "labels"))
+                               f"float16 ({count}, {spec.num_classes}) soft labels, or absent")
+        labels = restored_labels(torch.from_numpy(_decode(record, "labels")))
     if "lr" in record and (record["lr"].dtype != "float32" or tuple(record["lr"].shape) != (1,)):
         raise PayloadError(f"lr is {record['lr'].dtype} {tuple(record['lr'].shape)}, expected float32 (1,)")
     lr = torch.from_numpy(_decode(record, "lr")).reshape(()) if "lr" in record else None

@@ -351,7 +351,7 @@ def run_federation(grid: Grid, settings: FederatedSettings) -> dict[str, Any]:
     else:
         spec = SetSpec.for_dataset(data.train, ipc=settings.ipc, encoding=settings.encoding,
                                    max_bytes=settings.max_upload_bytes, lr_range=(settings.lr_min, settings.lr_max),
-                                   param=settings.param)
+                                   param=settings.param, soft_labels=settings.learns_labels())
         strategy = DistilledSets(spec, train, history)
     strategy.start(grid, ArrayRecord(model.state_dict()), num_rounds=settings.rounds, timeout=settings.round_timeout,
                    train_config=config_record(settings), evaluate_fn=evaluate)

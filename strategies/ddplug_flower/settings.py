@@ -154,13 +154,19 @@ class FederatedSettings:
         return condenser.make_config({**self.resolved_preset().method_settings(self.method), **self.upload_settings(),
                                       "ipc": self.ipc})
 
+    def learns_labels(self) -> bool:
+        """Whether the clients' sets carry learned soft labels (their bytes inside the budget)."""
+        config = self.client_config()
+        return bool(config is not None and getattr(config, "learn_labels", False))
+
     def check_for(self, data: DatasetSplits) -> None:
         """Fail now on what only the data shows: an upload code that does not fit its images,
         a set that would not fit in memory."""
         if self.mode != "distill":
             return
-        SetSpec.for_dataset(data.train, ipc=self.ipc, encoding=self.encoding, param=self.param)
         config = self.client_config()
+        SetSpec.for_dataset(data.train, ipc=self.ipc, encoding=self.encoding, param=self.param,
+                            soft_labels=self.learns_labels())
         if config is not None:
             config.validate(data.train)
 
