@@ -7,6 +7,7 @@ All classes go through the network in one batched forward pass per side. With
 batches between uses (IDM's partially trained networks), so later layers' features carry
 class information that fresh networks lack. With ``moments`` 2 each class also matches
 its per-feature variance (a second statistic besides the mean, in the spirit of NCFM).
+A network with batch norm normalises the synthetic images with the real batch's statistics.
 With ``embed_chunk`` > 0 the images go through the network that many at a time, and the
 synthetic chunks are checkpointed (their activations recomputed in the backward pass
 instead of kept): memory stays flat in the budget, for one more synthetic forward pass.
@@ -27,6 +28,7 @@ from ddplug.methods.config import DistillConfig
 from ddplug.methods.running import register_distiller
 from ddplug.methods.pool import NetworkPool, PoolSettings
 from ddplug.methods.sampling import by_class
+from ddplug.models.template import batch_norm_layers
 from ddplug.errors import DdplugError
 from ddplug.privacy import clip_rows
 from ddplug.seeding import derive_seed
@@ -64,8 +66,7 @@ class DistributionMatching(Distiller):
     def __init__(self, real: ImageDataset, config: DMConfig, device: torch.device | str = "cpu") -> None:
         super().__init__(real, config, device)
         self.real_labels = self.real.labels.to(self.device)
-        if config.embed_chunk and any(isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
-                                      for module in self.build_network(seed=0).modules()):
+        if config.embed_chunk and batch_norm_layers(self.build_network(seed=0)):
             raise DdplugError(f"{config.model} normalises over the batch, so embedding it in chunks would change its "
                               "statistics: drop embed_chunk or match with a network without batch norm")
         self.pool = None if not config.pool_size else NetworkPool(
@@ -91,9 +92,23 @@ class DistributionMatching(Distiller):
         classes = self.my_classes()
         real, syn = (by_class(images, self.num_classes, classes) for images in (real, syn))
         with torch.no_grad():
-            real_stats = class_statistics(self.embed(network, real), len(classes), self.config.moments)
+            real_stats = class_statistics(self.embed_real(network, real), len(classes), self.config.moments)
         syn_stats = class_statistics(self.embed(network, syn), len(classes), self.config.moments)
         return (real_stats - syn_stats).square().sum()
+
+    def embed_real(self, network: torch.nn.Module, real: Tensor) -> Tensor:
+        """The real batch's embeddings. A fresh network that normalises over the batch keeps
+        this batch's statistics and normalises the synthetic images with them: with their own,
+        a shift or scale of the whole synthetic set would be invisible to the match."""
+        norms = batch_norm_layers(network)
+        if not norms or not network.training:
+            return self.embed(network, real)
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average: after one batch, that batch's statistics
+        embedded = self.embed(network, real)
+        network.eval()
+        return embedded
 
     def private_loss(self, iteration: int) -> Tensor:
         """The loss with the real class means released by the Gaussian mechanism: a Poisson

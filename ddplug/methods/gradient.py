@@ -23,6 +23,7 @@ from ddplug.data import ImageDataset
 from ddplug.methods.base import Distiller
 from ddplug.methods.config import DistillConfig
 from ddplug.methods.sampling import by_class
+from ddplug.models.template import batch_norm_layers
 from ddplug.methods.running import register_distiller
 from ddplug.errors import DdplugError
 from ddplug.seeding import derive_seed, make_generator
@@ -218,7 +219,7 @@ class GradientMatching(Distiller):
     def _fix_batch_norm(self, network: nn.Module, round_index: int) -> None:
         """Set BatchNorm statistics from a real batch and freeze them, as the original does:
         a class's synthetic batch (one image at ipc 1) is too small to normalise with."""
-        norms = [module for module in network.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+        norms = batch_norm_layers(network)
         if not norms:
             return
         network.train()

@@ -46,6 +46,7 @@ from ddplug.distributed import my_share, sum_over_ranks, world_size
 from ddplug.methods.base import Distiller
 from ddplug.methods.config import DistillConfig
 from ddplug.methods.running import register_distiller
+from ddplug.models.template import batch_norm_layers
 from ddplug.methods.experts import ExpertSet, ExpertTraining, ensure_experts, load_experts
 from ddplug.errors import DdplugError
 from ddplug.seeding import make_generator
@@ -299,8 +300,7 @@ class TrajectoryMatching(Distiller):
                 f"num_experts is {config.num_experts}: lower --num-experts or train more with `ddplug experts`"
             )
         self.network = self.build_network(seed=0)  # the architecture; its weights come from the experts
-        batch_norm = any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in self.network.modules())
-        if config.memory == "unrolled" or batch_norm:
+        if config.memory == "unrolled" or batch_norm_layers(self.network):
             self.shares = ""
         if experts.num_params != sum(p.numel() for p in self.network.parameters()):
             raise DdplugError(f"the experts in {experts.folder} do not fit {config.model}: train experts of this model")

@@ -49,6 +49,11 @@ def linear_layers(network: nn.Module) -> list[nn.Linear]:
     return [module for module in network.modules() if isinstance(module, nn.Linear)]
 
 
+def batch_norm_layers(network: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """``network``'s layers that normalise over the batch."""
+    return [module for module in network.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+
+
 def last_linear(network: nn.Module) -> nn.Linear:
     """The last ``nn.Linear`` registered in ``network`` (its classifier, in every common layout)."""
     linears = linear_layers(network)
