@@ -297,29 +297,3 @@ def test_dm_embed_chunk_is_refused_where_it_would_change_the_loss(digits):
     with pytest.raises(DdplugError, match="normalises over the batch"):
         create_distiller("dm", digits.train, make_config("dm", {"ipc": 1, "model": "convnet:width=8,norm=batch",
                                                                 "embed_chunk": 4}))
-
-
-def test_dm_normalises_the_synthetic_images_of_a_batch_norm_network_with_the_real_batch_statistics(digits):
-    # With its own batch statistics a batch-norm network is blind to a scale of the whole
-    # synthetic set (its first convolution is linear); with the real batch's it is not.
-    distiller = dm(digits, model="convnet:width=8,depth=2,norm=batch")
-    with torch.no_grad():
-        before = distiller.loss(0).item()
-        distiller.images.mul_(3.0)
-        scaled = distiller.loss(0).item()
-    assert scaled > 1.5 * before
-    network = distiller.network(0)
-    assert network.training  # each draw is fresh; only the draw used by the loss is switched to eval
-    real, _ = distiller.sample_real(0)
-    distiller.embed_real(network, real)
-    norm = next(module for module in network.modules() if isinstance(module, torch.nn.BatchNorm2d))
-    first = network.features[0](real)
-    torch.testing.assert_close(norm.running_mean, first.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
-    assert not network.training
-
-
-def test_dm_on_a_network_without_batch_norm_embeds_both_sides_alike(digits):
-    distiller = dm(digits)
-    network = distiller.network(0)
-    real, _ = distiller.sample_real(0)
-    torch.testing.assert_close(distiller.embed_real(network, real), network.embed(real))

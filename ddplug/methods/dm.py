@@ -7,7 +7,6 @@ All classes go through the network in one batched forward pass per side. With
 batches between uses (IDM's partially trained networks), so later layers' features carry
 class information that fresh networks lack. With ``moments`` 2 each class also matches
 its per-feature variance (a second statistic besides the mean, in the spirit of NCFM).
-A network with batch norm normalises the synthetic images with the real batch's statistics.
 With ``embed_chunk`` > 0 the images go through the network that many at a time, and the
 synthetic chunks are checkpointed (their activations recomputed in the backward pass
 instead of kept): memory stays flat in the budget, for one more synthetic forward pass.
@@ -92,23 +91,9 @@ class DistributionMatching(Distiller):
         classes = self.my_classes()
         real, syn = (by_class(images, self.num_classes, classes) for images in (real, syn))
         with torch.no_grad():
-            real_stats = class_statistics(self.embed_real(network, real), len(classes), self.config.moments)
+            real_stats = class_statistics(self.embed(network, real), len(classes), self.config.moments)
         syn_stats = class_statistics(self.embed(network, syn), len(classes), self.config.moments)
         return (real_stats - syn_stats).square().sum()
-
-    def embed_real(self, network: torch.nn.Module, real: Tensor) -> Tensor:
-        """The real batch's embeddings. A fresh network that normalises over the batch keeps
-        this batch's statistics and normalises the synthetic images with them: with their own,
-        a shift or scale of the whole synthetic set would be invisible to the match."""
-        norms = batch_norm_layers(network)
-        if not norms or not network.training:
-            return self.embed(network, real)
-        for norm in norms:
-            norm.reset_running_stats()
-            norm.momentum = None  # a cumulative average: after one batch, that batch's statistics
-        embedded = self.embed(network, real)
-        network.eval()
-        return embedded
 
     def private_loss(self, iteration: int) -> Tensor:
         """The loss with the real class means released by the Gaussian mechanism: a Poisson
