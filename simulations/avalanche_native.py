@@ -143,16 +143,16 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
     costs = condensed.storage_policy.costs if condensed else []
     return {"model": model_name, "strategy": strategy_name, "memory": memory, "mem_per_class": k, "seed": seed,
             "optimizer": args.optimizer, "lr": args.lr, "epochs": epochs, "final_accuracy": accuracy, "seconds": seconds,
-            **({"condensation_param": memory_param(condensation)} if condensation else {}),
+            **({"condensation_param": memory_param(condensation, model)} if condensation else {}),
             **provenance("simulations.avalanche_native", None, conditions=args.conditions),
             "condensation_seconds": sum(cost.seconds for cost in costs) if condensed else None,
             "memory_images": len(condensed.storage_policy.buffer) if condensed else None,
             **({"features_after_each_experience": features_report} if args.features else {})}
 
 
-def memory_param(condensation: Any) -> str:
-    """The parameterisation a DM ``Condensation`` stores its memory in."""
-    return {**condensation.preset.method_settings("dm"), **condensation.method_settings()}["param"]
+def memory_param(condensation: Any, model: torch.nn.Module) -> str:
+    """The parameterisation a DM ``Condensation`` stores the memory of a strategy training ``model`` in."""
+    return {**condensation.preset.method_settings("dm"), **condensation.method_settings(model)}["param"]
 
 
 def _split_for_icarl(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -225,14 +225,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:  # a bad --set fails here, in one line
         args.settings = parse_assignments(args.settings)
-        param = memory_param(Condensation(method="dm", settings=args.settings))
+        condensation = Condensation(method="dm", settings=args.settings)
     except DdplugError as error:
         parser.error(str(error))
-    # a condensed memory's file names its settings and code, so rows of other codes sit beside it
-    variant = "".join(f"-{key}-{path_part(value)}" for key, value in sorted({**args.settings, "param": param}.items()))
     tune_allocator()
     rows = []
     for model in args.models:
+        # a condensed memory's file names its settings and code, so rows of other codes sit beside it
+        param = memory_param(condensation, make_model(model, 0))
+        variant = "".join(f"-{key}-{path_part(value)}" for key, value in sorted({**args.settings, "param": param}.items()))
         for strategy in args.strategies:
             for memory in [OWN_MEMORY[strategy]] if strategy in OWN_MEMORY else args.memories:
                 for k in args.mem_per_class:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ddplug.evaluation.report import pyplot
-from ddplug_avalanche.buffer import MEMORY_SETTINGS
+from ddplug_avalanche.buffer import MEMORY_DEFAULTS
 from simulations.tables import ROOT, rows
 
 STRATEGY_NAMES = {"lwf": "LwF", "naive": "Naive", "ewc": "EWC", "icarl": "iCaRL"}
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=Path, default=ROOT / "benchmarks")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "continual-avalanche-native.png")
     args = parser.parse_args(argv)
-    param = MEMORY_SETTINGS["dm"]["param"]
+    param = MEMORY_DEFAULTS["dm"]["dense"].settings["param"]  # the figure is of SimpleMLP
     draw(bars(rows("avalanche-native", args.rows), param), args.out, param)
     print(f"wrote {args.out}")
     return 0

@@ -12,6 +12,7 @@ differs from what its rows give (the test suite runs it).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import re
@@ -73,11 +74,39 @@ def _seconds(condensed: list[dict], baseline: list[dict]) -> str:
             f"{mean(run['seconds'] for run in baseline):.0f}")
 
 
-# the plug-in's DM code before MEMORY_SETTINGS: rows that do not record theirs used it
+# the plug-in's DM code before the memory had defaults of its own: rows that do not record theirs used it
 _EARLIER_MEMORY_PARAM = "multi:factor=2"
 
 
-def avalanche_native(root: Path = BENCHMARKS) -> str:
+def avalanche_native_defaults(root: Path = BENCHMARKS) -> str:
+    """:func:`avalanche_native`'s rows of the memories condensed as the plug-in does by default
+    for each model's kind of network, and iCaRL's."""
+    return avalanche_native(root, defaults_only=True)
+
+
+def memory_defaults(root: Path = BENCHMARKS) -> str:
+    """How the Avalanche plug-in condenses a memory by default, per kind of strategy network,
+    with the measurement that chose it (``ddplug_avalanche.buffer.MEMORY_DEFAULTS``)."""
+    from ddplug_avalanche.buffer import MEMORY_DEFAULTS, STRATEGY_MODEL
+
+    matching = {STRATEGY_MODEL: "fresh copies of the strategy's model"}
+    return markdown_table(["method", "strategy's network", "matches with", "code",
+                           "chosen by (`python -m simulations.avalanche_native`, final accuracy)"], [
+        [f"`{method}`", kind, matching.get(defaults.model, "the preset's ConvNet"), f"`{defaults.settings['param']}`",
+         defaults.chosen_by] for method, kinds in MEMORY_DEFAULTS.items() for kind, defaults in kinds.items()])
+
+
+@functools.cache
+def _default_memory(model: str) -> tuple[str, str]:
+    """The benchmark's memory and the code the plug-in condenses ``model``'s memory in by default."""
+    from ddplug_avalanche.buffer import MEMORY_DEFAULTS, STRATEGY_MODEL, network_kind
+    from simulations.avalanche_native import make_model
+
+    defaults = MEMORY_DEFAULTS["dm"][network_kind(make_model(model, 0))]
+    return ("condensed-strategy" if defaults.model == STRATEGY_MODEL else "condensed"), defaults.settings["param"]
+
+
+def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> str:
     """Avalanche's ``SplitFMNIST``: each condensed memory against Avalanche's of the same bytes,
     and iCaRL (its own strategy and herded memory) against the best condensed memory."""
     runs = rows("avalanche-native", root)
@@ -105,6 +134,8 @@ def avalanche_native(root: Path = BENCHMARKS) -> str:
             continue
         for memory, (mode, matching, theirs) in _CONDENSED.items():
             for param in sorted({run["condensation_param"] for run in runs if run["memory"] == memory}):
+                if defaults_only and _default_memory(model) != (memory.removesuffix("-retrain"), param):
+                    continue
                 condensed, baseline = ([run["final_accuracy"] for run in found] for found in (of(memory, param),
                                                                                                of(theirs)))
                 if not condensed or not baseline:
@@ -283,7 +314,9 @@ def recorded(name: str, root: Path = BENCHMARKS) -> str:
     return markdown_table(columns, table["rows"])
 
 
-TABLES: dict[str, Callable[[Path], str]] = {"avalanche-native": avalanche_native, "main-job": main_job,
+TABLES: dict[str, Callable[[Path], str]] = {"avalanche-native": avalanche_native,
+                                            "avalanche-native-defaults": avalanche_native_defaults,
+                                            "memory-defaults": memory_defaults, "main-job": main_job,
                                             "distributed": distributed, "large-budgets": large_budgets,
                                             "federated-privacy": federated_privacy, "streamed-folder": streamed_folder,
                                             "imagenet-projection": imagenet_projection, "transfer": transfer,

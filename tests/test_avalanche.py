@@ -81,9 +81,10 @@ def held(buffer: CondensedBuffer) -> dict[int, int]:
     return {label: len(samples) for (_, label), samples in buffer.groups.items()}
 
 
-# None: the memory's default code, multi:factor=2,bits=2 (16 half-size 2-bit images per raw image)
+# None: the memory's default code with no strategy network, that of a convolutional one:
+# pixels:bits=4 (2 full-size 4-bit images per raw image)
 @pytest.mark.parametrize(("param", "decoded_per_stored"), [("pixels", 1), ("multi:factor=2", 4),
-                                                          ("pixels:bits=4", 2), (None, 16)])
+                                                          ("multi:factor=2,bits=2", 16), (None, 2)])
 def test_buffer_budgets_in_bytes_hold_every_class_and_shrink_old_ones_to_a_prefix(param, decoded_per_stored):
     stream = make_stream()
     settings = {**FAST, "param": param} if param else {key: value for key, value in FAST.items() if key != "param"}
@@ -187,8 +188,21 @@ def test_the_memory_can_be_condensed_by_matching_the_strategys_own_model(monkeyp
                      train_mb_size=8, device="cpu", plugins=[plugin])
     strategy.train(stream.train_stream[0])
     assert built and all(spec.startswith("template-") for spec in built)  # every draw: a copy of FlatNet
-    assert len(plugin.storage_policy.buffer) == 2 * 2 * 16  # the memory's default code: 16 per stored image
+    assert len(plugin.storage_policy.buffer) == 2 * 2 * 16  # a dense network's default code: 16 per stored image
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the user's model is untouched
+    # A convolutional network's memory: matched through the preset's ConvNet, 2 full-size 4-bit images each
+    convolutional = types.SimpleNamespace(device="cpu", model=torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, CLASSES)))
+    built.clear()
+    buffer = CondensedBuffer(mem_per_class=2, condensation=how)
+    buffer.post_adapt(convolutional, stream.train_stream[0])
+    assert built and all(spec.startswith("convnet") for spec in built)
+    assert len(buffer.buffer) == 2 * 2 * 2 and buffer.memory_bytes == 2 * 2 * 8 * 8
+    copies = CondensedBuffer(mem_per_class=2, condensation=Condensation(
+        settings={"iterations": 3, "batch_real": 4}, model="strategy", progress=False))
+    built.clear()
+    copies.post_adapt(convolutional, stream.train_stream[0])  # a model given wins over the default
+    assert built and all(spec.startswith("template-") for spec in built) and len(copies.buffer) == 2 * 2 * 2
     for how in (Condensation(settings=FAST, progress=False),  # a model named in the settings wins
                 Condensation(settings={"iterations": 3, "batch_real": 4}, model="preset", progress=False)):
         built.clear()

@@ -314,7 +314,7 @@ def test_the_feature_probe_counts_the_units_no_image_activates_and_the_classes_p
 
 def test_the_avalanche_table_keeps_a_row_per_memory_code_and_sets_icarl_against_the_best_memory(tmp_path):
     from simulations.avalanche_native_figure import bars
-    from simulations.tables import avalanche_native, rows
+    from simulations.tables import avalanche_native, avalanche_native_defaults, rows
 
     folder = tmp_path / "avalanche-native"
     folder.mkdir()
@@ -341,6 +341,10 @@ def test_the_avalanche_table_keeps_a_row_per_memory_code_and_sets_icarl_against_
     cells = bars(rows("avalanche-native", tmp_path), "multi:factor=2,bits=2")
     assert [label for label, _, _ in cells] == ["LwF\nK = 10", "iCaRL\nK = 10"]
     assert cells[0][1:] == ([0.72, 0.73], [0.65, 0.65]) and cells[1][1] == []
+    # The README's table keeps the memories condensed as the plug-in does by default for the
+    # model's kind of network: the MLP's copies in 2-bit mosaics, not the earlier 8-bit code.
+    defaults = [line for line in avalanche_native_defaults(tmp_path).splitlines() if line.startswith("| `mlp`")]
+    assert defaults == lines[1:]
 
 
 def test_grey_images_reach_a_three_channel_model_at_the_size_it_takes():
