@@ -82,9 +82,9 @@ def held(buffer: CondensedBuffer) -> dict[int, int]:
 
 
 # None: the memory's default code with no strategy network, that of a convolutional one:
-# pixels:bits=4 (2 full-size 4-bit images per raw image)
-@pytest.mark.parametrize(("param", "decoded_per_stored"), [("pixels", 1), ("multi:factor=2", 4),
-                                                          ("multi:factor=2,bits=2", 16), (None, 2)])
+# pixels:bits=2 (4 full-size 2-bit images per raw image)
+@pytest.mark.parametrize(("param", "decoded_per_stored"), [("pixels", 1), ("multi:factor=2", 4), ("pixels:bits=4", 2),
+                                                          ("multi:factor=2,bits=2", 16), (None, 4)])
 def test_buffer_budgets_in_bytes_hold_every_class_and_shrink_old_ones_to_a_prefix(param, decoded_per_stored):
     stream = make_stream()
     settings = {**FAST, "param": param} if param else {key: value for key, value in FAST.items() if key != "param"}
@@ -190,19 +190,19 @@ def test_the_memory_can_be_condensed_by_matching_the_strategys_own_model(monkeyp
     assert built and all(spec.startswith("template-") for spec in built)  # every draw: a copy of FlatNet
     assert len(plugin.storage_policy.buffer) == 2 * 2 * 16  # a dense network's default code: 16 per stored image
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the user's model is untouched
-    # A convolutional network's memory: matched through the preset's ConvNet, 2 full-size 4-bit images each
+    # A convolutional network's memory: matched through the preset's ConvNet, 4 full-size 2-bit images each
     convolutional = types.SimpleNamespace(device="cpu", model=torch.nn.Sequential(
         torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, CLASSES)))
     built.clear()
     buffer = CondensedBuffer(mem_per_class=2, condensation=how)
     buffer.post_adapt(convolutional, stream.train_stream[0])
     assert built and all(spec.startswith("convnet") for spec in built)
-    assert len(buffer.buffer) == 2 * 2 * 2 and buffer.memory_bytes == 2 * 2 * 8 * 8
+    assert len(buffer.buffer) == 2 * 2 * 4 and buffer.memory_bytes == 2 * 2 * 8 * 8
     copies = CondensedBuffer(mem_per_class=2, condensation=Condensation(
         settings={"iterations": 3, "batch_real": 4}, model="strategy", progress=False))
     built.clear()
     copies.post_adapt(convolutional, stream.train_stream[0])  # a model given wins over the default
-    assert built and all(spec.startswith("template-") for spec in built) and len(copies.buffer) == 2 * 2 * 2
+    assert built and all(spec.startswith("template-") for spec in built) and len(copies.buffer) == 2 * 2 * 4
     for how in (Condensation(settings=FAST, progress=False),  # a model named in the settings wins
                 Condensation(settings={"iterations": 3, "batch_real": 4}, model="preset", progress=False)):
         built.clear()
