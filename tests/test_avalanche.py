@@ -212,6 +212,13 @@ def test_the_memory_can_be_condensed_by_matching_the_strategys_own_model(monkeyp
     strict = CondensedBuffer(mem_per_class=2, condensation=Condensation(model="strategy", progress=False))
     with pytest.raises(DdplugError, match="needs an nn.Linear layer"):
         strict.post_adapt(types.SimpleNamespace(device="cpu", model=no_linear), stream.train_stream[0])
+    # Left to its defaults, a dense network with no nn.Linear to match is matched through the preset's
+    built.clear()
+    lenient = CondensedBuffer(mem_per_class=2, condensation=Condensation(settings={"iterations": 3, "batch_real": 4},
+                                                                         progress=False))
+    lenient.post_adapt(types.SimpleNamespace(device="cpu", model=torch.nn.Sequential(torch.nn.Flatten())),
+                       stream.train_stream[0])
+    assert built and all(spec.startswith("convnet") for spec in built) and len(lenient.buffer) == 2 * 2 * 16
 
 
 def test_class_with_a_single_sample_is_kept_as_it_is():

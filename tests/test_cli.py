@@ -208,6 +208,7 @@ def test_experts_command_makes_the_folder_mtt_reads(capsys, data_root, tmp_path)
     (("--method", "mtt", "--syn-steps", "two"), "setting syn_steps expects int"),
     (("--method", "kip", "--kernel", "rbf"), "rbf"),
     (("--snapshots", "-1"), "--snapshots must be 0 or more"),
+    (("--method", "dc", "--learn-labels", "true"), "holds no pixels image with its learned soft labels"),
 ])
 def test_method_flags_reject_mistakes(capsys, data_root, tmp_path, argv, message):
     code, _, stderr = run(capsys, "distill", *fast("--out", str(tmp_path / "run"), *argv))
@@ -217,8 +218,9 @@ def test_method_flags_reject_mistakes(capsys, data_root, tmp_path, argv, message
 
 def test_method_flags_reach_the_config(capsys, data_root, tmp_path):
     out = tmp_path / "run"
+    # --ipc 2: the bytes of 2 raw images per class hold one image and its soft labels
     code, _, _ = run(capsys, "distill", *fast("--no-eval", "--out", str(out), "--method", "dc", "--distance", "mse",
-                                              "--inner-loop", "2", "--learn-labels", "true"))
+                                              "--inner-loop", "2", "--learn-labels", "true", "--ipc", "2"))
     from ddplug.sets import load_set
 
     synthetic = load_set(out)

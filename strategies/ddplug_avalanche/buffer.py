@@ -183,7 +183,7 @@ class Condensation:
         if model not in (None, STRATEGY_MODEL):
             return {**settings, "model": model}
         usable = strategy_model is not None and bool(linear_layers(strategy_model))
-        if model == STRATEGY_MODEL and not usable:
+        if self.model == STRATEGY_MODEL and not usable:  # asked for; a default falls back to the preset's
             raise DdplugError('model="strategy" matches with the strategy\'s model, which needs an nn.Linear layer '
                               '(its input is what is matched): none was found; use model="preset"')
         return {**settings, "model": register_template(strategy_model)} if usable else settings
