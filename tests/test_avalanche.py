@@ -375,6 +375,8 @@ def test_a_normalisation_that_does_not_fit_the_stream_fails_before_it_trains():
     (lambda: Condensation(model="nonet"), "unknown model 'nonet'"),
     (lambda: Condensation(method="herding", model="strategy"), "herding picks real images: drop model"),
     (lambda: Condensation(model="strategy", settings={"model": TINY}), "give the matching network once"),
+    (lambda: Condensation(method="frepo", settings={"learn_labels": True}), "replays class ids"),
+    (lambda: Condensation(method="dc", settings={"learn_labels": True}), "drop learn_labels"),
     (lambda: CondensedReplayPlugin(mem_per_class=1.5), "mem_per_class must be a whole number"),
     (lambda: CondensedReplayPlugin(mem_per_class=float("nan")), "mem_per_class must be a whole number"),
     (lambda: CondensedReplayPlugin(mem_per_class=True), "mem_per_class must be a whole number"),

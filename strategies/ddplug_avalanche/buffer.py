@@ -163,6 +163,11 @@ class Condensation:
                                        if condenser.config_class else self.method_settings())
         if config is not None:
             config.check()
+        if getattr(config, "learn_labels", False):
+            # Avalanche's items carry class ids: the labels would be cut to their arg-max and
+            # the bytes the budget gave them lost.
+            raise DdplugError("an Avalanche memory replays class ids, so learned soft labels would be dropped and "
+                              "their bytes wasted: drop learn_labels")
 
     def defaults(self, strategy_model: nn.Module | None = None) -> MemoryDefaults | None:
         """The memory's defaults for the method and the strategy's kind of network, if any."""
@@ -238,8 +243,7 @@ class CondensedBuffer(ExemplarsBuffer):
     for distilled sets it is a random subset of equally made samples. A class that comes back
     in a later experience is condensed afresh from its new data. Memory groups are
     (task label, class) pairs, so task-incremental streams work too. Learned soft labels are
-    stored as their arg-max class (Avalanche's items carry class ids) and a learned learning
-    rate (MTT) is not used.
+    refused (Avalanche's items carry class ids) and a learned learning rate (MTT) is not used.
 
     ``condensation`` says how (:class:`Condensation`). ``costs`` lists each condensation's
     :class:`CondensationCost`; each is also published to the strategy's evaluator
