@@ -1,7 +1,7 @@
 """Federated uploads: what each initialisation and privacy budget leaks, and what it costs.
 
-One-shot distilled federated runs (``ddplug_flower.simulation.simulate``) on the same
-partitions: DM sets started from real images, from noise, and from noise under
+Distilled federated runs (``ddplug_flower.simulation.simulate``; one round, or FedDM's
+``--rounds N``, each client re-distilling around the global model) on the same partitions: DM sets started from real images, from noise, and from noise under
 differential privacy at each epsilon (per client, delta 1e-5). For each: the global
 model's test accuracy, the leakage report over every upload (median centred cosine
 similarity of the uploaded images to their nearest real image of the client, the same for
@@ -11,6 +11,7 @@ copies), the largest epsilon a client spent, bytes up and wall time. Runs alread
 and conditions, goes to ``benchmarks/federated-privacy/``.
 
     python -m simulations.federated_privacy --alpha 0.5 --epsilons 1 4 10
+    python -m simulations.federated_privacy --alpha 0.5 --runs blend3-init-bits4 --rounds 3
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--ipc", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=1, help="federated rounds (FedDM past 1)")
     parser.add_argument("--epsilons", type=float, nargs="*", default=[1.0, 4.0, 10.0])
     parser.add_argument("--runs", nargs="*", default=None, metavar="NAME", help="only these runs of the grid")
     parser.add_argument("--overrides", default="", help="preset overrides, e.g. 'eval.epochs=100'")
@@ -87,8 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown runs {', '.join(sorted(unknown))}; the grid: {', '.join(grid)}")
     summaries = {}
+    rounds = {"rounds": args.rounds} if args.rounds != 1 else {}
     for name, extra in grid.items():
         if args.runs is None or name in args.runs:
+            extra = {**extra, **rounds}
+            name = name + "".join(f"-rounds{value}" for value in rounds.values())
             settings = FederatedSettings(clients=args.clients, alpha=args.alpha, ipc=args.ipc, overrides=args.overrides,
                                          out=str(out / name), **extra)
             summaries[name] = run(name, settings)
@@ -97,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                         "settings": extra, **{key: summaries[name].get(key) for key in ROW_KEYS},
                         **provenance("simulations.federated_privacy", argv, conditions=args.conditions)})
     command = "python -m simulations.federated_privacy " + " ".join(sys.argv[1:] if argv is None else argv)
-    header = (f"Fashion-MNIST, {args.clients} clients, Dirichlet alpha {args.alpha}, one-shot DM uploads of "
-              f"ipc {args.ipc}; delta 1e-5 under DP\ncommand: {command}")
+    header = (f"Fashion-MNIST, {args.clients} clients, Dirichlet alpha {args.alpha}, {args.rounds} round(s) of DM "
+              f"uploads of ipc {args.ipc}; delta 1e-5 under DP\ncommand: {command}")
     headers = ("run", "epsilon", "accuracy %", "upload NN sim", "real NN sim", "MIA advantage", "near copies",
                "MB up", "wall s")
     text = header + "\n\n" + format_table(headers, [row(name, s) for name, s in summaries.items()])

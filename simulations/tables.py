@@ -195,7 +195,8 @@ def distributed(root: Path = BENCHMARKS) -> str:
 
 
 def federated_privacy(root: Path = BENCHMARKS) -> str:
-    """One-shot federated uploads by initialisation and code: accuracy against what they leak."""
+    """Federated uploads by initialisation and code (one round unless ``--rounds`` says):
+    accuracy against what they leak."""
     def cells(run: dict) -> list[str]:
         flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in run["settings"].items())
         below = run["upload_nn_similarity_median"] < run["real_nn_similarity_median"]

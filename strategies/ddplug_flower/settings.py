@@ -166,7 +166,7 @@ class FederatedSettings:
             return
         config = self.client_config()
         SetSpec.for_dataset(data.train, ipc=self.ipc, encoding=self.encoding, param=self.param,
-                            soft_labels=self.learns_labels())
+                            soft_labels=bool(getattr(config, "learn_labels", False)))
         if config is not None:
             config.validate(data.train)
 
