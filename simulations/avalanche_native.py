@@ -44,7 +44,7 @@ from ddplug.storage import path_part, write_json
 from simulations.provenance import provenance
 
 MODELS = ("mlp", "cnn", "slimresnet")
-OWN_FEATURES = ("mlp", "cnn")  # the models with a ``features`` part (iCaRL's feature extractor, --features)
+OWN_FEATURES = ("mlp", "cnn")  # the models with a ``features`` part (what --features probes)
 STRATEGIES = ("naive", "lwf", "ewc", "icarl")
 MEMORIES = ("condensed", "condensed-retrain", "condensed-strategy", "condensed-strategy-retrain", "replay", "gdumb",
             "none")
@@ -158,9 +158,13 @@ def memory_param(condensation: Any, model: torch.nn.Module) -> str:
 def _split_for_icarl(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The feature extractor (flat features, as the model's own forward makes them) and the
     linear classifier that iCaRL trains apart."""
+    inner = model.model if isinstance(model, _Grey3) else model
+    if hasattr(inner, "linear"):  # SlimResNet18: its forward, pooled features, then `linear`
+        classifier, inner.linear = inner.linear, torch.nn.Identity()
+        return model, classifier
     if isinstance(model, _Grey3):
-        return torch.nn.Sequential(_Grey3(model.model.features), torch.nn.Flatten()), model.model.classifier
-    return torch.nn.Sequential(torch.nn.Flatten(), model.features), model.classifier
+        return torch.nn.Sequential(_Grey3(inner.features), torch.nn.Flatten()), inner.classifier
+    return torch.nn.Sequential(torch.nn.Flatten(), inner.features), inner.classifier
 
 
 def _features_after(model: torch.nn.Module, stream: Any) -> dict:
@@ -216,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="after each experience, record the share of dead feature units and the classes predicted")
     args = parser.parse_args(argv)
     needs_features = [model for model in args.models if model not in OWN_FEATURES]
-    if needs_features and ("icarl" in args.strategies or args.features):
-        parser.error(f"iCaRL and --features need a model's features part, which {needs_features[0]} has not: "
+    if needs_features and args.features:
+        parser.error(f"--features needs a model's features part, which {needs_features[0]} has not: "
                      f"use {' or '.join(OWN_FEATURES)}")
     if args.lr is None:
         args.lr = 0.001 if args.optimizer == "adam" else 0.01

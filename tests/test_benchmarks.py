@@ -347,6 +347,22 @@ def test_the_avalanche_table_keeps_a_row_per_memory_code_and_sets_icarl_against_
     assert defaults == lines[1:]
 
 
+def test_icarl_splits_every_avalanche_model_into_flat_features_and_the_classifier_on_them():
+    import torch
+
+    from simulations.avalanche_native import MODELS, _split_for_icarl, make_model
+
+    grey = torch.rand(3, 1, 28, 28)
+    for name in MODELS:
+        model = make_model(name, 0).eval()
+        with torch.no_grad():
+            whole = model(grey)
+            features, classifier = _split_for_icarl(model)
+            flat = features(grey)
+            assert flat.ndim == 2, name
+            assert torch.allclose(classifier(flat), whole, atol=1e-5), name
+
+
 def test_grey_images_reach_a_three_channel_model_at_the_size_it_takes():
     import torch
 
