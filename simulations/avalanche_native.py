@@ -97,8 +97,13 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
     from avalanche.training.storage_policy import ClassBalancedBuffer
     from avalanche.training.supervised import EWC, ICaRL, LwF, Naive
 
+    from avalanche.training.determinism.rng_manager import RNGManager
+
     from ddplug_avalanche import Condensation, CondensedReplayPlugin
 
+    # Every generator Avalanche draws from (Python's, NumPy's, torch's), so a cell's result does
+    # not depend on the cells run before it in the same process.
+    RNGManager.set_random_seeds(seed)
     benchmark = SplitFMNIST(n_experiences=5, seed=seed, dataset_root=torchvision_root(args.data_root))
     model = make_model(model_name, seed)
     plugins: list[Any] = []
@@ -140,9 +145,11 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
             features_report.append(_features_after(strategy.model, benchmark.test_stream[:index + 1]))
     seconds = time.perf_counter() - began
     accuracy = _accuracy(strategy.model, benchmark.test_stream)
+    finite = all(bool(torch.isfinite(parameter).all()) for parameter in strategy.model.parameters())
     costs = condensed.storage_policy.costs if condensed else []
     return {"model": model_name, "strategy": strategy_name, "memory": memory, "mem_per_class": k, "seed": seed,
-            "optimizer": args.optimizer, "lr": args.lr, "epochs": epochs, "final_accuracy": accuracy, "seconds": seconds,
+            "optimizer": args.optimizer, "lr": args.lr, "epochs": epochs, "final_accuracy": accuracy,
+            "finite_weights": finite, "seconds": seconds,
             **({"condensation_param": memory_param(condensation, model)} if condensation else {}),
             **provenance("simulations.avalanche_native", None, conditions=args.conditions),
             "condensation_seconds": sum(cost.seconds for cost in costs) if condensed else None,
