@@ -95,9 +95,8 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
     from avalanche.benchmarks.classic import SplitFMNIST
     from avalanche.training.plugins import GDumbPlugin, ReplayPlugin
     from avalanche.training.storage_policy import ClassBalancedBuffer
-    from avalanche.training.supervised import EWC, ICaRL, LwF, Naive
-
     from avalanche.training.determinism.rng_manager import RNGManager
+    from avalanche.training.supervised import EWC, ICaRL, LwF, Naive
 
     from ddplug_avalanche import Condensation, CondensedReplayPlugin
 

@@ -1,7 +1,8 @@
 """Federated uploads: what each initialisation and privacy budget leaks, and what it costs.
 
 Distilled federated runs (``ddplug_flower.simulation.simulate``; one round, or FedDM's
-``--rounds N``, each client re-distilling around the global model) on the same partitions: DM sets started from real images, from noise, and from noise under
+``--rounds N``, each client re-distilling around the global model) on the same
+partitions: DM sets started from real images, from noise, and from noise under
 differential privacy at each epsilon (per client, delta 1e-5). For each: the global
 model's test accuracy, the leakage report over every upload (median centred cosine
 similarity of the uploaded images to their nearest real image of the client, the same for
@@ -89,11 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown runs {', '.join(sorted(unknown))}; the grid: {', '.join(grid)}")
     summaries = {}
-    rounds = {"rounds": args.rounds} if args.rounds != 1 else {}
     for name, extra in grid.items():
         if args.runs is None or name in args.runs:
-            extra = {**extra, **rounds}
-            name = name + "".join(f"-rounds{value}" for value in rounds.values())
+            if args.rounds != 1:
+                extra, name = {**extra, "rounds": args.rounds}, f"{name}-rounds{args.rounds}"
             settings = FederatedSettings(clients=args.clients, alpha=args.alpha, ipc=args.ipc, overrides=args.overrides,
                                          out=str(out / name), **extra)
             summaries[name] = run(name, settings)
