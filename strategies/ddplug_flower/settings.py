@@ -154,10 +154,11 @@ class FederatedSettings:
         return condenser.make_config({**self.resolved_preset().method_settings(self.method), **self.upload_settings(),
                                       "ipc": self.ipc})
 
-    def learns_labels(self) -> bool:
-        """Whether the clients' sets carry learned soft labels (their bytes inside the budget)."""
-        config = self.client_config()
-        return bool(config is not None and getattr(config, "learn_labels", False))
+    def learns_labels(self, config: Any = None) -> bool:
+        """Whether the clients' sets carry learned soft labels (their bytes inside the budget);
+        ``config``: the client config when already built (else built here)."""
+        config = self.client_config() if config is None else config
+        return bool(getattr(config, "learn_labels", False))
 
     def check_for(self, data: DatasetSplits) -> None:
         """Fail now on what only the data shows: an upload code that does not fit its images,
@@ -166,7 +167,7 @@ class FederatedSettings:
             return
         config = self.client_config()
         SetSpec.for_dataset(data.train, ipc=self.ipc, encoding=self.encoding, param=self.param,
-                            soft_labels=bool(getattr(config, "learn_labels", False)))
+                            soft_labels=self.learns_labels(config))
         if config is not None:
             config.validate(data.train)
 
