@@ -128,9 +128,10 @@ def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> st
                     and run.get("condensation_param") == param]
 
         if strategy == "icarl":
+            memory = _default_memory(model)[0]
             condensed = [run for run in runs if (run["model"], run["training"], run["mem_per_class"], run["memory"])
-                         == (model, training, k, "condensed-strategy")]
-            table.append(_icarl_row(of("herding"), condensed))
+                         == (model, training, k, memory)]
+            table.append(_icarl_row(of("herding"), condensed, _CONDENSED[memory][1]))
             continue
         for memory, (mode, matching, theirs) in _CONDENSED.items():
             for param in sorted({run["condensation_param"] for run in runs if run["memory"] == memory}):
@@ -151,9 +152,10 @@ def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> st
                            "s per run (condensing), Avalanche's"], table)
 
 
-def _icarl_row(icarl: list[dict], condensed: list[dict]) -> list[str]:
+def _icarl_row(icarl: list[dict], condensed: list[dict], matching: str) -> list[str]:
     """iCaRL's row: the best condensed replay memory (by mean over its seeds) of the same
-    model and K, whatever the strategy beside it, against iCaRL."""
+    model and K, matched by the plug-in's default network for that model (``matching``
+    names it), whatever the strategy beside it, against iCaRL."""
     groups: dict[tuple, list[dict]] = {}
     for run in condensed:
         groups.setdefault((run["strategy"], run["condensation_param"]), []).append(run)
@@ -162,7 +164,7 @@ def _icarl_row(icarl: list[dict], condensed: list[dict]) -> list[str]:
     ours, theirs = ([run["final_accuracy"] for run in found] for found in (best, icarl))
     first = icarl[0]
     return [f"`{first['model']}`", f"iCaRL (its own strategy){first['training']}, K = {first['mem_per_class']}",
-            f"the strategy's model, `{param}`", f"**{_over_seeds(ours)}** ({_STRATEGY_NAMES[strategy]}, replay)",
+            f"{matching}, `{param}`", f"**{_over_seeds(ours)}** ({_STRATEGY_NAMES[strategy]}, replay)",
             f"iCaRL's herded images {_over_seeds(theirs)}",
             f"{100 * (statistics.fmean(ours) - statistics.fmean(theirs)):+.1f}", str(min(len(ours), len(theirs))),
             _seconds(best, icarl)]

@@ -345,6 +345,18 @@ def test_the_avalanche_table_keeps_a_row_per_memory_code_and_sets_icarl_against_
     # model's kind of network: the MLP's copies in 2-bit mosaics, not the earlier 8-bit code.
     defaults = [line for line in avalanche_native_defaults(tmp_path).splitlines() if line.startswith("| `mlp`")]
     assert defaults == lines[1:]
+    # A convolutional network's memory is matched by the preset's ConvNet by default: iCaRL
+    # faces that memory, not the one matched by copies of the ResNet.
+    for seed in (0, 1):
+        row("res-own", "naive", "condensed-strategy", 0.30, seed, model="slimresnet",
+            condensation_param="multi:factor=2,bits=2")
+        row("res-preset", "naive", "condensed", 0.67, seed, model="slimresnet", condensation_param="pixels:bits=2")
+        row("res-replay", "naive", "replay", 0.57, seed, model="slimresnet")
+        row("res-icarl", "icarl", "herding", 0.54, seed, model="slimresnet")
+    icarl = [line for line in avalanche_native(tmp_path).splitlines() if line.startswith("| `slimresnet` | iCaRL")]
+    assert len(icarl) == 1
+    assert "ConvNet (the preset's), `pixels:bits=2` | **67.00 ± 0.00** (Naive, replay)" in icarl[0]
+    assert "iCaRL's herded images 54.00 ± 0.00 | +13.0 |" in icarl[0]
 
 
 def test_icarl_splits_every_avalanche_model_into_flat_features_and_the_classifier_on_them():
