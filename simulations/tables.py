@@ -128,9 +128,9 @@ def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> st
                     and run.get("condensation_param") == param]
 
         if strategy == "icarl":
-            memory = _default_memory(model)[0]
-            condensed = [run for run in runs if (run["model"], run["training"], run["mem_per_class"], run["memory"])
-                         == (model, training, k, memory)]
+            memory, param = _default_memory(model)
+            condensed = [run for run in runs if (run["model"], run["training"], run["mem_per_class"], run["memory"],
+                                                 run.get("condensation_param")) == (model, training, k, memory, param)]
             table.append(_icarl_row(of("herding"), condensed, _CONDENSED[memory][1]))
             continue
         for memory, (mode, matching, theirs) in _CONDENSED.items():
@@ -153,9 +153,9 @@ def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> st
 
 
 def _icarl_row(icarl: list[dict], condensed: list[dict], matching: str) -> list[str]:
-    """iCaRL's row: the best condensed replay memory (by mean over its seeds) of the same
-    model and K, matched by the plug-in's default network for that model (``matching``
-    names it), whatever the strategy beside it, against iCaRL."""
+    """iCaRL's row: the plug-in's default condensed replay memory for the model (matched by
+    the network ``matching`` names) of the same K, beside the strategy that gets the most
+    from it (by mean over its seeds), against iCaRL."""
     groups: dict[tuple, list[dict]] = {}
     for run in condensed:
         groups.setdefault((run["strategy"], run["condensation_param"]), []).append(run)

@@ -345,9 +345,11 @@ def test_the_avalanche_table_keeps_a_row_per_memory_code_and_sets_icarl_against_
     # model's kind of network: the MLP's copies in 2-bit mosaics, not the earlier 8-bit code.
     defaults = [line for line in avalanche_native_defaults(tmp_path).splitlines() if line.startswith("| `mlp`")]
     assert defaults == lines[1:]
-    # A convolutional network's memory is matched by the preset's ConvNet by default: iCaRL
-    # faces that memory, not the one matched by copies of the ResNet.
+    # A convolutional network's memory is matched by the preset's ConvNet in 2-bit pixels by
+    # default: iCaRL faces that memory, not the one matched by copies of the ResNet nor a
+    # better row of another code.
     for seed in (0, 1):
+        row("res-raw", "lwf", "condensed", 0.80, seed, model="slimresnet", condensation_param="pixels")
         row("res-own", "naive", "condensed-strategy", 0.30, seed, model="slimresnet",
             condensation_param="multi:factor=2,bits=2")
         row("res-preset", "naive", "condensed", 0.67, seed, model="slimresnet", condensation_param="pixels:bits=2")
