@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import ddplug
+from ddplug.allocator import tune_allocator
 from ddplug.evaluation.report import format_table
 from ddplug.models import check_model_spec
 from ddplug.sets import load_set
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="preset override, as for ddplug (eval.epochs=100)")
     add_rows_option(parser, "transfer")
     args = parser.parse_args(argv)
+    tune_allocator()
     labels = {path: set_label(path) for path in args.sets}  # a bad path fails here, before any training
     for model in args.models:  # and a bad model spec
         check_model_spec(model)

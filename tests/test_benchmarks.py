@@ -215,11 +215,14 @@ def test_the_streamed_folder_benchmark_compares_both_storages_on_one_folder(tmp_
     assert len(list(rows.glob("rows-*.json"))) == 1
 
 
-def test_the_transfer_benchmark_keeps_a_row_per_set_and_model(digits, tmp_path, capsys):
+def test_the_transfer_benchmark_keeps_a_row_per_set_and_model(digits, tmp_path, capsys, monkeypatch):
     from ddplug.methods import create_distiller, make_config, run_distillation
     from ddplug.sets import save_set
     from simulations import transfer
     from simulations.tables import transfer as table
+
+    tuned = []  # its seconds per network are those of the tuned allocator, as every ddplug process's
+    monkeypatch.setattr(transfer, "tune_allocator", lambda: tuned.append(True))
 
     config = make_config("dm", {"ipc": 1, "iterations": 2, "model": "convnet:width=8", "batch_real": 8})
     made = run_distillation(create_distiller("dm", digits.train, config), progress=False).synthetic
@@ -227,7 +230,7 @@ def test_the_transfer_benchmark_keeps_a_row_per_set_and_model(digits, tmp_path, 
     rows = tmp_path / "transfer"
     argv = [str(path), "--models", "convnet:width=32", "mlp:width=16", "--eval-models", "2", "--set", "eval.epochs=2",
             "--rows", str(rows), "--conditions", "tests beside it"]
-    assert transfer.main(argv) == 0
+    assert transfer.main(argv) == 0 and tuned == [True]
     kept = sorted((json.loads(file.read_text()) for file in rows.glob("rows-*.json")), key=lambda k: k["command"])
     assert len(kept) == 2 and kept[1]["command"].endswith("--models mlp:width=16 --eval-models 2 --preset cpu "
                                                           "--seed 0 --set=eval.epochs=2")
