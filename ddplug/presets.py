@@ -182,8 +182,8 @@ PRESETS: dict[str, Preset] = {
                    "72.91 ± 0.53; ddplug distill --ipc 10 --method frepo --param pixels:bits=2 "
                    "--iterations 600 --augment true)"),
             Recipe(50, "frepo", FREPO_2BIT_PIXELS,
-                   "87.87 ± 0.36 % at the bytes of 50 images per class on Fashion-MNIST, 2 networks (random real "
-                   "images 82.56 ± 0.18; its 2-bit real start after 1 step: 87.06 ± 0.07; DM: 82.70 ± 0.43; "
+                   "87.98 ± 0.28 % at the bytes of 50 images per class on Fashion-MNIST (random real images "
+                   "82.55 ± 0.22; on 2 networks its 2-bit real start after 1 step: 87.06 ± 0.07, DM: 82.70 ± 0.43; "
                    "ddplug distill --ipc 50 --method frepo --param pixels:bits=2 --iterations 600 --augment true)"),
             # FRePo keeps every decoded image's activations for one backward pass (4 GB at 50 images
             # per class); DM embeds in checkpointed chunks, flat in memory at any budget.
