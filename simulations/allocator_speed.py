@@ -27,10 +27,10 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from ddplug.allocator import ENV_VAR, tune_allocator
+from ddplug.allocator import ENV_VAR
 from ddplug.evaluation.report import format_table
 from ddplug.storage import atomic_write, write_json
-from simulations.provenance import add_rows_option, keep_rows
+from simulations.provenance import add_rows_option, keep_rows, parse_benchmark_args
 
 WORKLOADS = ("dm", "mtt", "kip", "evaluate")
 
@@ -73,7 +73,6 @@ def same_set(first: Path, second: Path) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    tune_allocator()  # this driver's own process; each measured command sets its own
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--ipc", type=int, default=10)
@@ -85,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each workload each way, in turns (medians)")
     parser.add_argument("--out", default="results/allocator-speed")
     add_rows_option(parser, "allocator-speed")
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     out = Path(args.out)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")

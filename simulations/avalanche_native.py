@@ -36,12 +36,11 @@ from typing import Any
 
 import torch
 
-from ddplug.allocator import tune_allocator
 from ddplug.errors import DdplugError
 from ddplug.evaluation.report import format_table, percent
 from ddplug.settings import parse_assignments
 from ddplug.storage import path_part, write_json
-from simulations.provenance import provenance
+from simulations.provenance import parse_benchmark_args, provenance
 
 MODELS = ("mlp", "cnn", "slimresnet")
 OWN_FEATURES = ("mlp", "cnn")  # the models with a ``features`` part (what --features probes)
@@ -50,6 +49,7 @@ MEMORIES = ("condensed", "condensed-retrain", "condensed-strategy", "condensed-s
             "none")
 OWN_MEMORY = {"icarl": "herding"}  # strategies that bring their own memory, run once whatever --memories says
 RETRAIN = ("condensed-retrain", "condensed-strategy-retrain", "gdumb")
+MEMORY_EPOCHS = 30  # epochs on the memory alone per experience; rows of other counts name theirs
 _DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mem-per-class", nargs="+", type=int, default=[10])
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--memory-epochs", type=int, default=30)
+    parser.add_argument("--memory-epochs", type=int, default=MEMORY_EPOCHS,
+                        help="epochs on the memory alone per experience, for the memories that retrain on it")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="sgd: momentum 0.9")
     parser.add_argument("--lr", type=float, default=None, help="default: 0.01 for sgd, 0.001 for adam")
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: the plug-in's); named in the rows' files")
     parser.add_argument("--features", action="store_true",
                         help="after each experience, record the share of dead feature units and the classes predicted")
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     needs_features = [model for model in args.models if model not in OWN_FEATURES]
     if needs_features and args.features:
         parser.error(f"--features needs a model's features part, which {needs_features[0]} has not: "
@@ -238,7 +239,6 @@ def main(argv: list[str] | None = None) -> int:
         condensation = Condensation(method="dm", settings=args.settings)
     except DdplugError as error:
         parser.error(str(error))
-    tune_allocator()
     rows = []
     for model in args.models:
         # a condensed memory's file names its settings and code, so rows of other codes sit beside it
@@ -249,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
                 for k in args.mem_per_class:
                     for seed in range(args.seeds):
                         training = ("" if args.optimizer == "sgd" else f"-{args.optimizer}-lr{args.lr:g}") + \
-                            ("-features" if args.features else "") + (variant if memory.startswith("condensed") else "")
+                            ("-features" if args.features else "") + \
+                            (f"-memory-epochs{args.memory_epochs}" if memory in RETRAIN and
+                             args.memory_epochs != MEMORY_EPOCHS else "") + \
+                            (variant if memory.startswith("condensed") else "")
                         path = args.out / f"{model}-{strategy}-{memory}-k{k}{training}-seed{seed}.json"
                         if not path.exists():
                             print(f"running {path.stem}", file=sys.stderr, flush=True)

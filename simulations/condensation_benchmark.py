@@ -26,13 +26,12 @@ from pathlib import Path
 
 import torch
 
-from ddplug.allocator import tune_allocator
 from ddplug.methods import available_methods, get_condenser
 from ddplug.methods.condenser import SNAPSHOT_FOLDER
 from ddplug.evaluation.published import PUBLISHED_IPCS, published_result
 from ddplug.evaluation.report import format_table, percent, pyplot, save_figure
 from ddplug.storage import atomic_write, path_part, write_json
-from simulations.provenance import add_rows_option, keep_rows
+from simulations.provenance import add_rows_option, keep_rows, parse_benchmark_args
 
 METHODS = ("dm", "dc", "dsa", "mtt", "kip", "frepo", "random", "herding")
 
@@ -166,7 +165,6 @@ def _raw_image_bytes(rows: list[dict]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    tune_allocator()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--preset", default="cpu")
@@ -182,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="preset override, as for ddplug")
     parser.add_argument("--out", default=None, help="default: results/condensation-<dataset>-<preset>")
     add_rows_option(parser, "condensation-benchmark")
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     args.out = args.out or f"results/condensation-{args.dataset}-{args.preset}"
     rows = [run_row(method, ipc, param, args) for ipc in args.ipc for method in args.methods
             for param in (args.params if get_condenser(method).learns else ["pixels"])]

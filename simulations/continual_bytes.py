@@ -17,12 +17,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from ddplug.allocator import tune_allocator
 from ddplug.evaluation.report import format_table, percent, pyplot, save_figure
 from ddplug.storage import atomic_write, write_json
 from ddplug_avalanche.runner import STRATEGIES, ContinualRun, run_benchmark
 from ddplug_avalanche.streams import MemoryBudget
-from simulations.provenance import add_rows_option, keep_rows
+from simulations.provenance import add_rows_option, keep_rows, parse_benchmark_args
 
 GAPS = (("condensed", "replay"), ("condensed-retrain", "gdumb"))  # (condensed strategy, its raw-memory twin)
 
@@ -60,7 +59,6 @@ def plot(rows: list[dict], path: Path, title: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    tune_allocator()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mem-per-class", type=int, nargs="+", default=[1, 10, 20], metavar="K")
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES, metavar="STRATEGY")
@@ -70,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="results/continual-bytes")
     add_rows_option(parser, "continual-bytes")
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     out = Path(args.out)
     rows = []
     for k in args.mem_per_class:

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from ddplug.evaluation.report import format_table
 from ddplug.storage import write_json
-from simulations.provenance import ROOT, commit
+from simulations.provenance import ROOT, commit, parse_benchmark_args
 
 
 def _ddplug(argv: list[str], ranks: int) -> tuple[dict, float]:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-epochs", type=int, default=50)
     parser.add_argument("--work", type=Path, default=Path("runs/distributed-speed"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "distributed")
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     rows = []
     for method in args.methods:
         reference = None

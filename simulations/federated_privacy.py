@@ -24,12 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ddplug.allocator import tune_allocator
 from ddplug.evaluation.report import format_table
 from ddplug.storage import atomic_write, write_json
 from ddplug_flower import HISTORY_FILE, FederatedSettings
 from ddplug_flower.simulation import simulate
-from simulations.provenance import ROOT, provenance
+from simulations.provenance import ROOT, parse_benchmark_args, provenance
 
 # what a row keeps of a run's summary
 ROW_KEYS = ("accuracy", "epsilon", "upload_nn_similarity_median", "real_nn_similarity_median",
@@ -71,7 +70,6 @@ def row(name: str, summary: dict[str, Any]) -> tuple[str, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    tune_allocator()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--clients", type=int, default=10)
@@ -83,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="results/federated-privacy")
     parser.add_argument("--rows", type=Path, default=ROOT / "benchmarks" / "federated-privacy")
     parser.add_argument("--conditions", default="no other load", help="what else ran beside the runs")
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     out = Path(args.out)
     grid = settings_grid(args.epsilons)
     unknown = set(args.runs or ()) - set(grid)

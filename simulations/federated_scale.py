@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 
-from ddplug.allocator import tune_allocator
 from ddplug.evaluation.report import format_table
 from ddplug.evaluation.training import train_classifier
 from ddplug.pipeline import condense_classes
@@ -39,7 +38,7 @@ from ddplug.sets import create_param
 from ddplug.storage import atomic_write, write_json
 from ddplug_flower import FederatedSettings, partition_indices
 from ddplug_flower.settings import cached_dataset
-from simulations.provenance import add_rows_option, keep_rows
+from simulations.provenance import add_rows_option, keep_rows, parse_benchmark_args
 
 
 def measure(settings: FederatedSettings, sample: int, workers: int, overhead: float) -> dict:
@@ -79,7 +78,6 @@ def measure(settings: FederatedSettings, sample: int, workers: int, overhead: fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    tune_allocator()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[50, 100])
     parser.add_argument("--sample", type=int, default=3, help="clients per count whose condensation is timed")
@@ -90,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overrides", default="", help="preset overrides, e.g. 'eval.epochs=100'")
     parser.add_argument("--out", default="results/federated-scale")
     add_rows_option(parser, "federated-scale")
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     if len(args.overhead) != len(args.clients):
         parser.error("give one --overhead per --clients value")
     rows = [measure(FederatedSettings(clients=count, alpha=args.alpha, init="noise", overrides=args.overrides),

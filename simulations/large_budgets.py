@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ddplug.evaluation.report import format_table
 from ddplug.storage import write_json
-from simulations.provenance import ROOT, provenance
+from simulations.provenance import ROOT, parse_benchmark_args, provenance
 
 
 def distill(ipc: int, iterations: int, work: Path, method: str, embed_chunk: int) -> dict:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("runs/large-budgets"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "large-budgets")
     parser.add_argument("--conditions", default="no other load")
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     rows = []
     for ipc in args.ipc:
         summary = distill(ipc, args.iterations, args.work, args.method, args.embed_chunk)

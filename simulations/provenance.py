@@ -1,22 +1,26 @@
-"""Where a benchmark row came from: the commit, the command, the machine.
+"""How a benchmark starts, and where its rows came from: the commit, the command, the machine.
 
-Every benchmark writes each of its rows with :func:`provenance` merged in, so that a
-table generated from the rows (``simulations.tables``) can always name its command and
-conditions.
+Every benchmark reads its command line with :func:`parse_benchmark_args`, so its process
+runs as every ddplug entry point does (the tuned allocator) and its seconds compare with
+the ``ddplug`` command's, and writes each of its rows with :func:`provenance` merged in, so
+that a table generated from the rows (``simulations.tables``) can always name its command
+and conditions.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
+from ddplug.allocator import tune_allocator
 from ddplug.storage import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +62,13 @@ def provenance(module: str, argv: list[str] | None = None, *, conditions: str = 
     return {"command": " ".join(["python -m", module, *args]), "commit": commit(), "torch": torch.__version__,
             "cpus": os.cpu_count(), "machine": platform.machine(), "cpu": cpu_name(),
             "conditions": f"{os.cpu_count()} CPU cores, {conditions}"}
+
+
+def parse_benchmark_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """A benchmark's arguments, read after its process is set up as the ``ddplug`` command's:
+    the allocator tuned before the first tensor (``ddplug.tune_allocator``)."""
+    tune_allocator()
+    return parser.parse_args(argv)
 
 
 def add_rows_option(parser: Any, name: str) -> None:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 
-from ddplug.allocator import tune_allocator
 from ddplug.augment import DSA, DSAConfig
 from ddplug.data import load_dataset
 from ddplug.devices import resolve_device
@@ -31,7 +30,7 @@ from ddplug.evaluation.report import format_table
 from ddplug.evaluation.training import TrainSettings, train_classifier
 from ddplug.models import create_model
 from ddplug.storage import atomic_write, write_json
-from simulations.provenance import add_rows_option, keep_rows
+from simulations.provenance import add_rows_option, keep_rows, parse_benchmark_args
 
 
 def _seconds(work: Callable[[], object], device: torch.device) -> float:
@@ -45,7 +44,6 @@ def _seconds(work: Callable[[], object], device: torch.device) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    tune_allocator()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--model", default="convnet:width=32")
@@ -57,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="results/speed-options")
     add_rows_option(parser, "speed-options")
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     device = resolve_device(args.device)
     data = load_dataset(args.dataset, args.data_root)
     real = data.train

@@ -32,7 +32,7 @@ from ddplug.data import load_dataset
 from ddplug.evaluation.report import format_table
 from ddplug.sets import SET_FILE, load_set
 from ddplug.storage import write_json
-from simulations.provenance import add_rows_option, keep_rows
+from simulations.provenance import add_rows_option, keep_rows, parse_benchmark_args
 
 STORAGES = ("memory", "disk")
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folder", type=Path, default=Path("runs/streamed-folder/images"))
     parser.add_argument("--work", type=Path, default=Path("runs/streamed-folder/sets"))
     add_rows_option(parser, "streamed-folder")
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     folder = write_folder(args.folder, train_per_class=args.train_per_class, test_per_class=args.test_per_class,
                           side=args.side)
     runs = {}

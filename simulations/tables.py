@@ -109,22 +109,26 @@ def _default_memory(model: str) -> tuple[str, str]:
 def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> str:
     """Avalanche's ``SplitFMNIST``: each condensed memory against Avalanche's of the same bytes,
     and iCaRL (its own strategy and herded memory) against the best condensed memory."""
+    from simulations.avalanche_native import MODELS, RETRAIN
+
     runs = rows("avalanche-native", root)
     for run in runs:  # rows from before the optimizer was recorded used SGD
         optimizer = run.get("optimizer", "sgd")
         run["training"] = "" if optimizer == "sgd" else f", {_OPTIMIZER_NAMES[optimizer]} lr {run['lr']:g}"
+        run["memory_training"] = f", {run['epochs']} epochs on the memory alone" if run["memory"] in RETRAIN else ""
         if run["memory"] in _CONDENSED:
             run.setdefault("condensation_param", _EARLIER_MEMORY_PARAM)
-    from simulations.avalanche_native import MODELS
-
     order = list(_STRATEGY_NAMES)
-    cells = sorted({(run["model"], run["strategy"], run["training"], run["mem_per_class"]) for run in runs},
-                   key=lambda cell: (MODELS.index(cell[0]), order.index(cell[1]), cell[2], -cell[3]))
+    cells = sorted({(run["model"], run["strategy"], run["training"], run["mem_per_class"], run["memory_training"])
+                    for run in runs},
+                   key=lambda cell: (MODELS.index(cell[0]), order.index(cell[1]), cell[2], -cell[3], len(cell[4]),
+                                     cell[4]))
     table = []
-    for model, strategy, training, k in cells:
+    for model, strategy, training, k, memory_training in cells:
         def of(memory: str, param: str | None = None, strategy: str = strategy) -> list[dict]:
             return [run for run in runs if (run["model"], run["strategy"], run["training"], run["memory"],
-                                            run["mem_per_class"]) == (model, strategy, training, memory, k)
+                                            run["mem_per_class"], run["memory_training"])
+                    == (model, strategy, training, memory, k, memory_training)
                     and run.get("condensation_param") == param]
 
         if strategy == "icarl":
@@ -142,8 +146,7 @@ def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> st
                 if not condensed or not baseline:
                     continue
                 gain = 100 * (statistics.fmean(condensed) - statistics.fmean(baseline))
-                epochs = ", 30 epochs on the memory alone" if mode == "retrain" else ""
-                table.append([f"`{model}`", f"{_STRATEGY_NAMES[strategy]}{training}, K = {k}{epochs}",
+                table.append([f"`{model}`", f"{_STRATEGY_NAMES[strategy]}{training}, K = {k}{memory_training}",
                               f"{matching}, `{param}`", f"**{_over_seeds(condensed)}** ({mode})",
                               f"{_AVALANCHE_NAMES[theirs]} {_over_seeds(baseline)}", f"{gain:+.1f}",
                               str(min(len(condensed), len(baseline))), _seconds(of(memory, param), of(theirs))])

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from ddplug.allocator import tune_allocator
 from ddplug.data import ImageDataset, load_dataset
 from ddplug.devices import resolve_device
 from ddplug.memory import peak_memory_bytes
@@ -29,7 +28,7 @@ from ddplug.methods.trajectory import MEMORY_MODES, StudentRun, matching_gradien
 from ddplug.evaluation.report import format_table
 from ddplug.models import create_model
 from ddplug.storage import atomic_write, write_json
-from simulations.provenance import add_rows_option, keep_rows
+from simulations.provenance import add_rows_option, keep_rows, parse_benchmark_args
 
 
 def memory_rows(
@@ -65,7 +64,6 @@ def memory_rows(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    tune_allocator()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--model", default="convnet", help="network spec (default: the paper's ConvNet-3, width 128)")
@@ -76,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="results/trajectory-memory")
     add_rows_option(parser, "trajectory-memory")
-    args = parser.parse_args(argv)
+    args = parse_benchmark_args(parser, argv)
     device = resolve_device(args.device)
     real = load_dataset(args.dataset, args.data_root).train
     rows = memory_rows(real, model=args.model, ipc=args.ipc, syn_steps=args.syn_steps,

@@ -18,12 +18,11 @@ import sys
 from pathlib import Path
 
 import ddplug
-from ddplug.allocator import tune_allocator
 from ddplug.evaluation.report import format_table
 from ddplug.models import check_model_spec
 from ddplug.sets import load_set
 from ddplug.settings import parse_assignments
-from simulations.provenance import add_rows_option, keep_rows
+from simulations.provenance import add_rows_option, keep_rows, parse_benchmark_args
 
 DEFAULT_MODELS = ("convnet:width=32", "mlp", "lenet", "convnet-bn:width=32", "alexnet", "vgg11", "resnet18-bn")
 COLUMNS = ("set", "model", "accuracy %", "random %", "s per network")
@@ -45,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="preset override, as for ddplug (eval.epochs=100)")
     add_rows_option(parser, "transfer")
-    args = parser.parse_args(argv)
-    tune_allocator()
+    args = parse_benchmark_args(parser, argv)
     labels = {path: set_label(path) for path in args.sets}  # a bad path fails here, before any training
     for model in args.models:  # and a bad model spec
         check_model_spec(model)

@@ -1,6 +1,8 @@
 """The condensation benchmark end to end on tiny fake data: rows, curves, resume."""
 
+import importlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -215,14 +217,38 @@ def test_the_streamed_folder_benchmark_compares_both_storages_on_one_folder(tmp_
     assert len(list(rows.glob("rows-*.json"))) == 1
 
 
+ROW_READERS = {"tables", "per_budget_figure", "avalanche_native_figure"}  # draw or print committed rows, run nothing
+
+
+class _Tuned(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", sorted(
+    path.stem for path in (Path(__file__).parents[1] / "simulations").glob("*.py")
+    if path.stem not in ROW_READERS | {"__init__", "provenance"}))
+def test_every_benchmark_tunes_its_process_before_it_reads_its_arguments(name, monkeypatch):
+    """Seconds in the tables compare with the ``ddplug`` command's only if every benchmark's
+    process runs as that command's does; a new benchmark that reads its arguments itself fails here."""
+    from simulations import provenance
+
+    def tuned():
+        raise _Tuned
+
+    monkeypatch.setattr(provenance, "tune_allocator", tuned)
+    module = importlib.import_module(f"simulations.{name}")
+    with pytest.raises(_Tuned):  # not argparse's exit for --help: the tuning came first
+        module.main(["--help"])
+
+
 def test_the_transfer_benchmark_keeps_a_row_per_set_and_model(digits, tmp_path, capsys, monkeypatch):
     from ddplug.methods import create_distiller, make_config, run_distillation
     from ddplug.sets import save_set
-    from simulations import transfer
+    from simulations import provenance, transfer
     from simulations.tables import transfer as table
 
     tuned = []  # its seconds per network are those of the tuned allocator, as every ddplug process's
-    monkeypatch.setattr(transfer, "tune_allocator", lambda: tuned.append(True))
+    monkeypatch.setattr(provenance, "tune_allocator", lambda: tuned.append(True))
 
     config = make_config("dm", {"ipc": 1, "iterations": 2, "model": "convnet:width=8", "batch_real": 8})
     made = run_distillation(create_distiller("dm", digits.train, config), progress=False).synthetic
