@@ -109,13 +109,15 @@ def _default_memory(model: str) -> tuple[str, str]:
 def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> str:
     """Avalanche's ``SplitFMNIST``: each condensed memory against Avalanche's of the same bytes,
     and iCaRL (its own strategy and herded memory) against the best condensed memory."""
-    from simulations.avalanche_native import MODELS, RETRAIN
+    from simulations.avalanche_native import MEMORY_EPOCHS, MODELS, RETRAIN
 
     runs = rows("avalanche-native", root)
     for run in runs:  # rows from before the optimizer was recorded used SGD
         optimizer = run.get("optimizer", "sgd")
         run["training"] = "" if optimizer == "sgd" else f", {_OPTIMIZER_NAMES[optimizer]} lr {run['lr']:g}"
-        run["memory_training"] = f", {run['epochs']} epochs on the memory alone" if run["memory"] in RETRAIN else ""
+        # rows from before the epochs were recorded used the default
+        epochs = run.get("epochs", MEMORY_EPOCHS)
+        run["memory_training"] = f", {epochs} epochs on the memory alone" if run["memory"] in RETRAIN else ""
         if run["memory"] in _CONDENSED:
             run.setdefault("condensation_param", _EARLIER_MEMORY_PARAM)
     order = list(_STRATEGY_NAMES)

@@ -285,6 +285,37 @@ def test_frepo_trains_its_pool_and_reinitialises_old_networks(digits):
     assert (distiller.images.detach() - images).abs().max() > 1e-3
 
 
+def test_a_pool_of_architectures_takes_them_in_turn_by_slot_and_every_one_moves_the_set(digits):
+    from ddplug.models import create_model
+
+    distiller = frepo(digits, iterations=9, pool_models=f"{TINY_MODEL} + mlp:width=16")
+    mlp = type(create_model("mlp:width=16", in_channels=1, num_classes=10, image_size=(8, 8)))
+    convnet = type(create_model(TINY_MODEL, in_channels=1, num_classes=10, image_size=(8, 8)))
+    assert [type(network) for network in distiller.pool.networks] == [convnet, mlp, convnet]
+    first = [network.classifier.weight.detach().clone() for network in distiller.pool.networks]
+    used = {distiller.pool.slot(i) for i in range(9)}
+    assert {0, 1} <= used or {1, 2} <= used  # both architectures match the set in these 9 steps
+    run_distillation(distiller, progress=False)
+    for slot in used:  # a reinitialised network is of its slot's architecture again
+        assert type(distiller.pool.networks[slot]) is (mlp if slot == 1 else convnet)
+        assert not torch.equal(distiller.pool.networks[slot].classifier.weight, first[slot])
+    # One architecture named alone is the plain pool, to the last digit.
+    alone = run_distillation(frepo(digits, iterations=4, pool_models=TINY_MODEL), progress=False)
+    plain = run_distillation(frepo(digits, iterations=4), progress=False)
+    assert torch.equal(alone.synthetic.images, plain.synthetic.images)
+
+
+@pytest.mark.parametrize(("pool_models", "error"), [
+    ("convnet+", "pool_models 'convnet\\+' has an empty architecture: join model specs with '\\+'"),
+    ("convnet+mlp+lenet+mlp", "pool_models names 4 architectures but pool_size is 3: raise pool_size to at least 4"),
+    ("convnet+transformer", "unknown model 'transformer'"),
+    ("convnet+mlp:depth=9", "model 'mlp' has no option"),
+])
+def test_a_bad_pool_of_architectures_fails_when_configured(digits, pool_models, error):
+    with pytest.raises(DdplugError, match=error):
+        FRePoConfig(ipc=1, model=TINY_MODEL, pool_size=3, pool_models=pool_models).check()
+
+
 def test_frepo_resume_continues_exactly(digits, tmp_path):
     settings = {"learn_labels": True, "iterations": 12}
     uninterrupted = frepo(digits, **settings)

@@ -125,10 +125,10 @@ class Distiller(ABC):
         """The synthetic images: the code decoded (for ``pixels``, the learnable tensor itself)."""
         return self.param.decode({**self.code, **self.masks}, self.image_shape)
 
-    def build_network(self, seed: int) -> nn.Module:
-        """A freshly initialised matching network (``config.model``) on the device."""
+    def build_network(self, seed: int, model: str | None = None) -> nn.Module:
+        """A freshly initialised matching network (``model``, by default ``config.model``) on the device."""
         return create_model(
-            self.config.model,
+            model or self.config.model,
             in_channels=self.real.in_channels,
             num_classes=self.num_classes,
             image_size=self.real.image_size,

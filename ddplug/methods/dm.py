@@ -69,8 +69,8 @@ class DistributionMatching(Distiller):
             raise DdplugError(f"{config.model} normalises over the batch, so embedding it in chunks would change its "
                               "statistics: drop embed_chunk or match with a network without batch norm")
         self.pool = None if not config.pool_size else NetworkPool(
-            self.build_network, seed=config.seed, size=config.pool_size, max_steps=config.max_online_steps,
-            lr=config.init_lr)
+            self.build_network, config.pool_architectures(config.model), seed=config.seed,
+            max_steps=config.max_online_steps, lr=config.init_lr)
 
     def network(self, iteration: int) -> torch.nn.Module:
         """The matching network of ``iteration``: fresh, or the pool's pick."""

@@ -266,7 +266,7 @@ class FRePo(KernelRidgeDistiller):
 
     def __init__(self, real: ImageDataset, config: FRePoConfig, device: torch.device | str = "cpu") -> None:
         super().__init__(real, config, device)
-        self.pool = NetworkPool(self.build_network, seed=config.seed, size=config.pool_size,
+        self.pool = NetworkPool(self.build_network, config.pool_architectures(config.model), seed=config.seed,
                                 max_steps=config.max_online_steps, lr=config.init_lr)
 
     def kernels(self, iteration: int, real: Tensor, syn: Tensor) -> tuple[Tensor, Tensor]:

@@ -2,14 +2,16 @@
 
 FRePo matches with pool networks that train on the synthetic set; pooled DM (IDM-style)
 matches with pool networks that train on real batches, so the embeddings come from
-partially trained networks of every age rather than from fresh ones only.
+partially trained networks of every age rather than from fresh ones only. The pool's
+networks may be of several architectures (``pool_models``), taken in turn by slot, so the
+set is matched to more than one kind of network.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddplug.errors import DdplugError
+from ddplug.models import check_model_spec
 from ddplug.seeding import derive_seed
 
 POOL_MOMENTUM = 0.9  # the pool trains as the evaluator's networks do (SGD, momentum 0.9)
@@ -30,6 +33,13 @@ class PoolSettings:
     pool_size: int = 10  # networks in the pool
     max_online_steps: int = 100  # updates a pool network gets before it is reinitialised
     online_steps: int = 1  # updates of the chosen network after each step
+    pool_models: str = ""  # the pool's architectures, specs joined by "+", slot i taking the (i mod n)-th; "" = model
+
+    def pool_architectures(self, model: str) -> list[str]:
+        """The architecture of each pool slot's network, in slot order (``model`` for all when
+        ``pool_models`` is empty)."""
+        kinds = self.pool_models.split("+") if self.pool_models else [model]
+        return [kinds[slot % len(kinds)].strip() for slot in range(self.pool_size)]
 
     def validate_pool(self, minimum_size: int = 1) -> None:
         for name, minimum in (("pool_size", minimum_size), ("max_online_steps", 1), ("online_steps", 1)):
@@ -37,21 +47,35 @@ class PoolSettings:
                 raise DdplugError(f"{name} must be at least {minimum}, got {getattr(self, name)}")
         if self.pool_size > MAX_POOL_SIZE:  # every pool network lives in memory at once
             raise DdplugError(f"pool_size {self.pool_size} is over {MAX_POOL_SIZE} networks: choose a smaller pool")
+        if self.pool_models:
+            kinds = [kind.strip() for kind in self.pool_models.split("+")]
+            if not all(kinds):
+                raise DdplugError(f"pool_models {self.pool_models!r} has an empty architecture: join model specs "
+                                  "with '+', e.g. pool_models=convnet:width=32+mlp")
+            if len(kinds) > self.pool_size:
+                raise DdplugError(f"pool_models names {len(kinds)} architectures but pool_size is {self.pool_size}: "
+                                  f"raise pool_size to at least {len(kinds)} so that every architecture has a slot")
+            for kind in kinds:
+                check_model_spec(kind)
 
 
 class NetworkPool:
-    """``size`` networks made by ``build(seed)``; each is reinitialised after ``max_steps``
-    updates, and their ages start evenly spread so the pool always holds every age."""
+    """One network per entry of ``architectures``, slot ``i``'s made by ``build(seed,
+    architectures[i])``; each is reinitialised after ``max_steps`` updates, and their ages
+    start evenly spread so the pool always holds every age."""
 
-    def __init__(self, build: Callable[[int], nn.Module], *, seed: int, size: int, max_steps: int, lr: float) -> None:
-        self.build, self.seed, self.size, self.max_steps, self.lr = build, seed, size, max_steps, lr
+    def __init__(self, build: Callable[[int, str], nn.Module], architectures: Sequence[str], *, seed: int,
+                 max_steps: int, lr: float) -> None:
+        self.build, self.seed, self.max_steps, self.lr = build, seed, max_steps, lr
+        self.architectures = list(architectures)
+        self.size = size = len(self.architectures)
         self.steps = [slot * max_steps // size for slot in range(size)]
         self.generations = [0] * size
         self.networks = [self._fresh(slot, 0) for slot in range(size)]
         self.optimizers = [self._optimizer(network) for network in self.networks]
 
     def _fresh(self, slot: int, generation: int) -> nn.Module:
-        return self.build(derive_seed(self.seed, "pool", slot, generation))
+        return self.build(derive_seed(self.seed, "pool", slot, generation), self.architectures[slot])
 
     def _optimizer(self, network: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.SGD(network.parameters(), lr=self.lr, momentum=POOL_MOMENTUM)
