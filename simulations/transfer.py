@@ -29,9 +29,13 @@ COLUMNS = ("set", "model", "accuracy %", "random %", "s per network")
 
 
 def set_label(path: Path) -> str:
-    """What made the set: method, parameterisation, budget and steps, from its own metadata."""
+    """What made the set: method, parameterisation, budget and steps, and the matching pool's
+    architectures when it mixed them, from its own metadata."""
     meta = load_set(path).meta
-    return f"{meta.get('method')} `{meta.get('param')}`, ipc {meta.get('ipc')}, {meta.get('iterations')} steps"
+    config = meta.get("config")
+    pool = config.get("pool_models") if isinstance(config, dict) else None
+    return (f"{meta.get('method')} `{meta.get('param')}`, ipc {meta.get('ipc')}, {meta.get('iterations')} steps"
+            + (f", matched with a pool of `{pool}`" if pool else ""))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -277,6 +277,18 @@ def test_the_transfer_benchmark_keeps_a_row_per_set_and_model(digits, tmp_path, 
     assert not (tmp_path / "refused").exists()
 
 
+def test_a_transfer_row_names_the_architectures_a_set_was_matched_with(digits, tmp_path):
+    from ddplug.methods import create_distiller, make_config, run_distillation
+    from ddplug.sets import save_set
+    from simulations.transfer import set_label
+
+    config = make_config("dm", {"ipc": 1, "iterations": 1, "model": "convnet:width=8", "batch_real": 8,
+                                "pool_size": 2, "pool_models": "convnet:width=8+mlp:width=16"})
+    made = run_distillation(create_distiller("dm", digits.train, config), progress=False).synthetic
+    path = save_set(made, tmp_path / "pooled" / "synthetic.safetensors")
+    assert set_label(path) == "dm `pixels`, ipc 1, 1 steps, matched with a pool of `convnet:width=8+mlp:width=16`"
+
+
 def test_the_per_budget_table_and_figure_come_from_the_rows_with_the_published_numbers(tmp_path, monkeypatch):
     import shutil
 
