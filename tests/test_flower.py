@@ -85,6 +85,18 @@ def test_partitions_are_seeded_disjoint_and_skewed_by_alpha() -> None:
     assert all(len(labels[p].unique()) == 2 for p in pathological)
 
 
+def test_a_client_reads_the_data_root_it_is_given_now_not_the_one_cached_first(tmp_path: Path, monkeypatch) -> None:
+    from ddplug_flower.client import load_partition
+    from ddplug_flower.settings import FederatedSettings
+
+    settings = FederatedSettings(dataset="fashion-mnist", data_root="", alpha=100.0)
+    totals = []
+    for per_class in (6, 10):  # the default root moves between calls, as between runs in one process
+        monkeypatch.setenv("DDPLUG_DATA", str(write_fake_fashion_mnist(tmp_path / f"data-{per_class}", per_class)))
+        totals.append(sum(len(load_partition(settings, {"partition-id": i, "num-partitions": 2})[1]) for i in (0, 1)))
+    assert totals == [60, 100]  # each folder's 10 classes, split between the 2 clients
+
+
 def test_partitioning_mistakes_are_clear() -> None:
     with pytest.raises(DdplugError, match="cannot split 10 examples into 11"):
         partition_indices(torch.arange(10), 11, scheme="iid")

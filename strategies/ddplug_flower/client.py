@@ -45,7 +45,7 @@ from ddplug.seeding import derive_seed, make_generator
 from ddplug.sets import as_stored
 from ddplug_flower.partitions import partition_indices
 from ddplug_flower.payload import leakage_to_metrics, set_to_record
-from ddplug_flower.settings import ROUND_KEY, FederatedSettings, cached_dataset
+from ddplug_flower.settings import ROUND_KEY, FederatedSettings, cached_dataset, data_source
 
 FEDAVG_ACTION = "fedavg"
 LEFT_OUT_KEY = "left-out-classes"  # classes too small to condense, which the upload leaves out
@@ -133,8 +133,8 @@ def load_partition(settings: FederatedSettings, node_config: Mapping[str, Any]) 
     if not 0 <= partition_id < num_partitions:
         raise DdplugError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
     root = _data_root(settings, node_config)
-    parts = _partitions(settings.dataset, root, settings.partitioner, num_partitions, settings.alpha,
-                        settings.classes_per_client, settings.seed)
+    parts = _partitions(settings.dataset, root, data_source(root), settings.partitioner, num_partitions,
+                        settings.alpha, settings.classes_per_client, settings.seed)
     return partition_id, cached_dataset(settings.dataset, root).train.subset(parts[partition_id])
 
 
@@ -143,8 +143,8 @@ def _data_root(settings: FederatedSettings, node_config: Mapping[str, Any]) -> s
 
 
 @functools.lru_cache(maxsize=2)
-def _partitions(dataset: str, root: str, scheme: str, num_partitions: int, alpha: float, classes: int,
-                seed: int) -> list[Tensor]:
+def _partitions(dataset: str, root: str, source: str, scheme: str, num_partitions: int, alpha: float, classes: int,
+                seed: int) -> list[Tensor]:  # ``source`` (where ``root`` reads from) keys the cache
     return partition_indices(cached_dataset(dataset, root).train.labels, num_partitions, scheme=scheme, alpha=alpha,
                              classes_per_partition=classes, seed=seed)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ddplug.data import DatasetSplits, ImageDataset, load_dataset
+from ddplug.data import DatasetSplits, ImageDataset, default_data_root, load_dataset
 from ddplug.devices import check_device_name, resolve_device
 from ddplug.methods import available_methods, get_condenser
 from ddplug.errors import DdplugError
@@ -216,7 +216,18 @@ def settings_from_flags(args: argparse.Namespace, **values: Any) -> FederatedSet
                                 **values})
 
 
-@functools.lru_cache(maxsize=2)
+def data_source(root: str) -> str:
+    """Where a dataset named with ``root`` is read from, as a cache key: ``root``, or the
+    default root as it is now (``DDPLUG_DATA`` may change within one process)."""
+    return root or f"default:{default_data_root()}"
+
+
 def cached_dataset(name: str, root: str) -> DatasetSplits:
-    """A dataset loaded once per process (a simulated client process serves many partitions)."""
+    """A dataset loaded once per process and folder (a simulated client process serves many
+    partitions)."""
+    return _cached_dataset(name, root, data_source(root))
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_dataset(name: str, root: str, source: str) -> DatasetSplits:  # ``source`` keys the cache
     return load_dataset(name, root or None)
