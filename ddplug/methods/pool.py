@@ -35,11 +35,14 @@ class PoolSettings:
     online_steps: int = 1  # updates of the chosen network after each step
     pool_models: str = ""  # the pool's architectures, specs joined by "+", slot i taking the (i mod n)-th; "" = model
 
+    def _named_architectures(self) -> list[str]:
+        return [kind.strip() for kind in self.pool_models.split("+")] if self.pool_models else []
+
     def pool_architectures(self, model: str) -> list[str]:
         """The architecture of each pool slot's network, in slot order (``model`` for all when
         ``pool_models`` is empty)."""
-        kinds = self.pool_models.split("+") if self.pool_models else [model]
-        return [kinds[slot % len(kinds)].strip() for slot in range(self.pool_size)]
+        kinds = self._named_architectures() or [model]
+        return [kinds[slot % len(kinds)] for slot in range(self.pool_size)]
 
     def validate_pool(self, minimum_size: int = 1) -> None:
         for name, minimum in (("pool_size", minimum_size), ("max_online_steps", 1), ("online_steps", 1)):
@@ -47,8 +50,8 @@ class PoolSettings:
                 raise DdplugError(f"{name} must be at least {minimum}, got {getattr(self, name)}")
         if self.pool_size > MAX_POOL_SIZE:  # every pool network lives in memory at once
             raise DdplugError(f"pool_size {self.pool_size} is over {MAX_POOL_SIZE} networks: choose a smaller pool")
-        if self.pool_models:
-            kinds = [kind.strip() for kind in self.pool_models.split("+")]
+        kinds = self._named_architectures()
+        if kinds:
             if not all(kinds):
                 raise DdplugError(f"pool_models {self.pool_models!r} has an empty architecture: join model specs "
                                   "with '+', e.g. pool_models=convnet:width=32+mlp")
