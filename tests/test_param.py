@@ -550,3 +550,51 @@ def test_fit_layout_takes_the_largest_code_whose_labels_fit_beside_it(spec):
                 best = max(best, tried.decoded_per_class)
         assert layout.decoded_per_class == best, (spec, budget)
         assert fit_layout(param, 10, (1, 28, 28), budget) == param.layout(10, (1, 28, 28), budget)
+
+
+@pytest.mark.parametrize("spec", ["pixels:bits=2", "multi:factor=2,bits=4", "pixels", "dct:keep=0.25,bits=2",
+                                  "dct:keep=0.25,select=variance,bits=4", "dct:keep=0.25", "factor:bases=2"])
+def test_a_rounded_code_is_what_storage_keeps_with_its_gradient_passed_straight_through(spec):
+    param = create_param(spec)
+    layout = param.layout(CLASSES, SHAPE, 3 * math.prod(SHAPE))
+    images = smooth_images(CLASSES * layout.decoded_per_class) * 0.3
+    code = param.encode(images, layout)
+    code = {name: tensor.requires_grad_() if tensor.is_floating_point() else tensor for name, tensor in code.items()}
+    mean, std = (0.3,), (0.4,)
+    rounded = param.rounded(code, mean, std)
+    shapes = {name: tuple(tensor.shape) for name, tensor in code.items()}
+    kept = param.restore(param.store(code, mean, std), shapes, mean, std)
+    for name, tensor in rounded.items():
+        assert torch.equal(tensor.detach(), kept[name].to(tensor.dtype))
+        if tensor.is_floating_point():
+            weights = torch.randn(tensor.shape)
+            gradient, = torch.autograd.grad((tensor * weights).sum(), code[name])
+            assert torch.equal(gradient, weights)  # the rounding is the identity to the gradient
+    assert any(not torch.equal(rounded[name].detach(), code[name].detach()) for name in code)  # storage rounds every code
+
+
+@pytest.mark.parametrize("method", ["dm", "frepo"])
+def test_a_run_rounding_from_halfway_learns_the_set_it_stores(digits, method):
+    settings = {"ipc": 1, "iterations": 6, "model": TINY_MODEL, "batch_real": 8, "param": "pixels:bits=2",
+                "round_from": 0.5, **({"pool_size": 2} if method == "frepo" else {})}
+    distiller = create_distiller(method, digits.train, make_config(method, settings))
+    seen = []
+    for iteration in range(6):
+        distiller.begin(iteration)
+        seen.append(distiller.rounding)
+        distiller.step(iteration)
+    assert seen == [False] * 3 + [True] * 3
+    synthetic = distiller.synthetic_set()
+    stored = as_stored(synthetic)
+    assert torch.equal(synthetic.images, stored.images)  # matched at its grey levels: storage changes nothing
+    assert len(torch.unique(synthetic.images)) <= 4
+    unrounded = create_distiller(method, digits.train, make_config(method, {**settings, "round_from": 1.0}))
+    run_distillation(unrounded, progress=False)
+    assert not unrounded.rounding
+    assert not torch.equal(unrounded.synthetic_set().images, as_stored(unrounded.synthetic_set()).images)
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1, float("nan")])
+def test_round_from_outside_the_run_is_refused_when_configured(value):
+    with pytest.raises(DdplugError, match="round_from"):
+        make_config("frepo", {"round_from": value}).check()

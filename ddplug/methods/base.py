@@ -118,12 +118,22 @@ class Distiller(ABC):
         if config.dsa_strategy is not None:
             dsa_config = dataclasses.replace(dsa_config, strategy=config.dsa_strategy)
         self.dsa = DSA(dsa_config) if config.augment else None
+        self.rounding = False
         self.build_network(seed=0)  # a bad model spec fails here, before any long work
 
     @property
     def images(self) -> Tensor:
-        """The synthetic images: the code decoded (for ``pixels``, the learnable tensor itself)."""
-        return self.param.decode({**self.code, **self.masks}, self.image_shape)
+        """The synthetic images: the code decoded (for ``pixels``, the learnable tensor itself),
+        rounded as storage rounds it once :meth:`begin` has reached ``round_from``."""
+        code = {**self.code, **self.masks}
+        if self.rounding:
+            code = self.param.rounded(code, self.real.mean, self.real.std, whitened=self.zca is not None)
+        return self.param.decode(code, self.image_shape)
+
+    def begin(self, iteration: int) -> None:
+        """Called before step ``iteration``: from ``round_from`` of the iterations on, the code
+        is learned through its storage's rounding."""
+        self.rounding = iteration >= self.config.round_from * self.config.iterations
 
     def build_network(self, seed: int, model: str | None = None) -> nn.Module:
         """A freshly initialised matching network (``model``, by default ``config.model``) on the device."""

@@ -84,6 +84,9 @@ class DistillConfig:
     zca: bool = False  # distil (and evaluate) in the ZCA-whitened space of the real training images
     zca_epsilon: float = 0.1  # added to the covariance's eigenvalues (MTT's and KIP's CIFAR value)
     param: str = "pixels"  # what is learned: a parameterisation spec (ddplug.sets.param), e.g. multi:factor=2
+    # From this fraction of the iterations on, the code is learned through its storage's rounding (the
+    # straight-through estimator), so the set that is stored is the one that was matched; 1: never.
+    round_from: float = 1.0
     dp_epsilon: float = 0.0  # > 0: differentially private at this (epsilon, dp_delta), for methods that can be (dm)
     dp_delta: float = 1e-5
     dp_clip: float = 10.0  # bound on each real image's embedding norm under DP (ConvNet's on Fashion-MNIST: ~13)
@@ -116,6 +119,8 @@ class DistillConfig:
         for name in ("lr_images", "lr_labels", "init_lr", "lr_lr"):
             if getattr(self, name) <= 0:
                 raise DdplugError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.round_from > 1:
+            raise DdplugError(f"round_from is a fraction of the iterations, from 0 to 1, got {self.round_from}")
         if self.zca_epsilon <= 0:
             raise DdplugError(f"zca_epsilon must be positive, got {self.zca_epsilon}: use e.g. --zca-epsilon 0.1")
         if self.dp_clip <= 0:

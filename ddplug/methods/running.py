@@ -106,6 +106,7 @@ def run_distillation(
 
     with _StopRequest() as stop:
         for iteration in range(start, total):
+            distiller.begin(iteration)
             pending.append(distiller.step(iteration))
             done = iteration + 1
             bar.update(1)

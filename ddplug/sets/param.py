@@ -141,6 +141,27 @@ class Parameterisation(ABC):
                 stored[name] = tensor.to(torch.float32 if whitened else dtype).contiguous()
         return stored
 
+    def rounded(self, code: Code, mean: Sequence[float], std: Sequence[float], *, whitened: bool = False) -> Code:
+        """``code`` as storing it and reading it back gives, with gradients passed straight
+        through the rounding (the straight-through estimator): a method that decodes this
+        learns the code that is judged, at its grey levels, rather than one that storage
+        rounds afterwards. Masks pass as they are.
+
+        Examples:
+            >>> import torch
+            >>> param = create_param("pixels:bits=1")
+            >>> code = {"images": torch.tensor([[[[0.2, 0.7]]]], requires_grad=True)}
+            >>> rounded = param.rounded(code, mean=(0.0,), std=(1.0,))["images"]
+            >>> rounded.tolist(), torch.autograd.grad(rounded.sum(), code["images"])[0].tolist()
+            ([[[[0.0, 1.0]]]], [[[[1.0, 1.0]]]])
+        """
+        with torch.no_grad():
+            shapes = {name: tuple(tensor.shape) for name, tensor in code.items()}
+            restored = self.restore(self.store(code, mean, std, whitened=whitened), shapes, mean, std)
+        # restored + (x - x): the stored values exactly, and the gradient of x.
+        return {name: restored[name].to(tensor.dtype) + (tensor - tensor.detach()) if tensor.is_floating_point()
+                else tensor for name, tensor in code.items()}
+
     def stored_shapes(self, stored: Code, image_shape: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
         """The shape of each code tensor in ``stored`` as it will be unpacked, known before
         anything is unpacked: packed pixels are whole images of ``image_shape``, a mask one
