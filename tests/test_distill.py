@@ -1,3 +1,4 @@
+import math
 import os
 import signal
 
@@ -297,3 +298,32 @@ def test_dm_embed_chunk_is_refused_where_it_would_change_the_loss(digits):
     with pytest.raises(DdplugError, match="normalises over the batch"):
         create_distiller("dm", digits.train, make_config("dm", {"ipc": 1, "model": "convnet:width=8,norm=batch",
                                                                 "embed_chunk": 4}))
+
+
+def test_a_cosine_schedule_sets_the_rate_of_every_step_and_a_stopped_run_resumes_on_it(digits, tmp_path):
+    rates = []
+
+    class Recorded(DistributionMatching):
+        def step(self, iteration):
+            rates.append(self.optimizer.param_groups[0]["lr"])
+            return super().step(iteration)
+
+    config = DMConfig(ipc=1, iterations=8, model=TINY_MODEL, batch_real=8, lr_images=2.0, lr_schedule="cosine")
+    uninterrupted = run_distillation(Recorded(digits.train, config), progress=False)
+    assert rates == pytest.approx([2.0 * 0.5 * (1 + math.cos(math.pi * i / 8)) for i in range(8)])
+    checkpoint = tmp_path / "ckpt.pt"
+    stopped = run_distillation(InterruptedDM(digits.train, config), checkpoint=checkpoint, progress=False)
+    assert stopped.iterations == 4
+    resumed = run_distillation(DistributionMatching(digits.train, config), checkpoint=checkpoint, progress=False)
+    assert torch.allclose(resumed.synthetic.images, uninterrupted.synthetic.images, atol=1e-6)
+    # the schedule is tied to the total, so a longer run is another run, not this one extended
+    with pytest.raises(DdplugError, match="different run"):
+        run_distillation(dm(digits, ipc=1, iterations=12, batch_real=8, lr_images=2.0, lr_schedule="cosine"),
+                         checkpoint=checkpoint, progress=False)
+    assert dm(digits, lr_schedule="constant").config.extendable()
+    assert not dm(digits, round_from=0.5).config.extendable()
+
+
+def test_an_unknown_lr_schedule_is_refused_when_configured(digits):
+    with pytest.raises(DdplugError, match="unknown lr_schedule 'linear'; choose one of constant, cosine"):
+        dm(digits, lr_schedule="linear")

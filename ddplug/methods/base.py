@@ -28,7 +28,7 @@ from ddplug.models import create_model
 from ddplug.privacy import PrivateClassMeans
 from ddplug.seeding import derive_seed, make_generator
 from ddplug.sets import SyntheticSet
-from ddplug.methods.config import DistillConfig, check_private, parse_init
+from ddplug.methods.config import DistillConfig, check_private, lr_scale, parse_init
 from ddplug.sets.param import create_param
 
 MIN_STUDENT_LR = 1e-6
@@ -114,6 +114,7 @@ class Distiller(ABC):
             self.student_lr = nn.Parameter(torch.tensor(config.init_lr, device=self.device))
             groups.append({"params": [self.student_lr], "lr": config.lr_lr})
         self.optimizer = torch.optim.SGD(groups, momentum=config.momentum)
+        self.base_rates = [group["lr"] for group in groups]
         dsa_config = DSAConfig.for_dataset(real.name)
         if config.dsa_strategy is not None:
             dsa_config = dataclasses.replace(dsa_config, strategy=config.dsa_strategy)
@@ -131,8 +132,12 @@ class Distiller(ABC):
         return self.param.decode(code, self.image_shape)
 
     def begin(self, iteration: int) -> None:
-        """Called before step ``iteration``: from ``round_from`` of the iterations on, the code
-        is learned through its storage's rounding."""
+        """Called before step ``iteration``: sets the learnables' rates by ``lr_schedule``, and
+        from ``round_from`` of the iterations on, the code is learned through its storage's
+        rounding. Both follow from the iteration alone, so a resumed run goes on alike."""
+        scale = lr_scale(self.config.lr_schedule, iteration, self.config.iterations)
+        for group, rate in zip(self.optimizer.param_groups, self.base_rates):
+            group["lr"] = rate * scale
         self.rounding = iteration >= self.config.round_from * self.config.iterations
 
     def build_network(self, seed: int, model: str | None = None) -> nn.Module:

@@ -16,6 +16,7 @@ from ddplug.settings import parse_spec
 from ddplug.sets.param import Layout, create_param, fit_layout, raw_images_per_class
 
 INITIALISATIONS = ("real", "noise", "herding", "blend")
+LR_SCHEDULES = ("constant", "cosine")
 BLEND_IMAGES = 4  # real images averaged into each synthetic image by init "blend", unless blend:images=N
 
 
@@ -73,6 +74,9 @@ class DistillConfig:
     # "blend" (each image the mean of a few random real images of its class: no upload is a copy)
     lr_images: float = 0.1
     momentum: float = 0.5
+    # How the learnables' rates change over the run: "constant", or "cosine" (from the rate at
+    # the first step towards 0 after the last, as FRePo's images learn).
+    lr_schedule: str = "constant"
     batch_real: int = 256  # real images per class per step
     augment: bool = True  # DSA on real and synthetic batches alike
     dsa_strategy: str | None = None  # None: the dataset's standard strategy
@@ -99,6 +103,11 @@ class DistillConfig:
         per_class = self.budget_bytes // real.num_classes if self.budget_bytes else self.ipc * math.prod(shape)
         return fit_layout(create_param(self.param), real.num_classes, shape, per_class, soft_labels=self.learn_labels)
 
+    def extendable(self) -> bool:
+        """Whether a run given more iterations goes on along the same trajectory: not when the
+        rates' schedule or the start of the rounding depend on the total."""
+        return self.lr_schedule == "constant" and self.round_from >= 1
+
     def check(self) -> None:
         """Fail at once on settings that cannot work whatever the data (values, choices, specs);
         methods add their own rules. :meth:`validate` adds the rules that need the data."""
@@ -119,6 +128,8 @@ class DistillConfig:
         for name in ("lr_images", "lr_labels", "init_lr", "lr_lr"):
             if getattr(self, name) <= 0:
                 raise DdplugError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise DdplugError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
         if self.round_from > 1:
             raise DdplugError(f"round_from is a fraction of the iterations, from 0 to 1, got {self.round_from}")
         if self.zca_epsilon <= 0:
@@ -162,6 +173,18 @@ class DistillConfig:
                 f"the set starts from {starts} real images per class ({self.param} in the bytes of {self.ipc}), "
                 f"more than the smallest class of {real.name} ({smallest} images): lower --ipc or use --init noise"
             )
+
+
+def lr_scale(schedule: str, iteration: int, iterations: int) -> float:
+    """The factor on the learnables' rates at step ``iteration`` of ``iterations``.
+
+    Examples:
+        >>> [round(lr_scale("cosine", i, 4), 3) for i in range(4)], lr_scale("constant", 3, 4)
+        ([1.0, 0.854, 0.5, 0.146], 1.0)
+    """
+    if schedule == "constant":
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * min(iteration, iterations) / iterations))
 
 
 def check_private(method: str, private: bool, config: DistillConfig) -> None:

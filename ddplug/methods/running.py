@@ -167,7 +167,8 @@ class _StopRequest:
 
 def _checkpoint_identity(distiller: Distiller) -> dict[str, Any]:
     config = dataclasses.asdict(distiller.config)
-    config.pop("iterations")  # a run may be extended: more iterations continue the same trajectory
+    if distiller.config.extendable():  # more iterations continue the same trajectory
+        config.pop("iterations")
     return {"method": distiller.name, "dataset": distiller.real.name, "data": _data_fingerprint(distiller.real),
             "config": config}
 
