@@ -217,7 +217,8 @@ def denormalise(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> 
 
 def normalise_levels(levels: Tensor, mean: Sequence[float], std: Sequence[float], top: int = 255) -> Tensor:
     """Normalised float32 images from uint8 pixel levels 0 to ``top``."""
-    return (levels.float() / top - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    return (levels.float() / top - torch.tensor(mean, device=levels.device).view(1, -1, 1, 1)) / \
+        torch.tensor(std, device=levels.device).view(1, -1, 1, 1)
 
 
 PARAMETERISATIONS: Registry[type[Parameterisation]] = Registry("parameterisation")
