@@ -124,19 +124,21 @@ class Parameterisation(ABC):
         images of ``image_shape`` as it says (a mask of another size, or keeping another
         number of values); the shapes among themselves are :meth:`decoded_count`'s to check."""
 
-    def store(self, code: Code, mean: Sequence[float], std: Sequence[float], *, whitened: bool = False) -> Code:
+    def store(self, code: Code, mean: Sequence[float], std: Sequence[float], *, whitened: bool = False,
+              packed: bool = True) -> Code:
         """The code as files and uploads hold it (the layout's stored shapes and dtypes): uint8
         pixels as ``2**bits`` levels on the [0, 1] scale of the normalisation, packed below 8
         bits; masks packed to one bit per value; the rest at their storage dtype. A whitened
-        set's values are not pixels: they stay float32."""
+        set's values are not pixels: they stay float32. ``packed=False`` leaves levels and
+        masks one per value (the same values, for :meth:`rounded`, which need not pack them)."""
         stored = {}
         for name, tensor in code.items():
             dtype = self.storage[name]
             if dtype == torch.bool:
-                stored[name] = pack_levels(tensor.to(torch.uint8), 1)
+                stored[name] = pack_levels(tensor.to(torch.uint8), 1) if packed else tensor
             elif dtype == torch.uint8 and not whitened:
                 levels = (denormalise(tensor, mean, std).clamp(0, 1) * (2**self.bits - 1)).round().to(torch.uint8)
-                stored[name] = levels.contiguous() if self.bits == 8 else pack_levels(levels, self.bits)
+                stored[name] = levels.contiguous() if self.bits == 8 or not packed else pack_levels(levels, self.bits)
             else:
                 stored[name] = tensor.to(torch.float32 if whitened else dtype).contiguous()
         return stored
@@ -157,7 +159,8 @@ class Parameterisation(ABC):
         """
         with torch.no_grad():
             shapes = {name: tuple(tensor.shape) for name, tensor in code.items()}
-            restored = self.restore(self.store(code, mean, std, whitened=whitened), shapes, mean, std)
+            restored = self.restore(self.store(code, mean, std, whitened=whitened, packed=False), shapes, mean, std,
+                                    packed=False)
         # restored + (x - x): the stored values exactly, and the gradient of x.
         return {name: restored[name].to(tensor.dtype) + (tensor - tensor.detach()) if tensor.is_floating_point()
                 else tensor for name, tensor in code.items()}
@@ -184,15 +187,16 @@ class Parameterisation(ABC):
         return shapes
 
     def restore(self, stored: Code, shapes: dict[str, tuple[int, ...]], mean: Sequence[float],
-                std: Sequence[float]) -> Code:
+                std: Sequence[float], *, packed: bool = True) -> Code:
         """The code a stored one holds (:meth:`store` undone, but for its rounding): floats on
-        the normalised scale, and masks. ValueError if packed bytes do not fill ``shapes``."""
+        the normalised scale, and masks. ValueError if packed bytes do not fill ``shapes``.
+        ``packed=False`` takes what ``store(..., packed=False)`` gave."""
         code = {}
         for name, tensor in stored.items():
             if self.storage.get(name) == torch.bool:
-                code[name] = unpack_levels(tensor.reshape(-1), 1, shapes[name]).bool()
+                code[name] = unpack_levels(tensor.reshape(-1), 1, shapes[name]).bool() if packed else tensor.bool()
             elif tensor.dtype == torch.uint8:
-                levels = tensor if self.bits == 8 else unpack_levels(tensor, self.bits, shapes[name])
+                levels = tensor if self.bits == 8 or not packed else unpack_levels(tensor, self.bits, shapes[name])
                 code[name] = normalise_levels(levels, mean, std, 2**self.bits - 1)
             else:
                 code[name] = tensor.float()
@@ -558,9 +562,10 @@ class FrequencyDomain(Parameterisation):
                 raise DdplugError(f"its mask has shape {mask}, not one row per class of {coefficients[0]} images")
         return coefficients[0]
 
-    def store(self, code: Code, mean: Sequence[float], std: Sequence[float], *, whitened: bool = False) -> Code:
+    def store(self, code: Code, mean: Sequence[float], std: Sequence[float], *, whitened: bool = False,
+              packed: bool = True) -> Code:
         if not self.levels:
-            return super().store(code, mean, std, whitened=whitened)
+            return super().store(code, mean, std, whitened=whitened, packed=packed)
         # Levels are fitted to the coefficients' own range, not to pixels: whitened codes too.
         coefficients = code["coefficients"].detach()
         n, c, count = coefficients.shape
@@ -570,10 +575,10 @@ class FrequencyDomain(Parameterisation):
         steps = (2 * largest / (self.levels - 1)).to(torch.float16).clamp_min(torch.finfo(torch.float16).tiny)
         per_image = steps.float().repeat_interleave(n // groups, dim=0)
         levels = (coefficients / per_image + (self.levels - 1) / 2).round().clamp(0, self.levels - 1).to(torch.uint8)
-        stored = {"coefficients": levels.contiguous() if self.bits == 8 else pack_levels(levels, self.bits),
+        stored = {"coefficients": levels.contiguous() if self.bits == 8 or not packed else pack_levels(levels, self.bits),
                   "steps": steps}
         if "mask" in code:
-            stored["mask"] = pack_levels(code["mask"].to(torch.uint8), 1)
+            stored["mask"] = pack_levels(code["mask"].to(torch.uint8), 1) if packed else code["mask"]
         return stored
 
     def stored_shapes(self, stored: Code, image_shape: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
@@ -585,9 +590,9 @@ class FrequencyDomain(Parameterisation):
         return shapes
 
     def restore(self, stored: Code, shapes: dict[str, tuple[int, ...]], mean: Sequence[float],
-                std: Sequence[float]) -> Code:
+                std: Sequence[float], *, packed: bool = True) -> Code:
         if not self.levels:
-            return super().restore(stored, shapes, mean, std)
+            return super().restore(stored, shapes, mean, std, packed=packed)
         if "steps" not in stored:
             raise DdplugError(f"its code has no steps, which a {self.spec} code needs")
         coefficients, steps = stored["coefficients"], stored["steps"]
@@ -598,9 +603,10 @@ class FrequencyDomain(Parameterisation):
                               f"coefficient and channel{' and class' if groups > 1 else ''}: {(groups, c, count)}")
         if not bool((torch.isfinite(steps) & (steps > 0)).all()):
             raise DdplugError("its steps hold values that are not finite and positive")
-        levels = coefficients.reshape(shapes["coefficients"]) if self.bits == 8 else \
+        levels = coefficients.reshape(shapes["coefficients"]) if self.bits == 8 or not packed else \
             unpack_levels(coefficients, self.bits, shapes["coefficients"])
-        masks = super().restore({name: stored[name] for name in ("mask",) if name in stored}, shapes, mean, std)
+        masks = super().restore({name: stored[name] for name in ("mask",) if name in stored}, shapes, mean, std,
+                                packed=packed)
         values = (levels.float() - (self.levels - 1) / 2) * steps.float().repeat_interleave(n // groups, dim=0)
         return {"coefficients": values, **masks}
 
