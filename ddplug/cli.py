@@ -253,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(evaluate)
     evaluate.set_defaults(run=cmd_evaluate)
 
-    download = commands.add_parser("download", help="download a dataset with torchvision (needs network)")
+    download = commands.add_parser("download", help="put a dataset's files in torchvision's layout under "
+                                   "--data-root: from the system's copy (Debian's dataset-fashion-mnist), else "
+                                   "downloaded")
     download.add_argument("name")
     download.add_argument("--data-root", default=None)
     download.set_defaults(run=cmd_download)

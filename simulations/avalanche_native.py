@@ -25,9 +25,7 @@ records the parameterisation its memory used.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
-import shutil
 import statistics
 import sys
 import time
@@ -36,6 +34,7 @@ from typing import Any
 
 import torch
 
+from ddplug.data import download_dataset
 from ddplug.errors import DdplugError
 from ddplug.evaluation.report import format_table, percent
 from ddplug.settings import parse_assignments
@@ -50,20 +49,6 @@ MEMORIES = ("condensed", "condensed-retrain", "condensed-strategy", "condensed-s
 OWN_MEMORY = {"icarl": "herding"}  # strategies that bring their own memory, run once whatever --memories says
 RETRAIN = ("condensed-retrain", "condensed-strategy-retrain", "gdumb")
 MEMORY_EPOCHS = 30  # epochs on the memory alone per experience; rows of other counts name theirs
-_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
-
-
-def torchvision_root(root: Path) -> Path:
-    """``root`` holding torchvision's ``FashionMNIST/raw`` files, unpacked there from Debian's
-    ``dataset-fashion-mnist`` when missing (``SplitFMNIST`` would otherwise download)."""
-    raw = root / "FashionMNIST" / "raw"
-    for packed in sorted(_DEBIAN.glob("*-ubyte.gz")):
-        target = raw / packed.name.removesuffix(".gz")
-        if not target.exists():
-            raw.mkdir(parents=True, exist_ok=True)
-            with gzip.open(packed) as source, open(target, "wb") as sink:
-                shutil.copyfileobj(source, sink)
-    return root
 
 
 class _Grey3(torch.nn.Module):
@@ -103,7 +88,8 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
     # Every generator Avalanche draws from (Python's, NumPy's, torch's), so a cell's result does
     # not depend on the cells run before it in the same process.
     RNGManager.set_random_seeds(seed)
-    benchmark = SplitFMNIST(n_experiences=5, seed=seed, dataset_root=torchvision_root(args.data_root))
+    download_dataset("fashion-mnist", args.data_root)  # offline: unpacked from the system's copy
+    benchmark = SplitFMNIST(n_experiences=5, seed=seed, dataset_root=args.data_root)
     model = make_model(model_name, seed)
     plugins: list[Any] = []
     condensed = condensation = None

@@ -545,6 +545,37 @@ def test_download_returns_the_folder_load_reads(tmp_path: Path, monkeypatch: pyt
     assert len(load_dataset("mnist", tmp_path).test) == 3
 
 
+def test_download_unpacks_the_system_copy_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.datasets
+
+    arrays = write_idx_set(tmp_path / "debian", gz=True)
+    monkeypatch.setattr(datasets_module, "_DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    real_fashion_mnist = torchvision.datasets.FashionMNIST
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("downloaded although the system's copy was there")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", no_network)
+    root = tmp_path / "avalanche" / "fashionmnist"
+    assert download_dataset("fashion-mnist", root) == root / "FashionMNIST" / "raw"
+    # torchvision's own reader (what Avalanche's SplitFMNIST uses) finds the files, unzipped, with no download
+    train = real_fashion_mnist(str(root), train=True, download=False)
+    assert np.array_equal(train.data.numpy(), arrays["train-images-idx3-ubyte"])
+    assert train.targets.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
+    assert real_fashion_mnist(str(root), train=False).targets.tolist() == [7, 2, 0]
+    assert download_dataset("fashion-mnist", root) == root / "FashionMNIST" / "raw"  # a second call keeps them
+
+
+def test_a_damaged_system_copy_is_one_error_and_leaves_no_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_idx_set(tmp_path / "debian", gz=True)
+    (tmp_path / "debian" / "t10k-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
+    monkeypatch.setattr(datasets_module, "_DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    with pytest.raises(DdplugError, match="could not unpack fashion-mnist from .*debian.*can be written"):
+        download_dataset("fashion-mnist", tmp_path / "root")
+    raw = tmp_path / "root" / "FashionMNIST" / "raw"
+    assert sorted(path.name for path in raw.iterdir()) == ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"]
+
+
 def test_image_folders_cannot_be_downloaded(tmp_path: Path) -> None:
     with pytest.raises(DdplugError, match="image folders cannot be downloaded"):
         download_dataset(f"imagefolder:{tmp_path}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ import ddplug.data.formats as formats
 from ddplug.data.streaming import StreamedImages, stream_image_files
 from ddplug.errors import DdplugError
 from ddplug.memory import DECODED_SHARE, available_bytes
+from ddplug.storage import atomic_write
 
 NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "fashion-mnist": ((0.2861,), (0.3530,)),
@@ -144,22 +146,31 @@ class _Source:
     num_classes: int
     class_names: list[str] | None = None  # used when the files do not name the classes
     gzip_ok: bool = False
-    debian_package: str | None = None  # installs the files where ``folders`` looks
+    debian_package: str | None = None  # installs the files in ``system_copy``
+    system_copy: Callable[[], Path] | None = None  # where the OS package puts the files, read in place
 
     def package_hint(self) -> str:
         return f" (or, on Debian, `apt-get install {self.debian_package}`)" if self.debian_package else ""
+
+    def places(self, root: Path) -> list[Path]:
+        """Where the files are looked for: the folders under ``root``, then the system's copy."""
+        return [*self.folders(root), *([self.system_copy()] if self.system_copy else [])]
+
+    def complete(self, folder: Path) -> bool:
+        return folder.is_dir() and all(formats.locate(folder, file, self.gzip_ok) for file in self.files)
 
 
 _SOURCES = {
     "fashion-mnist": _Source(
         formats.IDX_FILES,
-        lambda root: [root / "fashion-mnist", root / "FashionMNIST" / "raw", _DEBIAN_FASHION_MNIST],
+        lambda root: [root / "fashion-mnist", root / "FashionMNIST" / "raw"],
         "FashionMNIST/raw",
         formats.read_idx_dir,
         10,
         _FASHION_NAMES,
         gzip_ok=True,
         debian_package="dataset-fashion-mnist",
+        system_copy=lambda: _DEBIAN_FASHION_MNIST,
     ),
     "mnist": _Source(
         formats.IDX_FILES,
@@ -253,7 +264,13 @@ def load_dataset(name: str, root: str | Path | None = None, *, storage: str = "a
 
 
 def download_dataset(name: str, root: str | Path | None = None) -> Path:
-    """Download a built-in dataset with torchvision into ``root``; returns the folder holding its files."""
+    """Put a built-in dataset's files in torchvision's layout under ``root`` and return their folder.
+
+    They are unpacked from the system's copy when there is one (Debian's
+    ``dataset-fashion-mnist``), with no network, else downloaded with torchvision. So a
+    torchvision or Avalanche dataset given ``root`` (Avalanche's default for Fashion-MNIST is
+    ``~/.avalanche/data/fashionmnist``) finds them offline.
+    """
     if _folder_path(name) is not None:
         raise DdplugError("image folders cannot be downloaded: put the images on disk and load imagefolder:PATH")
     canonical = _canonical_name(name)
@@ -262,6 +279,16 @@ def download_dataset(name: str, root: str | Path | None = None) -> Path:
     source = _SOURCES[canonical]
     data_root = _resolve_root(root, must_exist=False)
     target = data_root / source.download_folder
+    system = source.system_copy() if source.system_copy else None
+    if system is not None and source.complete(system):
+        try:
+            _unpack(source, system, target)
+        except OSError as err:  # a full disk, a folder not ours, a damaged package file
+            reinstall = f" (`apt-get install --reinstall {source.debian_package}`)" if source.debian_package else ""
+            raise DdplugError(f"could not unpack {canonical} from {system} into {target}: {err}. Check that "
+                              f"{target} can be written (or pass another --data-root) and that the files in "
+                              f"{system} are whole{reinstall}") from err
+        return target
     try:
         data_root.mkdir(parents=True, exist_ok=True)
         _torchvision_download(canonical, data_root)
@@ -490,7 +517,7 @@ def _resolve_root(root: str | Path | None, *, must_exist: bool = True) -> Path:
 def _find(name: str, source: _Source, root: Path) -> Path:
     """The first folder that holds all of ``source``'s files, or DdplugError saying where it looked."""
     looked = []
-    for folder in source.folders(root):
+    for folder in source.places(root):
         if not folder.is_dir():
             looked.append(f"{folder} (no such folder)")
             continue
@@ -504,6 +531,19 @@ def _find(name: str, source: _Source, root: Path) -> Path:
         f"`ddplug download {name} --data-root {root}`{source.package_hint()}, or point to where it is with "
         "--data-root DIR or the DDPLUG_DATA environment variable"
     )
+
+
+def _unpack(source: _Source, folder: Path, target: Path) -> None:
+    """``source``'s files from ``folder`` into ``target``, unzipped as torchvision expects them;
+    each file appears whole or not at all, and a file already there is kept."""
+    for name in source.files:
+        if (target / name).is_file():
+            continue
+        packed = formats.locate(folder, name, source.gzip_ok)
+        assert packed is not None  # source.complete(folder) holds
+        opener = gzip.open if packed.suffix == ".gz" else open
+        with opener(packed, "rb") as reader:
+            atomic_write(target / name, lambda tmp: tmp.write_bytes(reader.read()))
 
 
 def _torchvision_download(name: str, root: Path) -> None:
