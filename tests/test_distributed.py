@@ -121,6 +121,43 @@ def test_a_share_needs_a_term_for_every_rank_and_no_secret_noise(monkeypatch, di
     assert dc.my_classes().tolist() == [1, 3, 5, 7, 9] and dc.my_real_rows(5).tolist() == list(range(5))
 
 
+class _CountedReads:
+    """Real images that record which rows a distiller reads (as streamed data would read them from disk)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images, self.rows = images, []
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        self.rows.append(index.flatten().clone())
+        return self.images[index]
+
+
+@pytest.mark.parametrize("method, settings", [("dm", {}), ("dsa", {}), ("kip", {"batch_real": 6})])
+def test_each_rank_reads_only_its_share_and_the_shares_sum_to_the_whole_loss(monkeypatch, digits, method, settings):
+    import ddplug.methods.base as base
+    from ddplug.methods import create_distiller, make_config
+
+    config = make_config(method, {"ipc": 2, "model": SMALL, "seed": 3, **settings})
+    whole = create_distiller(method, digits.train, config)
+    whole.real_images = _CountedReads(whole.real_images)
+    losses, reads = [], []
+    for me in (0, 1):
+        monkeypatch.setattr(base, "my_share", lambda count, me=me: range(me, count, 2))
+        part = create_distiller(method, digits.train, config)
+        part.real_images = _CountedReads(part.real_images)
+        losses.append(part.loss(0) if method != "dsa" else part.matching_loss(part.fresh_network(0), 0))
+        reads.append(torch.cat(part.real_images.rows))
+    monkeypatch.setattr(base, "my_share", lambda count: range(count))
+    loss = whole.loss(0) if method != "dsa" else whole.matching_loss(whole.fresh_network(0), 0)
+    read = torch.cat(whole.real_images.rows)
+    # The two ranks read the one-process batch between them, each row once
+    assert sorted(torch.cat(reads).tolist()) == sorted(read.tolist())
+    assert len(reads[0]) + len(reads[1]) == len(read) and min(len(reads[0]), len(reads[1])) > 0
+    if method != "kip":  # classes are shared: rank 0 reads only even classes
+        assert set(digits.train.labels[reads[0]].tolist()) == {0, 2, 4, 6, 8}
+    torch.testing.assert_close(losses[0] + losses[1], loss, rtol=1e-5, atol=1e-6)
+
+
 def _worker_of_rank(launcher: subprocess.Popen, wanted: int) -> int:
     """The pid of torchrun's worker of rank ``wanted`` (read from /proc)."""
     children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()

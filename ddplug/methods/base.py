@@ -201,11 +201,20 @@ class Distiller(ABC):
         """Like :meth:`generator`, from the run's secret seed: the DP mechanism's draws."""
         return make_generator(self.secret_seed, purpose, iteration, device=self.device)
 
-    def sample_real(self, iteration: int, per_class: int | None = None) -> tuple[Tensor, Tensor]:
-        """A class-balanced real batch (class-major order) and its labels."""
+    def sample_real(self, iteration: int, per_class: int | None = None, *, mine: bool = False) -> tuple[Tensor, Tensor]:
+        """A class-balanced real batch (class-major order) and its labels. With ``mine``, only the
+        part of that same draw whose loss terms this rank computes (its classes or its rows,
+        :attr:`shares`), so a rank reads only those images from the data; in one process, all."""
         index = self.sampler.sample(per_class or self.config.batch_real, self.generator(iteration, "real"))
-        labels = torch.arange(self.num_classes, device=self.device).repeat_interleave(index.shape[1])
-        return self.real_images[index.flatten()], labels
+        labels = torch.arange(self.num_classes, device=index.device)[:, None].expand_as(index)
+        if mine and self.shares == "classes":
+            classes = self.my_classes().to(index.device)
+            index, labels = index[classes], labels[classes]
+        index, labels = index.flatten(), labels.flatten()
+        if mine and self.shares == "real-rows":
+            rows = self.my_real_rows(len(index)).to(index.device)
+            index, labels = index[rows], labels[rows]
+        return self.real_images[index], labels.to(self.device)
 
     def augment_pair(self, iteration: int, real: Tensor, real_labels: Tensor, syn: Tensor, syn_labels: Tensor) -> tuple[Tensor, Tensor]:
         """Apply DSA with one draw per class shared by the real and synthetic images of that class."""

@@ -85,11 +85,11 @@ class DistributionMatching(Distiller):
         if self.privacy is not None:
             return self.private_loss(iteration)
         network = self.network(iteration)
-        real, real_labels = self.sample_real(iteration)
-        real, syn = self.augment_pair(iteration, real, real_labels, self.images, self.labels)
-        # Every rank draws the whole batch alike (cheap), then embeds only its own classes.
+        # Each rank reads, augments and embeds only its own classes of the batch every rank draws.
         classes = self.my_classes()
-        real, syn = (by_class(images, self.num_classes, classes) for images in (real, syn))
+        real, real_labels = self.sample_real(iteration, mine=True)
+        syn, syn_labels = (by_class(part, self.num_classes, classes) for part in (self.images, self.labels))
+        real, syn = self.augment_pair(iteration, real, real_labels, syn, syn_labels)
         with torch.no_grad():
             real_stats = class_statistics(self.embed(network, real), len(classes), self.config.moments)
         syn_stats = class_statistics(self.embed(network, syn), len(classes), self.config.moments)

@@ -173,12 +173,12 @@ class GradientMatching(Distiller):
         batch and augmentation.
         """
         self._fix_batch_norm(network, round_index)
-        real, real_labels = self.sample_real(round_index)
-        real, syn = self.augment_pair(round_index, real, real_labels, self.images, self.labels)
-        # Every rank draws the whole batch alike (cheap), then matches only its own classes.
+        # Each rank reads, augments and matches only its own classes of the batch every rank draws.
         classes = self.my_classes()
-        real, real_labels, syn, targets = (by_class(part, self.num_classes, classes)
-                                           for part in (real, real_labels, syn, self.targets()))
+        real, real_labels = self.sample_real(round_index, mine=True)
+        syn, syn_labels, targets = (by_class(part, self.num_classes, classes)
+                                    for part in (self.images, self.labels, self.targets()))
+        real, syn = self.augment_pair(round_index, real, real_labels, syn, syn_labels)
         real_grads = class_gradients(network, real, real_labels, len(classes))
         syn_grads = class_gradients(network, syn, targets, len(classes), create_graph=True)
         return self.distance(real_grads, syn_grads)

@@ -113,15 +113,15 @@ class KernelRidgeDistiller(Distiller):
         """``(K_ts, K_ss)``: the real-by-synthetic and the synthetic-by-synthetic kernel."""
 
     def loss(self, iteration: int) -> Tensor:
-        real, real_labels = self.sample_real(iteration)
-        real, syn = self.augment_pair(iteration, real, real_labels, self.images, self.labels)
-        # Every rank draws and augments the whole batch alike, then predicts only its rows:
+        # Each rank reads, augments and predicts only its rows of the batch every rank draws:
         # its loss is its rows' share of the batch mean.
-        rows = self.my_real_rows(len(real))
-        k_ts, k_ss = self.kernels(iteration, real[rows], syn)
+        real, real_labels = self.sample_real(iteration, mine=True)
+        batch = self.num_classes * self.sampler.drawn(self.config.batch_real)
+        real, syn = self.augment_pair(iteration, real, real_labels, self.images, self.labels)
+        k_ts, k_ss = self.kernels(iteration, real, syn)
         y_s = centred_targets(self.targets(), self.num_classes)
         predictions = krr_predict(k_ts, k_ss, y_s, self.config.ridge)
-        return krr_loss(predictions, centred_targets(real_labels[rows], self.num_classes)) * (len(rows) / len(real))
+        return krr_loss(predictions, centred_targets(real_labels, self.num_classes)) * (len(real) / batch)
 
 
 @dataclass

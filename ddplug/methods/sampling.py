@@ -39,9 +39,13 @@ class ClassBalancedSampler:
         self.index, self.valid = self.index.to(device), self.valid.to(device)
         return self
 
+    def drawn(self, per_class: int) -> int:
+        """How many images of each class :meth:`sample` draws: ``per_class``, or the smallest class's count."""
+        return min(per_class, self.min_count)
+
     def sample(self, per_class: int, generator: torch.Generator | None = None) -> Tensor:
-        """Indices of shape ``(num_classes, k)``, ``k = min(per_class, smallest class)``."""
-        return self.sample_padded(min(per_class, self.min_count), generator)[0]
+        """Indices of shape ``(num_classes, k)``, ``k =`` :meth:`drawn` ``(per_class)``."""
+        return self.sample_padded(self.drawn(per_class), generator)[0]
 
     def sample_with_replacement(self, per_class: int, draws: int, generator: torch.Generator | None = None) -> Tensor:
         """Indices of shape ``(num_classes, per_class, draws)``, each uniform over its class with
