@@ -309,13 +309,14 @@ def _image_folder(folder: Path, storage: str) -> DatasetSplits:
     mode, shape = formats.image_files_layout(files)  # headers only: bad files are named before any decoding
     name = f"{_FOLDER_PREFIX}{folder}"
     common = dict(num_classes=len(listing.class_names), mean=None, std=None, class_names=listing.class_names)
+    n = len(listing.train_files)
     if _streams(storage, len(files), shape):
         pixels = stream_image_files(files, mode, shape)
-        return _streamed_splits(name, pixels, listing.train_labels, listing.test_labels, **common)
-    pixels = formats.read_image_files(files, mode, shape)
-    n = len(listing.train_files)
-    return _build_splits(name, pixels[:n], np.array(listing.train_labels), pixels[n:], np.array(listing.test_labels),
-                         **common)
+        train, test = pixels.subset(torch.arange(n)), pixels.subset(torch.arange(n, len(files)))
+    else:
+        pixels = formats.read_image_files(files, mode, shape)
+        train, test = pixels[:n], pixels[n:]
+    return _build_splits(name, train, np.array(listing.train_labels), test, np.array(listing.test_labels), **common)
 
 
 def _streams(storage: str, images: int, shape: tuple[int, ...]) -> bool:
@@ -437,10 +438,12 @@ def from_torch_dataset(
         dtype = torch.uint8 if first.dtype == torch.uint8 else torch.float32
         reader = _TorchItemReader(ConcatDataset([train, test]), shape, dtype)
         pixels = StreamedImages(reader, (0.0,) * shape[0], (1.0,) * shape[0])
-        return _streamed_splits(name, pixels, _item_labels(train), _item_labels(test),
-                                num_classes=num_classes, mean=mean, std=std)
-    train_x, train_y = _collect(train, "train")
-    test_x, test_y = _collect(test, "test")
+        n = len(train)  # type: ignore[arg-type]
+        train_x, test_x = pixels.subset(torch.arange(n)), pixels.subset(torch.arange(n, len(pixels)))
+        train_y, test_y = _item_labels(train), _item_labels(test)
+    else:
+        train_x, train_y = _collect(train, "train")
+        test_x, test_y = _collect(test, "test")
     return _build_splits(name, train_x, train_y, test_x, test_y, num_classes=num_classes, mean=mean, std=std)
 
 
@@ -582,8 +585,11 @@ def _build_splits(
     std: float | Sequence[float] | None,
     class_names: list[str] | None = None,
 ) -> DatasetSplits:
-    """Normalised splits from (N, C, H, W) images, uint8 or float in [0, 1]."""
-    train_images, test_images = _unit_float(train_x, "train"), _unit_float(test_x, "test")
+    """Normalised splits from (N, C, H, W) images: uint8 or floats in [0, 1] in memory, or
+    :class:`StreamedImages` on the [0, 1] scale, which stay on disk and are normalised as read."""
+    streamed = isinstance(train_x, StreamedImages)
+    train_images, test_images = ((train_x, test_x) if streamed
+                                 else (_unit_float(train_x, "train"), _unit_float(test_x, "test")))
     if len(train_images) and len(test_images) and train_images.shape[1:] != test_images.shape[1:]:
         raise DdplugError(
             f"{name}: train images are {tuple(train_images.shape[1:])} (C, H, W) but test images are "
@@ -591,33 +597,15 @@ def _build_splits(
         )
     train_labels, test_labels, num_classes = _checked_labels(
         name, train_y, len(train_images), test_y, len(test_images), num_classes)
-    mean, std = _normalisation(train_images, mean, std)
+    mean, std = _normalisation(train_images, mean, std)  # a pass over the train images when not given
     splits = []
     for images, labels in ((train_images, train_labels), (test_images, test_labels)):
-        _normalise_(images, mean, std)
+        if streamed:
+            images = images.normalised(mean, std)
+        else:
+            _normalise_(images, mean, std)
         splits.append(ImageDataset(images, labels, num_classes, mean, std, name, class_names))
     return DatasetSplits(*splits)
-
-
-def _streamed_splits(
-    name: str,
-    pixels: StreamedImages,
-    train_y: Any,
-    test_y: Any,
-    *,
-    num_classes: int | None,
-    mean: float | Sequence[float] | None,
-    std: float | Sequence[float] | None,
-    class_names: list[str] | None = None,
-) -> DatasetSplits:
-    """Splits whose images stay on disk: ``pixels`` holds the train items, then the test
-    items, unnormalised on the [0, 1] scale."""
-    n_train = len(pixels) - len(test_y)
-    train_labels, test_labels, num_classes = _checked_labels(name, train_y, n_train, test_y, len(test_y), num_classes)
-    train, test = pixels.subset(torch.arange(n_train)), pixels.subset(torch.arange(n_train, len(pixels)))
-    mean, std = _normalisation(train, mean, std)  # a pass over the train images when the stats are not given
-    return DatasetSplits(*(ImageDataset(images.normalised(mean, std), labels, num_classes, mean, std, name, class_names)
-                           for images, labels in ((train, train_labels), (test, test_labels))))
 
 
 def _checked_labels(name: str, train_y: Any, train_count: int, test_y: Any, test_count: int,
