@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from ddplug.methods import create_distiller, make_config, run_distillation
 from ddplug.errors import DdplugError
 from ddplug.sets import as_stored, load_set, payload_bytes, save_set
-from ddplug.sets.param import _zigzag, available_params, create_param, fit_layout, soft_label_bytes
+from ddplug.sets.param import Parameterisation, _zigzag, available_params, create_param, fit_layout, soft_label_bytes
 
 from helpers import TINY_MODEL
 
@@ -552,14 +552,22 @@ def test_fit_layout_takes_the_largest_code_whose_labels_fit_beside_it(spec):
         assert fit_layout(param, 10, (1, 28, 28), budget) == param.layout(10, (1, 28, 28), budget)
 
 
-@pytest.mark.parametrize("spec", ["pixels:bits=2", "multi:factor=2,bits=4", "pixels", "dct:keep=0.25,bits=2",
-                                  "dct:keep=0.25,select=variance,bits=4", "dct:keep=0.25", "factor:bases=2"])
-def test_a_rounded_code_is_what_storage_keeps_with_its_gradient_passed_straight_through(spec):
+ROUNDED_CODES = ["pixels:bits=2", "multi:factor=2,bits=4", "pixels", "dct:keep=0.25,bits=2",
+                 "dct:keep=0.25,select=variance,bits=4", "dct:keep=0.25", "factor:bases=2"]
+
+
+def _learned_code(spec: str) -> tuple[Parameterisation, dict[str, torch.Tensor]]:
     param = create_param(spec)
     layout = param.layout(CLASSES, SHAPE, 3 * math.prod(SHAPE))
     images = smooth_images(CLASSES * layout.decoded_per_class) * 0.3
     code = param.encode(images, layout)
-    code = {name: tensor.requires_grad_() if tensor.is_floating_point() else tensor for name, tensor in code.items()}
+    return param, {name: tensor.requires_grad_() if tensor.is_floating_point() else tensor
+                   for name, tensor in code.items()}
+
+
+@pytest.mark.parametrize("spec", ROUNDED_CODES)
+def test_a_rounded_code_is_what_storage_keeps_with_its_gradient_passed_straight_through(spec):
+    param, code = _learned_code(spec)
     mean, std = (0.3,), (0.4,)
     rounded = param.rounded(code, mean, std)
     shapes = {name: tuple(tensor.shape) for name, tensor in code.items()}
@@ -571,6 +579,19 @@ def test_a_rounded_code_is_what_storage_keeps_with_its_gradient_passed_straight_
             gradient, = torch.autograd.grad((tensor * weights).sum(), code[name])
             assert torch.equal(gradient, weights)  # the rounding is the identity to the gradient
     assert any(not torch.equal(rounded[name].detach(), code[name].detach()) for name in code)  # storage rounds every code
+
+
+@pytest.mark.parametrize("spec", ROUNDED_CODES)
+def test_rounding_a_code_reads_no_value_back_to_the_host(spec, monkeypatch):
+    """Rounding runs at every step: a value read back (a host sync on a GPU) would stall each one."""
+    param, code = _learned_code(spec)
+
+    def read_back(*args: object) -> None:
+        raise AssertionError("a tensor's value was read back to the host")
+
+    for name in ("__bool__", "item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, read_back)
+    param.rounded(code, (0.3,), (0.4,))
 
 
 @pytest.mark.parametrize("method", ["dm", "frepo"])

@@ -190,7 +190,8 @@ class Parameterisation(ABC):
                 std: Sequence[float], *, packed: bool = True) -> Code:
         """The code a stored one holds (:meth:`store` undone, but for its rounding): floats on
         the normalised scale, and masks. ValueError if packed bytes do not fill ``shapes``.
-        ``packed=False`` takes what ``store(..., packed=False)`` gave."""
+        ``packed=False`` takes what ``store(..., packed=False)`` gave in this process, which is
+        not checked again."""
         code = {}
         for name, tensor in stored.items():
             if self.storage.get(name) == torch.bool:
@@ -601,7 +602,9 @@ class FrequencyDomain(Parameterisation):
         if tuple(steps.shape) != (groups, c, count):
             raise DdplugError(f"its steps have shape {tuple(steps.shape)}, where {self.spec} stores one per kept "
                               f"coefficient and channel{' and class' if groups > 1 else ''}: {(groups, c, count)}")
-        if not bool((torch.isfinite(steps) & (steps > 0)).all()):
+        # Steps from outside are checked; an in-process round trip's (``packed=False``, each step
+        # of rounding) are store's own, and reading them back would stall a GPU at every step.
+        if packed and not bool((torch.isfinite(steps) & (steps > 0)).all()):
             raise DdplugError("its steps hold values that are not finite and positive")
         levels = coefficients.reshape(shapes["coefficients"]) if self.bits == 8 or not packed else \
             unpack_levels(coefficients, self.bits, shapes["coefficients"])
