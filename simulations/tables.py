@@ -261,6 +261,16 @@ def transfer(root: Path = BENCHMARKS) -> str:
                            f"points against `{DEFAULT_MODELS[0]}`", "s per network"], cells)
 
 
+def paper_protocol(root: Path = BENCHMARKS) -> str:
+    """The best sets under the ``paper`` preset's evaluation (the field's protocol), run on a
+    CPU by the transfer benchmark (``--preset paper``), beside random real images of their bytes."""
+    runs = [row for kept in rows("paper-protocol", root) for row in kept["rows"]]
+    return markdown_table(["set", "evaluation network", "accuracy %", "random real images %", "hours per network"],
+                          [[run["set"], f"`{run['model']}`, {len(run['accuracies'])} networks",
+                            _over_seeds(run["accuracies"]), _over_seeds(run["random_accuracies"]),
+                            f"{run['seconds_per_network'] / 3600:.2f}"] for run in runs])
+
+
 def _mean_std(mean: float, std: float) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
@@ -328,6 +338,7 @@ TABLES: dict[str, Callable[[Path], str]] = {"avalanche-native": avalanche_native
                                             "distributed": distributed, "large-budgets": large_budgets,
                                             "federated-privacy": federated_privacy, "streamed-folder": streamed_folder,
                                             "imagenet-projection": imagenet_projection, "transfer": transfer,
+                                            "paper-protocol": paper_protocol,
                                             "per-budget": per_budget}
 
 
