@@ -157,6 +157,7 @@ class _Source:
         return [*self.folders(root), *([self.system_copy()] if self.system_copy else [])]
 
     def complete(self, folder: Path) -> bool:
+        """Whether ``folder`` holds every one of the files (gzipped where that is allowed)."""
         return folder.is_dir() and all(formats.locate(folder, file, self.gzip_ok) for file in self.files)
 
 
