@@ -206,15 +206,15 @@ class Distiller(ABC):
         part of that same draw whose loss terms this rank computes (its classes or its rows,
         :attr:`shares`), so a rank reads only those images from the data; in one process, all."""
         index = self.sampler.sample(per_class or self.config.batch_real, self.generator(iteration, "real"))
-        labels = torch.arange(self.num_classes, device=index.device)[:, None].expand_as(index)
+        labels = torch.arange(self.num_classes, device=self.device)[:, None].expand_as(index)
         if mine and self.shares == "classes":
-            classes = self.my_classes().to(index.device)
+            classes = self.my_classes()
             index, labels = index[classes], labels[classes]
         index, labels = index.flatten(), labels.flatten()
         if mine and self.shares == "real-rows":
-            rows = self.my_real_rows(len(index)).to(index.device)
+            rows = self.my_real_rows(len(index))
             index, labels = index[rows], labels[rows]
-        return self.real_images[index], labels.to(self.device)
+        return self.real_images[index], labels
 
     def augment_pair(self, iteration: int, real: Tensor, real_labels: Tensor, syn: Tensor, syn_labels: Tensor) -> tuple[Tensor, Tensor]:
         """Apply DSA with one draw per class shared by the real and synthetic images of that class."""
