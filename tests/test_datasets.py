@@ -566,14 +566,28 @@ def test_download_unpacks_the_system_copy_offline(tmp_path: Path, monkeypatch: p
     assert download_dataset("fashion-mnist", root) == root / "FashionMNIST" / "raw"  # a second call keeps them
 
 
-def test_a_damaged_system_copy_is_one_error_and_leaves_no_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    write_idx_set(tmp_path / "debian", gz=True)
-    (tmp_path / "debian" / "t10k-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
+@pytest.mark.parametrize("damage", ["not gzip", "gzip cut short", "fewer bytes than its header declares"])
+def test_a_damaged_system_copy_is_one_error_before_anything_is_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    arrays = write_idx_set(tmp_path / "debian", gz=True)
+    damaged = tmp_path / "debian" / "t10k-images-idx3-ubyte.gz"
+    whole = idx_bytes(arrays["t10k-images-idx3-ubyte"])
+    damaged.write_bytes({"not gzip": b"not gzip at all",
+                         "gzip cut short": gzip.compress(whole)[:-40],
+                         "fewer bytes than its header declares": gzip.compress(whole[:-28])}[damage])
     monkeypatch.setattr(datasets_module, "_DEBIAN_FASHION_MNIST", tmp_path / "debian")
-    with pytest.raises(DdplugError, match="could not unpack fashion-mnist from .*debian.*can be written"):
+    with pytest.raises(DdplugError, match=r"t10k-images-idx3-ubyte.gz is corrupt .*apt-get install --reinstall"):
         download_dataset("fashion-mnist", tmp_path / "root")
-    raw = tmp_path / "root" / "FashionMNIST" / "raw"
-    assert sorted(path.name for path in raw.iterdir()) == ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"]
+    assert not (tmp_path / "root").exists()
+
+
+def test_an_unwritable_data_root_is_one_error_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_idx_set(tmp_path / "debian", gz=True)
+    monkeypatch.setattr(datasets_module, "_DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(DdplugError, match=r"into .*a-file.*FashionMNIST.*can be written, or pass another --data-root"):
+        download_dataset("fashion-mnist", tmp_path / "a-file")
 
 
 def test_image_folders_cannot_be_downloaded(tmp_path: Path) -> None:

@@ -6,10 +6,11 @@ import dataclasses
 import gzip
 import math
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -283,12 +284,15 @@ def download_dataset(name: str, root: str | Path | None = None) -> Path:
     system = source.system_copy() if source.system_copy else None
     if system is not None and source.complete(system):
         try:
-            _unpack(source, system, target)
-        except OSError as err:  # a full disk, a folder not ours, a damaged package file
+            source.read(system)  # every file whole and the size its header declares, before one is copied
+        except DdplugError as err:
             reinstall = f" (`apt-get install --reinstall {source.debian_package}`)" if source.debian_package else ""
+            raise DdplugError(f"{err}{reinstall}") from err
+        try:
+            _unpack(source, system, target)
+        except OSError as err:  # a full disk, a folder not ours
             raise DdplugError(f"could not unpack {canonical} from {system} into {target}: {err}. Check that "
-                              f"{target} can be written (or pass another --data-root) and that the files in "
-                              f"{system} are whole{reinstall}") from err
+                              f"{target} can be written, or pass another --data-root") from err
         return target
     try:
         data_root.mkdir(parents=True, exist_ok=True)
@@ -547,7 +551,12 @@ def _unpack(source: _Source, folder: Path, target: Path) -> None:
         assert packed is not None  # source.complete(folder) holds
         opener = gzip.open if packed.suffix == ".gz" else open
         with opener(packed, "rb") as reader:
-            atomic_write(target / name, lambda tmp: tmp.write_bytes(reader.read()))
+            atomic_write(target / name, lambda tmp: _copy(reader, tmp))
+
+
+def _copy(reader: BinaryIO, path: Path) -> None:
+    with path.open("wb") as writer:
+        shutil.copyfileobj(reader, writer)
 
 
 def _torchvision_download(name: str, root: Path) -> None:
