@@ -18,8 +18,13 @@ of K raw images per class), ``gdumb`` (``GDumbPlugin`` of K x 10 raw images), ``
 ``icarl`` strategy (Avalanche's ``ICaRL``) keeps its own memory, K herded real images per
 class, and ignores ``--memories``. The retrain memories train ``--memory-epochs`` epochs on
 the memory at each experience, the others ``--epochs`` on the experience's data. ``--set``
-changes the condensation's DM settings (``--set param=multi:factor=2,bits=4``); each row
-records the parameterisation its memory used.
+changes the condensation's DM settings (``--set param=multi:factor=2,bits=4``, ``--set
+init=blend:images=3``); each row records the parameterisation its memory used.
+
+``--leakage`` adds what the memory would reveal if it were shared: after the stream,
+:func:`ddplug.privacy.leakage_report` of the images the memory holds (as the strategy replays
+them) against the stream's training images, with the test images as the attack's
+non-members (the rows of the published table are in ``benchmarks/avalanche-leakage/``).
 """
 
 from __future__ import annotations
@@ -34,9 +39,10 @@ from typing import Any
 
 import torch
 
-from ddplug.data import download_dataset
+from ddplug.data import ImageDataset, download_dataset
 from ddplug.errors import DdplugError
 from ddplug.evaluation.report import format_table, percent
+from ddplug.privacy import leakage_report
 from ddplug.settings import parse_assignments
 from ddplug.storage import path_part, write_json
 from simulations.provenance import parse_benchmark_args, provenance
@@ -132,14 +138,18 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
     accuracy = _accuracy(strategy.model, benchmark.test_stream)
     finite = all(bool(torch.isfinite(parameter).all()) for parameter in strategy.model.parameters())
     costs = condensed.storage_policy.costs if condensed else []
+    held = [plugin for plugin in plugins if hasattr(plugin, "storage_policy")]
+    leakage = _memory_leakage(held[0], benchmark, seed) if args.leakage and held else None
     return {"model": model_name, "strategy": strategy_name, "memory": memory, "mem_per_class": k, "seed": seed,
             "optimizer": args.optimizer, "lr": args.lr, "epochs": epochs, "final_accuracy": accuracy,
             "finite_weights": finite, "seconds": seconds,
-            **({"condensation_param": memory_param(condensation, model)} if condensation else {}),
+            **({"condensation_param": memory_param(condensation, model), "condensation_settings": args.settings}
+               if condensation else {}),
             **provenance("simulations.avalanche_native", None, conditions=args.conditions),
             "condensation_seconds": sum(cost.seconds for cost in costs) if condensed else None,
             "memory_images": len(condensed.storage_policy.buffer) if condensed else None,
-            **({"features_after_each_experience": features_report} if args.features else {})}
+            **({"features_after_each_experience": features_report} if args.features else {}),
+            **({"leakage": leakage} if leakage else {})}
 
 
 def memory_param(condensation: Any, model: torch.nn.Module) -> str:
@@ -177,17 +187,31 @@ def _features_after(model: torch.nn.Module, stream: Any) -> dict:
     return {"dead_feature_share": float((strongest <= 0).float().mean()), "predicted_classes": sorted(predicted)}
 
 
+def _memory_leakage(plugin: Any, benchmark: Any, seed: int) -> dict:
+    """The leakage report's summary for the images ``plugin``'s memory holds, against the
+    stream's training images (members) and its test images (non-members)."""
+    memory = torch.cat([x for x, *_ in torch.utils.data.DataLoader(plugin.storage_policy.buffer.eval(),
+                                                                    batch_size=1000)])
+    # The report compares centred directions, which no per-channel normalisation changes: (0, 1) stands for it.
+    members, holdout = (ImageDataset(*_images(stream), 10, (0.0,), (1.0,), "fashion-mnist")
+                        for stream in (benchmark.train_stream, benchmark.test_stream))
+    return {**leakage_report(memory, members, holdout, seed=seed).summary(), "memory_images": len(memory)}
+
+
+def _images(stream: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image and label of ``stream``'s experiences, as delivered for evaluation."""
+    batches = [(x, y) for experience in stream
+               for x, y, *_ in torch.utils.data.DataLoader(experience.dataset.eval(), batch_size=1000)]
+    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]).long()
+
+
 def _accuracy(model: torch.nn.Module, stream: Any) -> float:
     """Accuracy on the whole test stream (every experience's test data)."""
+    images, labels = _images(stream)
     model.eval()
-    correct = total = 0
     with torch.no_grad():
-        for experience in stream:
-            loader = torch.utils.data.DataLoader(experience.dataset.eval(), batch_size=1000)
-            for x, y, *_ in loader:
-                correct += int((model(x).argmax(1) == y).sum())
-                total += len(y)
-    return correct / total
+        predicted = torch.cat([model(x).argmax(1) for x in images.split(1000)])
+    return int((predicted == labels).sum()) / len(labels)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: the plug-in's); named in the rows' files")
     parser.add_argument("--features", action="store_true",
                         help="after each experience, record the share of dead feature units and the classes predicted")
+    parser.add_argument("--leakage", action="store_true",
+                        help="after the stream, how close the memory's images lie to the stream's (a leakage report)")
     args = parse_benchmark_args(parser, argv)
     needs_features = [model for model in args.models if model not in OWN_FEATURES]
     if needs_features and args.features:
@@ -235,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                 for k in args.mem_per_class:
                     for seed in range(args.seeds):
                         training = ("" if args.optimizer == "sgd" else f"-{args.optimizer}-lr{args.lr:g}") + \
-                            ("-features" if args.features else "") + \
+                            ("-features" if args.features else "") + ("-leakage" if args.leakage else "") + \
                             (f"-memory-epochs{args.memory_epochs}" if memory in RETRAIN and
                              args.memory_epochs != MEMORY_EPOCHS else "") + \
                             (variant if memory.startswith("condensed") else "")

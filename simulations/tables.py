@@ -217,6 +217,34 @@ def federated_privacy(root: Path = BENCHMARKS) -> str:
                            "near copies", "MIA advantage", "MB up"], [cells(run) for run in runs])
 
 
+def avalanche_leakage(root: Path = BENCHMARKS) -> str:
+    """Avalanche memories by code and initialisation: final accuracy against what the memory
+    would reveal if it were shared (per seed's leakage report, averaged over the seeds)."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in rows("avalanche-leakage", root):
+        settings = run.get("condensation_settings", {})
+        memory = (f"{_CONDENSED[run['memory']][1]}, `{run['condensation_param']}`, init "
+                  f"`{settings.get('init', 'real')}`" if run["memory"] in _CONDENSED
+                  else f"{_AVALANCHE_NAMES[run['memory']]}, raw images")
+        groups.setdefault((run["model"], run["strategy"], run["mem_per_class"], memory), []).append(run)
+
+    def cells(key: tuple, runs: list[dict]) -> list[str]:
+        model, strategy, k, memory = key
+        mean = {name: statistics.fmean(run["leakage"][name] for run in runs) for name in
+                ("upload_nn_similarity_median", "real_nn_similarity_median", "membership_advantage", "near_copies")}
+        return [f"`{model}`", f"{_STRATEGY_NAMES[strategy]}, K = {k}", memory,
+                _over_seeds([run["final_accuracy"] for run in runs]), str(runs[0]["leakage"]["memory_images"]),
+                f"{mean['upload_nn_similarity_median']:.3f}", f"{mean['real_nn_similarity_median']:.3f}",
+                "yes" if mean["upload_nn_similarity_median"] < mean["real_nn_similarity_median"] else "no",
+                f"{mean['near_copies']:g}", f"{mean['membership_advantage']:.3f}", str(len(runs))]
+
+    ordered = sorted(groups.items(), key=lambda item: (item[0][:3], -statistics.fmean(
+        run["final_accuracy"] for run in item[1])))
+    return markdown_table(["model", "strategy, K", "memory", "final accuracy %", "images held", "memory NN sim",
+                           "real NN sim", "memory below real", "near copies", "MIA advantage", "seeds"],
+                          [cells(key, runs) for key, runs in ordered])
+
+
 def large_budgets(root: Path = BENCHMARKS) -> str:
     """DM at large budgets, the set in memory: seconds per step, per decoded image, peak RSS."""
     runs = sorted(rows("large-budgets", root), key=lambda run: (run["method"], run["embed_chunk"], run["ipc"]))
@@ -333,6 +361,7 @@ def recorded(name: str, root: Path = BENCHMARKS) -> str:
 
 
 TABLES: dict[str, Callable[[Path], str]] = {"avalanche-native": avalanche_native,
+                                            "avalanche-leakage": avalanche_leakage,
                                             "avalanche-native-defaults": avalanche_native_defaults,
                                             "memory-defaults": memory_defaults, "main-job": main_job,
                                             "distributed": distributed, "large-budgets": large_budgets,

@@ -353,6 +353,38 @@ def test_the_feature_probe_counts_the_units_no_image_activates_and_the_classes_p
     assert _features_after(_Grey3(net), grey) == {"dead_feature_share": 0.5, "predicted_classes": [0]}
 
 
+def test_the_memory_leakage_probe_counts_a_replayed_real_image_as_a_near_copy_and_noise_as_none():
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from simulations.avalanche_native import _memory_leakage
+
+    class Split:  # what the probe reads of an Avalanche dataset, a memory's or an experience's: eval()
+        def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+            self.dataset = self  # an experience's dataset is itself here
+            self.data = TensorDataset(images, labels)
+
+        def eval(self) -> TensorDataset:  # noqa: A003 - Avalanche's name
+            return self.data
+
+    generator = torch.Generator().manual_seed(0)
+    train = torch.rand(40, 1, 6, 6, generator=generator)
+    labels = torch.arange(40) % 10
+    stream = type("Benchmark", (), {"train_stream": [Split(train[:20], labels[:20]), Split(train[20:], labels[20:])],
+                                    "test_stream": [Split(torch.rand(20, 1, 6, 6, generator=generator),
+                                                          torch.arange(20) % 10)]})()
+
+    def holding(images: torch.Tensor) -> object:
+        return type("Plugin", (), {"storage_policy": type("Buffer", (), {"buffer": Split(images, labels[:len(images)])})})()
+
+    copies = _memory_leakage(holding(train[[3, 25, 30]] * 2 + 1), stream, seed=0)  # brightness does not hide them
+    assert copies["memory_images"] == 3 and copies["near_copies"] == 3
+    assert copies["upload_nn_similarity_median"] == pytest.approx(1.0)
+    noise = _memory_leakage(holding(torch.rand(5, 1, 6, 6, generator=generator)), stream, seed=0)
+    assert noise["memory_images"] == 5 and noise["near_copies"] == 0
+    assert noise["upload_nn_similarity_median"] < 0.9
+
+
 def test_the_avalanche_table_keeps_a_row_per_memory_code_and_sets_icarl_against_the_best_memory(tmp_path):
     from simulations.avalanche_native_figure import bars
     from simulations.tables import avalanche_native, avalanche_native_defaults, rows
@@ -400,6 +432,35 @@ def test_the_avalanche_table_keeps_a_row_per_memory_code_and_sets_icarl_against_
     assert len(icarl) == 1
     assert "ConvNet (the preset's), `pixels:bits=2` | **67.00 ± 0.00** (Naive, replay)" in icarl[0]
     assert "iCaRL's herded images 54.00 ± 0.00 | +13.0 |" in icarl[0]
+
+
+def test_the_avalanche_leakage_table_averages_each_memory_over_its_seeds(tmp_path):
+    from simulations.tables import avalanche_leakage
+
+    folder = tmp_path / "avalanche-leakage"
+    folder.mkdir()
+
+    def row(name: str, memory: str, accuracy: float, seed: int, similarity: float, copies: int, **extra) -> None:
+        (folder / f"{name}-{seed}.json").write_text(json.dumps({
+            "model": "mlp", "strategy": "lwf", "memory": memory, "mem_per_class": 10, "seed": seed,
+            "final_accuracy": accuracy, "leakage": {"upload_nn_similarity_median": similarity,
+                                                     "real_nn_similarity_median": 0.9, "membership_advantage": 0.1,
+                                                     "near_copies": copies, "memory_images": 100}, **extra}))
+
+    for seed in (0, 1):
+        row("real", "condensed-strategy", 0.72, seed, 0.95, 2 * seed, condensation_param="multi:factor=2,bits=2",
+            condensation_settings={})
+        row("blend", "condensed-strategy", 0.71, seed, 0.85 + seed / 100, 0, condensation_param="multi:factor=2,bits=2",
+            condensation_settings={"init": "blend:images=3"})
+        row("replay", "replay", 0.65, seed, 1.0, 100)
+    lines = [line for line in avalanche_leakage(tmp_path).splitlines() if line.startswith("| `mlp`")]
+    assert lines == [
+        "| `mlp` | LwF, K = 10 | the strategy's model, `multi:factor=2,bits=2`, init `real` | 72.00 ± 0.00 | 100 | "
+        "0.950 | 0.900 | no | 1 | 0.100 | 2 |",
+        "| `mlp` | LwF, K = 10 | the strategy's model, `multi:factor=2,bits=2`, init `blend:images=3` | 71.00 ± 0.00 | "
+        "100 | 0.855 | 0.900 | yes | 0 | 0.100 | 2 |",
+        "| `mlp` | LwF, K = 10 | `ReplayPlugin`, raw images | 65.00 ± 0.00 | 100 | 1.000 | 0.900 | no | 100 | 0.100 | 2 |",
+    ]
 
 
 def test_icarl_splits_every_avalanche_model_into_flat_features_and_the_classifier_on_them():
