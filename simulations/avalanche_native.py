@@ -179,9 +179,8 @@ def _features_after(model: torch.nn.Module, stream: Any) -> dict:
     predicted: set[int] = set()
     model.eval()
     with torch.no_grad():
-        for experience in stream:
-            for x, *_ in torch.utils.data.DataLoader(experience.dataset.eval(), batch_size=1000):
-                predicted.update(model(x).argmax(1).tolist())
+        for x in _images(stream)[0].split(1000):
+            predicted.update(model(x).argmax(1).tolist())
     hook.remove()
     strongest = torch.stack(seen).amax(0)
     return {"dead_feature_share": float((strongest <= 0).float().mean()), "predicted_classes": sorted(predicted)}
