@@ -138,8 +138,7 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
     accuracy = _accuracy(strategy.model, benchmark.test_stream)
     finite = all(bool(torch.isfinite(parameter).all()) for parameter in strategy.model.parameters())
     costs = condensed.storage_policy.costs if condensed else []
-    held = [plugin for plugin in plugins if hasattr(plugin, "storage_policy")]
-    leakage = _memory_leakage(held[0], benchmark, seed) if args.leakage and held else None
+    leakage = _memory_leakage(plugins[0], benchmark, seed) if args.leakage else None
     return {"model": model_name, "strategy": strategy_name, "memory": memory, "mem_per_class": k, "seed": seed,
             "optimizer": args.optimizer, "lr": args.lr, "epochs": epochs, "final_accuracy": accuracy,
             "finite_weights": finite, "seconds": seconds,
@@ -237,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--leakage", action="store_true",
                         help="after the stream, how close the memory's images lie to the stream's (a leakage report)")
     args = parse_benchmark_args(parser, argv)
+    unheld = [name for name in (*args.strategies, *args.memories) if name in (*OWN_MEMORY, "none")]
+    if args.leakage and unheld:  # a row without a report would leave its table nothing to show
+        parser.error(f"--leakage reports on the images a memory plug-in holds, which {unheld[0]} has not: "
+                     "drop it from --strategies and --memories")
     needs_features = [model for model in args.models if model not in OWN_FEATURES]
     if needs_features and args.features:
         parser.error(f"--features needs a model's features part, which {needs_features[0]} has not: "

@@ -434,6 +434,15 @@ def test_the_avalanche_table_keeps_a_row_per_memory_code_and_sets_icarl_against_
     assert "iCaRL's herded images 54.00 ± 0.00 | +13.0 |" in icarl[0]
 
 
+@pytest.mark.parametrize("argv", [["--memories", "condensed", "none"], ["--strategies", "lwf", "icarl"]])
+def test_leakage_refuses_a_run_whose_memory_no_plug_in_holds(argv, capsys):
+    from simulations.avalanche_native import main
+
+    with pytest.raises(SystemExit):
+        main(["--leakage", *argv])
+    assert "--leakage reports on the images a memory plug-in holds" in capsys.readouterr().err
+
+
 def test_the_avalanche_leakage_table_averages_each_memory_over_its_seeds(tmp_path):
     from simulations.tables import avalanche_leakage
 
