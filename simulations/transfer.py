@@ -20,6 +20,7 @@ from pathlib import Path
 import ddplug
 from ddplug.evaluation.report import format_table
 from ddplug.models import check_model_spec
+from ddplug.presets import CPU_MODEL
 from ddplug.sets import load_set
 from ddplug.settings import parse_assignments
 from simulations.provenance import add_rows_option, keep_rows, parse_benchmark_args
@@ -29,13 +30,15 @@ COLUMNS = ("set", "model", "accuracy %", "random %", "s per network")
 
 
 def set_label(path: Path) -> str:
-    """What made the set: method, parameterisation, budget and steps, and the matching pool's
-    architectures when it mixed them, from its own metadata."""
+    """What made the set: method, parameterisation, budget and steps, and the matching network
+    when it is not the ``cpu`` preset's (or the pool's architectures when it mixed them), from
+    its own metadata."""
     meta = load_set(path).meta
-    config = meta.get("config")
-    pool = config.get("pool_models") if isinstance(config, dict) else None
-    return (f"{meta.get('method')} `{meta.get('param')}`, ipc {meta.get('ipc')}, {meta.get('iterations')} steps"
-            + (f", matched with a pool of `{pool}`" if pool else ""))
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    pool, model = config.get("pool_models"), config.get("model")
+    matched = (f", matched with a pool of `{pool}`" if pool
+               else f", matched with `{model}`" if model and model != CPU_MODEL else "")
+    return f"{meta.get('method')} `{meta.get('param')}`, ipc {meta.get('ipc')}, {meta.get('iterations')} steps{matched}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -261,7 +261,7 @@ def test_the_transfer_benchmark_keeps_a_row_per_set_and_model(digits, tmp_path, 
     assert len(kept) == 2 and kept[1]["command"].endswith("--models mlp:width=16 --eval-models 2 --preset cpu "
                                                           "--seed 0 --set=eval.epochs=2")
     mlp = kept[1]["rows"][0]
-    assert mlp["set"] == "dm `pixels`, ipc 1, 2 steps" and mlp["model"] == "mlp:width=16"
+    assert mlp["set"] == "dm `pixels`, ipc 1, 2 steps, matched with `convnet:width=8`" and mlp["model"] == "mlp:width=16"
     assert len(mlp["accuracies"]) == len(mlp["random_accuracies"]) == 2
     reference = kept[0]["rows"][0]
     drop = 100 * (mlp["accuracy_mean"] - reference["accuracy_mean"])
@@ -277,7 +277,7 @@ def test_the_transfer_benchmark_keeps_a_row_per_set_and_model(digits, tmp_path, 
     assert not (tmp_path / "refused").exists()
 
 
-def test_a_transfer_row_names_the_architectures_a_set_was_matched_with(digits, tmp_path):
+def test_a_transfer_row_names_the_networks_a_set_was_matched_with(digits, tmp_path):
     from ddplug.methods import create_distiller, make_config, run_distillation
     from ddplug.sets import save_set
     from simulations.transfer import set_label
@@ -287,6 +287,12 @@ def test_a_transfer_row_names_the_architectures_a_set_was_matched_with(digits, t
     made = run_distillation(create_distiller("dm", digits.train, config), progress=False).synthetic
     path = save_set(made, tmp_path / "pooled" / "synthetic.safetensors")
     assert set_label(path) == "dm `pixels`, ipc 1, 1 steps, matched with a pool of `convnet:width=8+mlp:width=16`"
+    for model, named in (("convnet:width=8,norm=none", ", matched with `convnet:width=8,norm=none`"),
+                         ("convnet:width=32", "")):  # the cpu preset's network goes unnamed, as in earlier rows
+        config = make_config("dm", {"ipc": 1, "iterations": 1, "model": model, "batch_real": 8})
+        made = run_distillation(create_distiller("dm", digits.train, config), progress=False).synthetic
+        path = save_set(made, tmp_path / model / "synthetic.safetensors")
+        assert set_label(path) == "dm `pixels`, ipc 1, 1 steps" + named
 
 
 def test_the_per_budget_table_and_figure_come_from_the_rows_with_the_published_numbers(tmp_path, monkeypatch):
