@@ -135,10 +135,11 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
         if args.features:  # the probe's evaluation counts in the run's seconds
             features_report.append(_features_after(strategy.model, benchmark.test_stream[:index + 1]))
     seconds = time.perf_counter() - began
-    accuracy = _accuracy(strategy.model, benchmark.test_stream)
+    test = _images(benchmark.test_stream)
+    accuracy = _accuracy(strategy.model, *test)
     finite = all(bool(torch.isfinite(parameter).all()) for parameter in strategy.model.parameters())
     costs = condensed.storage_policy.costs if condensed else []
-    leakage = _memory_leakage(plugins[0], benchmark, seed) if args.leakage else None
+    leakage = _memory_leakage(plugins[0], benchmark.train_stream, test, seed) if args.leakage else None
     return {"model": model_name, "strategy": strategy_name, "memory": memory, "mem_per_class": k, "seed": seed,
             "optimizer": args.optimizer, "lr": args.lr, "epochs": epochs, "final_accuracy": accuracy,
             "finite_weights": finite, "seconds": seconds,
@@ -185,14 +186,14 @@ def _features_after(model: torch.nn.Module, stream: Any) -> dict:
     return {"dead_feature_share": float((strongest <= 0).float().mean()), "predicted_classes": sorted(predicted)}
 
 
-def _memory_leakage(plugin: Any, benchmark: Any, seed: int) -> dict:
+def _memory_leakage(plugin: Any, train_stream: Any, test: tuple[torch.Tensor, torch.Tensor], seed: int) -> dict:
     """The leakage report's summary for the images ``plugin``'s memory holds, against the
-    stream's training images (members) and its test images (non-members)."""
+    training stream's images (members) and the test images and labels ``test`` (non-members)."""
     memory = torch.cat([x for x, *_ in torch.utils.data.DataLoader(plugin.storage_policy.buffer.eval(),
                                                                     batch_size=1000)])
     # The report compares centred directions, which no per-channel normalisation changes: (0, 1) stands for it.
-    members, holdout = (ImageDataset(*_images(stream), 10, (0.0,), (1.0,), "fashion-mnist")
-                        for stream in (benchmark.train_stream, benchmark.test_stream))
+    members, holdout = (ImageDataset(*images, 10, (0.0,), (1.0,), "fashion-mnist")
+                        for images in (_images(train_stream), test))
     return {**leakage_report(memory, members, holdout, seed=seed).summary(), "memory_images": len(memory)}
 
 
@@ -203,9 +204,8 @@ def _images(stream: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]).long()
 
 
-def _accuracy(model: torch.nn.Module, stream: Any) -> float:
-    """Accuracy on the whole test stream (every experience's test data)."""
-    images, labels = _images(stream)
+def _accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """``model``'s accuracy on ``images`` (the whole test stream's, every experience's)."""
     model.eval()
     with torch.no_grad():
         predicted = torch.cat([model(x).argmax(1) for x in images.split(1000)])

@@ -376,17 +376,16 @@ def test_the_memory_leakage_probe_counts_a_replayed_real_image_as_a_near_copy_an
     generator = torch.Generator().manual_seed(0)
     train = torch.rand(40, 1, 6, 6, generator=generator)
     labels = torch.arange(40) % 10
-    stream = type("Benchmark", (), {"train_stream": [Split(train[:20], labels[:20]), Split(train[20:], labels[20:])],
-                                    "test_stream": [Split(torch.rand(20, 1, 6, 6, generator=generator),
-                                                          torch.arange(20) % 10)]})()
+    stream = [Split(train[:20], labels[:20]), Split(train[20:], labels[20:])]
+    test = torch.rand(20, 1, 6, 6, generator=generator), torch.arange(20) % 10
 
     def holding(images: torch.Tensor) -> object:
         return type("Plugin", (), {"storage_policy": type("Buffer", (), {"buffer": Split(images, labels[:len(images)])})})()
 
-    copies = _memory_leakage(holding(train[[3, 25, 30]] * 2 + 1), stream, seed=0)  # brightness does not hide them
+    copies = _memory_leakage(holding(train[[3, 25, 30]] * 2 + 1), stream, test, seed=0)  # brightness does not hide them
     assert copies["memory_images"] == 3 and copies["near_copies"] == 3
     assert copies["upload_nn_similarity_median"] == pytest.approx(1.0)
-    noise = _memory_leakage(holding(torch.rand(5, 1, 6, 6, generator=generator)), stream, seed=0)
+    noise = _memory_leakage(holding(torch.rand(5, 1, 6, 6, generator=generator)), stream, test, seed=0)
     assert noise["memory_images"] == 5 and noise["near_copies"] == 0
     assert noise["upload_nn_similarity_median"] < 0.9
 
