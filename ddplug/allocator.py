@@ -31,7 +31,10 @@ _M_MMAP_THRESHOLD = -3
 # page-faults them in again. Larger blocks (whole datasets, one-off arrays) are mapped and
 # returned when freed: kept in the heap, they left holes the steps' buffers could not fill
 # (peak memory +10 % over the untuned one with a 2 GiB mmap threshold). Measured with
-# simulations/allocator_speed.py.
+# simulations/allocator_speed.py. A step's blocks above the threshold (FRePo's first layer on
+# 1 580 images: 198 MiB) are faulted in every step; that costs system time, not wall time:
+# keeping them (1 GiB threshold, no trimming) left a 40-step probe as slow, its peak RSS 20 %
+# higher (docs/results.md).
 _MMAP_THRESHOLD, _TRIM_THRESHOLD = 128 * 2**20, 2**30
 SETTINGS = ((_M_MMAP_THRESHOLD, _MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
 
