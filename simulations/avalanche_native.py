@@ -17,9 +17,10 @@ is the README's example), ``replay`` (``ReplayPlugin`` with a class-balanced buf
 of K raw images per class), ``gdumb`` (``GDumbPlugin`` of K x 10 raw images), ``none``. The
 ``icarl`` strategy (Avalanche's ``ICaRL``) keeps its own memory, K herded real images per
 class, and ignores ``--memories``. The retrain memories train ``--memory-epochs`` epochs on
-the memory at each experience, the others ``--epochs`` on the experience's data. ``--set``
-changes the condensation's DM settings (``--set param=multi:factor=2,bits=4``, ``--set
-init=blend:images=3``); each row records the parameterisation its memory used.
+the memory at each experience, the others ``--epochs`` on the experience's data.
+``--method`` condenses with another ddplug method than the plug-in's DM and ``--set`` changes
+its settings (``--set param=multi:factor=2,bits=4``, ``--set init=blend:images=3``); each row
+records the method and the parameterisation its memory used.
 
 ``--leakage`` adds what the memory would reveal if it were shared: after the stream,
 :func:`ddplug.privacy.leakage_report` of the images the memory holds (as the strategy replays
@@ -42,6 +43,7 @@ import torch
 from ddplug.data import ImageDataset, download_dataset
 from ddplug.errors import DdplugError
 from ddplug.evaluation.report import format_table, percent
+from ddplug.methods import CONDENSERS
 from ddplug.privacy import leakage_report
 from ddplug.settings import parse_assignments
 from ddplug.storage import path_part, write_json
@@ -54,6 +56,7 @@ MEMORIES = ("condensed", "condensed-retrain", "condensed-strategy", "condensed-s
             "none")
 OWN_MEMORY = {"icarl": "herding"}  # strategies that bring their own memory, run once whatever --memories says
 RETRAIN = ("condensed-retrain", "condensed-strategy-retrain", "gdumb")
+DISTILLERS = tuple(name for name, condenser in CONDENSERS.items() if condenser.per_class and condenser.learns)
 MEMORY_EPOCHS = 30  # epochs on the memory alone per experience; rows of other counts name theirs
 
 
@@ -101,8 +104,8 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
     condensed = condensation = None
     if memory.startswith("condensed"):
         matching = "strategy" if memory.startswith("condensed-strategy") else "preset"
-        condensation = Condensation(method="dm", dataset="fashion-mnist", model=matching, settings=args.settings,
-                                    progress=False, seed=seed)
+        condensation = Condensation(method=args.method, dataset="fashion-mnist", model=matching,
+                                    settings=args.settings, progress=False, seed=seed)
         condensed = CondensedReplayPlugin(mem_per_class=k, mode="retrain" if memory in RETRAIN else "replay",
                                           condensation=condensation)
         plugins.append(condensed)
@@ -143,8 +146,8 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
     return {"model": model_name, "strategy": strategy_name, "memory": memory, "mem_per_class": k, "seed": seed,
             "optimizer": args.optimizer, "lr": args.lr, "epochs": epochs, "final_accuracy": accuracy,
             "finite_weights": finite, "seconds": seconds,
-            **({"condensation_param": memory_param(condensation, model), "condensation_settings": args.settings}
-               if condensation else {}),
+            **({"condensation_method": args.method, "condensation_param": memory_param(condensation, model),
+                "condensation_settings": args.settings} if condensation else {}),
             **provenance("simulations.avalanche_native", None, conditions=args.conditions),
             "condensation_seconds": sum(cost.seconds for cost in costs) if condensed else None,
             "memory_images": len(condensed.storage_policy.buffer) if condensed else None,
@@ -153,8 +156,10 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
 
 
 def memory_param(condensation: Any, model: torch.nn.Module) -> str:
-    """The parameterisation a DM ``Condensation`` stores the memory of a strategy training ``model`` in."""
-    return {**condensation.preset.method_settings("dm"), **condensation.method_settings(model)}["param"]
+    """The parameterisation a ``Condensation`` stores the memory of a strategy training ``model`` in."""
+    method = condensation.method
+    settings = {**condensation.preset.method_settings(method), **condensation.method_settings(model)}
+    return CONDENSERS[method].make_config(settings).param
 
 
 def _split_for_icarl(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -228,8 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, default=Path.home() / ".avalanche" / "data")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/avalanche-native"))
     parser.add_argument("--conditions", default="no other load", help="what else ran beside the runs")
+    parser.add_argument("--method", default="dm", choices=DISTILLERS,
+                        help="the ddplug method that condenses the condensed memories (default: the plug-in's, dm)")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-                        help="a DM setting of the condensed memories, e.g. iterations=500 or param=pixels:bits=4 "
+                        help="a setting of the condensed memories' method, e.g. iterations=500 or param=pixels:bits=4 "
                              "(default: the plug-in's); named in the rows' files")
     parser.add_argument("--features", action="store_true",
                         help="after each experience, record the share of dead feature units and the classes predicted")
@@ -250,14 +257,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:  # a bad --set fails here, in one line
         args.settings = parse_assignments(args.settings)
-        condensation = Condensation(method="dm", settings=args.settings)
+        condensation = Condensation(method=args.method, settings=args.settings)
     except DdplugError as error:
         parser.error(str(error))
     rows = []
     for model in args.models:
         # a condensed memory's file names its settings and code, so rows of other codes sit beside it
         param = memory_param(condensation, make_model(model, 0))
-        variant = "".join(f"-{key}-{path_part(value)}" for key, value in sorted({**args.settings, "param": param}.items()))
+        named = {**args.settings, "param": param, **({"method": args.method} if args.method != "dm" else {})}
+        variant = "".join(f"-{key}-{path_part(value)}" for key, value in sorted(named.items()))
         for strategy in args.strategies:
             for memory in [OWN_MEMORY[strategy]] if strategy in OWN_MEMORY else args.memories:
                 for k in args.mem_per_class:

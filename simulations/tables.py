@@ -103,7 +103,7 @@ def _default_memory(model: str) -> tuple[str, str]:
     from simulations.avalanche_native import make_model
 
     defaults = MEMORY_DEFAULTS["dm"][network_kind(make_model(model, 0))]
-    return ("condensed-strategy" if defaults.model == STRATEGY_MODEL else "condensed"), defaults.settings["param"]
+    return ("condensed-strategy" if defaults.model == STRATEGY_MODEL else "condensed"), ("dm", defaults.settings["param"])
 
 
 def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> str:
@@ -118,8 +118,9 @@ def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> st
         # rows from before the epochs were recorded used the default
         epochs = run.get("epochs", MEMORY_EPOCHS)
         run["memory_training"] = f", {epochs} epochs on the memory alone" if run["memory"] in RETRAIN else ""
-        if run["memory"] in _CONDENSED:
-            run.setdefault("condensation_param", _EARLIER_MEMORY_PARAM)
+        if run["memory"] in _CONDENSED:  # rows from before the method was recorded condensed with DM
+            run["condensation"] = (run.get("condensation_method", "dm"),
+                                   run.get("condensation_param", _EARLIER_MEMORY_PARAM))
     order = list(_STRATEGY_NAMES)
     cells = sorted({(run["model"], run["strategy"], run["training"], run["mem_per_class"], run["memory_training"])
                     for run in runs},
@@ -131,16 +132,16 @@ def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> st
             return [run for run in runs if (run["model"], run["strategy"], run["training"], run["memory"],
                                             run["mem_per_class"], run["memory_training"])
                     == (model, strategy, training, memory, k, memory_training)
-                    and run.get("condensation_param") == param]
+                    and run.get("condensation") == param]
 
         if strategy == "icarl":
             memory, param = _default_memory(model)
             condensed = [run for run in runs if (run["model"], run["training"], run["mem_per_class"], run["memory"],
-                                                 run.get("condensation_param")) == (model, training, k, memory, param)]
+                                                 run.get("condensation")) == (model, training, k, memory, param)]
             table.append(_icarl_row(of("herding"), condensed, _CONDENSED[memory][1]))
             continue
         for memory, (mode, matching, theirs) in _CONDENSED.items():
-            for param in sorted({run["condensation_param"] for run in runs if run["memory"] == memory}):
+            for param in sorted({run["condensation"] for run in runs if run["memory"] == memory}):
                 if defaults_only and _default_memory(model) != (memory.removesuffix("-retrain"), param):
                     continue
                 condensed, baseline = ([run["final_accuracy"] for run in found] for found in (of(memory, param),
@@ -149,12 +150,18 @@ def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> st
                     continue
                 gain = 100 * (statistics.fmean(condensed) - statistics.fmean(baseline))
                 table.append([f"`{model}`", f"{_STRATEGY_NAMES[strategy]}{training}, K = {k}{memory_training}",
-                              f"{matching}, `{param}`", f"**{_over_seeds(condensed)}** ({mode})",
+                              f"{matching}, {_code(param)}", f"**{_over_seeds(condensed)}** ({mode})",
                               f"{_AVALANCHE_NAMES[theirs]} {_over_seeds(baseline)}", f"{gain:+.1f}",
                               str(min(len(condensed), len(baseline))), _seconds(of(memory, param), of(theirs))])
     return markdown_table(["model", "strategy, K", "condensed by matching, code", "condensed memory",
                            "Avalanche's memory of the same bytes", "gain (points)", "seeds",
                            "s per run (condensing), Avalanche's"], table)
+
+
+def _code(condensation: tuple[str, str]) -> str:
+    """A memory's code, and its method where that is not the plug-in's DM."""
+    method, param = condensation
+    return f"`{param}`" if method == "dm" else f"{method}, `{param}`"
 
 
 def _icarl_row(icarl: list[dict], condensed: list[dict], matching: str) -> list[str]:
@@ -163,13 +170,13 @@ def _icarl_row(icarl: list[dict], condensed: list[dict], matching: str) -> list[
     from it (by mean over its seeds), against iCaRL."""
     groups: dict[tuple, list[dict]] = {}
     for run in condensed:
-        groups.setdefault((run["strategy"], run["condensation_param"]), []).append(run)
+        groups.setdefault((run["strategy"], run["condensation"]), []).append(run)
     (strategy, param), best = max(groups.items(), key=lambda item: statistics.fmean(
         run["final_accuracy"] for run in item[1]))
     ours, theirs = ([run["final_accuracy"] for run in found] for found in (best, icarl))
     first = icarl[0]
     return [f"`{first['model']}`", f"iCaRL (its own strategy){first['training']}, K = {first['mem_per_class']}",
-            f"{matching}, `{param}`", f"**{_over_seeds(ours)}** ({_STRATEGY_NAMES[strategy]}, replay)",
+            f"{matching}, {_code(param)}", f"**{_over_seeds(ours)}** ({_STRATEGY_NAMES[strategy]}, replay)",
             f"iCaRL's herded images {_over_seeds(theirs)}",
             f"{100 * (statistics.fmean(ours) - statistics.fmean(theirs)):+.1f}", str(min(len(ours), len(theirs))),
             _seconds(best, icarl)]

@@ -431,10 +431,16 @@ def test_the_avalanche_table_keeps_a_row_per_memory_code_and_sets_icarl_against_
         row("res-own", "naive", "condensed-strategy", 0.30, seed, model="slimresnet",
             condensation_param="multi:factor=2,bits=2")
         row("res-preset", "naive", "condensed", 0.67, seed, model="slimresnet", condensation_param="pixels:bits=2")
+        row("res-frepo", "naive", "condensed", 0.90, seed, model="slimresnet", condensation_param="pixels:bits=2",
+            condensation_method="frepo")
         row("res-replay", "naive", "replay", 0.57, seed, model="slimresnet")
         row("res-icarl", "icarl", "herding", 0.54, seed, model="slimresnet")
-    icarl = [line for line in avalanche_native(tmp_path).splitlines() if line.startswith("| `slimresnet` | iCaRL")]
+    table = avalanche_native(tmp_path).splitlines()
+    icarl = [line for line in table if line.startswith("| `slimresnet` | iCaRL")]
     assert len(icarl) == 1
+    # Another method's memory of the same code is its own row, named by its method.
+    frepo = [line for line in table if "frepo, `pixels:bits=2`" in line]
+    assert len(frepo) == 1 and "**90.00 ± 0.00** (replay) | `ReplayPlugin` 57.00 ± 0.00 | +33.0 |" in frepo[0]
     assert "ConvNet (the preset's), `pixels:bits=2` | **67.00 ± 0.00** (Naive, replay)" in icarl[0]
     assert "iCaRL's herded images 54.00 ± 0.00 | +13.0 |" in icarl[0]
 
