@@ -103,7 +103,8 @@ def _default_memory(model: str) -> tuple[str, str]:
     from simulations.avalanche_native import make_model
 
     defaults = MEMORY_DEFAULTS["dm"][network_kind(make_model(model, 0))]
-    return ("condensed-strategy" if defaults.model == STRATEGY_MODEL else "condensed"), ("dm", defaults.settings["param"])
+    return ("condensed-strategy" if defaults.model == STRATEGY_MODEL else "condensed"), ("dm", defaults.settings["param"],
+                                                                                         ())
 
 
 def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> str:
@@ -119,8 +120,10 @@ def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> st
         epochs = run.get("epochs", MEMORY_EPOCHS)
         run["memory_training"] = f", {epochs} epochs on the memory alone" if run["memory"] in RETRAIN else ""
         if run["memory"] in _CONDENSED:  # rows from before the method was recorded condensed with DM
+            changed = tuple(sorted((name, str(value)) for name, value in run.get("condensation_settings", {}).items()
+                                   if name != "param"))
             run["condensation"] = (run.get("condensation_method", "dm"),
-                                   run.get("condensation_param", _EARLIER_MEMORY_PARAM))
+                                   run.get("condensation_param", _EARLIER_MEMORY_PARAM), changed)
     order = list(_STRATEGY_NAMES)
     cells = sorted({(run["model"], run["strategy"], run["training"], run["mem_per_class"], run["memory_training"])
                     for run in runs},
@@ -158,10 +161,11 @@ def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> st
                            "s per run (condensing), Avalanche's"], table)
 
 
-def _code(condensation: tuple[str, str]) -> str:
-    """A memory's code, and its method where that is not the plug-in's DM."""
-    method, param = condensation
-    return f"`{param}`" if method == "dm" else f"{method}, `{param}`"
+def _code(condensation: tuple[str, str, tuple[tuple[str, str], ...]]) -> str:
+    """A memory's code, its method where that is not the plug-in's DM, and the settings it changed."""
+    method, param, changed = condensation
+    return "".join((f"{method}, " if method != "dm" else "", f"`{param}`",
+                    *(f", {name}={value}" for name, value in changed)))
 
 
 def _icarl_row(icarl: list[dict], condensed: list[dict], matching: str) -> list[str]:

@@ -433,14 +433,18 @@ def test_the_avalanche_table_keeps_a_row_per_memory_code_and_sets_icarl_against_
         row("res-preset", "naive", "condensed", 0.67, seed, model="slimresnet", condensation_param="pixels:bits=2")
         row("res-frepo", "naive", "condensed", 0.90, seed, model="slimresnet", condensation_param="pixels:bits=2",
             condensation_method="frepo")
+        row("res-longer", "naive", "condensed", 0.95, seed, model="slimresnet", condensation_param="pixels:bits=2",
+            condensation_settings={"param": "pixels:bits=2", "iterations": 1000})
         row("res-replay", "naive", "replay", 0.57, seed, model="slimresnet")
         row("res-icarl", "icarl", "herding", 0.54, seed, model="slimresnet")
     table = avalanche_native(tmp_path).splitlines()
     icarl = [line for line in table if line.startswith("| `slimresnet` | iCaRL")]
     assert len(icarl) == 1
-    # Another method's memory of the same code is its own row, named by its method.
+    # Another method's memory of the same code, or one of other settings, is its own row, named by them.
     frepo = [line for line in table if "frepo, `pixels:bits=2`" in line]
     assert len(frepo) == 1 and "**90.00 ± 0.00** (replay) | `ReplayPlugin` 57.00 ± 0.00 | +33.0 |" in frepo[0]
+    longer = [line for line in table if "`pixels:bits=2`, iterations=1000" in line]
+    assert len(longer) == 1 and "**95.00 ± 0.00** (replay)" in longer[0]
     assert "ConvNet (the preset's), `pixels:bits=2` | **67.00 ± 0.00** (Naive, replay)" in icarl[0]
     assert "iCaRL's herded images 54.00 ± 0.00 | +13.0 |" in icarl[0]
 
