@@ -25,11 +25,13 @@ PAIRS = {"condensed-strategy": ("replay", ""), "condensed-strategy-retrain": ("g
 
 def bars(runs: list[dict], param: str) -> list[tuple[str, list[float], list[float]]]:
     """(cell label, ddplug's accuracies, Avalanche's accuracies) per (strategy, K, mode), SGD
-    rows of DM memories in ``param`` only; iCaRL's cells have no ddplug accuracies."""
+    rows of DM memories in ``param`` at the plug-in's other settings only; iCaRL's cells have no ddplug
+    accuracies."""
     def accuracies(strategy: str, memory: str, k: int, code: str | None = None) -> list[float]:
         return [run["final_accuracy"] for run in runs if (run["model"], run["strategy"], run["memory"],
                 run["mem_per_class"], run.get("optimizer", "sgd")) == ("mlp", strategy, memory, k, "sgd")
-                and run.get("condensation_param") == code and run.get("condensation_method", "dm") == "dm"]
+                and run.get("condensation_param") == code and run.get("condensation_method", "dm") == "dm"
+                and not set(run.get("condensation_settings", {})) - {"param"}]
 
     cells = []
     for k in sorted({run["mem_per_class"] for run in runs}, reverse=True):
