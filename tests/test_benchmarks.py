@@ -416,6 +416,9 @@ def test_the_avalanche_table_keeps_a_row_per_memory_code_and_sets_icarl_against_
     assert "`multi:factor=2,bits=2` | **72.50 ± 0.71** (replay)" in lines[1] and "| +7.5 |" in lines[1]
     assert "iCaRL (its own strategy), K = 10" in lines[2] and "**72.50 ± 0.71** (LwF, replay)" in lines[2]
     assert "iCaRL's herded images 64.00 ± 0.00 | +8.5 |" in lines[2]
+    for seed in (0, 1):  # the figure shows the plug-in's memories: not one of other settings
+        row("longer", "lwf", "condensed-strategy", 0.99, seed, condensation_param="multi:factor=2,bits=2",
+            condensation_settings={"iterations": 1000})
     cells = bars(rows("avalanche-native", tmp_path), "multi:factor=2,bits=2")
     assert [label for label, _, _ in cells] == ["LwF\nK = 10", "iCaRL\nK = 10"]
     assert cells[0][1:] == ([0.72, 0.73], [0.65, 0.65]) and cells[1][1] == []
