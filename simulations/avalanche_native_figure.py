@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ddplug.evaluation.report import pyplot
 from ddplug_avalanche.buffer import MEMORY_DEFAULTS
-from simulations.tables import ROOT, rows
+from simulations.tables import ROOT, memory_condensation, rows
 
 STRATEGY_NAMES = {"lwf": "LwF", "naive": "Naive", "ewc": "EWC", "icarl": "iCaRL"}
 # ddplug's memory -> (Avalanche's memory of the same bytes beside the same strategy, the cell's suffix)
@@ -30,8 +30,7 @@ def bars(runs: list[dict], param: str) -> list[tuple[str, list[float], list[floa
     def accuracies(strategy: str, memory: str, k: int, code: str | None = None) -> list[float]:
         return [run["final_accuracy"] for run in runs if (run["model"], run["strategy"], run["memory"],
                 run["mem_per_class"], run.get("optimizer", "sgd")) == ("mlp", strategy, memory, k, "sgd")
-                and run.get("condensation_param") == code and run.get("condensation_method", "dm") == "dm"
-                and not set(run.get("condensation_settings", {})) - {"param"}]
+                and (code is None or memory_condensation(run) == ("dm", code, ()))]
 
     cells = []
     for k in sorted({run["mem_per_class"] for run in runs}, reverse=True):

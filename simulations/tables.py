@@ -96,15 +96,26 @@ def memory_defaults(root: Path = BENCHMARKS) -> str:
          defaults.chosen_by] for method, kinds in MEMORY_DEFAULTS.items() for kind, defaults in kinds.items()])
 
 
+Condensation = tuple[str, str, tuple[tuple[str, str], ...]]  # (method, code, the other settings it changed)
+
+
+def memory_condensation(run: dict) -> Condensation:
+    """How an ``avalanche_native`` row's condensed memory was made; rows from before the method
+    was recorded condensed with DM, those from before the code was, in :data:`_EARLIER_MEMORY_PARAM`."""
+    changed = tuple(sorted((name, str(value)) for name, value in run.get("condensation_settings", {}).items()
+                           if name != "param"))
+    return run.get("condensation_method", "dm"), run.get("condensation_param", _EARLIER_MEMORY_PARAM), changed
+
+
 @functools.cache
-def _default_memory(model: str) -> tuple[str, str]:
-    """The benchmark's memory and the code the plug-in condenses ``model``'s memory in by default."""
+def _default_memory(model: str) -> tuple[str, Condensation]:
+    """The benchmark's memory and how the plug-in condenses ``model``'s memory by default."""
     from ddplug_avalanche.buffer import MEMORY_DEFAULTS, STRATEGY_MODEL, network_kind
     from simulations.avalanche_native import make_model
 
     defaults = MEMORY_DEFAULTS["dm"][network_kind(make_model(model, 0))]
-    return ("condensed-strategy" if defaults.model == STRATEGY_MODEL else "condensed"), ("dm", defaults.settings["param"],
-                                                                                         ())
+    memory = "condensed-strategy" if defaults.model == STRATEGY_MODEL else "condensed"
+    return memory, ("dm", defaults.settings["param"], ())
 
 
 def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> str:
@@ -119,11 +130,8 @@ def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> st
         # rows from before the epochs were recorded used the default
         epochs = run.get("epochs", MEMORY_EPOCHS)
         run["memory_training"] = f", {epochs} epochs on the memory alone" if run["memory"] in RETRAIN else ""
-        if run["memory"] in _CONDENSED:  # rows from before the method was recorded condensed with DM
-            changed = tuple(sorted((name, str(value)) for name, value in run.get("condensation_settings", {}).items()
-                                   if name != "param"))
-            run["condensation"] = (run.get("condensation_method", "dm"),
-                                   run.get("condensation_param", _EARLIER_MEMORY_PARAM), changed)
+        if run["memory"] in _CONDENSED:
+            run["condensation"] = memory_condensation(run)
     order = list(_STRATEGY_NAMES)
     cells = sorted({(run["model"], run["strategy"], run["training"], run["mem_per_class"], run["memory_training"])
                     for run in runs},
@@ -131,37 +139,37 @@ def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> st
                                      cell[4]))
     table = []
     for model, strategy, training, k, memory_training in cells:
-        def of(memory: str, param: str | None = None, strategy: str = strategy) -> list[dict]:
+        def of(memory: str, condensation: Condensation | None = None, strategy: str = strategy) -> list[dict]:
             return [run for run in runs if (run["model"], run["strategy"], run["training"], run["memory"],
                                             run["mem_per_class"], run["memory_training"])
                     == (model, strategy, training, memory, k, memory_training)
-                    and run.get("condensation") == param]
+                    and run.get("condensation") == condensation]
 
         if strategy == "icarl":
-            memory, param = _default_memory(model)
+            memory, condensation = _default_memory(model)
             condensed = [run for run in runs if (run["model"], run["training"], run["mem_per_class"], run["memory"],
-                                                 run.get("condensation")) == (model, training, k, memory, param)]
+                                                 run.get("condensation")) == (model, training, k, memory, condensation)]
             table.append(_icarl_row(of("herding"), condensed, _CONDENSED[memory][1]))
             continue
         for memory, (mode, matching, theirs) in _CONDENSED.items():
-            for param in sorted({run["condensation"] for run in runs if run["memory"] == memory}):
-                if defaults_only and _default_memory(model) != (memory.removesuffix("-retrain"), param):
+            for condensation in sorted({run["condensation"] for run in runs if run["memory"] == memory}):
+                if defaults_only and _default_memory(model) != (memory.removesuffix("-retrain"), condensation):
                     continue
-                condensed, baseline = ([run["final_accuracy"] for run in found] for found in (of(memory, param),
+                condensed, baseline = ([run["final_accuracy"] for run in found] for found in (of(memory, condensation),
                                                                                                of(theirs)))
                 if not condensed or not baseline:
                     continue
                 gain = 100 * (statistics.fmean(condensed) - statistics.fmean(baseline))
                 table.append([f"`{model}`", f"{_STRATEGY_NAMES[strategy]}{training}, K = {k}{memory_training}",
-                              f"{matching}, {_code(param)}", f"**{_over_seeds(condensed)}** ({mode})",
+                              f"{matching}, {_code(condensation)}", f"**{_over_seeds(condensed)}** ({mode})",
                               f"{_AVALANCHE_NAMES[theirs]} {_over_seeds(baseline)}", f"{gain:+.1f}",
-                              str(min(len(condensed), len(baseline))), _seconds(of(memory, param), of(theirs))])
+                              str(min(len(condensed), len(baseline))), _seconds(of(memory, condensation), of(theirs))])
     return markdown_table(["model", "strategy, K", "condensed by matching, code", "condensed memory",
                            "Avalanche's memory of the same bytes", "gain (points)", "seeds",
                            "s per run (condensing), Avalanche's"], table)
 
 
-def _code(condensation: tuple[str, str, tuple[tuple[str, str], ...]]) -> str:
+def _code(condensation: Condensation) -> str:
     """A memory's code, its method where that is not the plug-in's DM, and the settings it changed."""
     method, param, changed = condensation
     return "".join((f"{method}, " if method != "dm" else "", f"`{param}`",
@@ -175,12 +183,12 @@ def _icarl_row(icarl: list[dict], condensed: list[dict], matching: str) -> list[
     groups: dict[tuple, list[dict]] = {}
     for run in condensed:
         groups.setdefault((run["strategy"], run["condensation"]), []).append(run)
-    (strategy, param), best = max(groups.items(), key=lambda item: statistics.fmean(
+    (strategy, condensation), best = max(groups.items(), key=lambda item: statistics.fmean(
         run["final_accuracy"] for run in item[1]))
     ours, theirs = ([run["final_accuracy"] for run in found] for found in (best, icarl))
     first = icarl[0]
     return [f"`{first['model']}`", f"iCaRL (its own strategy){first['training']}, K = {first['mem_per_class']}",
-            f"{matching}, {_code(param)}", f"**{_over_seeds(ours)}** ({_STRATEGY_NAMES[strategy]}, replay)",
+            f"{matching}, {_code(condensation)}", f"**{_over_seeds(ours)}** ({_STRATEGY_NAMES[strategy]}, replay)",
             f"iCaRL's herded images {_over_seeds(theirs)}",
             f"{100 * (statistics.fmean(ours) - statistics.fmean(theirs)):+.1f}", str(min(len(ours), len(theirs))),
             _seconds(best, icarl)]
