@@ -461,6 +461,19 @@ def test_leakage_refuses_a_run_whose_memory_no_plug_in_holds(argv, capsys):
     assert "--leakage reports on the images a memory plug-in holds" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "bogus"], "invalid choice: 'bogus'"),
+    (["--method", "frepo", "--set", "pool_size=0"], "pool_size must be at least 1"),  # FRePo's check, not DM's
+])
+def test_a_bad_condensation_method_or_setting_fails_before_any_run(argv, message, tmp_path, capsys):
+    from simulations.avalanche_native import main
+
+    with pytest.raises(SystemExit):
+        main([*argv, "--out", str(tmp_path / "rows")])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "rows").exists()
+
+
 def test_the_avalanche_leakage_table_averages_each_memory_over_its_seeds(tmp_path):
     from simulations.tables import avalanche_leakage
 
