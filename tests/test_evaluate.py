@@ -37,6 +37,15 @@ def test_training_learns_the_digits(digits):
     assert classification_accuracy(network, digits.test.images, digits.test.labels, batch_size=7) == trained
 
 
+def test_the_evaluator_shows_each_networks_epochs_only_with_progress(digits, tiny_preset, capsys):
+    subset = select_subset("random", digits.train, 2, seed=0)
+    Evaluator(digits, tiny_preset.evaluation, progress=False).evaluate(subset)
+    assert capsys.readouterr().err == ""
+    Evaluator(digits, tiny_preset.evaluation, progress=True).evaluate(subset)
+    shown = capsys.readouterr().err
+    assert "train:" in shown and f"/{tiny_preset.evaluation.epochs} [" in shown and "epoch/s" in shown
+
+
 def test_the_evaluator_tests_in_its_protocols_batch_size(digits, tiny_preset, monkeypatch):
     import ddplug.evaluation.evaluator as evaluator_module
 

@@ -121,8 +121,9 @@ class Evaluator:
         lr = None if synthetic.lr is None else float(synthetic.lr)
         mine: dict[int, float] = {}  # under torchrun each rank trains its share of the networks
         began = time.perf_counter()
-        models = tqdm(my_share(self.protocol.num_models), desc=f"evaluate {label}".strip(),
-                      disable=not (self.progress and is_main()), unit="model")
+        progress = self.progress and is_main()
+        models = tqdm(my_share(self.protocol.num_models), desc=f"evaluate {label}".strip(), disable=not progress,
+                      unit="model")
         for index in models:
             network = create_model(
                 self.protocol.model,
@@ -132,7 +133,8 @@ class Evaluator:
                 seed=derive_seed(seed, "eval-model", index),
             ).to(self.device)
             generator = make_generator(seed, "eval-train", index)
-            train_classifier(network, images, labels, settings, lr=lr, augment=self.augment, generator=generator)
+            train_classifier(network, images, labels, settings, lr=lr, augment=self.augment, generator=generator,
+                             progress=progress)
             mine[index] = classification_accuracy(network, test_images, self.test_labels, settings.batch_size)
             models.set_postfix(acc=f"{100 * statistics.fmean(mine.values()):.2f}%")
         seconds = (time.perf_counter() - began) / max(len(mine), 1)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from ddplug.augment import DSA
 from ddplug.errors import DdplugError
@@ -54,11 +55,14 @@ def train_classifier(
     lr: float | None = None,
     augment: DSA | None = None,
     generator: torch.Generator | None = None,
+    progress: bool = False,
 ) -> nn.Module:
     """Train ``model`` in place on ``images``/``labels`` (hard ids or soft targets).
 
     ``lr`` overrides the settings' rate (a learned rate from MTT). ``generator`` (a CPU
     generator) drives shuffling and augmentation, so a seeded run is repeatable.
+    ``progress`` shows a bar of the epochs, cleared when training ends: one network of a
+    large set or architecture can train for an hour.
     """
     device = images.device
     lr = settings.lr if lr is None else lr
@@ -69,7 +73,9 @@ def train_classifier(
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
     model.train()
     n = images.shape[0]
-    for _ in range(settings.epochs):
+    epochs = tqdm(range(settings.epochs), desc="train", unit="epoch", leave=False, mininterval=1.0,
+                  disable=not progress)
+    for _ in epochs:
         order = torch.randperm(n, generator=generator).to(device, non_blocking=True)
         for batch in order.split(settings.batch_size):
             x = images[batch]
