@@ -289,12 +289,34 @@ def streamed_folder(root: Path = BENCHMARKS) -> str:
           f"{run['peak_rss_ratio']:.2f}", f"{run['max_abs_difference_to_memory']:g}"] for run in runs])
 
 
+def _pooled_over_seeds(kept_files: list[dict]) -> list[dict]:
+    """One row per set and model: the networks of runs with different ``--seed`` pooled (a long
+    network can be run one seed at a time); of runs with the same seed, the one with more networks
+    (its networks include the other's)."""
+    by_seed: dict[tuple[str, str], dict[int, dict]] = {}
+    for kept in kept_files:
+        seed = int(kept["command"].split("--seed ")[1].split()[0])
+        for row in kept["rows"]:
+            seeds = by_seed.setdefault((row["set"], row["model"]), {})
+            if seed not in seeds or len(row["accuracies"]) > len(seeds[seed]["accuracies"]):
+                seeds[seed] = row
+    pooled = []
+    for seeds in by_seed.values():
+        parts = [seeds[seed] for seed in sorted(seeds)]
+        accuracies = [value for part in parts for value in part["accuracies"]]
+        seconds = sum(part["seconds_per_network"] * len(part["accuracies"]) for part in parts) / len(accuracies)
+        pooled.append({**parts[0], "accuracies": accuracies, "accuracy_mean": statistics.fmean(accuracies),
+                       "random_accuracies": [value for part in parts for value in part["random_accuracies"]],
+                       "seconds_per_network": seconds})
+    return pooled
+
+
 def transfer(root: Path = BENCHMARKS) -> str:
     """Each set on every architecture measured, beside random real images of its bytes there,
     and the points it gives up against its own first model (the one it was judged on)."""
     from simulations.transfer import DEFAULT_MODELS
 
-    runs = [row for kept in rows("transfer", root) for row in kept["rows"]]
+    runs = _pooled_over_seeds(rows("transfer", root))
     order = {model: index for index, model in enumerate(DEFAULT_MODELS)}
     runs.sort(key=lambda run: (run["set"], order.get(run["model"], len(order)), run["model"]))
     reference = {run["set"]: run["accuracy_mean"] for run in runs if run["model"] == DEFAULT_MODELS[0]}

@@ -7,8 +7,9 @@ For every set and model, ``ddplug.evaluate(SET, model=M, models=N, baselines=("r
 under the preset's protocol (its epochs, optimiser and augmentation): the set as stored,
 and the random baseline drawn by the same seed. Rows go to ``benchmarks/transfer/`` with
 their command, conditions and commit, one file per set and model, so a long grid can be
-run a model at a time; the table (``transfer`` in ``simulations.tables``) sets each
-model's accuracy against the set's own on the first model of its rows.
+run a model at a time, and a long network a seed at a time (``--eval-models 1 --seed 1``);
+the table (``transfer`` in ``simulations.tables``) pools the networks of one set and model
+over seeds and sets each model's accuracy against the set's own on the first model of its rows.
 """
 
 from __future__ import annotations

@@ -277,6 +277,25 @@ def test_the_transfer_benchmark_keeps_a_row_per_set_and_model(digits, tmp_path, 
     assert not (tmp_path / "refused").exists()
 
 
+def test_the_transfer_table_pools_the_networks_of_runs_with_other_seeds(tmp_path):
+    from simulations.tables import transfer as table
+
+    def keep(name, seed, model, accuracies, random, seconds):
+        row = {"set": "frepo `pixels`, ipc 10, 600 steps", "model": model, "accuracies": accuracies,
+               "accuracy_mean": sum(accuracies) / len(accuracies), "random_accuracies": random,
+               "seconds_per_network": seconds}
+        command = f"python -m simulations.transfer runs/a --models {model} --eval-models {len(accuracies)} --seed {seed}"
+        (tmp_path / "transfer" / f"rows-{name}.json").write_text(json.dumps({"command": command, "rows": [row]}))
+
+    (tmp_path / "transfer").mkdir()
+    keep("a", 0, "convnet:width=32", [0.86, 0.88], [0.72, 0.74], 100.0)
+    keep("b", 0, "resnet18-bn", [0.80], [0.70], 6000.0)
+    keep("c", 1, "resnet18-bn", [0.84], [0.74], 7000.0)
+    keep("d", 1, "resnet18-bn", [0.84, 0.90], [0.74, 0.76], 8000.0)  # seed 1 again, with one network more
+    resnet = [line for line in table(tmp_path).splitlines() if "`resnet18-bn`" in line]
+    assert resnet == ["| frepo `pixels`, ipc 10, 600 steps | `resnet18-bn` | 84.67 ± 5.03 | 73.33 ± 3.06 | -2.33 | 7333 |"]
+
+
 def test_a_transfer_row_names_the_networks_a_set_was_matched_with(digits, tmp_path):
     from ddplug.methods import create_distiller, make_config, run_distillation
     from ddplug.sets import save_set
