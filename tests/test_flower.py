@@ -607,6 +607,26 @@ def test_a_hostile_upload_is_dropped_and_the_round_goes_on(task_identity: None, 
         assert entry["lr"] == pytest.approx(0.02)
 
 
+def test_the_server_says_what_it_trains_the_global_model_on_and_trains_it(caplog: pytest.LogCaptureFixture,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from ddplug.evaluation import TrainSettings
+    from ddplug_flower.server import global_trainer
+
+    model = create_model(TINY_MODEL, in_channels=1, num_classes=10, image_size=(28, 28))
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    train = global_trainer(model, TrainSettings(epochs=3, batch_size=4), augment=None, seed=0)
+    monkeypatch.setattr(logging.getLogger("flwr"), "propagate", True)
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        arrays = train(_set(lr=0.02), 2)
+    assert "round 2: training the global model on the 6 uploaded images for 3 epochs" in caplog.text
+    assert re.search(r"round 2: global model trained in \d+ s", caplog.text)
+    trained = arrays.to_torch_state_dict()
+    assert trained.keys() == before.keys()
+    assert any(not torch.equal(trained[name], before[name]) for name in before)  # it trained the global model
+
+
 def test_the_union_lr_is_the_median_whatever_the_order() -> None:
     parts = [_set(lr=lr) for lr in (0.9, 0.01, 0.02)]
     for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2]):

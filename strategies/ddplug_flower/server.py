@@ -25,6 +25,7 @@ from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
@@ -33,7 +34,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from ddplug.augment import DSA, DSAConfig
 from ddplug.data import DatasetSplits
 from ddplug.errors import DdplugError
-from ddplug.evaluation.training import classification_accuracy, train_classifier
+from ddplug.evaluation.training import TrainSettings, classification_accuracy, train_classifier
 from ddplug.privacy import LeakageReport
 from ddplug.seeding import make_generator
 from ddplug.sets import SyntheticSet
@@ -317,6 +318,26 @@ def check_before_start(settings: FederatedSettings) -> DatasetSplits:
     return data
 
 
+def global_trainer(model: torch.nn.Module, training: TrainSettings, augment: DSA | None,
+                   seed: int) -> Callable[[SyntheticSet, int], ArrayRecord]:
+    """What :class:`DistilledSets` does with a round's union: train ``model`` on it under
+    ``training`` (the union's learned lr, if any) and return the weights."""
+    device = next(model.parameters()).device
+
+    def train(union: SyntheticSet, server_round: int) -> ArrayRecord:
+        # The one long silent stretch of a round: say what it trains and how long it took.
+        log(INFO, "round %d: training the global model on the %d uploaded images for %d epochs",
+            server_round, len(union), training.epochs)
+        began = time.perf_counter()
+        train_classifier(model, union.images.to(device), union.labels.to(device), training,
+                         lr=None if union.lr is None else float(union.lr), augment=augment,
+                         generator=make_generator(seed, "server-train", server_round))
+        log(INFO, "round %d: global model trained in %.0f s", server_round, time.perf_counter() - began)
+        return ArrayRecord(model.state_dict())
+
+    return train
+
+
 def run_federation(grid: Grid, settings: FederatedSettings) -> dict[str, Any]:
     """Run ``settings`` over the nodes of ``grid``; returns the summary written to history.json."""
     began = time.perf_counter()
@@ -339,20 +360,13 @@ def run_federation(grid: Grid, settings: FederatedSettings) -> dict[str, Any]:
         return MetricRecord({"accuracy": accuracy})
 
     augment = DSA(DSAConfig.for_dataset(data.train.name)) if protocol.augment else None
-
-    def train(union: SyntheticSet, server_round: int) -> ArrayRecord:
-        train_classifier(model, union.images.to(device), union.labels.to(device), protocol.train_settings(),
-                         lr=None if union.lr is None else float(union.lr), augment=augment,
-                         generator=make_generator(settings.seed, "server-train", server_round))
-        return ArrayRecord(model.state_dict())
-
     if settings.mode == "fedavg":
         strategy: Strategy = CheckedFedAvg(history, settings)
     else:
         spec = SetSpec.for_dataset(data.train, ipc=settings.ipc, encoding=settings.encoding,
                                    max_bytes=settings.max_upload_bytes, lr_range=(settings.lr_min, settings.lr_max),
                                    param=settings.param, soft_labels=settings.learns_labels())
-        strategy = DistilledSets(spec, train, history)
+        strategy = DistilledSets(spec, global_trainer(model, protocol.train_settings(), augment, settings.seed), history)
     strategy.start(grid, ArrayRecord(model.state_dict()), num_rounds=settings.rounds, timeout=settings.round_timeout,
                    train_config=config_record(settings), evaluate_fn=evaluate)
     summary = history.summary()
