@@ -305,7 +305,8 @@ def _pooled_over_seeds(kept_files: list[dict]) -> list[dict]:
         parts = [seeds[seed] for seed in sorted(seeds)]
         accuracies = [value for part in parts for value in part["accuracies"]]
         seconds = sum(part["seconds_per_network"] * len(part["accuracies"]) for part in parts) / len(accuracies)
-        pooled.append({**parts[0], "accuracies": accuracies, "accuracy_mean": statistics.fmean(accuracies),
+        pooled.append({"set": parts[0]["set"], "model": parts[0]["model"], "accuracies": accuracies,
+                       "accuracy_mean": statistics.fmean(accuracies),
                        "random_accuracies": [value for part in parts for value in part["random_accuracies"]],
                        "seconds_per_network": seconds})
     return pooled
