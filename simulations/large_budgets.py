@@ -3,8 +3,9 @@ images per class on Fashion-MNIST, the set in memory: seconds per step and peak 
 
 Each row is one ``ddplug distill --ipc K --iterations N --no-eval`` in its own process (so
 its peak RSS is its own), the preset's DM (``multi:factor=2``: 4 decoded images in each raw
-image's bytes), every class embedded in one batched forward pass per step, or with
-``--embed-chunk C`` C images at a time, the synthetic chunks checkpointed:
+image's bytes), every class embedded in cache-sized chunks per step (activations kept for
+one backward pass), or with ``--embed-chunk C`` C images at a time, the synthetic chunks
+checkpointed:
 
     python -m simulations.large_budgets --ipc 10 50 100 200 500 --iterations 20 [--embed-chunk 256]
 
@@ -24,6 +25,11 @@ from pathlib import Path
 from ddplug.evaluation.report import format_table
 from ddplug.storage import write_json
 from simulations.provenance import ROOT, parse_benchmark_args, provenance
+
+
+def embed_label(embed_chunk: int) -> str:
+    """How DM embedded the images of a row's step, for its table."""
+    return f"{embed_chunk}, checkpointed" if embed_chunk else "cache-sized"
 
 
 def distill(ipc: int, iterations: int, work: Path, method: str, embed_chunk: int) -> dict:
@@ -46,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--method", default="dm")
     parser.add_argument("--embed-chunk", type=int, default=0,
-                        help="DM's images per forward pass, synthetic ones checkpointed (0: all at once)")
+                        help="DM's images per forward pass, synthetic ones checkpointed (0: cache-sized chunks)")
     parser.add_argument("--work", type=Path, default=Path("runs/large-budgets"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "large-budgets")
     parser.add_argument("--conditions", default="no other load")
@@ -59,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                "iterations": summary["iterations"], "seconds_per_iteration": summary["seconds_per_iteration"],
                "ms_per_step_per_decoded_image": 1000 * summary["seconds_per_iteration"] / (10 * decoded),
                "peak_rss_mb": summary["peak_memory_mb"], "bytes": summary["bytes"], "embed_chunk": args.embed_chunk,
+               "embed": embed_label(args.embed_chunk),
                **provenance("simulations.large_budgets", argv, conditions=args.conditions)}
         chunked = f"-chunk{args.embed_chunk}" if args.embed_chunk else ""
         write_json(args.out / f"{args.method}-ipc{ipc}{chunked}.json", row)

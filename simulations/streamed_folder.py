@@ -32,6 +32,7 @@ from ddplug.data import load_dataset
 from ddplug.evaluation.report import format_table
 from ddplug.sets import SET_FILE, load_set
 from ddplug.storage import write_json
+from simulations.large_budgets import embed_label
 from simulations.provenance import add_rows_option, keep_rows, parse_benchmark_args
 
 STORAGES = ("memory", "disk")
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     first = runs["memory"]
     rows = [{"storage": storage, "train_images": 10 * args.train_per_class, "test_images": 10 * args.test_per_class,
              "image_shape": [3, args.side, args.side], "ipc": args.ipc, "param": run["param"],
-             "embed_chunk": args.embed_chunk,
+             "embed_chunk": args.embed_chunk, "embed": embed_label(args.embed_chunk),
              "iterations": run["iterations"], "seconds_per_iteration": run["seconds_per_iteration"],
              "peak_rss_mb": run["peak_memory_mb"],
              "seconds_ratio": run["seconds_per_iteration"] / first["seconds_per_iteration"],

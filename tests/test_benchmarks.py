@@ -191,8 +191,8 @@ def test_large_budgets_rows_carry_the_step_cost_and_memory(tmp_path, monkeypatch
     chunked = json.loads((out / "dm-ipc1-chunk3.json").read_text())
     assert chunked["embed_chunk"] == 3 and chunked["iterations"] == 2
     rendered = table(tmp_path)
-    assert "| 1 (7 840) | all at once | 4 |" in rendered and "| 2 (15 680) | all at once | 8 |" in rendered
-    assert "| 1 (7 840) | 3 | 4 |" in rendered
+    assert "| 1 (7 840) | cache-sized | 4 |" in rendered and "| 2 (15 680) | cache-sized | 8 |" in rendered
+    assert "| 1 (7 840) | 3, checkpointed | 4 |" in rendered
 
 
 def test_the_streamed_folder_benchmark_compares_both_storages_on_one_folder(tmp_path, monkeypatch, capsys):
@@ -211,7 +211,7 @@ def test_the_streamed_folder_benchmark_compares_both_storages_on_one_folder(tmp_
     disk = kept["rows"][1]
     assert disk["max_abs_difference_to_memory"] == 0 and disk["image_shape"] == [3, 12, 12]
     assert disk["iterations"] == 2 and disk["embed_chunk"] == 8 and kept["conditions"].endswith("tests beside it")
-    assert "| disk | 40 + 20 of 3x12x12 | 8 |" in table(tmp_path)
+    assert "| disk | 40 + 20 of 3x12x12 | 8, checkpointed |" in table(tmp_path)
     assert "| 64x64 | 63 GB | 104 000 / 264 000 |" in imagenet_projection(tmp_path)
     assert streamed_folder.main(argv) == 0  # the folder is kept, and the runs are made afresh
     assert len(list(rows.glob("rows-*.json"))) == 1

@@ -10,6 +10,8 @@ its per-feature variance (a second statistic besides the mean, in the spirit of 
 With ``embed_chunk`` > 0 the images go through the network that many at a time, and the
 synthetic chunks are checkpointed (their activations recomputed in the backward pass
 instead of kept): memory stays flat in the budget, for one more synthetic forward pass.
+Otherwise they go through in chunks sized to a CPU's cache (all at once on a GPU), which
+gives the same embeddings faster.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from ddplug.data import ImageDataset
 from ddplug.methods.base import Distiller
@@ -27,6 +28,7 @@ from ddplug.methods.config import DistillConfig
 from ddplug.methods.running import register_distiller
 from ddplug.methods.pool import NetworkPool, PoolSettings
 from ddplug.methods.sampling import by_class
+from ddplug.models.chunks import embed_in_chunks
 from ddplug.models.template import batch_norm_layers
 from ddplug.errors import DdplugError
 from ddplug.privacy import clip_rows
@@ -39,7 +41,7 @@ class DMConfig(DistillConfig, PoolSettings):
     lr_images: float = 1.0
     pool_size: int = 0  # 0: a fresh random network each iteration (the original DM)
     moments: int = 1  # statistics matched per class: 1 the mean embedding (DM), 2 also each feature's variance
-    embed_chunk: int = 0  # images per forward pass, synthetic ones checkpointed; 0: all in one pass (fastest)
+    embed_chunk: int = 0  # images per forward pass, synthetic ones checkpointed; 0: cache-sized chunks on a CPU
 
     def check(self) -> None:
         super().check()
@@ -110,13 +112,9 @@ class DistributionMatching(Distiller):
         return (real_mean - syn_mean).square().sum()
 
     def embed(self, network: torch.nn.Module, images: Tensor) -> Tensor:
-        """``network``'s embeddings of ``images``, ``embed_chunk`` at a time when set."""
+        """``network``'s embeddings of ``images``: ``embed_chunk`` at a time, checkpointed, when set."""
         chunk = self.config.embed_chunk
-        if not chunk or len(images) <= chunk:
-            return network.embed(images)
-        if not torch.is_grad_enabled():
-            return torch.cat([network.embed(part) for part in images.split(chunk)])
-        return torch.cat([checkpoint(network.embed, part, use_reentrant=False) for part in images.split(chunk)])
+        return embed_in_chunks(network, images, chunk, checkpointed=bool(chunk))
 
     def step(self, iteration: int) -> Tensor:
         loss = super().step(iteration)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
 from ddplug.errors import DdplugError
+from ddplug.models.chunks import embed_in_chunks
 
 FC_KERNELS = ("nngp", "ntk")
 FC_WEIGHT_VARIANCE = 2.0  # He scaling: the ReLU layers keep the input's scale
@@ -49,7 +50,7 @@ def ntk_features(network: nn.Module, x: Tensor) -> Tensor:
 
 def nngp_features(network: nn.Module, x: Tensor) -> Tensor:
     """``embed(x) / sqrt(feature_dim)``: their Gram matrix estimates the network's NNGP."""
-    features = network.embed(x)
+    features = embed_in_chunks(network, x)
     return features / math.sqrt(features.shape[1])
 
 

@@ -27,6 +27,7 @@ from ddplug.methods.pool import NetworkPool, PoolSettings
 from ddplug.methods.kernel_features import nngp_features, ntk_features, relu_fc_kernel
 from ddplug.errors import DdplugError
 from ddplug.models import create_model
+from ddplug.models.chunks import embed_in_chunks
 from ddplug.seeding import derive_seed
 
 KIP_KERNELS = ("ntk", "nngp", "fc-nngp", "fc-ntk")
@@ -274,8 +275,8 @@ class FRePo(KernelRidgeDistiller):
     def kernels(self, iteration: int, real: Tensor, syn: Tensor) -> tuple[Tensor, Tensor]:
         network = self.pool.frozen(self.pool.slot(iteration))
         with torch.no_grad():
-            phi_t = network.embed(real)
-        phi_s = network.embed(syn)
+            phi_t = embed_in_chunks(network, real)
+        phi_s = embed_in_chunks(network, syn)
         return phi_t @ phi_s.T, phi_s @ phi_s.T
 
     def step(self, iteration: int) -> Tensor:
