@@ -3,7 +3,7 @@ images per class on Fashion-MNIST, the set in memory: seconds per step and peak 
 
 Each row is one ``ddplug distill --ipc K --iterations N --no-eval`` in its own process (so
 its peak RSS is its own), the preset's DM (``multi:factor=2``: 4 decoded images in each raw
-image's bytes), every class embedded in cache-sized chunks per step (activations kept for
+image's bytes), every class embedded in chunks of at most 16 MiB a layer per step (activations kept for
 one backward pass), or with ``--embed-chunk C`` C images at a time, the synthetic chunks
 checkpointed:
 
@@ -29,7 +29,7 @@ from simulations.provenance import ROOT, parse_benchmark_args, provenance
 
 def embed_label(embed_chunk: int) -> str:
     """How DM embedded the images of a row's step, for its table."""
-    return f"{embed_chunk}, checkpointed" if embed_chunk else "cache-sized"
+    return f"{embed_chunk}, checkpointed" if embed_chunk else "16 MiB chunks"
 
 
 def distill(ipc: int, iterations: int, work: Path, method: str, embed_chunk: int) -> dict:
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--method", default="dm")
     parser.add_argument("--embed-chunk", type=int, default=0,
-                        help="DM's images per forward pass, synthetic ones checkpointed (0: cache-sized chunks)")
+                        help="DM's images per forward pass, synthetic ones checkpointed (0: chunks of at most 16 MiB a layer)")
     parser.add_argument("--work", type=Path, default=Path("runs/large-budgets"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "large-budgets")
     parser.add_argument("--conditions", default="no other load")

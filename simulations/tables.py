@@ -266,7 +266,7 @@ def avalanche_leakage(root: Path = BENCHMARKS) -> str:
 
 def large_budgets(root: Path = BENCHMARKS) -> str:
     """DM at large budgets, the set in memory: seconds per step, per decoded image, peak RSS."""
-    runs = sorted(rows("large-budgets", root), key=lambda run: (run["method"], run["embed_chunk"], run["ipc"]))
+    runs = sorted(rows("large-budgets", root), key=lambda run: (run["method"], run["embed_chunk"], run["embed"], run["ipc"]))
     return markdown_table(
         ["images per class (bytes)", "DM embed chunk", "decoded images per class", "s per step",
          "ms per step per decoded image", "peak RSS MB"],

@@ -191,7 +191,7 @@ def test_large_budgets_rows_carry_the_step_cost_and_memory(tmp_path, monkeypatch
     chunked = json.loads((out / "dm-ipc1-chunk3.json").read_text())
     assert chunked["embed_chunk"] == 3 and chunked["iterations"] == 2
     rendered = table(tmp_path)
-    assert "| 1 (7 840) | cache-sized | 4 |" in rendered and "| 2 (15 680) | cache-sized | 8 |" in rendered
+    assert "| 1 (7 840) | 16 MiB chunks | 4 |" in rendered and "| 2 (15 680) | 16 MiB chunks | 8 |" in rendered
     assert "| 1 (7 840) | 3, checkpointed | 4 |" in rendered
 
 

@@ -254,13 +254,13 @@ def test_a_template_spec_lives_as_long_as_its_network():
     assert spec not in available_models()
 
 
-def test_a_cpu_batch_is_embedded_in_chunks_whose_widest_activation_fits_the_cache_with_the_same_values():
-    from ddplug.models.chunks import CPU_CHUNK_BYTES, cache_rows, embed_in_chunks
+def test_a_cpu_batch_is_embedded_in_chunks_of_at_most_16_mib_a_layer_with_the_same_values():
+    from ddplug.models.chunks import CPU_CHUNK_BYTES, chunk_rows, embed_in_chunks
 
     network = create_model("convnet:width=32", seed=0, **MNIST)
     images = _images(MNIST, 300).requires_grad_()
     # The first block's output, 32 channels of 32x32 floats, is the widest: 128 KiB an image.
-    assert cache_rows(network, images) == CPU_CHUNK_BYTES // (32 * 32 * 32 * 4) == 128
+    assert chunk_rows(network, images) == CPU_CHUNK_BYTES // (32 * 32 * 32 * 4) == 128
     calls = []
     network.features.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
     chunked = embed_in_chunks(network, images)
@@ -270,13 +270,13 @@ def test_a_cpu_batch_is_embedded_in_chunks_whose_widest_activation_fits_the_cach
     (whole_grad,) = torch.autograd.grad(whole.square().sum(), images)
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
     torch.testing.assert_close(chunked_grad, whole_grad, rtol=0, atol=1e-6)
-    assert cache_rows(network, images[:50]) == 50
+    assert chunk_rows(network, images[:50]) == 50
 
 
 def test_a_network_that_normalises_over_the_batch_is_embedded_whole_while_it_trains():
-    from ddplug.models.chunks import cache_rows
+    from ddplug.models.chunks import chunk_rows
 
     network = create_model("convnet-bn:width=32", seed=0, **MNIST)
     images = _images(MNIST, 300)
-    assert cache_rows(network.train(), images) == 300  # chunks would change its batch statistics
-    assert cache_rows(network.eval(), images) == 128
+    assert chunk_rows(network.train(), images) == 300  # chunks would change its batch statistics
+    assert chunk_rows(network.eval(), images) == 128

@@ -10,8 +10,8 @@ its per-feature variance (a second statistic besides the mean, in the spirit of 
 With ``embed_chunk`` > 0 the images go through the network that many at a time, and the
 synthetic chunks are checkpointed (their activations recomputed in the backward pass
 instead of kept): memory stays flat in the budget, for one more synthetic forward pass.
-Otherwise they go through in chunks sized to a CPU's cache (all at once on a GPU), which
-gives the same embeddings faster.
+Otherwise, on a CPU, they go through in chunks of at most 16 MiB a layer, whose buffers the
+heap reuses (all at once on a GPU): the same embeddings, faster at large budgets.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class DMConfig(DistillConfig, PoolSettings):
     lr_images: float = 1.0
     pool_size: int = 0  # 0: a fresh random network each iteration (the original DM)
     moments: int = 1  # statistics matched per class: 1 the mean embedding (DM), 2 also each feature's variance
-    embed_chunk: int = 0  # images per forward pass, synthetic ones checkpointed; 0: cache-sized chunks on a CPU
+    embed_chunk: int = 0  # images per forward pass, synthetic ones checkpointed; 0: heap-sized chunks on a CPU
 
     def check(self) -> None:
         super().check()

@@ -1,10 +1,11 @@
-"""Embedding a large batch a chunk at a time: cache-sized on a CPU, or a fixed size to keep memory flat.
+"""Embedding a large batch a chunk at a time, so that the heap reuses its buffers, or in fixed chunks to keep memory flat.
 
-On a CPU a layer whose output overflows the cache runs at the memory's speed: a width-32
-ConvNet's first layer writes 128 MB for 1 000 Fashion-MNIST images, and each of its norm,
-activation and pooling passes then costs about as much as a copy of that tensor. Chunks whose
-widest activation stays near :data:`CPU_CHUNK_BYTES` run those passes in the cache. A network
-that treats every sample on its own (no batch norm in training mode) gives each sample the same
+A layer's output for a whole batch can be one large block: a width-32 ConvNet's first layer
+writes 128 MB for 1 000 Fashion-MNIST images, 262 MB for the 2 000 synthetic images of 50 per
+class. glibc maps blocks above its mmap threshold afresh and returns them when freed, so each
+step page-faults them in again; chunks whose widest activation stays near
+:data:`CPU_CHUNK_BYTES` come from the heap and are reused step after step. A network that
+treats every sample on its own (no batch norm in training mode) gives each sample the same
 embedding and the same input gradient in any chunk, so chunking changes the speed, not the set.
 """
 
@@ -16,7 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-# A chunk's widest activation: about what a server CPU's last-level cache holds per core pair.
+# A chunk's widest activation: half glibc's largest dynamic mmap threshold (32 MiB), so even an
+# untuned process serves a chunk's buffers from its heap (ddplug.allocator raises it to 128 MiB).
 CPU_CHUNK_BYTES = 16 * 2**20
 
 
@@ -46,9 +48,10 @@ def couples_samples(network: nn.Module) -> bool:
                for module in network.modules())
 
 
-def cache_rows(network: nn.Module, images: Tensor) -> int:
+def chunk_rows(network: nn.Module, images: Tensor) -> int:
     """Images per chunk that keep ``network``'s widest activation near :data:`CPU_CHUNK_BYTES`
-    on a CPU; the whole batch on other devices and for networks that couple their samples."""
+    on a CPU; the whole batch on other devices (whose caching allocators reuse blocks of any
+    size) and for networks that couple their samples."""
     if images.device.type != "cpu" or couples_samples(network) or len(images) < 2:
         return len(images)
     per_image = widest_activation(network, images[:1]) * images.element_size()
@@ -56,7 +59,7 @@ def cache_rows(network: nn.Module, images: Tensor) -> int:
 
 
 def embed_in_chunks(network: nn.Module, images: Tensor, rows: int = 0, *, checkpointed: bool = False) -> Tensor:
-    """``network.embed(images)``, ``rows`` images at a time (0: :func:`cache_rows`).
+    """``network.embed(images)``, ``rows`` images at a time (0: :func:`chunk_rows`).
 
     With ``checkpointed`` (and gradients on) each chunk's activations are recomputed in the
     backward pass instead of kept: memory stays flat in the batch, for one more forward pass.
@@ -69,7 +72,7 @@ def embed_in_chunks(network: nn.Module, images: Tensor, rows: int = 0, *, checkp
         >>> torch.allclose(embed_in_chunks(network, images, 10), network.embed(images))
         True
     """
-    rows = rows or cache_rows(network, images)
+    rows = rows or chunk_rows(network, images)
     if len(images) <= rows:
         return network.embed(images)
     if checkpointed and torch.is_grad_enabled():
