@@ -273,10 +273,16 @@ def test_a_cpu_batch_is_embedded_in_chunks_of_at_most_16_mib_a_layer_with_the_sa
     assert chunk_rows(network, images[:50]) == 50
 
 
-def test_a_network_that_normalises_over_the_batch_is_embedded_whole_while_it_trains():
-    from ddplug.models.chunks import chunk_rows
+def test_a_network_that_normalises_over_the_batch_or_drops_out_is_embedded_whole_while_it_trains():
+    from ddplug.models.chunks import CPU_CHUNK_BYTES, chunk_rows
+    from ddplug.models.template import register_template
 
     network = create_model("convnet-bn:width=32", seed=0, **MNIST)
     images = _images(MNIST, 300)
     assert chunk_rows(network.train(), images) == 300  # chunks would change its batch statistics
     assert chunk_rows(network.eval(), images) == 128
+    # A user's network in training mode may draw at random (here dropout): its masks follow the batch.
+    mine = nn.Sequential(nn.Flatten(), nn.Linear(784, 40000), nn.ReLU(), nn.Dropout(0.5), nn.Linear(40000, 10))
+    copy = create_model(register_template(mine), seed=0, **MNIST)
+    assert chunk_rows(copy.train(), images) == 300
+    assert chunk_rows(copy.eval(), images) == CPU_CHUNK_BYTES // (40000 * 4)

@@ -11,7 +11,8 @@ With ``embed_chunk`` > 0 the images go through the network that many at a time, 
 synthetic chunks are checkpointed (their activations recomputed in the backward pass
 instead of kept): memory stays flat in the budget, for one more synthetic forward pass.
 Otherwise, on a CPU, they go through in chunks of at most 16 MiB a layer, whose buffers the
-heap reuses (all at once on a GPU): the same embeddings, faster at large budgets.
+heap reuses (all at once on a GPU, and for networks whose samples interact in training mode):
+the same embeddings, faster at large budgets.
 """
 
 from __future__ import annotations

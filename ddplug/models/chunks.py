@@ -5,8 +5,10 @@ writes 128 MB for 1 000 Fashion-MNIST images, 262 MB for the 2 000 synthetic ima
 class. glibc maps blocks above its mmap threshold afresh and returns them when freed, so each
 step page-faults them in again; chunks whose widest activation stays near
 :data:`CPU_CHUNK_BYTES` come from the heap and are reused step after step. A network that
-treats every sample on its own (no batch norm in training mode) gives each sample the same
-embedding and the same input gradient in any chunk, so chunking changes the speed, not the set.
+treats every sample on its own and draws nothing at random (in eval mode; in training mode, a
+ddplug model without batch norm or dropout) gives each sample the same embedding and the same
+input gradient in any chunk, so chunking changes the speed, not the set; other networks are
+embedded whole.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from ddplug.models.convnet import ImageClassifier
 
 # A chunk's widest activation: half glibc's largest dynamic mmap threshold (32 MiB), so even an
 # untuned process serves a chunk's buffers from its heap (ddplug.allocator raises it to 128 MiB).
@@ -42,17 +46,23 @@ def widest_activation(network: nn.Module, sample: Tensor) -> int:
     return widest
 
 
-def couples_samples(network: nn.Module) -> bool:
-    """Whether a sample's output depends on the rest of its batch (batch norm in training mode)."""
-    return any(isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training
-               for module in network.modules())
+def per_sample(network: nn.Module) -> bool:
+    """Whether each sample's output is the same in any chunk of its batch: in eval mode, and in
+    training mode for a ddplug model without batch norm (which normalises over the batch) or
+    dropout (which draws its masks in batch order). A user's network in training mode may do
+    either in code no module shows, so it counts as not."""
+    training = [module for module in network.modules() if module.training]
+    if not training:
+        return True
+    coupled = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+    return isinstance(network, ImageClassifier) and not any(isinstance(module, coupled) for module in training)
 
 
 def chunk_rows(network: nn.Module, images: Tensor) -> int:
     """Images per chunk that keep ``network``'s widest activation near :data:`CPU_CHUNK_BYTES`
     on a CPU; the whole batch on other devices (whose caching allocators reuse blocks of any
-    size) and for networks that couple their samples."""
-    if images.device.type != "cpu" or couples_samples(network) or len(images) < 2:
+    size) and for networks that are not :func:`per_sample`."""
+    if images.device.type != "cpu" or len(images) < 2 or not per_sample(network):
         return len(images)
     per_image = widest_activation(network, images[:1]) * images.element_size()
     return max(1, min(len(images), CPU_CHUNK_BYTES // max(per_image, 1)))
