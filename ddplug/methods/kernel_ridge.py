@@ -27,7 +27,7 @@ from ddplug.methods.pool import NetworkPool, PoolSettings
 from ddplug.methods.kernel_features import nngp_features, ntk_features, relu_fc_kernel
 from ddplug.errors import DdplugError
 from ddplug.models import create_model
-from ddplug.models.chunks import embed_in_chunks
+from ddplug.models.chunks import embed_in_chunks, leaf_output_sizes
 from ddplug.seeding import derive_seed
 
 KIP_KERNELS = ("ntk", "nngp", "fc-nngp", "fc-ntk")
@@ -61,25 +61,6 @@ def krr_predict(k_ts: Tensor, k_ss: Tensor, y_s: Tensor, ridge: float) -> Tensor
 def krr_loss(predictions: Tensor, targets: Tensor) -> Tensor:
     """``0.5 * ||prediction - target||^2``, averaged over the batch."""
     return 0.5 * (predictions - targets).square().sum(-1).mean()
-
-
-def activation_floats(network: nn.Module, sample: Tensor) -> int:
-    """Floats the innermost modules of ``network`` output for ``sample``: what backward keeps."""
-    total = 0
-
-    def count(module: nn.Module, inputs: Any, output: Tensor) -> None:
-        nonlocal total
-        total += output.numel()
-
-    leaves = [module for module in network.modules() if next(module.children(), None) is None]
-    handles = [module.register_forward_hook(count) for module in leaves]
-    try:
-        with torch.no_grad():
-            network(sample)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return total
 
 
 @dataclass
@@ -215,8 +196,9 @@ class KIP(KernelRidgeDistiller):
         with torch.no_grad():
             # A Jacobian row for the NTK (every parameter, one output), penultimate features for the NNGP.
             row = self.feature_map()(network, sample).shape[1]
-        # The NTK differentiates a backward pass, which keeps about three activation sets.
-        activations = activation_floats(network, sample) * (3 if self.config.kernel == "ntk" else 1)
+        # Backward keeps every layer's output; the NTK differentiates a backward pass, which keeps
+        # about three such sets.
+        activations = sum(leaf_output_sizes(network, network, sample)) * (3 if self.config.kernel == "ntk" else 1)
         # Every network's rows and synthetic-side activations stay until the backward pass;
         # the real side's activations are freed network by network.
         kept = (real + support) * row + support * activations

@@ -13,6 +13,7 @@ embedded whole.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,24 +27,24 @@ from ddplug.models.convnet import ImageClassifier
 CPU_CHUNK_BYTES = 16 * 2**20
 
 
-def widest_activation(network: nn.Module, sample: Tensor) -> int:
-    """The most floats any innermost module of ``network`` outputs for ``sample``."""
-    widest = 0
+def leaf_output_sizes(network: nn.Module, run: Callable[[Tensor], Any], sample: Tensor) -> list[int]:
+    """The floats each innermost module of ``network`` outputs while ``run(sample)`` runs
+    (``network`` or ``network.embed``), without gradients."""
+    sizes: list[int] = []
 
     def record(module: nn.Module, inputs: Any, output: Any) -> None:
-        nonlocal widest
         if isinstance(output, Tensor):
-            widest = max(widest, output.numel())
+            sizes.append(output.numel())
 
     leaves = [module for module in network.modules() if next(module.children(), None) is None]
     handles = [module.register_forward_hook(record) for module in leaves]
     try:
         with torch.no_grad():
-            network.embed(sample)
+            run(sample)
     finally:
         for handle in handles:
             handle.remove()
-    return widest
+    return sizes
 
 
 def per_sample(network: nn.Module) -> bool:
@@ -64,7 +65,7 @@ def chunk_rows(network: nn.Module, images: Tensor) -> int:
     size) and for networks that are not :func:`per_sample`."""
     if images.device.type != "cpu" or len(images) < 2 or not per_sample(network):
         return len(images)
-    per_image = widest_activation(network, images[:1]) * images.element_size()
+    per_image = max(leaf_output_sizes(network, network.embed, images[:1]), default=0) * images.element_size()
     return max(1, min(len(images), CPU_CHUNK_BYTES // max(per_image, 1)))
 
 
