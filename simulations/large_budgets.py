@@ -3,8 +3,8 @@ images per class on Fashion-MNIST, the set in memory: seconds per step and peak 
 
 Each row is one ``ddplug distill --ipc K --iterations N --no-eval`` in its own process (so
 its peak RSS is its own), the preset's DM (``multi:factor=2``: 4 decoded images in each raw
-image's bytes), every class embedded in chunks of at most 16 MiB a layer per step (activations kept for
-one backward pass), or with ``--embed-chunk C`` C images at a time, the synthetic chunks
+image's bytes), every class embedded in chunks of at most 16 MiB a layer per step
+(activations kept for one backward pass), or with ``--embed-chunk C`` C images at a time, the synthetic chunks
 checkpointed:
 
     python -m simulations.large_budgets --ipc 10 50 100 200 500 --iterations 20 [--embed-chunk 256]
@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--method", default="dm")
     parser.add_argument("--embed-chunk", type=int, default=0,
-                        help="DM's images per forward pass, synthetic ones checkpointed (0: chunks of at most 16 MiB a layer)")
+                        help="DM's images per forward pass, synthetic ones checkpointed "
+                             "(0: chunks of at most 16 MiB a layer)")
     parser.add_argument("--work", type=Path, default=Path("runs/large-budgets"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "large-budgets")
     parser.add_argument("--conditions", default="no other load")

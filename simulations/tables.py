@@ -266,7 +266,8 @@ def avalanche_leakage(root: Path = BENCHMARKS) -> str:
 
 def large_budgets(root: Path = BENCHMARKS) -> str:
     """DM at large budgets, the set in memory: seconds per step, per decoded image, peak RSS."""
-    runs = sorted(rows("large-budgets", root), key=lambda run: (run["method"], run["embed_chunk"], run["embed"], run["ipc"]))
+    runs = sorted(rows("large-budgets", root),
+                  key=lambda run: (run["method"], run["embed_chunk"], run["embed"], run["ipc"]))
     return markdown_table(
         ["images per class (bytes)", "DM embed chunk", "decoded images per class", "s per step",
          "ms per step per decoded image", "peak RSS MB"],
@@ -283,8 +284,9 @@ def streamed_folder(root: Path = BENCHMARKS) -> str:
         ["storage", "images (train + test)", "DM embed chunk", "s per step", "peak RSS MB", "× in-memory s per step",
          "× in-memory peak RSS", "max abs difference to the in-memory set"],
         [[run["storage"], f"{run['train_images']} + {run['test_images']} of {'x'.join(map(str, run['image_shape']))}",
-          run["embed"], f"{run['seconds_per_iteration']:.3f}", f"{run['peak_rss_mb']:.0f}", f"{run['seconds_ratio']:.2f}",
-          f"{run['peak_rss_ratio']:.2f}", f"{run['max_abs_difference_to_memory']:g}"] for run in runs])
+          run["embed"], f"{run['seconds_per_iteration']:.3f}", f"{run['peak_rss_mb']:.0f}",
+          f"{run['seconds_ratio']:.2f}", f"{run['peak_rss_ratio']:.2f}",
+          f"{run['max_abs_difference_to_memory']:g}"] for run in runs])
 
 
 def _pooled_over_seeds(kept_files: list[dict]) -> list[dict]:

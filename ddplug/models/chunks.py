@@ -1,4 +1,4 @@
-"""Embedding a large batch a chunk at a time, so that the heap reuses its buffers, or in fixed chunks to keep memory flat.
+"""Embedding a large batch a chunk at a time: chunks the heap reuses, or fixed checkpointed chunks for flat memory.
 
 A layer's output for a whole batch can be one large block: a width-32 ConvNet's first layer
 writes 128 MB for 1 000 Fashion-MNIST images, 262 MB for the 2 000 synthetic images of 50 per
