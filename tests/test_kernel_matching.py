@@ -238,6 +238,24 @@ def test_kernel_memory_guard_fails_before_any_work(digits, monkeypatch):
     assert large > 1.5 * small  # every network's Jacobian rows are kept until the backward pass
 
 
+def test_kernel_memory_counts_each_real_image_activations(digits):
+    """Each more real image costs its feature row and every layer's output behind it (three
+    sets of them for the NTK's differentiated backward pass), not the row alone."""
+    def per_real_image(kernel):
+        small, large = (kip(digits, kernel=kernel, batch_real=b, max_kernel_memory_gb=9) for b in (10, 20))
+        extra_images = 10 * (20 - 10)
+        floats = (large.kernel_memory_gb() - small.kernel_memory_gb()) * 1e9 / 4 / extra_images
+        network = small.kernel_network(0, 0)
+        with torch.no_grad():
+            row = small.feature_map()(network, small.real_images[:1]).shape[1]
+        return floats - row  # one network: what is left is the image's activations
+
+    nngp, ntk = per_real_image("nngp"), per_real_image("ntk")
+    first_convolution = 8 * 8 * 8  # TINY_MODEL: width 8 on 8x8 digits, one of the outputs kept
+    assert nngp >= first_convolution
+    assert ntk == pytest.approx(3 * nngp, rel=1e-6)
+
+
 def test_bad_kernel_settings_fail_early(digits):
     with pytest.raises(DdplugError, match="unknown kernel 'rbf'"):
         kip(digits, kernel="rbf")
