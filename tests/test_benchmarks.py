@@ -557,3 +557,35 @@ def test_grey_images_reach_a_three_channel_model_at_the_size_it_takes():
     assert resized.shape == (2, 3, 32, 32) and torch.equal(resized[:, 0], resized[:, 2])
     assert abs(float(resized.mean() - grey.mean())) < 0.02  # resized, not padded
     assert torch.equal(kept, grey.expand(-1, 3, -1, -1))
+
+
+def test_the_grouped_condensation_benchmark_condenses_each_group_alone_and_judges_the_whole(tmp_path, monkeypatch):
+    from simulations import grouped_condensation
+
+    seen = []
+    condense = grouped_condensation.condense_classes
+
+    def recording(real, *args, **kwargs):
+        seen.append(sorted(real.labels.unique().tolist()))
+        return condense(real, *args, **kwargs)
+
+    monkeypatch.setattr(grouped_condensation, "condense_classes", recording)
+    rows = tmp_path / "rows"
+    common = ["--dataset", "digits", "--method", "frepo", "--set", "iterations=2", "--set", "batch_real=5",
+              "--set", "model=convnet:width=4,depth=1", "--groups", "0,1", "2,3,4", "5,6,7,8,9",
+              "--eval-models", "1", "--rows", str(rows)]
+    assert grouped_condensation.main(common) == 0
+    assert seen == [[0, 1], [2, 3, 4], [5, 6, 7, 8, 9]]  # each group alone
+    seen.clear()
+    assert grouped_condensation.main([*common, "--beside-held"]) == 0
+    assert seen == [[0, 1], [0, 1, 2, 3, 4], list(range(10))]  # beside the classes held before it
+    kept = sorted((json.loads(path.read_text()) for path in rows.glob("rows-*.json")),
+                  key=lambda kept: kept["rows"][0]["beside_held"])
+    for file, beside in zip(kept, (False, True)):
+        (row,) = file["rows"]
+        assert row["beside_held"] is beside and row["groups"] == [[0, 1], [2, 3, 4], [5, 6, 7, 8, 9]]
+        assert row["class_counts"] == [1] * 10  # each class's own budget, no class twice
+        assert row["images_per_class"] == 1 and len(row["accuracies"]) == 1 and 0 <= row["accuracy_mean"] <= 1
+        assert file["command"].startswith("python -m simulations.grouped_condensation --dataset digits")
+    with pytest.raises(SystemExit, match="each class 0..9 at most once"):
+        grouped_condensation.main(["--dataset", "digits", "--groups", "0,1", "1,2", "--rows", str(rows)])
