@@ -28,7 +28,8 @@ import torch
 import ddplug
 from ddplug.data import load_dataset
 from ddplug.evaluation.report import format_table, percent
-from ddplug.pipeline import condense_classes
+from ddplug.errors import DdplugError
+from ddplug.pipeline import check_condensation, condense_classes
 from ddplug.presets import get_preset
 from ddplug.seeding import derive_seed
 from ddplug.sets import SyntheticSet, as_stored
@@ -67,14 +68,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="condense each group beside the images held for the groups before it (as real images)")
     add_rows_option(parser, "grouped-condensation")
     args = parse_benchmark_args(parser, argv)
-    settings = parse_assignments(args.settings)
     splits = load_dataset(args.dataset)
     groups = parse_groups(args.groups, splits.train.num_classes)
     preset = get_preset("cpu")
+    reals = [splits.train.subset(torch.nonzero(torch.isin(splits.train.labels, torch.tensor(group))).flatten())
+             for group in groups]
+    try:  # a bad method or setting fails here, in one line, before any group is condensed
+        settings = parse_assignments(args.settings)
+        for real in reals:
+            check_condensation(real, args.method, ipc=args.ipc, preset=preset, settings=settings)
+    except DdplugError as error:
+        parser.error(str(error))
     parts, began = [], time.perf_counter()
-    for index, group in enumerate(groups):
-        members = torch.isin(splits.train.labels, torch.tensor(group))
-        real = splits.train.subset(torch.nonzero(members).flatten())
+    for index, (group, real) in enumerate(zip(groups, reals)):
         if args.beside_held and parts:
             held = SyntheticSet.concatenate(parts, meta={})
             real = replace(real, images=torch.cat([real.images, held.images.detach()]),

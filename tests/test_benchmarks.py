@@ -559,7 +559,7 @@ def test_grey_images_reach_a_three_channel_model_at_the_size_it_takes():
     assert torch.equal(kept, grey.expand(-1, 3, -1, -1))
 
 
-def test_the_grouped_condensation_benchmark_condenses_each_group_alone_and_judges_the_whole(tmp_path, monkeypatch):
+def test_grouped_condensation_condenses_each_group_alone_and_judges_the_whole(tmp_path, monkeypatch, capsys):
     from simulations import grouped_condensation
 
     seen = []
@@ -589,3 +589,6 @@ def test_the_grouped_condensation_benchmark_condenses_each_group_alone_and_judge
         assert file["command"].startswith("python -m simulations.grouped_condensation --dataset digits")
     with pytest.raises(SystemExit, match="each class 0..9 at most once"):
         grouped_condensation.main(["--dataset", "digits", "--groups", "0,1", "1,2", "--rows", str(rows)])
+    with pytest.raises(SystemExit):
+        grouped_condensation.main(["--dataset", "digits", "--method", "frepo", "--set", "ridge=-1", "--rows", str(rows)])
+    assert "error: ridge must be" in capsys.readouterr().err.splitlines()[-1]
