@@ -68,12 +68,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="condense each group beside the images held for the groups before it (as real images)")
     add_rows_option(parser, "grouped-condensation")
     args = parse_benchmark_args(parser, argv)
-    splits = load_dataset(args.dataset)
-    groups = parse_groups(args.groups, splits.train.num_classes)
     preset = get_preset("cpu")
-    reals = [splits.train.subset(torch.nonzero(torch.isin(splits.train.labels, torch.tensor(group))).flatten())
-             for group in groups]
-    try:  # a bad method or setting fails here, in one line, before any group is condensed
+    try:  # a bad dataset, method or setting fails here, in one line, before any group is condensed
+        splits = load_dataset(args.dataset)
+        groups = parse_groups(args.groups, splits.train.num_classes)
+        reals = [splits.train.subset(torch.nonzero(torch.isin(splits.train.labels, torch.tensor(group))).flatten())
+                 for group in groups]
         settings = parse_assignments(args.settings)
         for real in reals:
             check_condensation(real, args.method, ipc=args.ipc, preset=preset, settings=settings)
