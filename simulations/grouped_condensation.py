@@ -26,11 +26,11 @@ from dataclasses import replace
 import torch
 
 import ddplug
+from ddplug.api import resolve_preset
 from ddplug.data import load_dataset
 from ddplug.evaluation.report import format_table, percent
 from ddplug.errors import DdplugError
 from ddplug.pipeline import check_condensation, condense_classes
-from ddplug.presets import get_preset
 from ddplug.seeding import derive_seed
 from ddplug.sets import SyntheticSet, as_stored
 from ddplug.settings import parse_assignments
@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="condense each group beside the images held for the groups before it (as real images)")
     add_rows_option(parser, "grouped-condensation")
     args = parse_benchmark_args(parser, argv)
-    preset = get_preset("cpu")
-    try:  # a bad dataset, method or setting fails here, in one line, before any group is condensed
+    try:  # a bad dataset, method, setting or network count fails here, in one line, before any group is condensed
+        preset = resolve_preset("cpu", {"eval.num_models": str(args.eval_models)})
         splits = load_dataset(args.dataset)
         groups = parse_groups(args.groups, splits.train.num_classes)
         reals = [splits.train.subset(torch.nonzero(torch.isin(splits.train.labels, torch.tensor(group))).flatten())
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
     seconds = time.perf_counter() - began
     whole = SyntheticSet.concatenate(parts, meta={"method": args.method, "ipc": args.ipc})
-    judged = ddplug.evaluate(whole, splits, models=args.eval_models, baselines=(), seed=args.seed, progress=False)
+    judged = ddplug.evaluate(whole, splits, preset=preset, baselines=(), seed=args.seed, progress=False)
     counts = torch.bincount(whole.hard_labels, minlength=whole.num_classes).tolist()
     per_class = max(counts)
     row = {"method": args.method, "settings": settings, "beside_held": args.beside_held, "ipc": args.ipc,

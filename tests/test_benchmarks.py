@@ -595,3 +595,6 @@ def test_grouped_condensation_condenses_each_group_alone_and_judges_the_whole(tm
     with pytest.raises(SystemExit):
         grouped_condensation.main(["--dataset", "no-such-data", "--rows", str(rows)])
     assert "no-such-data" in capsys.readouterr().err.splitlines()[-1]
+    with pytest.raises(SystemExit):
+        grouped_condensation.main(["--dataset", "digits", "--eval-models", "0", "--rows", str(rows)])
+    assert "num_models must be at least 1" in capsys.readouterr().err.splitlines()[-1]
