@@ -9,6 +9,9 @@ the table is printed at the end (the rows of the published tables are committed 
 
     python -m simulations.avalanche_native --models mlp --strategies lwf --memories condensed replay --mem-per-class 10
 
+Models: Avalanche's ``mlp`` (``SimpleMLP``), ``cnn`` (``SimpleCNN``) and ``slimresnet``
+(``SlimResNet18``), and ``bncnn``, a user's own small CNN (batch norm, max pooling, dropout).
+
 Memories: ``condensed`` (``CondensedReplayPlugin``, replay mode, matching with the preset's
 ConvNet: ``Condensation(model="preset")``), ``condensed-retrain`` (retrain mode),
 ``condensed-strategy`` and ``condensed-strategy-retrain`` (the same, matching with fresh
@@ -49,8 +52,8 @@ from ddplug.settings import parse_assignments
 from ddplug.storage import path_part, write_json
 from simulations.provenance import parse_benchmark_args, provenance
 
-MODELS = ("mlp", "cnn", "slimresnet")
-OWN_FEATURES = ("mlp", "cnn")  # the models with a ``features`` part (what --features probes)
+MODELS = ("mlp", "cnn", "bncnn", "slimresnet")
+OWN_FEATURES = ("mlp", "cnn", "bncnn")  # the models with a ``features`` part (what --features probes)
 STRATEGIES = ("naive", "lwf", "ewc", "icarl")
 MEMORIES = ("condensed", "condensed-retrain", "condensed-strategy", "condensed-strategy-retrain", "replay", "gdumb",
             "none")
@@ -76,12 +79,31 @@ class _Grey3(torch.nn.Module):
         return self.model(x.expand(-1, 3, -1, -1))
 
 
+class UserCNN(torch.nn.Module):
+    """A user's own small CNN, not Avalanche's: two blocks of 3x3 convolution, batch norm, ReLU
+    and 2x2 max pooling on the 1-channel 28x28 images, then dropout and two linear layers."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Dropout(0.25), nn.Linear(64 * 7 * 7, 128), nn.ReLU())
+        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Linear(128, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 def make_model(name: str, seed: int) -> torch.nn.Module:
     from avalanche.models import SimpleCNN, SimpleMLP, SlimResNet18
 
     torch.manual_seed(seed)
     if name == "slimresnet":
         return _Grey3(SlimResNet18(nclasses=10), size=32)
+    if name == "bncnn":
+        return UserCNN(num_classes=10)
     return SimpleMLP(num_classes=10) if name == "mlp" else _Grey3(SimpleCNN(num_classes=10))
 
 
@@ -171,6 +193,8 @@ def _split_for_icarl(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.
         return model, classifier
     if isinstance(model, _Grey3):
         return torch.nn.Sequential(_Grey3(inner.features), torch.nn.Flatten()), inner.classifier
+    if isinstance(model, UserCNN):  # its features end flat
+        return model.features, model.classifier
     return torch.nn.Sequential(torch.nn.Flatten(), inner.features), inner.classifier
 
 
