@@ -12,6 +12,7 @@ differs from what its rows give (the test suite runs it).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -118,9 +119,75 @@ def _default_memory(model: str) -> tuple[str, Condensation]:
     return memory, ("dm", defaults.settings["param"], ())
 
 
+@dataclasses.dataclass(frozen=True)
+class MemoryComparison:
+    """One cell of the Avalanche tables: a condensed memory against Avalanche's of the same K."""
+
+    model: str
+    setting: str  # the strategy and its optimizer where not SGD ("LwF", "Naive, Adam lr 0.001")
+    k: int
+    memory_training: str  # the retrain mode's epochs (", 30 epochs on the memory alone"), else empty
+    memory: str  # how the condensed memory was made: the network matched and the code
+    mode: str  # how the strategy used it: "replay" or "retrain"
+    condensed: list[float]
+    theirs_name: str
+    theirs: list[float]
+    seconds: str
+    beside: str = ""  # iCaRL's cells: the strategy beside which the condensed memory did best
+
+    @property
+    def gain(self) -> float:
+        return 100 * (statistics.fmean(self.condensed) - statistics.fmean(self.theirs))
+
+    @property
+    def seeds(self) -> int:
+        return min(len(self.condensed), len(self.theirs))
+
+
 def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> str:
     """Avalanche's ``SplitFMNIST``: each condensed memory against Avalanche's of the same bytes,
     and iCaRL (its own strategy and herded memory) against the best condensed memory."""
+    return markdown_table(["model", "strategy, K", "condensed by matching, code", "condensed memory",
+                           "Avalanche's memory of the same bytes", "gain (points)", "seeds",
+                           "s per run (condensing), Avalanche's"], [
+        [f"`{cell.model}`", f"{cell.setting}, K = {cell.k}{cell.memory_training}", cell.memory,
+         f"**{_over_seeds(cell.condensed)}** ({cell.beside}{', ' * bool(cell.beside)}{cell.mode})",
+         f"{cell.theirs_name} {_over_seeds(cell.theirs)}",
+         f"{cell.gain:+.1f}", str(cell.seeds), cell.seconds] for cell in memory_comparisons(root, defaults_only)])
+
+
+def avalanche_native_summary(root: Path = BENCHMARKS) -> str:
+    """The plug-in's default memories (:func:`avalanche_native_defaults`), a row per model and
+    strategy with its K side by side: mean condensed / mean Avalanche's (gain)."""
+    cells = memory_comparisons(root, defaults_only=True)
+    ks = sorted({cell.k for cell in cells}, reverse=True)
+    first = {key: index for index, key in reversed(list(enumerate((cell.model, cell.setting) for cell in cells)))}
+    # a strategy's replay row before its retrain rows, whatever K each has
+    cells = sorted(cells, key=lambda cell: (first[cell.model, cell.setting], len(cell.memory_training),
+                                            cell.memory_training))
+    lines: dict[tuple[str, str, str], dict[int, MemoryComparison]] = {}
+    for cell in cells:
+        memory = "" if cell.beside else f" (condensed {cell.mode})"
+        lines.setdefault((cell.model, f"{cell.setting}{cell.memory_training}{memory}", cell.theirs_name),
+                         {})[cell.k] = cell
+
+    def entry(cell: MemoryComparison | None) -> str:
+        if cell is None:
+            return ""
+        seeds = "" if cell.seeds == 3 else f", {cell.seeds} seed{'s' * (cell.seeds > 1)}"
+        beside = f" ({cell.beside})" if cell.beside else ""
+        return (f"**{100 * statistics.fmean(cell.condensed):.2f}**{beside} / {100 * statistics.fmean(cell.theirs):.2f} "
+                f"({cell.gain:+.1f}{seeds})")
+
+    return markdown_table(["model", "strategy (memory)", "against", *(f"K = {k}" for k in ks)], [
+        [f"`{model}`", setting, theirs, *(entry(by_k.get(k)) for k in ks)]
+        for (model, setting, theirs), by_k in lines.items()])
+
+
+def memory_comparisons(root: Path = BENCHMARKS, defaults_only: bool = False) -> list[MemoryComparison]:
+    """Every (model, strategy, K) cell of ``benchmarks/avalanche-native``: each condensed memory
+    against Avalanche's of the same bytes, and iCaRL against the best condensed memory;
+    ``defaults_only`` keeps the memories condensed as the plug-in does by default for the model."""
     from simulations.avalanche_native import MEMORY_EPOCHS, MODELS, RETRAIN
 
     runs = rows("avalanche-native", root)
@@ -137,7 +204,7 @@ def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> st
                     for run in runs},
                    key=lambda cell: (MODELS.index(cell[0]), order.index(cell[1]), cell[2], -cell[3], len(cell[4]),
                                      cell[4]))
-    table = []
+    found: list[MemoryComparison] = []
     for model, strategy, training, k, memory_training in cells:
         def of(memory: str, condensation: Condensation | None = None, strategy: str = strategy) -> list[dict]:
             return [run for run in runs if (run["model"], run["strategy"], run["training"], run["memory"],
@@ -149,24 +216,21 @@ def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> st
             memory, condensation = _default_memory(model)
             condensed = [run for run in runs if (run["model"], run["training"], run["mem_per_class"], run["memory"],
                                                  run.get("condensation")) == (model, training, k, memory, condensation)]
-            table.append(_icarl_row(of("herding"), condensed, _CONDENSED[memory][1]))
+            found.append(_icarl_comparison(of("herding"), condensed, _CONDENSED[memory][1]))
             continue
         for memory, (mode, matching, theirs) in _CONDENSED.items():
             for condensation in sorted({run["condensation"] for run in runs if run["memory"] == memory}):
                 if defaults_only and _default_memory(model) != (memory.removesuffix("-retrain"), condensation):
                     continue
-                condensed, baseline = ([run["final_accuracy"] for run in found] for found in (of(memory, condensation),
-                                                                                               of(theirs)))
+                condensed, baseline = of(memory, condensation), of(theirs)
                 if not condensed or not baseline:
                     continue
-                gain = 100 * (statistics.fmean(condensed) - statistics.fmean(baseline))
-                table.append([f"`{model}`", f"{_STRATEGY_NAMES[strategy]}{training}, K = {k}{memory_training}",
-                              f"{matching}, {_code(condensation)}", f"**{_over_seeds(condensed)}** ({mode})",
-                              f"{_AVALANCHE_NAMES[theirs]} {_over_seeds(baseline)}", f"{gain:+.1f}",
-                              str(min(len(condensed), len(baseline))), _seconds(of(memory, condensation), of(theirs))])
-    return markdown_table(["model", "strategy, K", "condensed by matching, code", "condensed memory",
-                           "Avalanche's memory of the same bytes", "gain (points)", "seeds",
-                           "s per run (condensing), Avalanche's"], table)
+                found.append(MemoryComparison(
+                    model, f"{_STRATEGY_NAMES[strategy]}{training}", k, memory_training,
+                    f"{matching}, {_code(condensation)}", mode, [run["final_accuracy"] for run in condensed],
+                    _AVALANCHE_NAMES[theirs], [run["final_accuracy"] for run in baseline],
+                    _seconds(condensed, baseline)))
+    return found
 
 
 def _code(condensation: Condensation) -> str:
@@ -176,8 +240,8 @@ def _code(condensation: Condensation) -> str:
                     *(f", {name}={value}" for name, value in changed)))
 
 
-def _icarl_row(icarl: list[dict], condensed: list[dict], matching: str) -> list[str]:
-    """iCaRL's row: the plug-in's default condensed replay memory for the model (matched by
+def _icarl_comparison(icarl: list[dict], condensed: list[dict], matching: str) -> MemoryComparison:
+    """iCaRL's cell: the plug-in's default condensed replay memory for the model (matched by
     the network ``matching`` names) of the same K, beside the strategy that gets the most
     from it (by mean over its seeds), against iCaRL."""
     groups: dict[tuple, list[dict]] = {}
@@ -185,13 +249,11 @@ def _icarl_row(icarl: list[dict], condensed: list[dict], matching: str) -> list[
         groups.setdefault((run["strategy"], run["condensation"]), []).append(run)
     (strategy, condensation), best = max(groups.items(), key=lambda item: statistics.fmean(
         run["final_accuracy"] for run in item[1]))
-    ours, theirs = ([run["final_accuracy"] for run in found] for found in (best, icarl))
     first = icarl[0]
-    return [f"`{first['model']}`", f"iCaRL (its own strategy){first['training']}, K = {first['mem_per_class']}",
-            f"{matching}, {_code(condensation)}", f"**{_over_seeds(ours)}** ({_STRATEGY_NAMES[strategy]}, replay)",
-            f"iCaRL's herded images {_over_seeds(theirs)}",
-            f"{100 * (statistics.fmean(ours) - statistics.fmean(theirs)):+.1f}", str(min(len(ours), len(theirs))),
-            _seconds(best, icarl)]
+    return MemoryComparison(first["model"], f"iCaRL (its own strategy){first['training']}", first["mem_per_class"], "",
+                            f"{matching}, {_code(condensation)}", "replay", [run["final_accuracy"] for run in best],
+                            "iCaRL's herded images", [run["final_accuracy"] for run in icarl], _seconds(best, icarl),
+                            beside=_STRATEGY_NAMES[strategy])
 
 
 def main_job(root: Path = BENCHMARKS) -> str:
@@ -405,6 +467,7 @@ def recorded(name: str, root: Path = BENCHMARKS) -> str:
 TABLES: dict[str, Callable[[Path], str]] = {"avalanche-native": avalanche_native,
                                             "avalanche-leakage": avalanche_leakage,
                                             "avalanche-native-defaults": avalanche_native_defaults,
+                                            "avalanche-native-summary": avalanche_native_summary,
                                             "memory-defaults": memory_defaults, "main-job": main_job,
                                             "distributed": distributed, "large-budgets": large_budgets,
                                             "federated-privacy": federated_privacy, "streamed-folder": streamed_folder,

@@ -471,6 +471,39 @@ def test_the_avalanche_table_keeps_a_row_per_memory_code_and_sets_icarl_against_
     assert "iCaRL's herded images 54.00 ± 0.00 | +13.0 |" in icarl[0]
 
 
+def test_the_avalanche_summary_sets_each_strategys_k_side_by_side_for_the_default_memories(tmp_path):
+    from simulations.tables import avalanche_native_summary
+
+    folder = tmp_path / "avalanche-native"
+    folder.mkdir()
+
+    def row(name: str, strategy: str, memory: str, k: int, accuracy: float, seed: int, **extra) -> None:
+        (folder / f"{name}-k{k}-{seed}.json").write_text(json.dumps({
+            "model": "mlp", "strategy": strategy, "memory": memory, "mem_per_class": k, "seed": seed,
+            "final_accuracy": accuracy, "seconds": 1.0, "condensation_seconds": 1.0, **extra}))
+
+    default = {"condensation_param": "multi:factor=2,bits=2"}
+    for seed in range(3):
+        for k, ours in ((10, 0.72), (1, 0.70)):
+            row("lwf", "lwf", "condensed-strategy", k, ours + seed / 100, seed, **default)
+            row("lwf-replay", "lwf", "replay", k, ours - 0.1, seed)
+            row("icarl", "icarl", "herding", k, ours - 0.05, seed)
+        row("old-code", "lwf", "condensed-strategy", 10, 0.99, seed)  # not the default memory: left out
+        row("retrain", "naive", "condensed-strategy-retrain", 10, 0.80, seed, **default)
+        row("gdumb", "naive", "gdumb", 10, 0.66, seed)
+    row("naive", "naive", "condensed-strategy", 1, 0.60, 0, **default)
+    row("naive-replay", "naive", "replay", 1, 0.30, 0)
+    lines = avalanche_native_summary(tmp_path).splitlines()
+    assert lines[0] == "| model | strategy (memory) | against | K = 10 | K = 1 |"
+    assert lines[2:] == [
+        "| `mlp` | LwF (condensed replay) | `ReplayPlugin` | **73.00** / 62.00 (+11.0) | **71.00** / 60.00 (+11.0) |",
+        "| `mlp` | Naive (condensed replay) | `ReplayPlugin` | | **60.00** / 30.00 (+30.0, 1 seed) |",
+        "| `mlp` | Naive, 30 epochs on the memory alone (condensed retrain) | `GDumbPlugin` | **80.00** / 66.00 (+14.0) | |",
+        "| `mlp` | iCaRL (its own strategy) | iCaRL's herded images | **73.00** (LwF) / 67.00 (+6.0) | "
+        "**71.00** (LwF) / 65.00 (+6.0) |",
+    ]
+
+
 @pytest.mark.parametrize("argv", [["--memories", "condensed", "none"], ["--strategies", "lwf", "icarl"]])
 def test_leakage_refuses_a_run_whose_memory_no_plug_in_holds(argv, capsys):
     from simulations.avalanche_native import main
