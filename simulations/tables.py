@@ -396,9 +396,10 @@ def transfer(root: Path = BENCHMARKS) -> str:
 def paper_protocol(root: Path = BENCHMARKS) -> str:
     """The best sets under the ``paper`` preset's evaluation (the field's protocol), run on a
     CPU by the transfer benchmark (``--preset paper``), beside random real images of their bytes."""
-    runs = [row for kept in rows("paper-protocol", root) for row in kept["rows"]]
+    runs = _pooled_over_seeds(rows("paper-protocol", root))
     return markdown_table(["set", "evaluation network", "accuracy %", "random real images %", "hours per network"],
-                          [[run["set"], f"`{run['model']}`, {len(run['accuracies'])} networks",
+                          [[run["set"], f"`{run['model']}`, {len(run['accuracies'])} network"
+                            f"{'s' * (len(run['accuracies']) > 1)}",
                             _over_seeds(run["accuracies"]), _over_seeds(run["random_accuracies"]),
                             f"{run['seconds_per_network'] / 3600:.2f}"] for run in runs])
 

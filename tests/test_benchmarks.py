@@ -296,6 +296,27 @@ def test_the_transfer_table_pools_the_networks_of_runs_with_other_seeds(tmp_path
     assert resnet == ["| frepo `pixels`, ipc 10, 600 steps | `resnet18-bn` | 84.67 ± 5.03 | 73.33 ± 3.06 | -2.33 | 7333 |"]
 
 
+def test_the_paper_protocol_table_pools_networks_run_one_seed_at_a_time(tmp_path):
+    from simulations.tables import paper_protocol
+
+    def keep(name, set_name, seed, accuracies, seconds):
+        row = {"set": set_name, "model": "convnet", "accuracies": accuracies, "random_accuracies": [0.75] * len(accuracies),
+               "accuracy_mean": sum(accuracies) / len(accuracies), "seconds_per_network": seconds}
+        command = f"python -m simulations.transfer runs/a --models convnet --preset paper --seed {seed}"
+        (tmp_path / "paper-protocol" / f"rows-{name}.json").write_text(json.dumps({"command": command, "rows": [row]}))
+
+    (tmp_path / "paper-protocol").mkdir()
+    keep("a", "set A", 0, [0.86, 0.88], 720.0)
+    keep("b", "set B", 0, [0.87], 3600.0)
+    keep("c", "set B", 1, [0.89], 7200.0)
+    keep("d", "set C", 0, [0.80], 1800.0)
+    assert paper_protocol(tmp_path).splitlines()[2:] == [
+        "| set A | `convnet`, 2 networks | 87.00 ± 1.41 | 75.00 ± 0.00 | 0.20 |",
+        "| set B | `convnet`, 2 networks | 88.00 ± 1.41 | 75.00 ± 0.00 | 1.50 |",
+        "| set C | `convnet`, 1 network | 80.00 | 75.00 | 0.50 |",
+    ]
+
+
 def test_a_transfer_row_names_the_networks_a_set_was_matched_with(digits, tmp_path):
     from ddplug.methods import create_distiller, make_config, run_distillation
     from ddplug.sets import save_set
