@@ -156,6 +156,9 @@ def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> st
          f"{cell.gain:+.1f}", str(cell.seeds), cell.seconds] for cell in memory_comparisons(root, defaults_only)])
 
 
+SUMMARY_SEEDS = 3  # the seeds the README's summary states for its means; a cell of other seeds names its own
+
+
 def avalanche_native_summary(root: Path = BENCHMARKS) -> str:
     """The plug-in's default memories (:func:`avalanche_native_defaults`), a row per model and
     strategy with its K side by side: mean condensed / mean Avalanche's (gain)."""
@@ -174,7 +177,7 @@ def avalanche_native_summary(root: Path = BENCHMARKS) -> str:
     def entry(cell: MemoryComparison | None) -> str:
         if cell is None:
             return ""
-        seeds = "" if cell.seeds == 3 else f", {cell.seeds} seed{'s' * (cell.seeds > 1)}"
+        seeds = "" if cell.seeds == SUMMARY_SEEDS else f", {cell.seeds} seed{'s' * (cell.seeds > 1)}"
         beside = f" ({cell.beside})" if cell.beside else ""
         return (f"**{100 * statistics.fmean(cell.condensed):.2f}**{beside} / {100 * statistics.fmean(cell.theirs):.2f} "
                 f"({cell.gain:+.1f}{seeds})")
