@@ -20,7 +20,9 @@ is the README's example), ``replay`` (``ReplayPlugin`` with a class-balanced buf
 of K raw images per class), ``gdumb`` (``GDumbPlugin`` of K x 10 raw images), ``none``. The
 ``icarl`` strategy (Avalanche's ``ICaRL``) keeps its own memory, K herded real images per
 class, and ignores ``--memories``. The retrain memories train ``--memory-epochs`` epochs on
-the memory at each experience, the others ``--epochs`` on the experience's data.
+the memory at each experience, the others ``--epochs`` on the experience's data. The condensed replay memories fill their
+share of every minibatch as the plug-in does by default (``--memory-batches fill``), or draw
+the whole memory as Avalanche's ``ReplayPlugin`` does (``whole``; rows named for it).
 ``--method`` condenses with another ddplug method than the plug-in's DM and ``--set`` changes
 its settings (``--set param=multi:factor=2,bits=4``, ``--set init=blend:images=3``); each row
 records the method and the parameterisation its memory used.
@@ -59,6 +61,7 @@ MEMORIES = ("condensed", "condensed-retrain", "condensed-strategy", "condensed-s
             "none")
 OWN_MEMORY = {"icarl": "herding"}  # strategies that bring their own memory, run once whatever --memories says
 RETRAIN = ("condensed-retrain", "condensed-strategy-retrain", "gdumb")
+REPLAYED = ("condensed", "condensed-strategy")  # the condensed memories drawn into each minibatch
 DISTILLERS = tuple(name for name, condenser in CONDENSERS.items() if condenser.per_class and condenser.learns)
 MEMORY_EPOCHS = 30  # epochs on the memory alone per experience; rows of other counts name theirs
 
@@ -129,6 +132,7 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
         condensation = Condensation(method=args.method, dataset="fashion-mnist", model=matching,
                                     settings=args.settings, progress=False, seed=seed)
         condensed = CondensedReplayPlugin(mem_per_class=k, mode="retrain" if memory in RETRAIN else "replay",
+                                          fill_memory_batches=args.memory_batches == "fill",
                                           condensation=condensation)
         plugins.append(condensed)
     elif memory == "replay":
@@ -166,7 +170,8 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
     costs = condensed.storage_policy.costs if condensed else []
     leakage = _memory_leakage(plugins[0], benchmark.train_stream, test, seed) if args.leakage else None
     return {"model": model_name, "strategy": strategy_name, "memory": memory, "mem_per_class": k, "seed": seed,
-            "optimizer": args.optimizer, "lr": args.lr, "epochs": epochs, "final_accuracy": accuracy,
+            "optimizer": args.optimizer, "lr": args.lr, "epochs": epochs, "batch_size": args.batch_size,
+            **({"memory_batches": args.memory_batches} if memory in REPLAYED else {}), "final_accuracy": accuracy,
             "finite_weights": finite, "seconds": seconds,
             **({"condensation_method": args.method, "condensation_param": memory_param(condensation, model),
                 "condensation_settings": args.settings} if condensation else {}),
@@ -252,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-epochs", type=int, default=MEMORY_EPOCHS,
                         help="epochs on the memory alone per experience, for the memories that retrain on it")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--memory-batches", choices=("fill", "whole"), default="fill",
+                        help="condensed replay: fill the memory's share of every minibatch, repeating a small memory "
+                             "(the plug-in's default), or draw the whole memory as Avalanche's ReplayPlugin does")
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="sgd: momentum 0.9")
     parser.add_argument("--lr", type=float, default=None, help="default: 0.01 for sgd, 0.001 for adam")
     parser.add_argument("--data-root", type=Path, default=Path.home() / ".avalanche" / "data")
@@ -298,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                             ("-features" if args.features else "") + ("-leakage" if args.leakage else "") + \
                             (f"-memory-epochs{args.memory_epochs}" if memory in RETRAIN and
                              args.memory_epochs != MEMORY_EPOCHS else "") + \
+                            ("-memory-batches-whole" if memory in REPLAYED and args.memory_batches == "whole"
+                             else "") + \
                             (variant if memory.startswith("condensed") else "")
                         path = args.out / f"{model}-{strategy}-{memory}-k{k}{training}-seed{seed}.json"
                         if not path.exists():

@@ -161,6 +161,46 @@ def test_plugin_replays_memory_with_naive_and_another_plugin(other):
     assert metrics["Condensation_Seconds/Exp002"] == plugin.storage_policy.costs[-1].seconds
 
 
+class MinibatchCounter(SupervisedPlugin):
+    """How many of each minibatch's samples came from the memory (labels of classes seen
+    before), and how many samples ``memory`` held meanwhile."""
+
+    def __init__(self, memory) -> None:
+        super().__init__()
+        self.memory = memory
+        self.seen: set[int] = set()
+        self.from_memory: list[list[int]] = []
+        self.held: set[int] = set()
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.from_memory.append([])
+
+    def after_training_iteration(self, strategy, **kwargs):
+        self.from_memory[-1].append(sum(label in self.seen for label in strategy.mb_y.tolist()))
+        self.held.add(len(self.memory.buffer))
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.seen.update(strategy.experience.classes_in_this_experience)
+
+
+@pytest.mark.parametrize("fill", [True, False])
+def test_a_small_memory_fills_its_share_of_every_minibatch(fill):
+    stream = make_stream()
+    model = tiny_model()
+    plugin = CondensedReplayPlugin(mem_per_class=1, batch_size_mem=16, fill_memory_batches=fill,
+                                   condensation=Condensation(method="random", progress=False))
+    counter = MinibatchCounter(plugin.storage_policy)
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+                     criterion=torch.nn.CrossEntropyLoss(), train_mb_size=8, device="cpu", plugins=[plugin, counter])
+    for experience in stream.train_stream[:2]:
+        strategy.train(experience)
+    assert counter.from_memory[0] and set(counter.from_memory[0]) == {0}  # nothing held yet
+    # after the first experience the memory holds one real image of each of its 2 classes
+    assert {counter.from_memory[1][0]} == {16 if fill else 2}
+    assert set(counter.from_memory[1]) == {16 if fill else 2}
+    assert counter.held == {0, 2}  # repeated for the loader only: the memory holds what was condensed
+
+
 class FlatNet(torch.nn.Module):
     """A user's own network, unlike any ddplug model: an MLP on the flattened image."""
 
@@ -383,6 +423,7 @@ def test_a_normalisation_that_does_not_fit_the_stream_fails_before_it_trains():
     (lambda: CondensedReplayPlugin(max_size=0), "max_size must be a whole number"),
     (lambda: CondensedReplayPlugin(mem_per_class=2, batch_size_mem=-3), "batch_size_mem must be a whole number"),
     (lambda: CondensedReplayPlugin(mem_per_class=2, condensation={"method": "dm"}), "must be a Condensation"),
+    (lambda: CondensedReplayPlugin(mem_per_class=2, fill_memory_batches="no"), "must be True or False"),
 ])
 def test_a_bad_condensation_fails_when_it_is_made(make, message):
     with pytest.raises(DdplugError, match=message):

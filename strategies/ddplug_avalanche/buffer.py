@@ -401,9 +401,13 @@ class CondensedReplayPlugin(ReplayPlugin):
     ``mode="replay"``: after each experience its data is condensed into the memory, and from
     the next experience on every minibatch of ``batch_size`` new samples comes with
     ``batch_size_mem`` memory samples (default: the strategy's minibatch size), as in
-    Avalanche's ``ReplayPlugin``. ``mode="retrain"``: each experience is condensed into the
-    memory before training, the model is reset to its initial weights, and the strategy's
-    own loop (its optimiser, epochs and other plugins) trains it on the memory alone.
+    Avalanche's ``ReplayPlugin``. A memory that holds fewer samples than that is drawn with
+    repetition to fill its share (``fill_memory_batches``): Avalanche's loader would draw the
+    whole memory instead, so the smaller the budget, the less the old classes weigh against
+    the new ones (``False`` draws as Avalanche does). ``mode="retrain"``: each experience is
+    condensed into the memory before training, the model is reset to its initial weights,
+    and the strategy's own loop (its optimiser, epochs and other plugins) trains it on the
+    memory alone.
 
     The budget (``mem_per_class`` or ``max_size``) and ``condensation`` are
     :class:`CondensedBuffer`'s; the buffer is ``plugin.storage_policy``.
@@ -418,10 +422,13 @@ class CondensedReplayPlugin(ReplayPlugin):
         batch_size: int | None = None,
         batch_size_mem: int | None = None,
         task_balanced_dataloader: bool = False,
+        fill_memory_batches: bool = True,
         condensation: Condensation = Condensation(),
     ) -> None:
         if mode not in MODES:
             raise DdplugError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        if not isinstance(fill_memory_batches, bool):
+            raise DdplugError(f"fill_memory_batches must be True or False, got {fill_memory_batches!r}")
         for name, value in (("batch_size", batch_size), ("batch_size_mem", batch_size_mem)):
             if value is not None:
                 _check_count(name, value)
@@ -429,6 +436,7 @@ class CondensedReplayPlugin(ReplayPlugin):
         super().__init__(mem_size=buffer.max_size, batch_size=batch_size, batch_size_mem=batch_size_mem,
                          task_balanced_dataloader=task_balanced_dataloader, storage_policy=buffer)
         self.mode = mode
+        self.fill_memory_batches = fill_memory_batches
         self.initial_model: torch.nn.Module | None = None
 
     def before_train_dataset_adaptation(self, strategy: SupervisedTemplate, **kwargs: Any) -> None:
@@ -448,8 +456,20 @@ class CondensedReplayPlugin(ReplayPlugin):
     def before_training_exp(self, strategy: SupervisedTemplate, **kwargs: Any) -> None:
         # A setting that cannot work fails before training.
         self.storage_policy.prepare(strategy.experience, strategy.model)
-        if self.mode == "replay":
+        if self.mode != "replay":
+            return
+        held = self.storage_policy.buffer
+        share = self.batch_size_mem or strategy.train_mb_size
+        if not self.fill_memory_batches or not 0 < len(held) < share:
             super().before_training_exp(strategy, **kwargs)
+            return
+        # ReplayPlugin builds its loader from storage_policy.buffer: it sees the memory repeated
+        # for as long as the loader is made, and the memory itself stays as held.
+        self.storage_policy.buffer = held.subset(list(range(len(held))) * math.ceil(share / len(held)))
+        try:
+            super().before_training_exp(strategy, **kwargs)
+        finally:
+            self.storage_policy.buffer = held
 
     def after_training_exp(self, strategy: SupervisedTemplate, **kwargs: Any) -> None:
         # post_adapt directly: ReplayPlugin's update() path is deprecated in Avalanche 0.6.
@@ -460,10 +480,11 @@ class CondensedReplayPlugin(ReplayPlugin):
 class CondensedReplay(SupervisedTemplate):
     """An Avalanche strategy with a :class:`CondensedReplayPlugin` attached.
 
-    Takes the plugin's arguments (budget, ``mode``, ``condensation``, ``batch_size_mem``) and
-    ``SupervisedTemplate``'s (``train_mb_size``, ``train_epochs``, ``eval_mb_size``,
-    ``device``, ``evaluator``, ``eval_every``, ...) as keywords; ``strategy.plugin`` is the
-    plugin and ``strategy.plugin.storage_policy`` the memory.
+    Takes the plugin's arguments (budget, ``mode``, ``condensation``, ``batch_size_mem``,
+    ``fill_memory_batches``) and ``SupervisedTemplate``'s (``train_mb_size``,
+    ``train_epochs``, ``eval_mb_size``, ``device``, ``evaluator``, ``eval_every``, ...) as
+    keywords; ``strategy.plugin`` is the plugin and ``strategy.plugin.storage_policy`` the
+    memory.
     """
 
     def __init__(
@@ -477,11 +498,12 @@ class CondensedReplay(SupervisedTemplate):
         mode: str = "replay",
         condensation: Condensation = Condensation(),
         batch_size_mem: int | None = None,
+        fill_memory_batches: bool = True,
         plugins: Sequence[Any] | None = None,
         **base_kwargs: Any,
     ) -> None:
         self.plugin = CondensedReplayPlugin(mem_per_class, max_size, mode=mode, batch_size_mem=batch_size_mem,
-                                            condensation=condensation)
+                                            fill_memory_batches=fill_memory_batches, condensation=condensation)
         super().__init__(model=model, optimizer=optimizer,
                          criterion=torch.nn.CrossEntropyLoss() if criterion is None else criterion,
                          plugins=[*(plugins or []), self.plugin], **base_kwargs)
