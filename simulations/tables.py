@@ -101,11 +101,32 @@ Condensation = tuple[str, str, tuple[tuple[str, str], ...]]  # (method, code, th
 
 
 def memory_condensation(run: dict) -> Condensation:
-    """How an ``avalanche_native`` row's condensed memory was made; rows from before the method
-    was recorded condensed with DM, those from before the code was, in :data:`_EARLIER_MEMORY_PARAM`."""
-    changed = tuple(sorted((name, str(value)) for name, value in run.get("condensation_settings", {}).items()
-                           if name != "param"))
-    return run.get("condensation_method", "dm"), run.get("condensation_param", _EARLIER_MEMORY_PARAM), changed
+    """How an ``avalanche_native`` row's condensed memory was made and drawn; rows from before
+    the method was recorded condensed with DM, those from before the code was, in
+    :data:`_EARLIER_MEMORY_PARAM`. A replay memory drawn whole into each minibatch, as
+    Avalanche's loader draws, counts as a changed setting (:func:`_drew_whole_memory`)."""
+    changed = [(name, str(value)) for name, value in run.get("condensation_settings", {}).items() if name != "param"]
+    if _drew_whole_memory(run):
+        changed.append(_WHOLE_MEMORY)
+    return run.get("condensation_method", "dm"), run.get("condensation_param", _EARLIER_MEMORY_PARAM), tuple(sorted(
+        changed))
+
+
+_WHOLE_MEMORY = ("memory_batches", "whole")
+
+
+def _drew_whole_memory(run: dict) -> bool:
+    """Whether a condensed replay row drew its whole memory into each minibatch rather than
+    filling the memory's share (the plug-in's default). Rows from before the plug-in filled it
+    record nothing and drew the whole memory; where the memory of the first experience (2
+    classes) already filled a minibatch, the two draws make the same run."""
+    from simulations.avalanche_native import REPLAYED
+
+    if run["memory"] not in REPLAYED:
+        return False
+    if "memory_batches" in run:
+        return run["memory_batches"] == "whole"
+    return 2 * run["memory_images"] // 10 < run.get("batch_size", 128)
 
 
 @functools.cache
@@ -134,6 +155,7 @@ class MemoryComparison:
     theirs: list[float]
     seconds: str
     beside: str = ""  # iCaRL's cells: the strategy beside which the condensed memory did best
+    drawn_whole: bool = False  # replayed as Avalanche's loader draws, not filling the memory's share
 
     @property
     def gain(self) -> float:
@@ -179,8 +201,9 @@ def avalanche_native_summary(root: Path = BENCHMARKS) -> str:
             return ""
         seeds = "" if cell.seeds == SUMMARY_SEEDS else f", {cell.seeds} seed{'s' * (cell.seeds > 1)}"
         beside = f" ({cell.beside})" if cell.beside else ""
+        whole = ", drawn whole" if cell.drawn_whole else ""
         return (f"**{100 * statistics.fmean(cell.condensed):.2f}**{beside} / {100 * statistics.fmean(cell.theirs):.2f} "
-                f"({cell.gain:+.1f}{seeds})")
+                f"({cell.gain:+.1f}{seeds}{whole})")
 
     return markdown_table(["model", "strategy (memory)", "against", *(f"K = {k}" for k in ks)], [
         [f"`{model}`", setting, theirs, *(entry(by_k.get(k)) for k in ks)]
@@ -216,14 +239,18 @@ def memory_comparisons(root: Path = BENCHMARKS, defaults_only: bool = False) -> 
                     and run.get("condensation") == condensation]
 
         if strategy == "icarl":
-            memory, condensation = _default_memory(model)
-            condensed = [run for run in runs if (run["model"], run["training"], run["mem_per_class"], run["memory"],
-                                                 run.get("condensation")) == (model, training, k, memory, condensation)]
+            memory, default = _default_memory(model)
+
+            def condensed_as(condensation: Condensation) -> list[dict]:
+                return [run for run in runs if (run["model"], run["training"], run["mem_per_class"], run["memory"],
+                                                run.get("condensation")) == (model, training, k, memory, condensation)]
+
+            condensed = condensed_as(default) or condensed_as(_drawn_whole(default))
             found.append(_icarl_comparison(of("herding"), condensed, _CONDENSED[memory][1]))
             continue
         for memory, (mode, matching, theirs) in _CONDENSED.items():
             for condensation in sorted({run["condensation"] for run in runs if run["memory"] == memory}):
-                if defaults_only and _default_memory(model) != (memory.removesuffix("-retrain"), condensation):
+                if defaults_only and not _stands_for_default(model, memory, condensation, of):
                     continue
                 condensed, baseline = of(memory, condensation), of(theirs)
                 if not condensed or not baseline:
@@ -232,8 +259,26 @@ def memory_comparisons(root: Path = BENCHMARKS, defaults_only: bool = False) -> 
                     model, f"{_STRATEGY_NAMES[strategy]}{training}", k, memory_training,
                     f"{matching}, {_code(condensation)}", mode, [run["final_accuracy"] for run in condensed],
                     _AVALANCHE_NAMES[theirs], [run["final_accuracy"] for run in baseline],
-                    _seconds(condensed, baseline)))
+                    _seconds(condensed, baseline), drawn_whole=_WHOLE_MEMORY in condensation[2]))
     return found
+
+
+def _stands_for_default(model: str, memory: str, condensation: Condensation,
+                        of: Callable[[str, Condensation], list[dict]]) -> bool:
+    """Whether a cell's rows of ``memory`` made as ``condensation`` show the plug-in's default
+    for ``model``: they are the default, or the default drawn whole where the cell has no rows
+    of the default itself (``of(memory, condensation)``: the cell's rows)."""
+    memory = memory.removesuffix("-retrain")
+    default_memory, default = _default_memory(model)
+    if (memory, condensation) == (default_memory, default):
+        return True
+    return (memory, condensation) == (default_memory, _drawn_whole(default)) and not of(memory, default)
+
+
+def _drawn_whole(condensation: Condensation) -> Condensation:
+    """``condensation``'s memory drawn whole into each minibatch."""
+    method, param, changed = condensation
+    return method, param, tuple(sorted((*changed, _WHOLE_MEMORY)))
 
 
 def _code(condensation: Condensation) -> str:
@@ -256,7 +301,7 @@ def _icarl_comparison(icarl: list[dict], condensed: list[dict], matching: str) -
     return MemoryComparison(first["model"], f"iCaRL (its own strategy){first['training']}", first["mem_per_class"], "",
                             f"{matching}, {_code(condensation)}", "replay", [run["final_accuracy"] for run in best],
                             "iCaRL's herded images", [run["final_accuracy"] for run in icarl], _seconds(best, icarl),
-                            beside=_STRATEGY_NAMES[strategy])
+                            beside=_STRATEGY_NAMES[strategy], drawn_whole=_WHOLE_MEMORY in condensation[2])
 
 
 def main_job(root: Path = BENCHMARKS) -> str:

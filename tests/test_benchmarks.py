@@ -441,7 +441,7 @@ def test_the_avalanche_table_keeps_a_row_per_memory_code_and_sets_icarl_against_
         (folder / f"{name}-{seed}.json").write_text(json.dumps({
             "model": "mlp", "strategy": strategy, "memory": memory, "mem_per_class": 10, "seed": seed,
             "final_accuracy": accuracy, "seconds": 40.0 + seed, "condensation_seconds": 20.0 if "condensed" in memory
-            else None, "commit": "abc", "conditions": "2 CPU cores, no other load", **extra}))
+            else None, "memory_images": 1600, "commit": "abc", "conditions": "2 CPU cores, no other load", **extra}))
 
     for seed in (0, 1):
         row("old", "lwf", "condensed-strategy", 0.70, seed)  # no code recorded: the earlier default
@@ -501,24 +501,28 @@ def test_the_avalanche_summary_sets_each_strategys_k_side_by_side_for_the_defaul
     def row(name: str, strategy: str, memory: str, k: int, accuracy: float, seed: int, **extra) -> None:
         (folder / f"{name}-k{k}-{seed}.json").write_text(json.dumps({
             "model": "mlp", "strategy": strategy, "memory": memory, "mem_per_class": k, "seed": seed,
-            "final_accuracy": accuracy, "seconds": 1.0, "condensation_seconds": 1.0, **extra}))
+            "final_accuracy": accuracy, "seconds": 1.0, "condensation_seconds": 1.0, "memory_images": 160 * k,
+            **extra}))
 
     default = {"condensation_param": "multi:factor=2,bits=2"}
     for seed in range(3):
         for k, ours in ((10, 0.72), (1, 0.70)):
-            row("lwf", "lwf", "condensed-strategy", k, ours + seed / 100, seed, **default)
+            # K = 1: 16 samples per class, fewer than a minibatch's share: rows say how they were drawn
+            row("lwf", "lwf", "condensed-strategy", k, ours + seed / 100, seed, **default, memory_batches="fill")
             row("lwf-replay", "lwf", "replay", k, ours - 0.1, seed)
             row("icarl", "icarl", "herding", k, ours - 0.05, seed)
         row("old-code", "lwf", "condensed-strategy", 10, 0.99, seed)  # not the default memory: left out
+        # drawn whole as Avalanche's loader draws: left out beside rows that fill the memory's share
+        row("lwf-whole", "lwf", "condensed-strategy", 1, 0.98, seed, **default, memory_batches="whole")
         row("retrain", "naive", "condensed-strategy-retrain", 10, 0.80, seed, **default)
         row("gdumb", "naive", "gdumb", 10, 0.66, seed)
-    row("naive", "naive", "condensed-strategy", 1, 0.60, 0, **default)
+    row("naive", "naive", "condensed-strategy", 1, 0.60, 0, **default)  # recorded before the fill: drawn whole
     row("naive-replay", "naive", "replay", 1, 0.30, 0)
     lines = avalanche_native_summary(tmp_path).splitlines()
     assert lines[0] == "| model | strategy (memory) | against | K = 10 | K = 1 |"
     assert lines[2:] == [
         "| `mlp` | LwF (condensed replay) | `ReplayPlugin` | **73.00** / 62.00 (+11.0) | **71.00** / 60.00 (+11.0) |",
-        "| `mlp` | Naive (condensed replay) | `ReplayPlugin` | | **60.00** / 30.00 (+30.0, 1 seed) |",
+        "| `mlp` | Naive (condensed replay) | `ReplayPlugin` | | **60.00** / 30.00 (+30.0, 1 seed, drawn whole) |",
         "| `mlp` | Naive, 30 epochs on the memory alone (condensed retrain) | `GDumbPlugin` | **80.00** / 66.00 (+14.0) | |",
         "| `mlp` | iCaRL (its own strategy) | iCaRL's herded images | **73.00** (LwF) / 67.00 (+6.0) | "
         "**71.00** (LwF) / 65.00 (+6.0) |",
