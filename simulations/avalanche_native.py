@@ -23,9 +23,11 @@ class, and ignores ``--memories``. The retrain memories train ``--memory-epochs`
 the memory at each experience, the others ``--epochs`` on the experience's data. The condensed replay memories fill their
 share of every minibatch as the plug-in does by default (``--memory-batches fill``), or draw
 the whole memory as Avalanche's ``ReplayPlugin`` does (``whole``; rows named for it).
-``--method`` condenses with another ddplug method than the plug-in's DM and ``--set`` changes
-its settings (``--set param=multi:factor=2,bits=4``, ``--set init=blend:images=3``); each row
-records the method and the parameterisation its memory used.
+``--method`` condenses with another ddplug method than the plug-in's DM (``random`` keeps K
+real images per class, as ``ReplayPlugin``'s class-balanced buffer does, drawn as the plug-in
+draws its memory) and ``--set`` changes its settings (``--set param=multi:factor=2,bits=4``,
+``--set init=blend:images=3``); each row records the method and the parameterisation its
+memory used.
 
 ``--leakage`` adds what the memory would reveal if it were shared: after the stream,
 :func:`ddplug.privacy.leakage_report` of the images the memory holds (as the strategy replays
@@ -62,7 +64,7 @@ MEMORIES = ("condensed", "condensed-retrain", "condensed-strategy", "condensed-s
 OWN_MEMORY = {"icarl": "herding"}  # strategies that bring their own memory, run once whatever --memories says
 RETRAIN = ("condensed-retrain", "condensed-strategy-retrain", "gdumb")
 REPLAYED = ("condensed", "condensed-strategy")  # the condensed memories drawn into each minibatch
-DISTILLERS = tuple(name for name, condenser in CONDENSERS.items() if condenser.per_class and condenser.learns)
+METHODS = tuple(name for name, condenser in CONDENSERS.items() if condenser.per_class)  # distillers, selections
 MEMORY_EPOCHS = 30  # epochs on the memory alone per experience; rows of other counts name theirs
 
 
@@ -129,7 +131,8 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
     condensed = condensation = None
     if memory.startswith("condensed"):
         matching = "strategy" if memory.startswith("condensed-strategy") else "preset"
-        condensation = Condensation(method=args.method, dataset="fashion-mnist", model=matching,
+        condensation = Condensation(method=args.method, dataset="fashion-mnist",
+                                    model=matching if CONDENSERS[args.method].learns else None,
                                     settings=args.settings, progress=False, seed=seed)
         condensed = CondensedReplayPlugin(mem_per_class=k, mode="retrain" if memory in RETRAIN else "replay",
                                           fill_memory_batches=args.memory_batches == "fill",
@@ -183,8 +186,11 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
 
 
 def memory_param(condensation: Any, model: torch.nn.Module) -> str:
-    """The parameterisation a ``Condensation`` stores the memory of a strategy training ``model`` in."""
+    """The parameterisation a ``Condensation`` stores the memory of a strategy training ``model``
+    in: a selection keeps raw images (``pixels``)."""
     method = condensation.method
+    if not CONDENSERS[method].learns:
+        return "pixels"
     settings = {**condensation.preset.method_settings(method), **condensation.method_settings(model)}
     return CONDENSERS[method].make_config(settings).param
 
@@ -265,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, default=Path.home() / ".avalanche" / "data")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/avalanche-native"))
     parser.add_argument("--conditions", default="no other load", help="what else ran beside the runs")
-    parser.add_argument("--method", default="dm", choices=DISTILLERS,
+    parser.add_argument("--method", default="dm", choices=METHODS,
                         help="the ddplug method that condenses the condensed memories (default: the plug-in's, dm)")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting of the condensed memories' method, e.g. iterations=500 or param=pixels:bits=4 "

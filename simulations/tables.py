@@ -257,7 +257,8 @@ def memory_comparisons(root: Path = BENCHMARKS, defaults_only: bool = False) -> 
                     continue
                 found.append(MemoryComparison(
                     model, f"{_STRATEGY_NAMES[strategy]}{training}", k, memory_training,
-                    f"{matching}, {_code(condensation)}", mode, [run["final_accuracy"] for run in condensed],
+                    f"{_matched_by(matching, condensation)}, {_code(condensation)}", mode,
+                    [run["final_accuracy"] for run in condensed],
                     _AVALANCHE_NAMES[theirs], [run["final_accuracy"] for run in baseline],
                     _seconds(condensed, baseline), drawn_whole=_WHOLE_MEMORY in condensation[2]))
     return found
@@ -279,6 +280,13 @@ def _drawn_whole(condensation: Condensation) -> Condensation:
     """``condensation``'s memory drawn whole into each minibatch."""
     method, param, changed = condensation
     return method, param, tuple(sorted((*changed, _WHOLE_MEMORY)))
+
+
+def _matched_by(matching: str, condensation: Condensation) -> str:
+    """The network a memory was matched with: ``matching``, or none for a selection of real images."""
+    from ddplug.methods import CONDENSERS
+
+    return matching if CONDENSERS[condensation[0]].learns else "none (real images)"
 
 
 def _code(condensation: Condensation) -> str:

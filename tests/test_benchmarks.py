@@ -478,6 +478,8 @@ def test_the_avalanche_table_keeps_a_row_per_memory_code_and_sets_icarl_against_
             condensation_method="frepo")
         row("res-longer", "naive", "condensed", 0.95, seed, model="slimresnet", condensation_param="pixels:bits=2",
             condensation_settings={"param": "pixels:bits=2", "iterations": 1000})
+        row("res-random", "naive", "condensed", 0.60, seed, model="slimresnet", condensation_param="pixels",
+            condensation_method="random")
         row("res-replay", "naive", "replay", 0.57, seed, model="slimresnet")
         row("res-icarl", "icarl", "herding", 0.54, seed, model="slimresnet")
     table = avalanche_native(tmp_path).splitlines()
@@ -486,6 +488,9 @@ def test_the_avalanche_table_keeps_a_row_per_memory_code_and_sets_icarl_against_
     # Another method's memory of the same code, or one of other settings, is its own row, named by them.
     frepo = [line for line in table if "frepo, `pixels:bits=2`" in line]
     assert len(frepo) == 1 and "**90.00 ± 0.00** (replay) | `ReplayPlugin` 57.00 ± 0.00 | +33.0 |" in frepo[0]
+    # a selection's memory (Avalanche's real images, drawn as the plug-in draws) was matched with no network
+    selected = [line for line in table if "random, `pixels`" in line]
+    assert len(selected) == 1 and "| none (real images), random, `pixels` | **60.00 ± 0.00** (replay)" in selected[0]
     longer = [line for line in table if "`pixels:bits=2`, iterations=1000" in line]
     assert len(longer) == 1 and "**95.00 ± 0.00** (replay)" in longer[0]
     assert "ConvNet (the preset's), `pixels:bits=2` | **67.00 ± 0.00** (Naive, replay)" in icarl[0]
@@ -536,6 +541,16 @@ def test_leakage_refuses_a_run_whose_memory_no_plug_in_holds(argv, capsys):
     with pytest.raises(SystemExit):
         main(["--leakage", *argv])
     assert "--leakage reports on the images a memory plug-in holds" in capsys.readouterr().err
+
+
+def test_a_selected_memory_keeps_raw_images_and_a_distilled_one_its_code():
+    from ddplug_avalanche import Condensation
+    from simulations.avalanche_native import make_model, memory_param
+
+    mlp, cnn = make_model("mlp", 0), make_model("bncnn", 0)
+    assert memory_param(Condensation(method="random"), mlp) == "pixels"
+    assert memory_param(Condensation(), mlp) == "multi:factor=2,bits=2"  # the plug-in's defaults per network kind
+    assert memory_param(Condensation(), cnn) == "pixels:bits=2"
 
 
 @pytest.mark.parametrize("argv, message", [
