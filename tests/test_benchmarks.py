@@ -142,7 +142,7 @@ def test_a_changed_row_makes_its_table_stale(tmp_path):
         (tmp_path / page).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / page, tmp_path / page)
     assert stale_pages(tmp_path) == []
-    row_file = tmp_path / "benchmarks" / "avalanche-native" / "mlp-lwf-condensed-k10-seed0.json"
+    row_file = tmp_path / "benchmarks" / "avalanche-native" / "mlp-lwf-condensed-k10-memory-batches-whole-seed0.json"
     row = json.loads(row_file.read_text())
     row_file.write_text(json.dumps({**row, "final_accuracy": row["final_accuracy"] - 0.05}))
     assert "docs/results.md" in stale_pages(tmp_path)
