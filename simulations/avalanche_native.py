@@ -20,9 +20,10 @@ is the README's example), ``replay`` (``ReplayPlugin`` with a class-balanced buf
 of K raw images per class), ``gdumb`` (``GDumbPlugin`` of K x 10 raw images), ``none``. The
 ``icarl`` strategy (Avalanche's ``ICaRL``) keeps its own memory, K herded real images per
 class, and ignores ``--memories``. The retrain memories train ``--memory-epochs`` epochs on
-the memory at each experience, the others ``--epochs`` on the experience's data. The condensed replay memories fill their
-share of every minibatch as the plug-in does by default (``--memory-batches fill``), or draw
-the whole memory as Avalanche's ``ReplayPlugin`` does (``whole``; rows named for it).
+the memory at each experience, the others ``--epochs`` on the experience's data. The
+condensed replay memories fill their share of every minibatch as the plug-in does by default
+(``--memory-batches fill``), or draw the whole memory as Avalanche's ``ReplayPlugin`` does
+(``whole``; rows named for it).
 ``--method`` condenses with another ddplug method than the plug-in's DM (``random`` keeps K
 real images per class, as ``ReplayPlugin``'s class-balanced buffer does, drawn as the plug-in
 draws its memory) and ``--set`` changes its settings (``--set param=multi:factor=2,bits=4``,
