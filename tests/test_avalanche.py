@@ -184,10 +184,11 @@ class MinibatchCounter(SupervisedPlugin):
 
 
 @pytest.mark.parametrize("fill", [True, False])
-def test_a_small_memory_fills_its_share_of_every_minibatch(fill):
+@pytest.mark.parametrize("share", [16, 3])  # a multiple of the 2 held samples, and not one
+def test_a_small_memory_fills_its_share_of_every_minibatch(fill, share):
     stream = make_stream()
     model = tiny_model()
-    plugin = CondensedReplayPlugin(mem_per_class=1, batch_size_mem=16, fill_memory_batches=fill,
+    plugin = CondensedReplayPlugin(mem_per_class=1, batch_size_mem=share, fill_memory_batches=fill,
                                    condensation=Condensation(method="random", progress=False))
     counter = MinibatchCounter(plugin.storage_policy)
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
@@ -196,8 +197,8 @@ def test_a_small_memory_fills_its_share_of_every_minibatch(fill):
         strategy.train(experience)
     assert counter.from_memory[0] and set(counter.from_memory[0]) == {0}  # nothing held yet
     # after the first experience the memory holds one real image of each of its 2 classes
-    assert {counter.from_memory[1][0]} == {16 if fill else 2}
-    assert set(counter.from_memory[1]) == {16 if fill else 2}
+    assert len(counter.from_memory[1]) == 3  # 24 new samples, 8 a minibatch
+    assert set(counter.from_memory[1]) == {share if fill else 2}  # every minibatch, not only the first
     assert counter.held == {0, 2}  # repeated for the loader only: the memory holds what was condensed
 
 

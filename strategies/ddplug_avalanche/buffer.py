@@ -466,8 +466,9 @@ class CondensedReplayPlugin(ReplayPlugin):
             super().before_training_exp(strategy, **kwargs)
             return
         # ReplayPlugin builds its loader from storage_policy.buffer: it sees the memory repeated
-        # for as long as the loader is made, and the memory itself stays as held.
-        self.storage_policy.buffer = held.subset(list(range(len(held))) * math.ceil(share / len(held)))
+        # for as long as the loader is made, and the memory itself stays as held. Repeated to a
+        # multiple of the share, or the loader's last batch of each pass would come up short.
+        self.storage_policy.buffer = held.subset(list(range(len(held))) * (share // math.gcd(len(held), share)))
         try:
             super().before_training_exp(strategy, **kwargs)
         finally:
