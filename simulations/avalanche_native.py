@@ -137,7 +137,7 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
                                     settings=args.settings, progress=False, seed=seed)
         condensed = CondensedReplayPlugin(mem_per_class=k, mode="retrain" if memory in RETRAIN else "replay",
                                           fill_memory_batches=args.memory_batches == "fill",
-                                          condensation=condensation)
+                                          augment_memory=args.augment_memory, condensation=condensation)
         plugins.append(condensed)
     elif memory == "replay":
         plugins.append(ReplayPlugin(mem_size=10 * k, storage_policy=ClassBalancedBuffer(
@@ -175,7 +175,8 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
     leakage = _memory_leakage(plugins[0], benchmark.train_stream, test, seed) if args.leakage else None
     return {"model": model_name, "strategy": strategy_name, "memory": memory, "mem_per_class": k, "seed": seed,
             "optimizer": args.optimizer, "lr": args.lr, "epochs": epochs, "batch_size": args.batch_size,
-            **({"memory_batches": args.memory_batches} if memory in REPLAYED else {}), "final_accuracy": accuracy,
+            **({"memory_batches": args.memory_batches} if memory in REPLAYED else {}),
+            **({"augment_memory": True} if condensed and args.augment_memory else {}), "final_accuracy": accuracy,
             "finite_weights": finite, "seconds": seconds,
             **({"condensation_method": args.method, "condensation_param": memory_param(condensation, model),
                 "condensation_settings": args.settings} if condensation else {}),
@@ -267,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-batches", choices=("fill", "whole"), default="fill",
                         help="condensed replay: fill the memory's share of every minibatch, repeating a small memory "
                              "(the plug-in's default), or draw the whole memory as Avalanche's ReplayPlugin does")
+    parser.add_argument("--augment-memory", action="store_true",
+                        help="condensed memories: each sample drawn for training gets its own DSA transform")
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="sgd: momentum 0.9")
     parser.add_argument("--lr", type=float, default=None, help="default: 0.01 for sgd, 0.001 for adam")
     parser.add_argument("--data-root", type=Path, default=Path.home() / ".avalanche" / "data")
@@ -315,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                              args.memory_epochs != MEMORY_EPOCHS else "") + \
                             ("-memory-batches-whole" if memory in REPLAYED and args.memory_batches == "whole"
                              else "") + \
+                            ("-augment-memory" if memory.startswith("condensed") and args.augment_memory else "") + \
                             (variant if memory.startswith("condensed") else "")
                         path = args.out / f"{model}-{strategy}-{memory}-k{k}{training}-seed{seed}.json"
                         if not path.exists():

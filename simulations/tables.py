@@ -104,15 +104,19 @@ def memory_condensation(run: dict) -> Condensation:
     """How an ``avalanche_native`` row's condensed memory was made and drawn; rows from before
     the method was recorded condensed with DM, those from before the code was, in
     :data:`_EARLIER_MEMORY_PARAM`. A replay memory drawn whole into each minibatch, as
-    Avalanche's loader draws, counts as a changed setting (:func:`_drew_whole_memory`)."""
+    Avalanche's loader draws, counts as a changed setting (:func:`_drew_whole_memory`), as
+    does a memory augmented for training."""
     changed = [(name, str(value)) for name, value in run.get("condensation_settings", {}).items() if name != "param"]
     if _drew_whole_memory(run):
         changed.append(_WHOLE_MEMORY)
+    if run.get("augment_memory"):
+        changed.append(_AUGMENTED_MEMORY)
     return run.get("condensation_method", "dm"), run.get("condensation_param", _EARLIER_MEMORY_PARAM), tuple(sorted(
         changed))
 
 
 _WHOLE_MEMORY = ("memory_batches", "whole")
+_AUGMENTED_MEMORY = ("augment_memory", "True")
 
 
 def _drew_whole_memory(run: dict) -> bool:

@@ -202,6 +202,52 @@ def test_a_small_memory_fills_its_share_of_every_minibatch(fill, share):
     assert counter.held == {0, 2}  # repeated for the loader only: the memory holds what was condensed
 
 
+class MemoryRows(SupervisedPlugin):
+    """The images of classes seen before (the memory's) in the last experience's minibatches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[int] = set()
+        self.rows: list[torch.Tensor] = []
+
+    def after_training_iteration(self, strategy, **kwargs):
+        old = torch.tensor([label in self.seen for label in strategy.mb_y.tolist()])
+        self.rows.append(strategy.mb_x[old].detach().clone())
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.rows = []
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.seen.update(strategy.experience.classes_in_this_experience)
+
+
+@pytest.mark.parametrize("mode", ["replay", "retrain"])
+@pytest.mark.parametrize("augment", [True, False])
+def test_an_augmented_memory_trains_on_transformed_samples_and_keeps_its_own(mode, augment):
+    stream = make_stream()
+    model = tiny_model()
+    plugin = CondensedReplayPlugin(mem_per_class=2, mode=mode, augment_memory=augment,
+                                   condensation=Condensation(method="random", progress=False))
+    rows = MemoryRows()
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+                     criterion=torch.nn.CrossEntropyLoss(), train_mb_size=8, train_epochs=3, device="cpu",
+                     plugins=[plugin, rows])
+    for experience in stream.train_stream[:2]:
+        strategy.train(experience)
+    memory = plugin.storage_policy
+    stored = torch.cat(list(memory.groups.values()))
+    drawn = torch.cat(rows.rows)
+    assert len(drawn) >= 12 and drawn.shape[1:] == stored.shape[1:]
+    as_stored = (drawn[:, None] == stored[None]).flatten(2).all(2).any(1)  # each drawn row: equal to a held image?
+    if augment:
+        assert as_stored.float().mean() < 0.5
+    else:
+        assert as_stored.all()
+    # the memory keeps what was condensed; its eval view is not transformed
+    evaluated = torch.stack([memory.buffer.eval()[index][0] for index in range(len(memory.buffer))])
+    assert torch.equal(evaluated, torch.cat([memory.groups[key] for key in sorted(memory.groups)]))
+
+
 class FlatNet(torch.nn.Module):
     """A user's own network, unlike any ddplug model: an MLP on the flattened image."""
 
@@ -425,6 +471,7 @@ def test_a_normalisation_that_does_not_fit_the_stream_fails_before_it_trains():
     (lambda: CondensedReplayPlugin(mem_per_class=2, batch_size_mem=-3), "batch_size_mem must be a whole number"),
     (lambda: CondensedReplayPlugin(mem_per_class=2, condensation={"method": "dm"}), "must be a Condensation"),
     (lambda: CondensedReplayPlugin(mem_per_class=2, fill_memory_batches="no"), "must be True or False"),
+    (lambda: CondensedReplayPlugin(mem_per_class=2, augment_memory=1), "augment_memory must be True or False"),
 ])
 def test_a_bad_condensation_fails_when_it_is_made(make, message):
     with pytest.raises(DdplugError, match=message):

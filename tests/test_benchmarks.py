@@ -519,6 +519,9 @@ def test_the_avalanche_summary_sets_each_strategys_k_side_by_side_for_the_defaul
         row("old-code", "lwf", "condensed-strategy", 10, 0.99, seed)  # not the default memory: left out
         # drawn whole as Avalanche's loader draws: left out beside rows that fill the memory's share
         row("lwf-whole", "lwf", "condensed-strategy", 1, 0.98, seed, **default, memory_batches="whole")
+        # augmented for training: another setting than the default, left out
+        row("lwf-augmented", "lwf", "condensed-strategy", 1, 0.97, seed, **default, memory_batches="fill",
+            augment_memory=True)
         row("retrain", "naive", "condensed-strategy-retrain", 10, 0.80, seed, **default)
         row("gdumb", "naive", "gdumb", 10, 0.66, seed)
     row("naive", "naive", "condensed-strategy", 1, 0.60, 0, **default)  # recorded before the fill: drawn whole

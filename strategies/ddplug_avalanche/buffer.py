@@ -41,6 +41,7 @@ from avalanche.training.storage_policy import ExemplarsBuffer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from ddplug.augment import DSA, DSAConfig
 from ddplug.data import ImageDataset, check_pixel_scale, pixel_scale
 from ddplug.methods import CONDENSERS
 from ddplug.errors import DdplugError
@@ -260,6 +261,7 @@ class CondensedBuffer(ExemplarsBuffer):
         *,
         mem_per_class: int | None = None,
         condensation: Condensation = Condensation(),
+        augment: bool = False,
     ) -> None:
         if (max_size is None) == (mem_per_class is None):
             raise DdplugError("give the memory budget as mem_per_class (images per class) or as max_size "
@@ -269,10 +271,14 @@ class CondensedBuffer(ExemplarsBuffer):
                 _check_count(name, value)
         if not isinstance(condensation, Condensation):
             raise DdplugError(f"condensation must be a Condensation(...), got {type(condensation).__name__}")
+        _check_flag("augment_memory", augment)
         # Per class, the budget in force is mem_per_class x the classes held (0 while empty).
         super().__init__(0 if max_size is None else max_size)
         self.mem_per_class = mem_per_class
         self.condensation = condensation
+        # The memory's training view: each sample drawn gets its own DSA transform (the
+        # field's protocol for training on a distilled set); its eval view stays as stored.
+        self.augment = _EachImage(DSA(DSAConfig.for_dataset(condensation.dataset))) if augment else None
         self.groups: dict[tuple[int, int], Tensor] = {}  # (task label, class) -> its samples, on the CPU
         # (task label, class) -> budget units (raw images' bytes) one of its samples costs: 1 for
         # raw images, 1/4 for images decoded from multi:factor=2 codes.
@@ -370,9 +376,25 @@ class CondensedBuffer(ExemplarsBuffer):
         labels = torch.tensor([label for (_, label), n in zip(keys, counts) for _ in range(n)], dtype=torch.long)
         tasks = [task for (task, _), n in zip(keys, counts) for _ in range(n)]
         self.buffer = _make_taskaware_tensor_classification_dataset(
-            torch.cat([self.groups[key] for key in keys]), labels, task_labels=tasks)
+            torch.cat([self.groups[key] for key in keys]), labels, task_labels=tasks,
+            transform_groups={"train": (self.augment, None), "eval": (None, None)})
         if self.mem_per_class is not None:
             self.max_size = self.mem_per_class * len(keys)
+
+
+class _EachImage:
+    """A batch transform applied to one image (an Avalanche transform sees one item)."""
+
+    def __init__(self, transform: nn.Module) -> None:
+        self.transform = transform
+
+    def __call__(self, image: Tensor) -> Tensor:
+        return self.transform(image[None])[0]
+
+
+def _check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise DdplugError(f"{name} must be True or False, got {value!r}")
 
 
 def _check_count(name: str, value: Any) -> None:
@@ -409,7 +431,9 @@ class CondensedReplayPlugin(ReplayPlugin):
     the new ones (``False`` draws as Avalanche does). ``mode="retrain"``: each experience is
     condensed into the memory before training, the model is reset to its initial weights,
     and the strategy's own loop (its optimiser, epochs and other plugins) trains it on the
-    memory alone.
+    memory alone. ``augment_memory=True`` gives each memory sample drawn for training its own
+    DSA transform (the dataset's families, as ddplug's evaluation trains on a distilled set);
+    what the memory holds, and its eval view, stay as condensed.
 
     The budget (``mem_per_class`` or ``max_size``) and ``condensation`` are
     :class:`CondensedBuffer`'s; the buffer is ``plugin.storage_policy``.
@@ -425,16 +449,17 @@ class CondensedReplayPlugin(ReplayPlugin):
         batch_size_mem: int | None = None,
         task_balanced_dataloader: bool = False,
         fill_memory_batches: bool = True,
+        augment_memory: bool = False,
         condensation: Condensation = Condensation(),
     ) -> None:
         if mode not in MODES:
             raise DdplugError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        if not isinstance(fill_memory_batches, bool):
-            raise DdplugError(f"fill_memory_batches must be True or False, got {fill_memory_batches!r}")
+        _check_flag("fill_memory_batches", fill_memory_batches)
         for name, value in (("batch_size", batch_size), ("batch_size_mem", batch_size_mem)):
             if value is not None:
                 _check_count(name, value)
-        buffer = CondensedBuffer(max_size, mem_per_class=mem_per_class, condensation=condensation)
+        buffer = CondensedBuffer(max_size, mem_per_class=mem_per_class, condensation=condensation,
+                                 augment=augment_memory)
         super().__init__(mem_size=buffer.max_size, batch_size=batch_size, batch_size_mem=batch_size_mem,
                          task_balanced_dataloader=task_balanced_dataloader, storage_policy=buffer)
         self.mode = mode
@@ -502,11 +527,13 @@ class CondensedReplay(SupervisedTemplate):
         condensation: Condensation = Condensation(),
         batch_size_mem: int | None = None,
         fill_memory_batches: bool = True,
+        augment_memory: bool = False,
         plugins: Sequence[Any] | None = None,
         **base_kwargs: Any,
     ) -> None:
         self.plugin = CondensedReplayPlugin(mem_per_class, max_size, mode=mode, batch_size_mem=batch_size_mem,
-                                            fill_memory_batches=fill_memory_batches, condensation=condensation)
+                                            fill_memory_batches=fill_memory_batches, augment_memory=augment_memory,
+                                            condensation=condensation)
         super().__init__(model=model, optimizer=optimizer,
                          criterion=torch.nn.CrossEntropyLoss() if criterion is None else criterion,
                          plugins=[*(plugins or []), self.plugin], **base_kwargs)
