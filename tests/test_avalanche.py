@@ -472,6 +472,7 @@ def test_a_normalisation_that_does_not_fit_the_stream_fails_before_it_trains():
     (lambda: CondensedReplayPlugin(mem_per_class=2, condensation={"method": "dm"}), "must be a Condensation"),
     (lambda: CondensedReplayPlugin(mem_per_class=2, fill_memory_batches="no"), "must be True or False"),
     (lambda: CondensedReplayPlugin(mem_per_class=2, augment_memory=1), "augment_memory must be True or False"),
+    (lambda: CondensedBuffer(mem_per_class=2, augment="yes"), "augment must be True or False"),
 ])
 def test_a_bad_condensation_fails_when_it_is_made(make, message):
     with pytest.raises(DdplugError, match=message):

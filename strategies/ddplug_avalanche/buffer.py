@@ -249,7 +249,8 @@ class CondensedBuffer(ExemplarsBuffer):
     (task label, class) pairs, so task-incremental streams work too. Learned soft labels are
     refused (Avalanche's items carry class ids) and a learned learning rate (MTT) is not used.
 
-    ``condensation`` says how (:class:`Condensation`). ``costs`` lists each condensation's
+    ``condensation`` says how (:class:`Condensation`); with ``augment`` each sample drawn from
+    ``buffer``'s train view gets its own DSA transform. ``costs`` lists each condensation's
     :class:`CondensationCost`; each is also published to the strategy's evaluator
     (``Condensation_Seconds/ExpNNN``, ``Condensation_PeakMemory_MB/ExpNNN``), so
     ``EvaluationPlugin`` loggers print it.
@@ -271,7 +272,7 @@ class CondensedBuffer(ExemplarsBuffer):
                 _check_count(name, value)
         if not isinstance(condensation, Condensation):
             raise DdplugError(f"condensation must be a Condensation(...), got {type(condensation).__name__}")
-        _check_flag("augment_memory", augment)
+        _check_flag("augment", augment)
         # Per class, the budget in force is mem_per_class x the classes held (0 while empty).
         super().__init__(0 if max_size is None else max_size)
         self.mem_per_class = mem_per_class
@@ -455,6 +456,7 @@ class CondensedReplayPlugin(ReplayPlugin):
         if mode not in MODES:
             raise DdplugError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         _check_flag("fill_memory_batches", fill_memory_batches)
+        _check_flag("augment_memory", augment_memory)
         for name, value in (("batch_size", batch_size), ("batch_size_mem", batch_size_mem)):
             if value is not None:
                 _check_count(name, value)
