@@ -176,7 +176,8 @@ def run_cell(model_name: str, strategy_name: str, memory: str, k: int, seed: int
     return {"model": model_name, "strategy": strategy_name, "memory": memory, "mem_per_class": k, "seed": seed,
             "optimizer": args.optimizer, "lr": args.lr, "epochs": epochs, "batch_size": args.batch_size,
             **({"memory_batches": args.memory_batches} if memory in REPLAYED else {}),
-            **({"augment_memory": True} if condensed and args.augment_memory else {}), "final_accuracy": accuracy,
+            **({"augment_memory": True} if condensed and condensed.storage_policy.augmented else {}),
+            "final_accuracy": accuracy,
             "finite_weights": finite, "seconds": seconds,
             **({"condensation_method": args.method, "condensation_param": memory_param(condensation, model),
                 "condensation_settings": args.settings} if condensation else {}),
@@ -268,8 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-batches", choices=("fill", "whole"), default="fill",
                         help="condensed replay: fill the memory's share of every minibatch, repeating a small memory "
                              "(the plug-in's default), or draw the whole memory as Avalanche's ReplayPlugin does")
-    parser.add_argument("--augment-memory", action="store_true",
-                        help="condensed memories: each sample drawn for training gets its own DSA transform")
+    parser.add_argument("--augment-memory", action=argparse.BooleanOptionalAction, default=None,
+                        help="condensed memories: each sample drawn for training gets its own DSA transform "
+                             "(default: the plug-in's default for the model's kind of network)")
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="sgd: momentum 0.9")
     parser.add_argument("--lr", type=float, default=None, help="default: 0.01 for sgd, 0.001 for adam")
     parser.add_argument("--data-root", type=Path, default=Path.home() / ".avalanche" / "data")
@@ -305,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for model in args.models:
         # a condensed memory's file names its settings and code, so rows of other codes sit beside it
-        param = memory_param(condensation, make_model(model, 0))
+        network = make_model(model, 0)
+        param = memory_param(condensation, network)
+        augmented = condensation.augments(network) if args.augment_memory is None else args.augment_memory
         named = {**args.settings, "param": param, **({"method": args.method} if args.method != "dm" else {})}
         variant = "".join(f"-{key}-{path_part(value)}" for key, value in sorted(named.items()))
         for strategy in args.strategies:
@@ -318,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                              args.memory_epochs != MEMORY_EPOCHS else "") + \
                             ("-memory-batches-whole" if memory in REPLAYED and args.memory_batches == "whole"
                              else "") + \
-                            ("-augment-memory" if memory.startswith("condensed") and args.augment_memory else "") + \
+                            ("-augment-memory" if memory.startswith("condensed") and augmented else "") + \
                             (variant if memory.startswith("condensed") else "")
                         path = args.out / f"{model}-{strategy}-{memory}-k{k}{training}-seed{seed}.json"
                         if not path.exists():

@@ -91,10 +91,11 @@ def memory_defaults(root: Path = BENCHMARKS) -> str:
     from ddplug_avalanche.buffer import MEMORY_DEFAULTS, STRATEGY_MODEL
 
     matching = {STRATEGY_MODEL: "fresh copies of the strategy's model"}
-    return markdown_table(["method", "strategy's network", "matches with", "code",
+    return markdown_table(["method", "strategy's network", "matches with", "code", "augmented for training",
                            "chosen by (`python -m simulations.avalanche_native`, final accuracy)"], [
         [f"`{method}`", kind, matching.get(defaults.model, "the preset's ConvNet"), f"`{defaults.settings['param']}`",
-         defaults.chosen_by] for method, kinds in MEMORY_DEFAULTS.items() for kind, defaults in kinds.items()])
+         "yes" if defaults.augment else "no", defaults.chosen_by]
+        for method, kinds in MEMORY_DEFAULTS.items() for kind, defaults in kinds.items()])
 
 
 Condensation = tuple[str, str, tuple[tuple[str, str], ...]]  # (method, code, the other settings it changed)
@@ -141,7 +142,7 @@ def _default_memory(model: str) -> tuple[str, Condensation]:
 
     defaults = MEMORY_DEFAULTS["dm"][network_kind(make_model(model, 0))]
     memory = "condensed-strategy" if defaults.model == STRATEGY_MODEL else "condensed"
-    return memory, ("dm", defaults.settings["param"], ())
+    return memory, ("dm", defaults.settings["param"], (_AUGMENTED_MEMORY,) if defaults.augment else ())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +161,7 @@ class MemoryComparison:
     seconds: str
     beside: str = ""  # iCaRL's cells: the strategy beside which the condensed memory did best
     drawn_whole: bool = False  # replayed as Avalanche's loader draws, not filling the memory's share
+    condensation: Condensation | None = None  # how the condensed memory was made (not for iCaRL's cells)
 
     @property
     def gain(self) -> float:
@@ -180,6 +182,32 @@ def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> st
          f"**{_over_seeds(cell.condensed)}** ({cell.beside}{', ' * bool(cell.beside)}{cell.mode})",
          f"{cell.theirs_name} {_over_seeds(cell.theirs)}",
          f"{cell.gain:+.1f}", str(cell.seeds), cell.seconds] for cell in memory_comparisons(root, defaults_only)])
+
+
+def avalanche_augmentation(root: Path = BENCHMARKS) -> str:
+    """Each condensed memory measured both ways on a cell: replayed as held and with a DSA
+    transform on each sample drawn for training (``augment_memory``)."""
+    cells = memory_comparisons(root)
+    plain = {(cell.model, cell.setting, cell.k, cell.memory_training, cell.condensation): cell for cell in cells}
+    pairs = []
+    for cell in cells:
+        method, param, changed = cell.condensation or ("", "", ())
+        if _AUGMENTED_MEMORY in changed:
+            unaugmented = (method, param, tuple(setting for setting in changed if setting != _AUGMENTED_MEMORY))
+            without = plain.get((cell.model, cell.setting, cell.k, cell.memory_training, unaugmented))
+            if without is not None:
+                pairs.append((without, cell))
+    def better(cell: MemoryComparison, other: MemoryComparison) -> str:
+        bold = "**" * (statistics.fmean(cell.condensed) > statistics.fmean(other.condensed))
+        return f"{bold}{_over_seeds(cell.condensed)}{bold}"
+
+    return markdown_table(["model", "strategy, K", "condensed by matching, code", "as held", "augmented", "change",
+                           "Avalanche's memory of the same bytes", "seeds"], [
+        [f"`{cell.model}`", f"{cell.setting}, K = {cell.k}{cell.memory_training}", without.memory,
+         f"{better(without, cell)} ({cell.mode})", better(cell, without),
+         f"{100 * (statistics.fmean(cell.condensed) - statistics.fmean(without.condensed)):+.1f}",
+         f"{cell.theirs_name} {_over_seeds(cell.theirs)}", str(min(len(cell.condensed), len(without.condensed)))]
+        for without, cell in pairs])
 
 
 SUMMARY_SEEDS = 3  # the seeds the README's summary states for its means; a cell of other seeds names its own
@@ -264,7 +292,8 @@ def memory_comparisons(root: Path = BENCHMARKS, defaults_only: bool = False) -> 
                     f"{_matched_by(matching, condensation)}, {_code(condensation)}", mode,
                     [run["final_accuracy"] for run in condensed],
                     _AVALANCHE_NAMES[theirs], [run["final_accuracy"] for run in baseline],
-                    _seconds(condensed, baseline), drawn_whole=_WHOLE_MEMORY in condensation[2]))
+                    _seconds(condensed, baseline), drawn_whole=_WHOLE_MEMORY in condensation[2],
+                    condensation=condensation))
     return found
 
 
@@ -529,6 +558,7 @@ TABLES: dict[str, Callable[[Path], str]] = {"avalanche-native": avalanche_native
                                             "avalanche-leakage": avalanche_leakage,
                                             "avalanche-native-defaults": avalanche_native_defaults,
                                             "avalanche-native-summary": avalanche_native_summary,
+                                            "avalanche-augmentation": avalanche_augmentation,
                                             "memory-defaults": memory_defaults, "main-job": main_job,
                                             "distributed": distributed, "large-budgets": large_budgets,
                                             "federated-privacy": federated_privacy, "streamed-folder": streamed_folder,

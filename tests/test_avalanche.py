@@ -25,6 +25,7 @@ from ddplug.errors import DdplugError  # noqa: E402
 from ddplug.models import create_model  # noqa: E402
 from ddplug_avalanche import Condensation, CondensedBuffer, CondensedReplay, CondensedReplayPlugin  # noqa: E402
 from ddplug_avalanche.streams import MemoryBudget  # noqa: E402
+from ddplug_avalanche.buffer import DEEP_CONVOLUTIONS  # noqa: E402
 
 from helpers import write_fake_fashion_mnist  # noqa: E402
 
@@ -222,12 +223,15 @@ class MemoryRows(SupervisedPlugin):
 
 
 @pytest.mark.parametrize("mode", ["replay", "retrain"])
-@pytest.mark.parametrize("augment", [True, False])
-def test_an_augmented_memory_trains_on_transformed_samples_and_keeps_its_own(mode, augment):
+@pytest.mark.parametrize(("augment", "network", "augmented"), [
+    (True, "conv", True), (False, "deep", False), (True, "dense", True),
+    # unsaid: DM's memory defaults, augmented for a deep convolutional network only
+    (None, "deep", True), (None, "conv", False), (None, "dense", False)])
+def test_an_augmented_memory_trains_on_transformed_samples_and_keeps_its_own(mode, augment, network, augmented):
     stream = make_stream()
-    model = tiny_model()
+    model = {"conv": tiny_model, "deep": DeepNet, "dense": FlatNet}[network]()
     plugin = CondensedReplayPlugin(mem_per_class=2, mode=mode, augment_memory=augment,
-                                   condensation=Condensation(method="random", progress=False))
+                                   condensation=Condensation(settings={**FAST, "param": "pixels"}, progress=False))
     rows = MemoryRows()
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
                      criterion=torch.nn.CrossEntropyLoss(), train_mb_size=8, train_epochs=3, device="cpu",
@@ -239,13 +243,24 @@ def test_an_augmented_memory_trains_on_transformed_samples_and_keeps_its_own(mod
     drawn = torch.cat(rows.rows)
     assert len(drawn) >= 12 and drawn.shape[1:] == stored.shape[1:]
     as_stored = (drawn[:, None] == stored[None]).flatten(2).all(2).any(1)  # each drawn row: equal to a held image?
-    if augment:
+    assert memory.augmented is augmented
+    if augmented:
         assert as_stored.float().mean() < 0.5
     else:
         assert as_stored.all()
     # the memory keeps what was condensed; its eval view is not transformed
     evaluated = torch.stack([memory.buffer.eval()[index][0] for index in range(len(memory.buffer))])
     assert torch.equal(evaluated, torch.cat([memory.groups[key] for key in sorted(memory.groups)]))
+
+
+class DeepNet(torch.nn.Sequential):
+    """A deep convolutional network: as many 3x3 convolutions as ``DEEP_CONVOLUTIONS``, then a linear layer."""
+
+    def __init__(self) -> None:
+        layers = [torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU()]
+        for _ in range(DEEP_CONVOLUTIONS - 1):
+            layers += [torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU()]
+        super().__init__(*layers, torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, CLASSES))
 
 
 class FlatNet(torch.nn.Module):

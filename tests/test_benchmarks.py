@@ -466,14 +466,16 @@ def test_the_avalanche_table_keeps_a_row_per_memory_code_and_sets_icarl_against_
     # model's kind of network: the MLP's copies in 2-bit mosaics, not the earlier 8-bit code.
     defaults = [line for line in avalanche_native_defaults(tmp_path).splitlines() if line.startswith("| `mlp`")]
     assert defaults == lines[1:]
-    # A convolutional network's memory is matched by the preset's ConvNet in 2-bit pixels by
-    # default: iCaRL faces that memory, not the one matched by copies of the ResNet nor a
-    # better row of another code.
+    # A convolutional network's memory is matched by the preset's ConvNet in 2-bit pixels and
+    # augmented for training by default: iCaRL faces that memory, not the one matched by copies
+    # of the ResNet, the same code unaugmented, nor a better row of another code.
     for seed in (0, 1):
         row("res-raw", "lwf", "condensed", 0.80, seed, model="slimresnet", condensation_param="pixels")
         row("res-own", "naive", "condensed-strategy", 0.30, seed, model="slimresnet",
             condensation_param="multi:factor=2,bits=2")
-        row("res-preset", "naive", "condensed", 0.67, seed, model="slimresnet", condensation_param="pixels:bits=2")
+        row("res-preset", "naive", "condensed", 0.67, seed, model="slimresnet", condensation_param="pixels:bits=2",
+            augment_memory=True)
+        row("res-unaugmented", "lwf", "condensed", 0.85, seed, model="slimresnet", condensation_param="pixels:bits=2")
         row("res-frepo", "naive", "condensed", 0.90, seed, model="slimresnet", condensation_param="pixels:bits=2",
             condensation_method="frepo")
         row("res-longer", "naive", "condensed", 0.95, seed, model="slimresnet", condensation_param="pixels:bits=2",
@@ -493,7 +495,7 @@ def test_the_avalanche_table_keeps_a_row_per_memory_code_and_sets_icarl_against_
     assert len(selected) == 1 and "| none (real images), random, `pixels` | **60.00 ± 0.00** (replay)" in selected[0]
     longer = [line for line in table if "`pixels:bits=2`, iterations=1000" in line]
     assert len(longer) == 1 and "**95.00 ± 0.00** (replay)" in longer[0]
-    assert "ConvNet (the preset's), `pixels:bits=2` | **67.00 ± 0.00** (Naive, replay)" in icarl[0]
+    assert "ConvNet (the preset's), `pixels:bits=2`, augment_memory=True | **67.00 ± 0.00** (Naive, replay)" in icarl[0]
     assert "iCaRL's herded images 54.00 ± 0.00 | +13.0 |" in icarl[0]
 
 
@@ -537,6 +539,36 @@ def test_the_avalanche_summary_sets_each_strategys_k_side_by_side_for_the_defaul
     ]
 
 
+def test_the_augmentation_table_sets_each_augmented_memory_beside_the_same_memory_as_held(tmp_path):
+    from simulations.tables import avalanche_augmentation
+
+    folder = tmp_path / "avalanche-native"
+    folder.mkdir()
+
+    def row(name: str, strategy: str, memory: str, accuracy: float, seed: int, **extra) -> None:
+        (folder / f"{name}-{seed}.json").write_text(json.dumps({
+            "model": "bncnn", "strategy": strategy, "memory": memory, "mem_per_class": 1, "seed": seed,
+            "final_accuracy": accuracy, "seconds": 1.0, "condensation_seconds": 1.0, "memory_images": 40,
+            **({"condensation_param": "pixels:bits=2"} if memory.startswith("condensed") else {}),
+            **({"memory_batches": "fill"} if memory == "condensed" else {}), **extra}))
+
+    for seed in (0, 1):
+        row("naive", "naive", "condensed", 0.50 + seed / 10, seed)
+        row("naive-augmented", "naive", "condensed", 0.60, seed, augment_memory=True)
+        row("naive-replay", "naive", "replay", 0.20, seed)
+        row("lwf-augmented", "lwf", "condensed", 0.70, seed, augment_memory=True)  # nothing to set it beside
+        row("lwf-replay", "lwf", "replay", 0.20, seed)
+        row("retrain", "naive", "condensed-retrain", 0.75, seed)
+        row("retrain-augmented", "naive", "condensed-retrain", 0.70, seed, augment_memory=True)
+        row("gdumb", "naive", "gdumb", 0.40, seed)
+    lines = avalanche_augmentation(tmp_path).splitlines()[2:]
+    assert lines == [
+        "| `bncnn` | Naive, K = 1 | ConvNet (the preset's), `pixels:bits=2` | 55.00 ± 7.07 (replay) | **60.00 ± 0.00** "
+        "| +5.0 | `ReplayPlugin` 20.00 ± 0.00 | 2 |",
+        "| `bncnn` | Naive, K = 1, 30 epochs on the memory alone | ConvNet (the preset's), `pixels:bits=2` | "
+        "**75.00 ± 0.00** (retrain) | 70.00 ± 0.00 | -5.0 | `GDumbPlugin` 40.00 ± 0.00 | 2 |"]
+
+
 @pytest.mark.parametrize("argv", [["--memories", "condensed", "none"], ["--strategies", "lwf", "icarl"]])
 def test_leakage_refuses_a_run_whose_memory_no_plug_in_holds(argv, capsys):
     from simulations.avalanche_native import main
@@ -554,6 +586,38 @@ def test_a_selected_memory_keeps_raw_images_and_a_distilled_one_its_code():
     assert memory_param(Condensation(method="random"), mlp) == "pixels"
     assert memory_param(Condensation(), mlp) == "multi:factor=2,bits=2"  # the plug-in's defaults per network kind
     assert memory_param(Condensation(), cnn) == "pixels:bits=2"
+
+
+@pytest.mark.parametrize("model, flag, suffix, code", [
+    ("slimresnet", [], "-augment-memory", "pixels-bits2"), ("slimresnet", ["--no-augment-memory"], "", "pixels-bits2"),
+    ("bncnn", [], "", "pixels-bits2"), ("bncnn", ["--augment-memory"], "-augment-memory", "pixels-bits2"),
+    ("mlp", [], "", "multi-factor2-bits2")])
+def test_a_condensed_rows_file_says_whether_its_memory_was_augmented(model, flag, suffix, code, tmp_path, monkeypatch,
+                                                                        capsys):
+    import simulations.avalanche_native as avalanche_native
+
+    def run_cell(*args):
+        raise AssertionError(f"the row of {args[:5]} was not found and would have run")
+
+    monkeypatch.setattr(avalanche_native, "run_cell", run_cell)
+    (tmp_path / f"{model}-naive-condensed-k1{suffix}-param-{code}-seed0.json").write_text(json.dumps({
+        "model": model, "strategy": "naive", "memory": "condensed", "mem_per_class": 1, "final_accuracy": 0.5,
+        "seconds": 1.0, "condensation_seconds": 1.0}))
+    avalanche_native.main(["--models", model, "--strategies", "naive", "--memories", "condensed", "--mem-per-class",
+                           "1", "--seeds", "1", "--out", str(tmp_path), *flag])
+    assert "| 50.00 ± 0.00 " in capsys.readouterr().out
+
+
+def test_dms_memory_is_augmented_for_training_by_default_for_a_deep_convolutional_network_only():
+    from ddplug_avalanche import Condensation
+    from ddplug_avalanche.buffer import network_kind
+    from simulations.avalanche_native import make_model
+
+    networks = [make_model(name, 0) for name in ("mlp", "bncnn", "cnn", "slimresnet")]
+    assert [network_kind(network) for network in networks] == ["dense", "convolutional", "convolutional",
+                                                               "deep convolutional"]
+    assert [Condensation().augments(network) for network in networks] == [False, False, False, True]
+    assert not Condensation(method="random").augments(networks[-1])  # a selection has no memory defaults
 
 
 @pytest.mark.parametrize("argv, message", [
