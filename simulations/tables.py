@@ -197,6 +197,7 @@ def avalanche_augmentation(root: Path = BENCHMARKS) -> str:
             without = plain.get((cell.model, cell.setting, cell.k, cell.memory_training, unaugmented))
             if without is not None:
                 pairs.append((without, cell))
+
     def better(cell: MemoryComparison, other: MemoryComparison) -> str:
         bold = "**" * (statistics.fmean(cell.condensed) > statistics.fmean(other.condensed))
         return f"{bold}{_over_seeds(cell.condensed)}{bold}"
