@@ -67,6 +67,40 @@ RETRAIN = ("condensed-retrain", "condensed-strategy-retrain", "gdumb")
 REPLAYED = ("condensed", "condensed-strategy")  # the condensed memories drawn into each minibatch
 METHODS = tuple(name for name, condenser in CONDENSERS.items() if condenser.per_class)  # distillers, selections
 MEMORY_EPOCHS = 30  # epochs on the memory alone per experience; rows of other counts name theirs
+LEARNING_RATES = {"sgd": 0.01, "adam": 0.001}  # each optimizer's default
+OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam"}
+EPOCHS = 1  # epochs on each experience's data
+BATCH_SIZE = 128
+
+
+def training_variant(optimizer: str, lr: float, epochs: int | None, batch_size: int) -> list[tuple[str, str]]:
+    """What of a run's training differs from the protocol's (SGD with momentum 0.9 at lr 0.01,
+    ``EPOCHS`` per experience, minibatches of ``BATCH_SIZE``), as (file-name part, table phrase)
+    pairs: rows of another protocol get files and table lines of their own, never pooled with
+    the protocol's. ``epochs`` is None for the memories that retrain (their epochs are named apart).
+
+        >>> training_variant("sgd", 0.05, 3, 128)
+        [('lr0.05', 'lr 0.05'), ('epochs3', '3 epochs per experience')]
+    """
+    parts = []
+    if optimizer != "sgd":  # another optimizer names its rate, default or not
+        parts.append((f"{optimizer}-lr{lr:g}", f"{OPTIMIZER_NAMES[optimizer]} lr {lr:g}"))
+    elif lr != LEARNING_RATES["sgd"]:
+        parts.append((f"lr{lr:g}", f"lr {lr:g}"))
+    if epochs is not None and epochs != EPOCHS:
+        parts.append((f"epochs{epochs}", f"{epochs} epochs per experience"))
+    if batch_size != BATCH_SIZE:
+        parts.append((f"batch{batch_size}", f"minibatches of {batch_size}"))
+    return parts
+
+
+def recorded_training(run: dict) -> list[str]:
+    """The table phrases of ``training_variant`` for a row; rows from before their training was
+    recorded ran the protocol's."""
+    optimizer = run.get("optimizer", "sgd")
+    epochs = None if run["memory"] in RETRAIN else run.get("epochs", EPOCHS)
+    return [phrase for _, phrase in training_variant(
+        optimizer, run.get("lr", LEARNING_RATES[optimizer]), epochs, run.get("batch_size", BATCH_SIZE))]
 
 
 class _Grey3(torch.nn.Module):
@@ -262,10 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memories", nargs="+", choices=MEMORIES, default=["condensed", "replay"])
     parser.add_argument("--mem-per-class", nargs="+", type=int, default=[10])
     parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="epochs on each experience's data")
     parser.add_argument("--memory-epochs", type=int, default=MEMORY_EPOCHS,
                         help="epochs on the memory alone per experience, for the memories that retrain on it")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--memory-batches", choices=("fill", "whole"), default="fill",
                         help="condensed replay: fill the memory's share of every minibatch, repeating a small memory "
                              "(the plug-in's default), or draw the whole memory as Avalanche's ReplayPlugin does")
@@ -273,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="condensed memories: each sample drawn for training gets its own DSA transform "
                              "(default: the plug-in's default for the model's kind of network)")
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="sgd: momentum 0.9")
-    parser.add_argument("--lr", type=float, default=None, help="default: 0.01 for sgd, 0.001 for adam")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="default: " + ", ".join(f"{lr:g} for {name}" for name, lr in LEARNING_RATES.items()))
     parser.add_argument("--data-root", type=Path, default=Path.home() / ".avalanche" / "data")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/avalanche-native"))
     parser.add_argument("--conditions", default="no other load", help="what else ran beside the runs")
@@ -296,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--features needs a model's features part, which {needs_features[0]} has not: "
                      f"use {' or '.join(OWN_FEATURES)}")
     if args.lr is None:
-        args.lr = 0.001 if args.optimizer == "adam" else 0.01
+        args.lr = LEARNING_RATES[args.optimizer]
     from ddplug_avalanche import Condensation
 
     try:  # a bad --set fails here, in one line
@@ -316,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
             for memory in [OWN_MEMORY[strategy]] if strategy in OWN_MEMORY else args.memories:
                 for k in args.mem_per_class:
                     for seed in range(args.seeds):
-                        training = ("" if args.optimizer == "sgd" else f"-{args.optimizer}-lr{args.lr:g}") + \
+                        data_epochs = None if memory in RETRAIN else args.epochs
+                        training = "".join(f"-{part}" for part, _ in training_variant(
+                            args.optimizer, args.lr, data_epochs, args.batch_size)) + \
                             ("-features" if args.features else "") + ("-leakage" if args.leakage else "") + \
                             (f"-memory-epochs{args.memory_epochs}" if memory in RETRAIN and
                              args.memory_epochs != MEMORY_EPOCHS else "") + \
@@ -329,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                             print(f"running {path.stem}", file=sys.stderr, flush=True)
                             write_json(path, run_cell(model, strategy, memory, k, seed, args))
                         rows.append(json.loads(path.read_text()))
-    print(format_table(("model", "strategy", "optimizer", "memory", "K", "final accuracy %", "s per run",
+    print(format_table(("model", "strategy", "training", "memory", "K", "final accuracy %", "s per run",
                         "condensation s"),
                        _summary(rows)))
     return 0
@@ -338,8 +375,8 @@ def main(argv: list[str] | None = None) -> int:
 def _summary(rows: list[dict]) -> list[tuple]:
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["model"], row["strategy"], row.get("optimizer", "sgd"), row["memory"],
-                           row["mem_per_class"]), []).append(row)
+        training = ", ".join(recorded_training(row)) or "protocol"
+        groups.setdefault((row["model"], row["strategy"], training, row["memory"], row["mem_per_class"]), []).append(row)
     lines = []
     for key, runs in groups.items():
         accuracies = [run["final_accuracy"] for run in runs]

@@ -58,7 +58,6 @@ _CONDENSED = {
 }
 _AVALANCHE_NAMES = {"replay": "`ReplayPlugin`", "gdumb": "`GDumbPlugin`"}
 _STRATEGY_NAMES = {"lwf": "LwF", "naive": "Naive", "ewc": "EWC", "icarl": "iCaRL"}
-_OPTIMIZER_NAMES = {"adam": "Adam"}
 
 
 def _seconds(condensed: list[dict], baseline: list[dict]) -> str:
@@ -150,7 +149,7 @@ class MemoryComparison:
     """One cell of the Avalanche tables: a condensed memory against Avalanche's of the same K."""
 
     model: str
-    setting: str  # the strategy and its optimizer where not SGD ("LwF", "Naive, Adam lr 0.001")
+    setting: str  # the strategy and its training where not the protocol's ("LwF", "Naive, Adam lr 0.001")
     k: int
     memory_training: str  # the retrain mode's epochs (", 30 epochs on the memory alone"), else empty
     memory: str  # how the condensed memory was made: the network matched and the code
@@ -247,12 +246,11 @@ def memory_comparisons(root: Path = BENCHMARKS, defaults_only: bool = False) -> 
     """Every (model, strategy, K) cell of ``benchmarks/avalanche-native``: each condensed memory
     against Avalanche's of the same bytes, and iCaRL against the best condensed memory;
     ``defaults_only`` keeps the memories condensed as the plug-in does by default for the model."""
-    from simulations.avalanche_native import MEMORY_EPOCHS, MODELS, RETRAIN
+    from simulations.avalanche_native import MEMORY_EPOCHS, MODELS, RETRAIN, recorded_training
 
     runs = rows("avalanche-native", root)
-    for run in runs:  # rows from before the optimizer was recorded used SGD
-        optimizer = run.get("optimizer", "sgd")
-        run["training"] = "" if optimizer == "sgd" else f", {_OPTIMIZER_NAMES[optimizer]} lr {run['lr']:g}"
+    for run in runs:
+        run["training"] = "".join(f", {phrase}" for phrase in recorded_training(run))
         # rows from before the epochs were recorded used the default
         epochs = run.get("epochs", MEMORY_EPOCHS)
         run["memory_training"] = f", {epochs} epochs on the memory alone" if run["memory"] in RETRAIN else ""

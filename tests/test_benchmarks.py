@@ -569,6 +569,47 @@ def test_the_augmentation_table_sets_each_augmented_memory_beside_the_same_memor
         "**75.00 ± 0.00** (retrain) | 70.00 ± 0.00 | -5.0 | `GDumbPlugin` 40.00 ± 0.00 | 2 |"]
 
 
+@pytest.mark.parametrize("flags, suffix, memory", [
+    ([], "", "replay"), (["--lr", "0.05"], "-lr0.05", "replay"), (["--epochs", "3"], "-epochs3", "replay"),
+    (["--batch-size", "64"], "-batch64", "replay"), (["--optimizer", "adam"], "-adam-lr0.001", "replay"),
+    (["--epochs", "3"], "", "gdumb")])  # a memory retrained alone never trains on the experience's data
+def test_a_rows_file_names_its_training_where_it_is_not_the_protocols(flags, suffix, memory, tmp_path, monkeypatch,
+                                                                       capsys):
+    import simulations.avalanche_native as avalanche_native
+
+    def run_cell(*args):
+        raise AssertionError(f"the row of {args[:5]} was not found and would have run")
+
+    monkeypatch.setattr(avalanche_native, "run_cell", run_cell)
+    for name, accuracy in (("", 0.5), *([(suffix, 0.6)] if suffix else [])):  # the protocol's row, and this training's
+        (tmp_path / f"mlp-naive-{memory}-k10{name}-seed0.json").write_text(json.dumps({
+            "model": "mlp", "strategy": "naive", "memory": memory, "mem_per_class": 10, "final_accuracy": accuracy,
+            "seconds": 1.0, "condensation_seconds": None}))
+    avalanche_native.main(["--models", "mlp", "--strategies", "naive", "--memories", memory, "--mem-per-class", "10",
+                           "--seeds", "1", "--out", str(tmp_path), *flags])
+    assert f"| {60 if suffix else 50}.00 ± 0.00 " in capsys.readouterr().out
+
+
+def test_the_avalanche_tables_never_pool_rows_of_another_training_with_the_protocols(tmp_path):
+    from simulations.tables import memory_comparisons
+
+    folder = tmp_path / "avalanche-native"
+    folder.mkdir()
+    for name, memory, accuracy, training in (
+            ("condensed", "condensed", 0.7, {}), ("replay", "replay", 0.6, {}),
+            ("condensed-lr", "condensed", 0.5, {"lr": 0.05, "epochs": 3}),
+            ("replay-lr", "replay", 0.2, {"lr": 0.05, "epochs": 3}),
+            ("retrain", "condensed-retrain", 0.8, {"lr": 0.05, "epochs": 30}), ("gdumb", "gdumb", 0.4, {})):
+        (folder / f"{name}.json").write_text(json.dumps({
+            "model": "mlp", "strategy": "naive", "memory": memory, "mem_per_class": 10, "seed": 0,
+            "final_accuracy": accuracy, "seconds": 1.0, "condensation_seconds": 1.0, "memory_images": 400,
+            "optimizer": "sgd", "batch_size": 128, "lr": 0.01, "epochs": 1, **training}))
+    cells = {(cell.setting, cell.mode): (cell.condensed, cell.theirs) for cell in memory_comparisons(tmp_path)}
+    # the retrained memory at lr 0.05 has no GDumb of its training to face: no cell
+    assert cells == {("Naive", "replay"): ([0.7], [0.6]),
+                     ("Naive, lr 0.05, 3 epochs per experience", "replay"): ([0.5], [0.2])}
+
+
 @pytest.mark.parametrize("argv", [["--memories", "condensed", "none"], ["--strategies", "lwf", "icarl"]])
 def test_leakage_refuses_a_run_whose_memory_no_plug_in_holds(argv, capsys):
     from simulations.avalanche_native import main
