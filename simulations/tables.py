@@ -170,6 +170,10 @@ class MemoryComparison:
     def seeds(self) -> int:
         return min(len(self.condensed), len(self.theirs))
 
+    def in_bold(self, ours: str, theirs: str) -> tuple[str, str]:
+        """The two accuracies as written, the better one in bold."""
+        return (f"**{ours}**", theirs) if self.gain >= 0 else (ours, f"**{theirs}**")
+
 
 def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> str:
     """Avalanche's ``SplitFMNIST``: each condensed memory against Avalanche's of the same bytes,
@@ -178,9 +182,10 @@ def avalanche_native(root: Path = BENCHMARKS, defaults_only: bool = False) -> st
                            "Avalanche's memory of the same bytes", "gain (points)", "seeds",
                            "s per run (condensing), Avalanche's"], [
         [f"`{cell.model}`", f"{cell.setting}, K = {cell.k}{cell.memory_training}", cell.memory,
-         f"**{_over_seeds(cell.condensed)}** ({cell.beside}{', ' * bool(cell.beside)}{cell.mode})",
-         f"{cell.theirs_name} {_over_seeds(cell.theirs)}",
-         f"{cell.gain:+.1f}", str(cell.seeds), cell.seconds] for cell in memory_comparisons(root, defaults_only)])
+         f"{ours} ({cell.beside}{', ' * bool(cell.beside)}{cell.mode})", f"{cell.theirs_name} {theirs}",
+         f"{cell.gain:+.1f}", str(cell.seeds), cell.seconds]
+        for cell in memory_comparisons(root, defaults_only)
+        for ours, theirs in [cell.in_bold(_over_seeds(cell.condensed), _over_seeds(cell.theirs))]])
 
 
 def avalanche_augmentation(root: Path = BENCHMARKS) -> str:
@@ -234,8 +239,9 @@ def avalanche_native_summary(root: Path = BENCHMARKS) -> str:
         seeds = "" if cell.seeds == SUMMARY_SEEDS else f", {cell.seeds} seed{'s' * (cell.seeds > 1)}"
         beside = f" ({cell.beside})" if cell.beside else ""
         whole = ", drawn whole" if cell.drawn_whole else ""
-        return (f"**{100 * statistics.fmean(cell.condensed):.2f}**{beside} / {100 * statistics.fmean(cell.theirs):.2f} "
-                f"({cell.gain:+.1f}{seeds}{whole})")
+        ours, theirs = cell.in_bold(*(f"{100 * statistics.fmean(accuracies):.2f}"
+                                      for accuracies in (cell.condensed, cell.theirs)))
+        return f"{ours}{beside} / {theirs} ({cell.gain:+.1f}{seeds}{whole})"
 
     return markdown_table(["model", "strategy (memory)", "against", *(f"K = {k}" for k in ks)], [
         [f"`{model}`", setting, theirs, *(entry(by_k.get(k)) for k in ks)]

@@ -449,8 +449,11 @@ def test_the_avalanche_table_keeps_a_row_per_memory_code_and_sets_icarl_against_
         row("naive", "naive", "condensed-strategy", 0.71, seed, condensation_param="multi:factor=2,bits=2")
         row("replay", "lwf", "replay", 0.65, seed)
         row("icarl", "icarl", "herding", 0.64, seed)
+        row("retrain", "naive", "condensed-retrain", 0.10, seed, condensation_param="pixels:bits=2")
+        row("gdumb", "naive", "gdumb", 0.12, seed)
     table = avalanche_native(tmp_path)
     lines = [line for line in table.splitlines() if line.startswith("| `mlp`")]
+    assert "| 10.00 ± 0.00 (retrain) | `GDumbPlugin` **12.00 ± 0.00** | -2.0 |" in lines.pop(2)  # a loss: theirs in bold
     assert len(lines) == 3
     assert "`multi:factor=2` | **70.00 ± 0.00** (replay) | `ReplayPlugin` 65.00 ± 0.00 | +5.0 | 2 | 40 (20), 40" in lines[0]
     assert "`multi:factor=2,bits=2` | **72.50 ± 0.71** (replay)" in lines[1] and "| +7.5 |" in lines[1]
@@ -526,6 +529,8 @@ def test_the_avalanche_summary_sets_each_strategys_k_side_by_side_for_the_defaul
             augment_memory=True)
         row("retrain", "naive", "condensed-strategy-retrain", 10, 0.80, seed, **default)
         row("gdumb", "naive", "gdumb", 10, 0.66, seed)
+        row("retrain", "naive", "condensed-strategy-retrain", 1, 0.10, seed, **default)  # a loss: Avalanche's in bold
+        row("gdumb", "naive", "gdumb", 1, 0.12, seed)
     row("naive", "naive", "condensed-strategy", 1, 0.60, 0, **default)  # recorded before the fill: drawn whole
     row("naive-replay", "naive", "replay", 1, 0.30, 0)
     lines = avalanche_native_summary(tmp_path).splitlines()
@@ -533,7 +538,8 @@ def test_the_avalanche_summary_sets_each_strategys_k_side_by_side_for_the_defaul
     assert lines[2:] == [
         "| `mlp` | LwF (condensed replay) | `ReplayPlugin` | **73.00** / 62.00 (+11.0) | **71.00** / 60.00 (+11.0) |",
         "| `mlp` | Naive (condensed replay) | `ReplayPlugin` | | **60.00** / 30.00 (+30.0, 1 seed, drawn whole) |",
-        "| `mlp` | Naive, 30 epochs on the memory alone (condensed retrain) | `GDumbPlugin` | **80.00** / 66.00 (+14.0) | |",
+        "| `mlp` | Naive, 30 epochs on the memory alone (condensed retrain) | `GDumbPlugin` | **80.00** / 66.00 (+14.0) | "
+        "10.00 / **12.00** (-2.0) |",
         "| `mlp` | iCaRL (its own strategy) | iCaRL's herded images | **73.00** (LwF) / 67.00 (+6.0) | "
         "**71.00** (LwF) / 65.00 (+6.0) |",
     ]
