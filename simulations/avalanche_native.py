@@ -68,7 +68,7 @@ REPLAYED = ("condensed", "condensed-strategy")  # the condensed memories drawn i
 METHODS = tuple(name for name, condenser in CONDENSERS.items() if condenser.per_class)  # distillers, selections
 MEMORY_EPOCHS = 30  # epochs on the memory alone per experience; rows of other counts name theirs
 LEARNING_RATES = {"sgd": 0.01, "adam": 0.001}  # each optimizer's default
-OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam"}
+OPTIMIZER_NAMES = {"adam": "Adam"}  # the optimizers other than the protocol's SGD
 EPOCHS = 1  # epochs on each experience's data
 BATCH_SIZE = 128
 
