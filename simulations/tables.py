@@ -265,8 +265,9 @@ def memory_comparisons(root: Path = BENCHMARKS, defaults_only: bool = False) -> 
     order = list(_STRATEGY_NAMES)
     cells = sorted({(run["model"], run["strategy"], run["training"], run["mem_per_class"], run["memory_training"])
                     for run in runs},
-                   key=lambda cell: (MODELS.index(cell[0]), order.index(cell[1]), cell[2], -cell[3], len(cell[4]),
-                                     cell[4]))
+                   # a strategy's replay cells before its retrain cells, whatever training each names
+                   key=lambda cell: (MODELS.index(cell[0]), order.index(cell[1]), len(cell[4]), cell[4], cell[2],
+                                     -cell[3]))
     found: list[MemoryComparison] = []
     for model, strategy, training, k, memory_training in cells:
         def of(memory: str, condensation: Condensation | None = None, strategy: str = strategy) -> list[dict]:

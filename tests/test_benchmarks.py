@@ -545,6 +545,25 @@ def test_the_avalanche_summary_sets_each_strategys_k_side_by_side_for_the_defaul
     ]
 
 
+def test_the_avalanche_summary_sets_a_strategys_replay_row_before_its_retrain_row_whatever_its_training(tmp_path):
+    from simulations.tables import avalanche_native_summary
+
+    folder = tmp_path / "avalanche-native"
+    folder.mkdir()
+    default = {"condensation_param": "multi:factor=2,bits=2", "memory_batches": "fill"}
+    for name, memory, accuracy, extra in (
+            ("retrain", "condensed-strategy-retrain", 0.8, default), ("gdumb", "gdumb", 0.6, {}),
+            # replay at 3 epochs per experience: a training the retrain rows do not name
+            ("replay", "condensed-strategy", 0.7, {**default, "epochs": 3}), ("theirs", "replay", 0.5, {"epochs": 3})):
+        (folder / f"{name}.json").write_text(json.dumps({
+            "model": "mlp", "strategy": "naive", "memory": memory, "mem_per_class": 10, "seed": 0,
+            "final_accuracy": accuracy, "seconds": 1.0, "condensation_seconds": 1.0, "memory_images": 1600,
+            **extra}))
+    settings = [line.split(" | ")[1] for line in avalanche_native_summary(tmp_path).splitlines()[2:]]
+    assert settings == ["Naive, 3 epochs per experience (condensed replay)",
+                        "Naive, 30 epochs on the memory alone (condensed retrain)"]
+
+
 def test_the_augmentation_table_sets_each_augmented_memory_beside_the_same_memory_as_held(tmp_path):
     from simulations.tables import avalanche_augmentation
 
