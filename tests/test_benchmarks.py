@@ -680,9 +680,9 @@ def test_dms_memory_is_augmented_for_training_by_default_for_a_deep_convolutiona
     from simulations.avalanche_native import make_model
 
     networks = [make_model(name, 0) for name in ("mlp", "bncnn", "cnn", "slimresnet")]
-    assert [network_kind(network) for network in networks] == ["dense", "convolutional", "convolutional",
+    assert [network_kind(network) for network in networks] == ["dense", "convolutional", "deep convolutional",
                                                                "deep convolutional"]
-    assert [Condensation().augments(network) for network in networks] == [False, False, False, True]
+    assert [Condensation().augments(network) for network in networks] == [False, False, True, True]
     assert not Condensation(method="random").augments(networks[-1])  # a selection has no memory defaults
 
 
