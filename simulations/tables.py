@@ -223,10 +223,6 @@ def avalanche_native_summary(root: Path = BENCHMARKS) -> str:
     strategy with its K side by side: mean condensed / mean Avalanche's (gain)."""
     cells = memory_comparisons(root, defaults_only=True)
     ks = sorted({cell.k for cell in cells}, reverse=True)
-    first = {key: index for index, key in reversed(list(enumerate((cell.model, cell.setting) for cell in cells)))}
-    # a strategy's replay row before its retrain rows, whatever K each has
-    cells = sorted(cells, key=lambda cell: (first[cell.model, cell.setting], len(cell.memory_training),
-                                            cell.memory_training))
     lines: dict[tuple[str, str, str], dict[int, MemoryComparison]] = {}
     for cell in cells:
         memory = "" if cell.beside else f" (condensed {cell.mode})"
